@@ -1,0 +1,61 @@
+"""emjax: latent-variable models fitted by Expectation-Maximization in JAX."""
+
+from emjax import covariance, em, gmm, kmeans, mixture
+from emjax.covariance import (
+    DiagCovariance,
+    FullCovariance,
+    SphericalCovariance,
+    TiedCovariance,
+)
+from emjax.em import EMResult, describe_status
+from emjax.gmm import (
+    GMMParams,
+    aic,
+    bic,
+    e_step,
+    log_prob,
+    m_step,
+    make_params,
+    n_parameters,
+    predict,
+    predict_proba,
+    sample,
+    score_samples,
+)
+from emjax.mixture import FitResult, fit, init_params
+from emjax.sklearn import ConvergenceWarning, GaussianMixture, NotFittedError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConvergenceWarning",
+    "DiagCovariance",
+    "EMResult",
+    "FitResult",
+    "FullCovariance",
+    "GMMParams",
+    "GaussianMixture",
+    "NotFittedError",
+    "SphericalCovariance",
+    "TiedCovariance",
+    "__version__",
+    "aic",
+    "bic",
+    "covariance",
+    "describe_status",
+    "e_step",
+    "em",
+    "fit",
+    "gmm",
+    "init_params",
+    "kmeans",
+    "log_prob",
+    "m_step",
+    "make_params",
+    "mixture",
+    "n_parameters",
+    "predict",
+    "predict_proba",
+    "sample",
+    "score_samples",
+]

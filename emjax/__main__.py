@@ -1,0 +1,5 @@
+import sys
+
+from emjax.cli import main
+
+sys.exit(main())

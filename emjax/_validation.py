@@ -1,0 +1,135 @@
+"""Checks at the public boundary: clear ``ValueError``s quoting shapes, never inside traced code."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from emjax.covariance import COVARIANCE_TYPES, covariance_shape
+
+INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
+
+
+def as_data(X, name: str = "X", dtype=None) -> np.ndarray:
+    """``X`` as a finite 2-D float array (float32 kept, everything else float64); never mutated."""
+    try:
+        arr = np.asarray(X)
+    except Exception as exc:  # ragged nested lists etc.
+        raise ValueError(f"{name} could not be read as a numeric array: {exc}") from None
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
+    ):
+        raise ValueError(f"{name} must be numeric; got dtype {arr.dtype} with shape {arr.shape}")
+    if np.iscomplexobj(arr):
+        raise ValueError(f"{name} must be real; got complex dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{name} must be a 2-D array of shape (n_samples, n_features); got shape {arr.shape}"
+            + (" (reshape a single feature with X.reshape(-1, 1))" if arr.ndim == 1 else "")
+        )
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one sample and one feature; got {arr.shape}")
+    if dtype is None:
+        dtype = np.float32 if arr.dtype == np.float32 else np.float64
+    arr = arr.astype(dtype, copy=False)
+    bad = ~np.all(np.isfinite(arr), axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        shown = ", ".join(map(str, rows[:10])) + (", ..." if rows.size > 10 else "")
+        raise ValueError(
+            f"{name} of shape {arr.shape} contains NaN or infinity in {rows.size} row(s): {shown}"
+        )
+    return arr
+
+
+def check_positive_int(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    return int(value)
+
+
+def check_non_negative(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) \
+            or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
+    return float(value)
+
+
+def check_covariance_type(covariance_type) -> str:
+    if covariance_type not in COVARIANCE_TYPES:
+        raise ValueError(
+            f"covariance_type must be one of {COVARIANCE_TYPES}; got {covariance_type!r}"
+        )
+    return covariance_type
+
+
+def check_init_params(init_params) -> str:
+    if init_params not in INIT_METHODS:
+        raise ValueError(f"init_params must be one of {INIT_METHODS}; got {init_params!r}")
+    return init_params
+
+
+def check_n_components(n_components, n_samples: int, shape) -> int:
+    k = check_positive_int(n_components, "n_components")
+    if k > n_samples:
+        raise ValueError(
+            f"n_components={k} must be <= n_samples={n_samples} (X has shape {tuple(shape)})"
+        )
+    return k
+
+
+def check_sample_weight(sample_weight, n_samples: int, dtype) -> np.ndarray | None:
+    if sample_weight is None:
+        return None
+    w = np.asarray(sample_weight, dtype=dtype)
+    if w.shape != (n_samples,):
+        raise ValueError(f"sample_weight must have shape ({n_samples},); got {w.shape}")
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or not np.sum(w) > 0:
+        raise ValueError("sample_weight must be finite, non-negative and not all zero")
+    return w
+
+
+def check_weights(weights, n_components: int, dtype) -> np.ndarray:
+    w = np.asarray(weights, dtype=dtype)
+    if w.shape != (n_components,):
+        raise ValueError(f"weights_init must have shape ({n_components},); got {w.shape}")
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or np.any(w > 1):
+        raise ValueError(f"weights_init must be in [0, 1]; got range [{w.min()}, {w.max()}]")
+    if not np.allclose(np.sum(w), 1.0, rtol=0, atol=1e-5 if dtype == np.float32 else 1e-8):
+        raise ValueError(f"weights_init must sum to 1; got sum {float(np.sum(w))!r}")
+    return w
+
+
+def check_means(means, n_components: int, n_features: int, dtype) -> np.ndarray:
+    m = np.asarray(means, dtype=dtype)
+    if m.shape != (n_components, n_features):
+        raise ValueError(
+            f"means_init must have shape ({n_components}, {n_features}); got {m.shape}"
+        )
+    if not np.all(np.isfinite(m)):
+        raise ValueError("means_init contains NaN or infinity")
+    return m
+
+
+def check_spd(mats, covariance_type: str, n_components: int, n_features: int, dtype,
+              name: str = "precisions_init") -> np.ndarray:
+    """Covariance- or precision-shaped array for ``covariance_type``, checked positive definite."""
+    a = np.asarray(mats, dtype=dtype)
+    shape = covariance_shape(covariance_type, n_components, n_features)
+    if a.shape != shape:
+        raise ValueError(f"{name} for covariance_type={covariance_type!r} must have shape "
+                         f"{shape}; got {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} contains NaN or infinity")
+    if covariance_type in ("full", "tied"):
+        batch = a.reshape((-1, n_features, n_features)).astype(np.float64)
+        if not np.allclose(batch, np.swapaxes(batch, -1, -2), rtol=1e-5, atol=1e-8):
+            raise ValueError(f"{name} must be symmetric")
+        try:
+            np.linalg.cholesky(batch)
+        except np.linalg.LinAlgError:
+            raise ValueError(f"{name} must be positive definite") from None
+    elif np.any(a <= 0):
+        raise ValueError(f"{name} must be positive")
+    return a

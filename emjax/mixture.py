@@ -1,0 +1,302 @@
+"""Fitting Gaussian mixtures: initialisation, the compiled EM loop and vmapped restarts.
+
+:func:`fit` validates at the boundary, then runs one jitted program: ``n_init`` initialisations
+(vmapped over PRNG keys) and ``n_init`` EM loops (vmapped ``while_loop``), and picks the best.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from emjax import _validation as v
+from emjax import covariance as cov_lib
+from emjax import em, gmm, kmeans
+from emjax.gmm import GMMParams
+
+Array = jax.Array
+
+#: Incremented each time the fitting program is traced (compiled); tests read it.
+TRACE_COUNT = {"fit": 0}
+
+
+class FitResult(NamedTuple):
+    """Result of :func:`fit`.
+
+    Attributes:
+      params: best restart's :class:`~emjax.gmm.GMMParams`.
+      log_likelihood: best restart's mean log-likelihood (at ``params``).
+      n_iter, converged, status, history: the best restart's (see :class:`emjax.em.EMResult`).
+      best_index: which restart was best.
+      restarts: :class:`emjax.em.EMResult` of every restart, batched along axis 0.
+    """
+
+    params: GMMParams
+    log_likelihood: Array
+    n_iter: Array
+    converged: Array
+    status: Array
+    history: Array
+    best_index: Array
+    restarts: em.EMResult
+
+
+def responsibilities_init(
+    key: Array,
+    X: Array,
+    n_components: int,
+    init_params: str = "kmeans",
+    sample_weight: Optional[Array] = None,
+    n_lloyd: int = 10,
+) -> Array:
+    """Initial responsibilities ``(n_samples, n_components)`` (pure, vmappable over ``key``).
+
+    ``"kmeans"``: k-means++ then ``n_lloyd`` Lloyd steps, hard assignment (scikit-learn's
+    default). ``"k-means++"``: hard assignment to k-means++ centres. ``"random_from_data"``:
+    hard assignment to distinct random samples. ``"random"``: uniform random responsibilities.
+    """
+    n = X.shape[0]
+    if init_params == "random":
+        r = jax.random.uniform(key, (n, n_components), X.dtype)
+        return r / jnp.sum(r, axis=1, keepdims=True)
+    if init_params == "random_from_data":
+        p = None if sample_weight is None else sample_weight / jnp.sum(sample_weight)
+        centers = X[jax.random.choice(key, n, (n_components,), replace=False, p=p)]
+    else:
+        centers, _ = kmeans.kmeans_plusplus(key, X, n_components, sample_weight)
+        if init_params == "kmeans":
+            centers = kmeans.lloyd(X, centers, n_lloyd, sample_weight)
+    return jax.nn.one_hot(kmeans.assign(X, centers), n_components, dtype=X.dtype)
+
+
+def init_params(
+    key: Array,
+    X: Array,
+    n_components: int,
+    *,
+    covariance_type: str = "full",
+    reg_covar: float = 1e-6,
+    init_params: str = "kmeans",
+    sample_weight: Optional[Array] = None,
+    n_lloyd: int = 10,
+) -> GMMParams:
+    """Initial :class:`GMMParams`: :func:`responsibilities_init` followed by one M-step."""
+    resp = responsibilities_init(key, X, n_components, init_params, sample_weight, n_lloyd)
+    return gmm.m_step(resp, X, covariance_type=covariance_type, reg_covar=reg_covar,
+                      sample_weight=sample_weight)
+
+
+def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 1e-3):
+    """The GMM as the driver sees it: ``(e_step, m_step, repair)`` over ``data = (X, w)``.
+
+    ``repair`` re-seeds every component whose responsibility mass fell below
+    ``empty_threshold`` (in units of the mean sample weight): its mean moves to one of the
+    worst-explained samples (a different one for each), its covariance to the average of the
+    healthy components', its weight to ``1 / (2 n_components)`` before renormalising.
+    """
+
+    def e_step(params, data):
+        X, w = data
+        log_resp, ll = gmm.e_step_full(params, X)
+        return (log_resp, ll), gmm._mean(ll, w)
+
+    def m_step(estats, data):
+        X, w = data
+        return gmm.m_step(jnp.exp(estats[0]), X, covariance_type=covariance_type,
+                          reg_covar=reg_covar, sample_weight=w)
+
+    def repair(params, estats, data):
+        X, w = data
+        log_resp, ll = estats
+        k = params.means.shape[0]
+        gamma = jnp.exp(log_resp)
+        mean_w = 1.0 if w is None else jnp.mean(w)
+        nk = gmm.responsibilities_mass(gamma, w)
+        empty = nk < empty_threshold * mean_w
+        score = ll if w is None else jnp.where(w > 0, ll, jnp.inf)
+        worst = jax.lax.top_k(-score, k)[1]  # k worst-explained samples
+        rank = jnp.clip(jnp.cumsum(empty) - 1, 0, k - 1)
+        means = jnp.where(empty[:, None], X[worst[rank]], params.means)
+        cov = params.covariance
+        if not isinstance(cov, cov_lib.TiedCovariance):
+            healthy = (~empty).astype(X.dtype)
+            c = cov.covariances
+            hb = healthy.reshape((-1,) + (1,) * (c.ndim - 1))
+            avg = jnp.sum(hb * c, 0) / jnp.maximum(jnp.sum(healthy), 1.0)
+            eb = empty.reshape(hb.shape)
+            cov = cov_lib.from_covariances(covariance_type, jnp.where(eb, avg[None], c))
+        weights = jnp.where(empty, 1.0 / (2 * k), params.weights)
+        weights = weights / jnp.sum(weights)
+        fixed = GMMParams(weights, means, cov)
+        any_empty = jnp.any(empty)
+        out = jax.tree_util.tree_map(lambda a, b: jnp.where(any_empty, a, b), fixed, params)
+        return out, jnp.where(any_empty, em.STATUS_RESEEDED, 0)
+
+    return e_step, m_step, repair
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "n_components", "covariance_type", "reg_covar", "max_iter", "n_init", "init_method",
+        "n_lloyd", "callback",
+    ),
+)
+def _fit_compiled(X, key, sample_weight, weights_init, means_init, precisions_init, tol, *,
+                  n_components, covariance_type, reg_covar, max_iter, n_init, init_method,
+                  n_lloyd, callback):
+    TRACE_COUNT["fit"] += 1
+    w = sample_weight
+    shift = jnp.mean(X, 0) if w is None else (w @ X) / jnp.sum(w)
+    Xc = X - shift
+    keys = jax.random.split(key, n_init)
+
+    def initial(k):
+        p = init_params(k, Xc, n_components, covariance_type=covariance_type,
+                        reg_covar=reg_covar, init_params=init_method, sample_weight=w,
+                        n_lloyd=n_lloyd)
+        if weights_init is not None:
+            p = p._replace(weights=weights_init)
+        if means_init is not None:
+            p = p._replace(means=means_init - shift)
+        if precisions_init is not None:
+            p = p._replace(covariance=precisions_init)
+        return p
+
+    params0 = jax.vmap(initial)(keys)
+    e_step, m_step, repair = make_model(covariance_type, reg_covar)
+    res = em.run_restarts(e_step, m_step, params0, (Xc, w), tol=tol, max_iter=max_iter,
+                          repair=repair, callback=callback)
+    res = res._replace(params=res.params._replace(means=res.params.means + shift))
+    best = em.best_index(res.log_likelihood)
+    b = em.select(res, best)
+    return FitResult(b.params, b.log_likelihood, b.n_iter, b.converged, b.status, b.history,
+                     best, res)
+
+
+def fit(
+    X,
+    n_components: int,
+    *,
+    key: Optional[Array] = None,
+    covariance_type: str = "full",
+    tol: float = 1e-3,
+    reg_covar: float = 1e-6,
+    max_iter: int = 100,
+    n_init: int = 1,
+    init_params: str = "kmeans",
+    weights_init=None,
+    means_init=None,
+    precisions_init=None,
+    params_init: Optional[GMMParams] = None,
+    sample_weight=None,
+    n_lloyd: int = 10,
+    callback: Optional[Callable] = None,
+) -> FitResult:
+    """Fit a Gaussian mixture by EM: ``n_init`` restarts in one compiled, vmapped program.
+
+    Computes in ``X``'s precision (float32 stays float32; float64 needs JAX's x64 mode, which
+    :class:`emjax.GaussianMixture` switches on for you). The same ``key`` gives the same result,
+    bit for bit, on the same machine.
+
+    Args:
+      X: ``(n_samples, n_features)`` data.
+      n_components: number of mixture components.
+      key: PRNG key for initialisation (default ``jax.random.key(0)``).
+      covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
+      tol: stop when the mean log-likelihood changes by less than this (``0``: run ``max_iter``).
+      reg_covar: non-negative regularisation added to covariance diagonals.
+      max_iter: maximum EM iterations per restart.
+      n_init: number of restarts, run in parallel through ``jax.vmap``.
+      init_params: ``"kmeans"``, ``"k-means++"``, ``"random"`` or ``"random_from_data"``.
+      weights_init, means_init, precisions_init: optional user-given initial values
+        (scikit-learn's shapes); any not given comes from ``init_params``.
+      params_init: a complete :class:`GMMParams` to start every restart from.
+      sample_weight: optional ``(n_samples,)`` non-negative weights.
+      n_lloyd: Lloyd steps after k-means++ for ``init_params="kmeans"``.
+      callback: optional ``callback(n_iter, log_likelihood, converged)`` traced into the loop.
+
+    Returns:
+      :class:`FitResult`.
+
+    Raises:
+      ValueError: on NaN/inf data, wrong rank, ``n_components > n_samples``, an unknown
+        covariance type or initialisation, non-positive hyper-parameters or mis-shaped inits.
+
+    Examples:
+      >>> import jax, numpy as np, emjax
+      >>> X = np.random.default_rng(0).normal(size=(200, 2)).astype(np.float32)
+      >>> res = emjax.fit(X, 2, key=jax.random.key(0), n_init=4)
+      >>> res.params.means.shape
+      (2, 2)
+    """
+    Xa = v.as_data(X)
+    if Xa.dtype == np.float64 and not jax.config.jax_enable_x64:
+        raise ValueError(
+            "X is float64 but JAX's x64 mode is off: call jax.config.update('jax_enable_x64', "
+            "True), wrap the call in `with jax.enable_x64(True):`, pass float32 data, or use "
+            "emjax.GaussianMixture (which does this for you)"
+        )
+    n, d = Xa.shape
+    k = v.check_n_components(n_components, n, Xa.shape)
+    covariance_type = v.check_covariance_type(covariance_type)
+    init_method = v.check_init_params(init_params)
+    tol = v.check_non_negative(tol, "tol")
+    reg_covar = v.check_non_negative(reg_covar, "reg_covar")
+    max_iter = v.check_positive_int(max_iter, "max_iter")
+    n_init = v.check_positive_int(n_init, "n_init")
+    n_lloyd = v.check_positive_int(n_lloyd, "n_lloyd", minimum=0)
+    dtype = Xa.dtype
+    w = v.check_sample_weight(sample_weight, n, dtype)
+    if params_init is not None:
+        weights_init = np.asarray(params_init.weights)
+        means_init = np.asarray(params_init.means)
+        if params_init.covariance_type != covariance_type:
+            raise ValueError(f"params_init has covariance type {params_init.covariance_type!r} "
+                             f"but covariance_type={covariance_type!r}")
+        prec_cov = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params_init.covariance)
+        v.check_spd(np.asarray(prec_cov.covariances), covariance_type, k, d, dtype,
+                    name="params_init covariances")
+    else:
+        prec_cov = None
+        if precisions_init is not None:
+            p = v.check_spd(precisions_init, covariance_type, k, d, dtype)
+            if covariance_type in ("full", "tied"):
+                pc = np.swapaxes(np.linalg.cholesky(p.astype(np.float64)), -1, -2)
+            else:
+                pc = np.sqrt(p)
+            prec_cov = cov_lib.from_precisions_cholesky(covariance_type, jnp.asarray(pc, dtype))
+    if weights_init is not None:
+        weights_init = jnp.asarray(v.check_weights(weights_init, k, dtype))
+    if means_init is not None:
+        means_init = jnp.asarray(v.check_means(means_init, k, d, dtype))
+    if key is None:
+        key = jax.random.key(0)
+    return _fit_compiled(
+        jnp.asarray(Xa), key, None if w is None else jnp.asarray(w), weights_init, means_init,
+        prec_cov, jnp.asarray(tol, dtype), n_components=k, covariance_type=covariance_type,
+        reg_covar=reg_covar, max_iter=max_iter, n_init=n_init, init_method=init_method,
+        n_lloyd=n_lloyd, callback=callback,
+    )
+
+
+def as_key(random_state: Any) -> Array:
+    """A PRNG key from ``None``, an int, a ``numpy`` Generator/RandomState, or a JAX key."""
+    if random_state is None:
+        seed = int(np.random.default_rng().integers(0, 2**31 - 1))
+    elif isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
+        seed = int(random_state)
+    elif isinstance(random_state, np.random.RandomState):
+        seed = int(random_state.randint(0, 2**31 - 1))
+    elif isinstance(random_state, np.random.Generator):
+        seed = int(random_state.integers(0, 2**31 - 1))
+    elif isinstance(random_state, jax.Array):
+        return random_state
+    else:
+        raise ValueError(f"random_state must be None, an int, a numpy RandomState/Generator or "
+                         f"a JAX key; got {type(random_state).__name__}")
+    return jax.random.key(seed)
