@@ -161,7 +161,7 @@ def suff_stats(
 
 def params_from_stats(stats: SuffStats, *, covariance_type: str = "full",
                       reg_covar: float = 1e-6) -> GMMParams:
-    """The closed-form M-step from sufficient statistics.
+    r"""The closed-form M-step from sufficient statistics.
 
     .. math::
        N_k = n_k + 10\epsilon,\ \pi_k = N_k/\sum_j N_j,\ d_k = s_{x,k}/N_k,\
@@ -193,7 +193,7 @@ def m_step(
     reg_covar: float = 1e-6,
     sample_weight: Optional[Array] = None,
 ) -> GMMParams:
-    """M-step: the closed-form maximiser of Q given responsibilities.
+    r"""M-step: the closed-form maximiser of Q given responsibilities.
 
     .. math::
        N_k = \sum_n w_n\gamma_{nk} + 10\epsilon,\quad \pi_k = N_k / \sum_j N_j,\quad

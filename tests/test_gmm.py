@@ -1,0 +1,209 @@
+"""The pure GMM functions against independent references: scikit-learn and dense NumPy."""
+
+import numpy as np
+import pytest
+from scipy.stats import multivariate_normal
+from sklearn.mixture import GaussianMixture as SKGaussianMixture
+from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
+
+import emjax
+from emjax import covariance as cov_lib
+from emjax import gmm
+from tests.conftest import COV_TYPES, DTYPES, rtol_for
+
+
+def random_params(rng, k, d, cov_type, dtype):
+    """Well-conditioned random mixture parameters in scikit-learn's shapes."""
+    weights = rng.dirichlet(np.full(k, 3.0))
+    means = rng.normal(scale=2.0, size=(k, d))
+
+    def spd():
+        a = rng.normal(size=(d, d))
+        return a @ a.T / d + 0.5 * np.eye(d)
+
+    covs = {
+        "full": np.stack([spd() for _ in range(k)]),
+        "tied": spd(),
+        "diag": rng.uniform(0.3, 2.0, size=(k, d)),
+        "spherical": rng.uniform(0.3, 2.0, size=(k,)),
+    }[cov_type]
+    return weights.astype(dtype), means.astype(dtype), covs.astype(dtype)
+
+
+def sklearn_model(weights, means, covs, cov_type):
+    sk = SKGaussianMixture(len(weights), covariance_type=cov_type)
+    sk.weights_ = np.asarray(weights, np.float64)
+    sk.means_ = np.asarray(means, np.float64)
+    sk.covariances_ = np.asarray(covs, np.float64)
+    sk.precisions_cholesky_ = _compute_precision_cholesky(sk.covariances_, cov_type)
+    return sk
+
+
+def dense_covs(covs, cov_type, k, d):
+    return {
+        "full": lambda: covs,
+        "tied": lambda: np.broadcast_to(covs, (k, d, d)),
+        "diag": lambda: np.stack([np.diag(c) for c in covs]),
+        "spherical": lambda: covs[:, None, None] * np.eye(d),
+    }[cov_type]()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cov_type", COV_TYPES)
+def test_e_step_matches_sklearn(cov_type, dtype):
+    rng = np.random.default_rng(1)
+    k, d = 3, 4
+    w, m, c = random_params(rng, k, d, cov_type, dtype)
+    X = rng.normal(scale=2.0, size=(40, d)).astype(dtype)
+    params = emjax.make_params(w, m, c, cov_type)
+    gamma, ll = emjax.e_step(params, X)
+    sk = sklearn_model(w, m, c, cov_type)
+    assert gamma.dtype == dtype and ll.dtype == dtype
+    rtol = rtol_for(dtype)
+    np.testing.assert_allclose(
+        np.asarray(params.covariance.precisions_cholesky), sk.precisions_cholesky_,
+        rtol=rtol * 10, atol=rtol)
+    np.testing.assert_allclose(gamma, sk.predict_proba(X.astype(np.float64)), rtol=rtol * 10,
+                               atol=rtol)
+    np.testing.assert_allclose(emjax.score_samples(params, X), sk.score_samples(X), rtol=rtol)
+    np.testing.assert_allclose(ll, sk.score(X), rtol=rtol)
+    np.testing.assert_array_equal(emjax.predict(params, X), sk.predict(X))
+
+
+@pytest.mark.parametrize("cov_type", COV_TYPES)
+def test_component_log_prob_matches_scipy(cov_type):
+    rng = np.random.default_rng(2)
+    k, d = 3, 3
+    w, m, c = random_params(rng, k, d, cov_type, np.float64)
+    X = rng.normal(size=(25, d))
+    dense = dense_covs(c, cov_type, k, d)
+    ref = np.stack([multivariate_normal(m[j], dense[j]).logpdf(X) for j in range(k)], axis=1)
+    got = gmm.component_log_prob(emjax.make_params(w, m, c, cov_type), X)
+    np.testing.assert_allclose(got, ref, rtol=1e-10)
+
+
+def dense_m_step(gamma, X, cov_type, reg, sw=None):
+    """The seeds' closed forms, written with explicit sums (no shared code with emjax)."""
+    n, d = X.shape
+    k = gamma.shape[1]
+    g = gamma * (np.ones(n) if sw is None else sw)[:, None]
+    nk = g.sum(0) + 10 * np.finfo(X.dtype).eps
+    weights = nk / nk.sum()
+    means = np.stack([(g[:, j, None] * X).sum(0) / nk[j] for j in range(k)])
+    full = np.zeros((k, d, d))
+    for j in range(k):
+        for i in range(n):
+            diff = X[i] - means[j]
+            full[j] += g[i, j] * np.outer(diff, diff)
+        full[j] /= nk[j]
+    if cov_type == "full":
+        covs = full + reg * np.eye(d)
+    elif cov_type == "tied":
+        covs = (nk[:, None, None] * full).sum(0) / nk.sum() + reg * np.eye(d)
+    elif cov_type == "diag":
+        covs = np.stack([np.diag(f) for f in full]) + reg
+    else:
+        covs = np.stack([np.diag(f).mean() for f in full]) + reg
+    return weights, means, covs
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cov_type", COV_TYPES)
+def test_m_step_matches_dense_closed_form(cov_type, dtype):
+    rng = np.random.default_rng(3)
+    n, d, k = 30, 3, 4
+    X = (rng.normal(size=(n, d)) * 2 + 1).astype(dtype)
+    gamma = rng.dirichlet(np.ones(k), size=n).astype(dtype)
+    sw = rng.uniform(0.2, 2.0, size=n).astype(dtype)
+    for weights in (None, sw):
+        p = emjax.m_step(gamma, X, covariance_type=cov_type, reg_covar=1e-3,
+                         sample_weight=weights)
+        w_ref, m_ref, c_ref = dense_m_step(gamma.astype(np.float64), X.astype(np.float64),
+                                           cov_type, 1e-3, weights)
+        assert p.means.dtype == dtype
+        rtol = rtol_for(dtype) * 10
+        np.testing.assert_allclose(p.weights, w_ref, rtol=rtol)
+        np.testing.assert_allclose(p.means, m_ref, rtol=rtol, atol=rtol)
+        np.testing.assert_allclose(p.covariance.covariances, c_ref, rtol=rtol, atol=rtol)
+        assert isinstance(p.covariance, cov_lib.COVARIANCE_CLASSES[cov_type])
+
+
+def test_sufficient_statistics_are_additive_and_reference_free():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(50, 3))
+    gamma = rng.dirichlet(np.ones(2), size=50)
+    for cov_type in COV_TYPES:
+        direct = emjax.m_step(gamma, X, covariance_type=cov_type)
+        ref = rng.normal(size=(2, 3)) * 5  # any reference point gives the same M-step
+        s1 = gmm.suff_stats(gamma[:20], X[:20], ref, covariance_type=cov_type)
+        s2 = gmm.suff_stats(gamma[20:], X[20:], ref, covariance_type=cov_type)
+        total = gmm.SuffStats(s1.nk + s2.nk, s1.sx + s2.sx, s1.sxx + s2.sxx, ref)
+        via = gmm.params_from_stats(total, covariance_type=cov_type)
+        for a, b in zip(np.asarray(direct.means), np.asarray(via.means)):
+            np.testing.assert_allclose(a, b, rtol=1e-10)
+        np.testing.assert_allclose(direct.covariance.covariances, via.covariance.covariances,
+                                   rtol=1e-9)
+
+
+def test_cross_type_equivalences():
+    rng = np.random.default_rng(5)
+    k, d = 3, 4
+    X = rng.normal(size=(30, d))
+    w, m, var = random_params(rng, k, d, "diag", np.float64)
+    diag = emjax.make_params(w, m, var, "diag")
+    full = emjax.make_params(w, m, np.stack([np.diag(v) for v in var]), "full")
+    np.testing.assert_allclose(gmm.weighted_log_prob(diag, X), gmm.weighted_log_prob(full, X),
+                               rtol=1e-10)
+    s = var[:, 0]
+    sph = emjax.make_params(w, m, s, "spherical")
+    diag_eq = emjax.make_params(w, m, np.repeat(s[:, None], d, 1), "diag")
+    np.testing.assert_allclose(gmm.weighted_log_prob(sph, X), gmm.weighted_log_prob(diag_eq, X),
+                               rtol=1e-10)
+    _, _, tied_cov = random_params(rng, k, d, "tied", np.float64)
+    tied = emjax.make_params(w, m, tied_cov, "tied")
+    full_eq = emjax.make_params(w, m, np.broadcast_to(tied_cov, (k, d, d)), "full")
+    np.testing.assert_allclose(gmm.weighted_log_prob(tied, X), gmm.weighted_log_prob(full_eq, X),
+                               rtol=1e-10)
+    # And the M-steps agree: diag == diagonal of full, spherical == mean of diag.
+    gamma = rng.dirichlet(np.ones(k), size=30)
+    f = emjax.m_step(gamma, X, covariance_type="full").covariance.covariances
+    dg = emjax.m_step(gamma, X, covariance_type="diag").covariance.covariances
+    sp = emjax.m_step(gamma, X, covariance_type="spherical").covariance.covariances
+    np.testing.assert_allclose(dg, np.stack([np.diag(c) for c in f]), rtol=1e-10)
+    np.testing.assert_allclose(sp, np.mean(dg, axis=1), rtol=1e-10)
+
+
+@pytest.mark.parametrize("cov_type", COV_TYPES)
+def test_parameter_count_bic_aic_match_sklearn(blobs, cov_type):
+    sk = SKGaussianMixture(3, covariance_type=cov_type, random_state=0).fit(blobs)
+    params = emjax.make_params(sk.weights_, sk.means_, sk.covariances_, cov_type)
+    assert emjax.n_parameters(cov_type, 3, 3) == sk._n_parameters()
+    np.testing.assert_allclose(emjax.bic(params, blobs), sk.bic(blobs), rtol=1e-10)
+    np.testing.assert_allclose(emjax.aic(params, blobs), sk.aic(blobs), rtol=1e-10)
+
+
+@pytest.mark.parametrize("cov_type", COV_TYPES)
+def test_sample_moments(cov_type):
+    import jax
+
+    rng = np.random.default_rng(6)
+    w, m, c = random_params(rng, 2, 2, cov_type, np.float64)
+    m[1] += 10.0  # separate the components so labels can be checked
+    params = emjax.make_params(w, m, c, cov_type)
+    Xs, labels = emjax.sample(jax.random.key(0), params, 20000)
+    labels = np.asarray(labels)
+    dense = dense_covs(c, cov_type, 2, 2)
+    np.testing.assert_allclose(np.bincount(labels) / 20000, w, atol=0.015)
+    for j in range(2):
+        pts = np.asarray(Xs)[labels == j]
+        np.testing.assert_allclose(pts.mean(0), m[j], atol=0.06)
+        np.testing.assert_allclose(np.cov(pts.T), dense[j], atol=0.08)
+
+
+def test_precision_cholesky_round_trip():
+    rng = np.random.default_rng(7)
+    for cov_type in COV_TYPES:
+        _, _, c = random_params(rng, 3, 3, cov_type, np.float64)
+        a = cov_lib.from_covariances(cov_type, c)
+        b = cov_lib.from_precisions_cholesky(cov_type, a.precisions_cholesky)
+        np.testing.assert_allclose(b.covariances, c, rtol=1e-10)
