@@ -12,7 +12,8 @@ carried in the loop state.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -88,8 +89,8 @@ def run(
     *,
     tol: Array,
     max_iter: int,
-    repair: Optional[Callable] = None,
-    callback: Optional[Callable] = None,
+    repair: Callable | None = None,
+    callback: Callable | None = None,
     decrease_tol: float = 1e-6,
 ) -> EMResult:
     """Run EM from ``params0`` inside one ``jax.lax.while_loop`` (not jitted: compose or jit it).
@@ -195,8 +196,8 @@ def run_restarts(
     *,
     tol: Array,
     max_iter: int,
-    repair: Optional[Callable] = None,
-    callback: Optional[Callable] = None,
+    repair: Callable | None = None,
+    callback: Callable | None = None,
 ) -> EMResult:
     """:func:`run` vmapped over a leading restart axis of ``params0_batched``; data is shared."""
 

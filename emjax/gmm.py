@@ -7,7 +7,7 @@ Nothing here is jitted, so the steps compose with ``jit``, ``vmap`` and ``grad``
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -78,7 +78,7 @@ def weighted_log_prob(params: GMMParams, X: Array) -> Array:
     return component_log_prob(params, X) + jnp.log(params.weights)[None, :]
 
 
-def _mean(values: Array, sample_weight: Optional[Array]) -> Array:
+def _mean(values: Array, sample_weight: Array | None) -> Array:
     if sample_weight is None:
         return jnp.mean(values)
     return jnp.sum(sample_weight * values) / jnp.sum(sample_weight)
@@ -92,7 +92,7 @@ def e_step_full(params: GMMParams, X: Array) -> tuple[Array, Array]:
 
 
 def e_step(
-    params: GMMParams, X: Array, sample_weight: Optional[Array] = None
+    params: GMMParams, X: Array, sample_weight: Array | None = None
 ) -> tuple[Array, Array]:
     """E-step: responsibilities and the mean log-likelihood of ``X`` under ``params``.
 
@@ -140,7 +140,7 @@ def suff_stats(
     ref: Array,
     *,
     covariance_type: str = "full",
-    sample_weight: Optional[Array] = None,
+    sample_weight: Array | None = None,
 ) -> SuffStats:
     """Sufficient statistics of ``(gamma, X)`` about ``ref`` (see :class:`SuffStats`)."""
     if sample_weight is not None:
@@ -191,7 +191,7 @@ def m_step(
     *,
     covariance_type: str = "full",
     reg_covar: float = 1e-6,
-    sample_weight: Optional[Array] = None,
+    sample_weight: Array | None = None,
 ) -> GMMParams:
     r"""M-step: the closed-form maximiser of Q given responsibilities.
 
@@ -282,7 +282,7 @@ def aic(params: GMMParams, X: Array) -> Array:
     return -2.0 * jnp.sum(score_samples(params, X)) + 2 * p
 
 
-def responsibilities_mass(gamma: Array, sample_weight: Optional[Array] = None) -> Array:
+def responsibilities_mass(gamma: Array, sample_weight: Array | None = None) -> Array:
     """``N_k = sum_n w_n gamma_nk``, shape ``(n_components,)``."""
     if sample_weight is not None:
         gamma = gamma * sample_weight[:, None]

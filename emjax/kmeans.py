@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -25,8 +24,8 @@ def kmeans_plusplus(
     key: Array,
     X: Array,
     n_clusters: int,
-    sample_weight: Optional[Array] = None,
-    n_local_trials: Optional[int] = None,
+    sample_weight: Array | None = None,
+    n_local_trials: int | None = None,
 ) -> tuple[Array, Array]:
     """Greedy k-means++ seeding (scikit-learn's algorithm): ``(centers, indices)``.
 
@@ -70,12 +69,13 @@ def kmeans_plusplus(
             key,
         )
 
-    centers, indices, _, _ = jax.lax.fori_loop(1, n_clusters, body, (centers, indices, closest, key))
+    init = (centers, indices, closest, key)
+    centers, indices, _, _ = jax.lax.fori_loop(1, n_clusters, body, init)
     return centers, indices
 
 
 def lloyd(
-    X: Array, centers: Array, n_iter: int, sample_weight: Optional[Array] = None
+    X: Array, centers: Array, n_iter: int, sample_weight: Array | None = None
 ) -> Array:
     """``n_iter`` Lloyd steps; a centre that loses all its points keeps its position."""
     w = jnp.ones((X.shape[0],), X.dtype) if sample_weight is None else sample_weight.astype(X.dtype)

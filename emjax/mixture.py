@@ -7,7 +7,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -50,7 +51,7 @@ def responsibilities_init(
     X: Array,
     n_components: int,
     init_params: str = "kmeans",
-    sample_weight: Optional[Array] = None,
+    sample_weight: Array | None = None,
     n_lloyd: int = 10,
 ) -> Array:
     """Initial responsibilities ``(n_samples, n_components)`` (pure, vmappable over ``key``).
@@ -81,7 +82,7 @@ def init_params(
     covariance_type: str = "full",
     reg_covar: float = 1e-6,
     init_params: str = "kmeans",
-    sample_weight: Optional[Array] = None,
+    sample_weight: Array | None = None,
     n_lloyd: int = 10,
 ) -> GMMParams:
     """Initial :class:`GMMParams`: :func:`responsibilities_init` followed by one M-step."""
@@ -182,7 +183,7 @@ def fit(
     X,
     n_components: int,
     *,
-    key: Optional[Array] = None,
+    key: Array | None = None,
     covariance_type: str = "full",
     tol: float = 1e-3,
     reg_covar: float = 1e-6,
@@ -192,10 +193,10 @@ def fit(
     weights_init=None,
     means_init=None,
     precisions_init=None,
-    params_init: Optional[GMMParams] = None,
+    params_init: GMMParams | None = None,
     sample_weight=None,
     n_lloyd: int = 10,
-    callback: Optional[Callable] = None,
+    callback: Callable | None = None,
 ) -> FitResult:
     """Fit a Gaussian mixture by EM: ``n_init`` restarts in one compiled, vmapped program.
 

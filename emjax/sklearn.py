@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from emjax import _validation as v
-from emjax import covariance as cov_lib
 from emjax import em, gmm, mixture
 
 
