@@ -1,6 +1,6 @@
 """emjax: latent-variable models fitted by Expectation-Maximization in JAX."""
 
-from emjax import covariance, em, gmm, kmeans, mixture
+from emjax import covariance, datasets, em, gmm, kmeans, mixture
 from emjax.covariance import (
     DiagCovariance,
     FullCovariance,
@@ -42,6 +42,7 @@ __all__ = [
     "aic",
     "bic",
     "covariance",
+    "datasets",
     "describe_status",
     "e_step",
     "em",
