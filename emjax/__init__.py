@@ -1,6 +1,6 @@
 """emjax: latent-variable models fitted by Expectation-Maximization in JAX."""
 
-from emjax import covariance, datasets, em, gmm, kmeans, mixture
+from emjax import covariance, datasets, em, gem, gmm, kmeans, mixture, objective
 from emjax.covariance import (
     DiagCovariance,
     FullCovariance,
@@ -8,6 +8,7 @@ from emjax.covariance import (
     TiedCovariance,
 )
 from emjax.em import EMResult, describe_status
+from emjax.gem import fit_gem
 from emjax.gmm import (
     GMMParams,
     aic,
@@ -23,6 +24,7 @@ from emjax.gmm import (
     score_samples,
 )
 from emjax.mixture import FitResult, fit, init_params
+from emjax.objective import complete_data_log_likelihood
 from emjax.sklearn import ConvergenceWarning, GaussianMixture, NotFittedError
 
 __version__ = "0.1.0"
@@ -41,12 +43,15 @@ __all__ = [
     "__version__",
     "aic",
     "bic",
+    "complete_data_log_likelihood",
     "covariance",
     "datasets",
     "describe_status",
     "e_step",
     "em",
     "fit",
+    "fit_gem",
+    "gem",
     "gmm",
     "init_params",
     "kmeans",
@@ -55,6 +60,7 @@ __all__ = [
     "make_params",
     "mixture",
     "n_parameters",
+    "objective",
     "predict",
     "predict_proba",
     "sample",
