@@ -1,6 +1,18 @@
 """emjax: latent-variable models fitted by Expectation-Maximization in JAX."""
 
-from emjax import covariance, datasets, em, gem, gmm, kmeans, mixture, objective
+from emjax import (
+    covariance,
+    datasets,
+    em,
+    gem,
+    gmm,
+    io,
+    kmeans,
+    mixture,
+    objective,
+    progress,
+    selection,
+)
 from emjax.covariance import (
     DiagCovariance,
     FullCovariance,
@@ -23,8 +35,10 @@ from emjax.gmm import (
     sample,
     score_samples,
 )
+from emjax.io import load, save
 from emjax.mixture import FitResult, fit, init_params
 from emjax.objective import complete_data_log_likelihood
+from emjax.selection import GridResult, SelectionResult, fit_grid, select_model
 from emjax.sklearn import ConvergenceWarning, GaussianMixture, NotFittedError
 
 __version__ = "0.1.0"
@@ -37,7 +51,9 @@ __all__ = [
     "FullCovariance",
     "GMMParams",
     "GaussianMixture",
+    "GridResult",
     "NotFittedError",
+    "SelectionResult",
     "SphericalCovariance",
     "TiedCovariance",
     "__version__",
@@ -52,9 +68,12 @@ __all__ = [
     "fit",
     "fit_gem",
     "gem",
+    "fit_grid",
     "gmm",
     "init_params",
+    "io",
     "kmeans",
+    "load",
     "log_prob",
     "m_step",
     "make_params",
@@ -63,6 +82,10 @@ __all__ = [
     "objective",
     "predict",
     "predict_proba",
+    "progress",
     "sample",
+    "save",
     "score_samples",
+    "select_model",
+    "selection",
 ]

@@ -1,44 +1,304 @@
-"""The ``emjax`` command line (``emjax demo``: the main job on the bundled default data)."""
+"""The ``emjax`` command line: fit a grid of Gaussian mixtures to a table, predict, demo.
+
+    emjax fit DATA [-k 1-6] [-c full,diag] [--n-init 4] [-o DIR]   choose, save, plot
+    emjax predict MODEL DATA [-o predictions.csv]                 labels and probabilities
+    emjax demo                                                    ``fit`` on the bundled data
+
+Every problem with the input is one line on stderr (``emjax: error: ...``) and exit status 1;
+input files are only read.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
+import math
+import os
 import sys
-import time
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
 
 
-def _demo(args) -> int:
+class CLIError(Exception):
+    """An error reported as one line, without a traceback."""
+
+
+def parse_components(text: str) -> tuple:
+    """``"3"`` -> ``(3,)``; ``"1-6"`` -> ``(1, ..., 6)``; ``"2,4,6"`` -> ``(2, 4, 6)``."""
+    out = []
+    try:
+        for part in str(text).split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if lo > hi:
+                    raise ValueError
+                out.extend(range(lo, hi + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise CLIError(f"bad --n-components {text!r}: give K, a range like 1-6, or a list "
+                       f"like 2,4,6") from None
+    if not out or min(out) < 1:
+        raise CLIError(f"bad --n-components {text!r}: components must be >= 1")
+    return tuple(sorted(set(out)))
+
+
+def _x64(dtype: str):
+    import jax
+
+    return jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
+
+
+def _columns_arg(text: str | None):
+    return None if not text else [c for c in text.split(",") if c.strip()]
+
+
+def _format_rows(rows: list, criterion: str) -> list:
+    head = (f"{'cov':>9} {'K':>3} {'BIC':>11} {'AIC':>11} {'loglik/n':>10} "
+            f"{'BIC range over restarts':>25} {'conv':>5} {'iters':>5} {'time s':>7}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        spread = f"{r['bic_min']:.1f} .. {r['bic_max']:.1f}"
+        mark = f"  <- chosen by {criterion.upper()}" if r["chosen"] else ""
+        flags = "" if r["status"] == 0 else "  !"
+        lines.append(
+            f"{r['covariance_type']:>9} {r['n_components']:>3} {r['bic']:>11.2f} "
+            f"{r['aic']:>11.2f} {r['log_likelihood']:>10.4f} {spread:>25} "
+            f"{r['converged']:>2}/{r['n_init']:<2} {r['n_iter']:>5} {r['seconds']:>7.2f}"
+            f"{flags}{mark}")
+    return lines
+
+
+def _write_summary_csv(path: str, rows: list) -> None:
+    keys = ["covariance_type", "n_components", "bic", "aic", "log_likelihood", "bic_min",
+            "bic_max", "converged", "n_init", "n_iter", "status", "chosen", "seconds"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r[k] for k in keys})
+
+
+def run_fit(args, *, data_path: str, title: str) -> int:
+    import jax
     import numpy as np
 
-    from emjax import datasets
+    from emjax import datasets, gmm, io, selection
+    from emjax import progress as progress_lib
     from emjax.em import describe_status
-    from emjax.sklearn import GaussianMixture
 
-    X = datasets.load_default()
-    print(f"emjax demo: {X.shape[0]} samples x {X.shape[1]} features ({datasets.default_path()})")
-    print(f"{'K':>3} {'cov':>9} {'BIC':>10} {'AIC':>10} {'loglik':>9} {'iters':>5}  status")
-    best = None
-    for k in range(1, 6):
-        t = time.perf_counter()
-        gm = GaussianMixture(k, covariance_type="full", n_init=4, random_state=0).fit(X)
-        bic = gm.bic(X)
-        print(f"{k:>3} {'full':>9} {bic:>10.1f} {gm.aic(X):>10.1f} {gm.lower_bound_:>9.4f} "
-              f"{gm.n_iter_:>5}  {describe_status(gm.status_)} ({time.perf_counter() - t:.2f} s)")
-        if best is None or bic < best[0]:
-            best = (bic, gm)
-    gm = best[1]
-    print(f"chosen: K={gm.n_components} by BIC; weights {np.round(gm.weights_, 3).tolist()}")
+    if args.compile_cache:
+        enable_compile_cache()
+    if args.n_init < 1 or args.max_iter < 1:
+        raise CLIError("--n-init and --max-iter must be >= 1")
+    if not (math.isfinite(args.tol) and args.tol >= 0 and math.isfinite(args.reg_covar)
+            and args.reg_covar >= 0):
+        raise CLIError("--tol and --reg-covar must be finite and >= 0")
+    ks = parse_components(args.n_components)
+    types = selection.check_covariance_types(
+        "all" if args.covariance_type == "all" else _columns_arg(args.covariance_type) or [])
+    table = datasets.read_table(data_path, columns=_columns_arg(args.columns),
+                                header=args.header, min_rows=max(max(ks), 2))
+    out_dir = args.output
+    os.makedirs(out_dir, exist_ok=True)
+    X = table.X.astype(args.dtype)
+    n, d = X.shape
+    print(f"{title}: {data_path}: {n} rows x {d} columns ({', '.join(table.columns)}), "
+          f"{args.dtype}; K = {selection._grid_label(ks)}; covariance {', '.join(types)}; "
+          f"{args.n_init} restarts each")
+    config = dict(n_components=list(ks), covariance_types=list(types), n_init=args.n_init,
+                  seed=args.seed, tol=args.tol, reg_covar=args.reg_covar,
+                  max_iter=args.max_iter, init_params=args.init, criterion=args.criterion,
+                  dtype=args.dtype, data=os.path.abspath(data_path), columns=table.columns)
+    kwargs = dict(key=jax.random.key(args.seed), n_init=args.n_init, tol=args.tol,
+                  reg_covar=args.reg_covar, max_iter=args.max_iter, init_params=args.init)
+    grids = []
+    with _x64(args.dtype):
+        for ctype in types:
+            if args.progress:
+                bar = progress_lib.ProgressBar(f"{ctype:>9} K={selection._grid_label(ks)}",
+                                               len(ks) * args.n_init, args.max_iter)
+                with bar:
+                    grids.append(selection.fit_grid(X, ks, covariance_type=ctype,
+                                                    callback=progress_lib.callback, **kwargs))
+            else:
+                grids.append(selection.fit_grid(X, ks, covariance_type=ctype, **kwargs))
+        sel = selection.choose(grids, args.criterion)
+        rows = selection.summary_rows(sel)
+        labels = np.asarray(gmm.predict(sel.params, X))
+    print("\n".join(_format_rows(rows, args.criterion)))
+    for g in grids:
+        print(f"{g.covariance_type:>9}: one compiled call for {len(g.n_components)} K x "
+              f"{g.bic.shape[1]} restarts: compile {g.compile_seconds:.2f} s + run "
+              f"{g.run_seconds:.3f} s")
+    bad = [r for r in rows if r["status"]]
+    for r in bad:
+        print(f"  ! {r['covariance_type']} K={r['n_components']}: {describe_status(r['status'])}")
+    counts = np.bincount(labels, minlength=sel.n_components)
+    print(f"chosen: {sel.covariance_type} covariance, K={sel.n_components} by "
+          f"{args.criterion.upper()}; weights "
+          f"{np.round(np.asarray(sel.params.weights, np.float64), 3).tolist()}; "
+          f"points per component {counts.tolist()}")
+    config["selection"] = rows
+    model_path = io.save(os.path.join(out_dir, "model.npz"), sel.params, config=config)
+    _write_summary_csv(os.path.join(out_dir, "selection.csv"), rows)
+    print(f"wrote {model_path} and {os.path.join(out_dir, 'selection.csv')}")
+    if args.plots:
+        fig_dir = args.figures or out_dir
+        try:
+            from emjax import plotting
+
+            with _x64(args.dtype):
+                paths = plotting.save_figures(sel, X, fig_dir, feature_names=table.columns)
+            print("wrote figures " + ", ".join(paths))
+        except ImportError as exc:
+            print(f"figures skipped: {exc}")
     return 0
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="emjax", description=__doc__)
+def enable_compile_cache(directory: str | None = None) -> str | None:
+    """Keep compiled programs on disk between runs (JAX's persistent compilation cache), so a
+    second ``emjax`` run on data of the same shape skips XLA compilation. The directory is
+    ``$EMJAX_CACHE_DIR``, else ``$XDG_CACHE_HOME/emjax/xla``, else ``~/.cache/emjax/xla``."""
+    import jax
+
+    if directory is None:
+        directory = os.environ.get("EMJAX_CACHE_DIR") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+            "emjax", "xla")
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError:
+        return None  # a read-only home: run without the cache
+    jax.config.update("jax_compilation_cache_dir", directory)
+    return directory
+
+
+def run_predict(args) -> int:
+    import numpy as np
+
+    from emjax import datasets, gmm, io
+
+    if not os.path.exists(args.model):
+        raise CLIError(f"no such model file: {args.model}")
+    saved = io.load(args.model)
+    meta = saved.metadata
+    d = meta["n_features"]
+    columns = _columns_arg(args.columns)
+    table = datasets.read_table(args.data, columns=columns, header=args.header, min_rows=1)
+    if columns is None and table.X.shape[1] != d:
+        fitted = meta.get("config", {}).get("columns")
+        if fitted and set(fitted) <= set(table.columns):
+            table = datasets.read_table(args.data, columns=fitted, header=args.header,
+                                        min_rows=1)
+    if table.X.shape[1] != d:
+        raise CLIError(f"{args.data} has {table.X.shape[1]} columns but the model was fitted on "
+                       f"{d}; choose them with --columns")
+    if os.path.abspath(args.output) == os.path.abspath(args.data):
+        raise CLIError("--output must not be the input file")
+    dtype = meta["dtype"]
+    X = table.X.astype(dtype)
+    with _x64(dtype):
+        labels = np.asarray(gmm.predict(saved.params, X))
+        proba = np.asarray(gmm.predict_proba(saved.params, X))
+    k = proba.shape[1]
+    with open(args.output, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["label"] + [f"p{j}" for j in range(k)])
+        for lab, p in zip(labels, proba):
+            w.writerow([int(lab)] + [f"{x:.8g}" for x in p])
+    counts = np.bincount(labels, minlength=k)
+    print(f"emjax predict: {len(labels)} rows -> {args.output} (label, p0..p{k - 1}); "
+          f"points per component {counts.tolist()}")
+    return 0
+
+
+def _add_fit_options(p: argparse.ArgumentParser, *, output: str, covariance: str) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("-k", "--n-components", default="1-6", metavar="K",
+                   help="K, a range like 1-6, or a list like 2,4,6 (default 1-6)")
+    g.add_argument("-c", "--covariance-type", default=covariance, metavar="TYPES",
+                   help=f"full, tied, diag, spherical, a comma list, or 'all' "
+                   f"(default {covariance})")
+    g.add_argument("-n", "--n-init", "--restarts", type=int, default=4, dest="n_init",
+                   help="random restarts per grid point (default 4)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--tol", type=float, default=1e-3,
+                   help="convergence threshold on the mean log-likelihood (default 1e-3)")
+    g.add_argument("--max-iter", type=int, default=200, help="EM iterations at most (200)")
+    g.add_argument("--reg-covar", type=float, default=1e-6, help="covariance ridge (1e-6)")
+    g.add_argument("--init", default="kmeans",
+                   choices=["kmeans", "k-means++", "random", "random_from_data"],
+                   help="initialisation (default kmeans)")
+    g.add_argument("--criterion", default="bic", choices=["bic", "aic"],
+                   help="chooses the model (default bic)")
+    g.add_argument("--dtype", default="float64", choices=["float64", "float32"],
+                   help="precision of the fit (default float64)")
+    o = p.add_argument_group("output")
+    o.add_argument("-o", "--output", default=output, metavar="DIR",
+                   help=f"directory for model.npz, selection.csv and figures (default {output})")
+    o.add_argument("--figures", default=None, metavar="DIR",
+                   help="directory for the figures (default: the output directory)")
+    o.add_argument("--no-plots", dest="plots", action="store_false", help="write no figures")
+    o.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar on stderr")
+    o.add_argument("--no-compile-cache", dest="compile_cache", action="store_false",
+                   help="do not keep compiled programs in ~/.cache/emjax/xla between runs")
+
+
+def _add_table_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--columns", default=None, metavar="COLS",
+                   help="comma list of column names or 0-based indices (default: all)")
+    h = p.add_mutually_exclusive_group()
+    h.add_argument("--header", dest="header", action="store_true", default=None,
+                   help="the CSV's first row is a header (default: detected)")
+    h.add_argument("--no-header", dest="header", action="store_false",
+                   help="the CSV has no header row")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emjax", description="Gaussian mixtures by EM in JAX: choose K and the covariance "
+        "type by BIC/AIC over a grid fitted in one compiled call per covariance type.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="fit the bundled default data set")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        return _demo(args)
-    return 2
+    p = sub.add_parser("fit", help="fit a grid of mixtures to a table and keep the best")
+    p.add_argument("data", help="CSV/TSV (header detected), .npy, or .parquet (needs pyarrow)")
+    _add_table_options(p)
+    _add_fit_options(p, output="emjax-out", covariance="full")
+    p = sub.add_parser("predict", help="labels and probabilities from a saved model")
+    p.add_argument("model", help="a model.npz written by 'emjax fit'")
+    p.add_argument("data", help="the table to label (same columns as the fit)")
+    _add_table_options(p)
+    p.add_argument("-o", "--output", default="predictions.csv",
+                   help="CSV to write: label, p0, p1, ... (default predictions.csv)")
+    p = sub.add_parser("demo", help="'emjax fit' on the bundled default data set")
+    _add_fit_options(p, output="emjax-demo", covariance="all")
+    p.set_defaults(columns=None, header=None)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run the command line; returns the exit status (0 success, 1 bad input, 2 usage)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse has printed its usage message
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        if args.command == "fit":
+            return run_fit(args, data_path=args.data, title="emjax fit")
+        if args.command == "predict":
+            return run_predict(args)
+        from emjax import datasets
+
+        return run_fit(args, data_path=datasets.default_path(), title="emjax demo")
+    except (CLIError, ValueError, OSError, ImportError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"emjax: error: {msg}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -1,10 +1,38 @@
-"""Bundled data sets: small enough to ship in the wheel, made with a fixed seed."""
+"""Bundled data sets, and reading a user's table of numbers (CSV, NPY, Parquet) with clear errors.
+
+:func:`read_table` never writes to the file it reads; every problem is a :class:`DataError` with
+a one-line message saying where (line numbers for text, row indices for arrays).
+"""
 
 from __future__ import annotations
 
+import csv
+import os
+from collections.abc import Sequence
 from importlib import resources
+from typing import NamedTuple
 
 import numpy as np
+
+MISSING = {"", "na", "nan", "null", "none", "n/a"}
+
+
+class DataError(ValueError):
+    """A data file that cannot be used, with a one-line explanation."""
+
+
+class Table(NamedTuple):
+    """A numeric table read from a file.
+
+    Attributes:
+      X: ``(n_rows, n_columns)`` float64 values of the selected columns.
+      columns: their names (``"0"``, ``"1"``, ... when the file has none).
+      row_labels: how to name each row in messages (e.g. ``"line 7"``), ``(n_rows,)``.
+    """
+
+    X: np.ndarray
+    columns: list
+    row_labels: list
 
 
 def default_path() -> str:
@@ -15,3 +43,159 @@ def default_path() -> str:
 def load_default() -> np.ndarray:
     """The bundled default data set: 600 points from 3 correlated 2-D Gaussians (float64)."""
     return np.loadtxt(default_path(), delimiter=",", skiprows=1)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _sniff_delimiter(first_line: str) -> str:
+    for delim in (",", "\t", ";"):
+        if delim in first_line:
+            return delim
+    return ","
+
+
+def _select(names: list, columns: Sequence[str] | None, path: str) -> list:
+    """Indices of the requested columns (names, or 0-based indices)."""
+    if not columns:
+        return list(range(len(names)))
+    out = []
+    for c in columns:
+        c = str(c).strip()
+        if c in names:
+            out.append(names.index(c))
+        elif c.lstrip("-").isdigit() and -len(names) <= int(c) < len(names):
+            out.append(int(c) % len(names))
+        else:
+            raise DataError(f"{path}: no column {c!r} (columns: {', '.join(names)}; "
+                            f"give names or 0-based indices)")
+    return out
+
+
+def _read_csv(path: str, columns, header: bool | None) -> Table:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        text = f.read()
+    lines = text.splitlines()
+    first = next((ln for ln in lines if ln.strip()), "")
+    delim = _sniff_delimiter(first)
+    rows = []  # (line number, fields)
+    for lineno, fields in enumerate(csv.reader(lines, delimiter=delim), start=1):
+        if not fields or all(not x.strip() for x in fields):
+            continue
+        rows.append((lineno, [x.strip() for x in fields]))
+    if not rows:
+        raise DataError(f"{path} is empty")
+    if header is None:  # a first row with a non-numeric, non-missing field is a header
+        header = any(not _is_number(x) and x.lower() not in MISSING for x in rows[0][1])
+    width = len(rows[0][1])
+    for lineno, fields in rows:
+        if len(fields) != width:
+            raise DataError(f"{path}: ragged table: line {lineno} has {len(fields)} fields, "
+                            f"line {rows[0][0]} has {width}")
+    if header:
+        names = rows[0][1]
+        rows = rows[1:]
+    else:
+        names = [str(i) for i in range(width)]
+    idx = _select(names, columns, path)
+    X = np.empty((len(rows), len(idx)))
+    for i, (lineno, fields) in enumerate(rows):
+        for j, c in enumerate(idx):
+            x = fields[c]
+            try:
+                X[i, j] = float(x)
+            except ValueError:
+                if x.lower() not in MISSING:
+                    raise DataError(f"{path}: non-numeric value {x!r} at line {lineno}, column "
+                                    f"{names[c]!r}") from None
+                X[i, j] = np.nan
+    return Table(X, [names[c] for c in idx], [f"line {lineno}" for lineno, _ in rows])
+
+
+def _read_npy(path: str, columns) -> Table:
+    try:
+        a = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise DataError(f"{path}: not a numeric .npy array ({exc})") from None
+    if a.dtype.names is not None or not (np.issubdtype(a.dtype, np.number)
+                                         or a.dtype == np.bool_) or np.iscomplexobj(a):
+        raise DataError(f"{path}: non-numeric array of dtype {a.dtype}")
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2:
+        raise DataError(f"{path}: expected a 2-D array (rows x columns); got shape {a.shape}")
+    names = [str(i) for i in range(a.shape[1])]
+    idx = _select(names, columns, path)
+    return Table(a[:, idx].astype(np.float64), [names[c] for c in idx],
+                 [f"row {i}" for i in range(a.shape[0])])
+
+
+def _read_parquet(path: str, columns) -> Table:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises its own error types
+        raise DataError(f"{path}: cannot read as Parquet ({exc})") from None
+    names = list(table.column_names)
+    idx = _select(names, columns, path)
+    cols = []
+    for c in idx:
+        col = table.column(c)
+        try:
+            values = col.to_numpy(zero_copy_only=False)
+            values = np.asarray(values, dtype=np.float64)
+        except (ValueError, TypeError):
+            raise DataError(f"{path}: non-numeric column {names[c]!r} of type "
+                            f"{col.type}") from None
+        cols.append(values)
+    X = np.stack(cols, axis=1) if cols else np.empty((table.num_rows, 0))
+    return Table(X, [names[c] for c in idx], [f"row {i}" for i in range(table.num_rows)])
+
+
+def read_table(path: str, *, columns: Sequence[str] | None = None,
+               header: bool | None = None, min_rows: int = 2) -> Table:
+    """Read a numeric table: ``.npy``, ``.parquet``/``.pq`` (needs pyarrow), else CSV/TSV.
+
+    Args:
+      path: the file (only read, never written).
+      columns: names or 0-based indices of the columns to use (default: all). Columns not
+        selected may hold anything.
+      header: CSV only; ``None`` detects a header (a first row with a non-numeric field).
+      min_rows: fewer rows than this is an error.
+
+    Raises:
+      DataError: missing file, ragged or non-numeric table, unknown column, NaN/missing values
+        (naming the rows), or fewer than ``min_rows`` rows.
+    """
+    if not os.path.exists(path):
+        raise DataError(f"no such file: {path}")
+    if os.path.isdir(path):
+        raise DataError(f"{path} is a directory, not a data file")
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npy":
+        table = _read_npy(path, columns)
+    elif ext in (".parquet", ".pq"):
+        table = _read_parquet(path, columns)
+    else:
+        try:
+            table = _read_csv(path, columns, header)
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: not a text table (use .csv, .npy or .parquet)") from None
+    X = table.X
+    if X.shape[1] == 0:
+        raise DataError(f"{path}: no columns selected")
+    bad = np.flatnonzero(~np.all(np.isfinite(X), axis=1))
+    if bad.size:
+        shown = ", ".join(table.row_labels[i] for i in bad[:8]) + (", ..." if bad.size > 8 else "")
+        raise DataError(f"{path}: NaN, infinite or missing values in {bad.size} row(s): {shown}")
+    if X.shape[0] < min_rows:
+        raise DataError(f"{path}: too few rows: {X.shape[0]} (need at least {min_rows})")
+    return table

@@ -149,9 +149,11 @@ def run(
             history=s.history.at[s.n_iter].set(jnp.where(finite, ll, jnp.nan)),
             reseeded_last=reseeded,
         )
+        out = _tree_where(active, new, s)
         if callback is not None:
-            callback(new.n_iter, new.ll_prev, new.converged)
-        return _tree_where(active, new, s)
+            # After the freeze, so a finished lane of a vmapped loop reports its final state.
+            callback(out.n_iter, out.ll_prev, out.converged)
+        return out
 
     init = _State(
         params=params0,

@@ -91,13 +91,67 @@ def init_params(
                       sample_weight=sample_weight)
 
 
+def reseed_empty(params: GMMParams, log_resp: Array, ll: Array, X: Array,
+                 sample_weight: Optional[Array], *, covariance_type: str,
+                 empty_threshold: float = 1e-3, active: Optional[Array] = None):
+    """Re-seed every (active) component whose responsibility mass is below the threshold.
+
+    The responsibility mass is measured in units of the mean sample weight. A re-seeded
+    component's mean moves to one of the worst-explained samples (a different one for each),
+    its covariance to the average of the healthy components', its weight to
+    ``1 / (2 n_active)`` before renormalising.
+
+    Args:
+      params: parameters after the M-step (``n_components`` possibly padded).
+      log_resp: ``(n_samples, n_components)`` log-responsibilities of the E-step.
+      ll: ``(n_samples,)`` per-sample log-likelihood of the E-step.
+      X: ``(n_samples, n_features)``.
+      sample_weight: optional ``(n_samples,)``.
+      covariance_type: static.
+      empty_threshold: static.
+      active: optional ``(n_components,)`` bool mask of the components that exist (padding for
+        model selection); inactive ones are never re-seeded nor averaged, and keep weight 0.
+
+    Returns:
+      ``(params, flags)`` with ``flags = em.STATUS_RESEEDED`` if anything was re-seeded.
+    """
+    w = sample_weight
+    k = params.means.shape[0]
+    gamma = jnp.exp(log_resp)
+    mean_w = 1.0 if w is None else jnp.mean(w)
+    nk = gmm.responsibilities_mass(gamma, w)
+    empty = nk < empty_threshold * mean_w
+    healthy = ~empty
+    n_active = k
+    if active is not None:
+        empty = empty & active
+        healthy = healthy & active
+        n_active = jnp.sum(active)
+    score = ll if w is None else jnp.where(w > 0, ll, jnp.inf)
+    worst = jax.lax.top_k(-score, k)[1]  # k worst-explained samples
+    rank = jnp.clip(jnp.cumsum(empty) - 1, 0, k - 1)
+    means = jnp.where(empty[:, None], X[worst[rank]], params.means)
+    cov = params.covariance
+    if not isinstance(cov, cov_lib.TiedCovariance):
+        healthy = healthy.astype(X.dtype)
+        c = cov.covariances
+        hb = healthy.reshape((-1,) + (1,) * (c.ndim - 1))
+        avg = jnp.sum(hb * c, 0) / jnp.maximum(jnp.sum(healthy), 1.0)
+        eb = empty.reshape(hb.shape)
+        cov = cov_lib.from_covariances(covariance_type, jnp.where(eb, avg[None], c))
+    weights = jnp.where(empty, 1.0 / (2 * n_active), params.weights)
+    weights = weights / jnp.sum(weights)
+    fixed = GMMParams(weights, means, cov)
+    any_empty = jnp.any(empty)
+    out = jax.tree_util.tree_map(lambda a, b: jnp.where(any_empty, a, b), fixed, params)
+    return out, jnp.where(any_empty, em.STATUS_RESEEDED, 0)
+
+
 def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 1e-3):
     """The GMM as the driver sees it: ``(e_step, m_step, repair)`` over ``data = (X, w)``.
 
-    ``repair`` re-seeds every component whose responsibility mass fell below
-    ``empty_threshold`` (in units of the mean sample weight): its mean moves to one of the
-    worst-explained samples (a different one for each), its covariance to the average of the
-    healthy components', its weight to ``1 / (2 n_components)`` before renormalising.
+    ``repair`` is :func:`reseed_empty`: it re-seeds every component whose responsibility mass
+    fell below ``empty_threshold`` (in units of the mean sample weight).
     """
 
     def e_step(params, data):
@@ -113,29 +167,8 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
     def repair(params, estats, data):
         X, w = data
         log_resp, ll = estats
-        k = params.means.shape[0]
-        gamma = jnp.exp(log_resp)
-        mean_w = 1.0 if w is None else jnp.mean(w)
-        nk = gmm.responsibilities_mass(gamma, w)
-        empty = nk < empty_threshold * mean_w
-        score = ll if w is None else jnp.where(w > 0, ll, jnp.inf)
-        worst = jax.lax.top_k(-score, k)[1]  # k worst-explained samples
-        rank = jnp.clip(jnp.cumsum(empty) - 1, 0, k - 1)
-        means = jnp.where(empty[:, None], X[worst[rank]], params.means)
-        cov = params.covariance
-        if not isinstance(cov, cov_lib.TiedCovariance):
-            healthy = (~empty).astype(X.dtype)
-            c = cov.covariances
-            hb = healthy.reshape((-1,) + (1,) * (c.ndim - 1))
-            avg = jnp.sum(hb * c, 0) / jnp.maximum(jnp.sum(healthy), 1.0)
-            eb = empty.reshape(hb.shape)
-            cov = cov_lib.from_covariances(covariance_type, jnp.where(eb, avg[None], c))
-        weights = jnp.where(empty, 1.0 / (2 * k), params.weights)
-        weights = weights / jnp.sum(weights)
-        fixed = GMMParams(weights, means, cov)
-        any_empty = jnp.any(empty)
-        out = jax.tree_util.tree_map(lambda a, b: jnp.where(any_empty, a, b), fixed, params)
-        return out, jnp.where(any_empty, em.STATUS_RESEEDED, 0)
+        return reseed_empty(params, log_resp, ll, X, w, covariance_type=covariance_type,
+                            empty_threshold=empty_threshold)
 
     return e_step, m_step, repair
 

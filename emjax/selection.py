@@ -1,0 +1,446 @@
+"""Model selection: a grid of ``n_components`` x restarts fitted in one compiled program.
+
+Every grid point's components are padded to ``K_max`` and masked (zero weight, excluded from every
+statistic, never re-seeded), so one ``vmap`` over grid points of a ``vmap`` over restarts runs
+the whole grid as a single ``lax.while_loop``. Each covariance type is one compiled call.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import logsumexp
+
+from emjax import _validation as v
+from emjax import covariance as cov_lib
+from emjax import em, gmm, mixture
+from emjax.gmm import GMMParams
+
+Array = jax.Array
+
+#: Incremented each time the grid program is traced (compiled); tests read it.
+TRACE_COUNT = {"grid": 0}
+
+CRITERIA = ("bic", "aic")
+
+
+class GridResult(NamedTuple):
+    """All fits of one covariance type over a grid of ``n_components`` (one compiled call).
+
+    ``G`` grid points, ``R`` restarts, ``K_max = max(n_components)``. Parameters are padded: the
+    components ``k >= n_components[g]`` of grid point ``g`` have weight 0 (use
+    :func:`grid_params` to get an unpadded :class:`~emjax.gmm.GMMParams`).
+
+    Attributes:
+      covariance_type: the covariance type of every fit.
+      n_components: ``(G,)`` int, the grid.
+      params: :class:`GMMParams` with leading axes ``(G, R)`` and ``K_max`` components.
+      active: ``(G, K_max)`` bool, which components exist at each grid point.
+      log_likelihood: ``(G, R)`` mean log-likelihood per sample at the fitted parameters.
+      n_iter, converged, status: ``(G, R)`` (see :class:`emjax.em.EMResult`).
+      history: ``(G, R, max_iter)`` log-likelihood traces (NaN after ``n_iter``).
+      bic, aic: ``(G, R)`` information criteria of every restart (lower is better).
+      n_parameters: ``(G,)`` free parameters of each grid point's model.
+      best_index: ``(G,)`` the best restart (highest log-likelihood) of each grid point.
+      compile_seconds: wall time to trace and compile the program (0 when cached).
+      run_seconds: wall time of the compiled call (all grid points and restarts together).
+    """
+
+    covariance_type: str
+    n_components: np.ndarray
+    params: GMMParams
+    active: np.ndarray
+    log_likelihood: np.ndarray
+    n_iter: np.ndarray
+    converged: np.ndarray
+    status: np.ndarray
+    history: np.ndarray
+    bic: np.ndarray
+    aic: np.ndarray
+    n_parameters: np.ndarray
+    best_index: np.ndarray
+    compile_seconds: float
+    run_seconds: float
+
+
+class SelectionResult(NamedTuple):
+    """Grids over one or more covariance types and the model chosen by a criterion.
+
+    Attributes:
+      grids: one :class:`GridResult` per covariance type, in the order given.
+      criterion: ``"bic"`` or ``"aic"``.
+      covariance_type, n_components: the chosen grid point.
+      params: the chosen model (best restart of the chosen grid point), unpadded.
+    """
+
+    grids: tuple
+    criterion: str
+    covariance_type: str
+    n_components: int
+    params: GMMParams
+
+
+def _filler(covariance_type: str, k: int, d: int, dtype, lead: tuple = ()) -> GMMParams:
+    """Parameters of ``k`` padding components: weight 0, mean 0, identity covariance."""
+    eye_like = {
+        "full": jnp.broadcast_to(jnp.eye(d, dtype=dtype), lead + (k, d, d)),
+        "diag": jnp.ones(lead + (k, d), dtype),
+        "spherical": jnp.ones(lead + (k,), dtype),
+    }[covariance_type]
+    cov = cov_lib.COVARIANCE_CLASSES[covariance_type](eye_like, eye_like)
+    return GMMParams(jnp.zeros(lead + (k,), dtype), jnp.zeros(lead + (k, d), dtype), cov)
+
+
+def mask_params(params: GMMParams, active: Array) -> GMMParams:
+    """Force the inactive components of ``params`` to the padding values and renormalise the
+    weights of the active ones (``active``: ``(K_max,)`` bool)."""
+    k, d = params.means.shape
+    dtype = params.means.dtype
+    weights = jnp.where(active, params.weights, 0.0)
+    weights = weights / jnp.sum(weights)
+    means = jnp.where(active[:, None], params.means, 0.0)
+    cov = params.covariance
+    if not isinstance(cov, cov_lib.TiedCovariance):
+        fill = _filler(params.covariance_type, k, d, dtype).covariance
+        shape = (k,) + (1,) * (cov.covariances.ndim - 1)
+        cov = jax.tree_util.tree_map(
+            lambda a, f: jnp.where(active.reshape(shape), a, f), cov, fill)
+    return GMMParams(weights, means, cov)
+
+
+def make_masked_model(covariance_type: str, reg_covar: float, empty_threshold: float = 1e-3):
+    """The padded, masked GMM as the driver sees it, over ``data = (X, w, active)``.
+
+    The same steps as :func:`emjax.mixture.make_model`, except that inactive components get
+    log-weight ``-inf`` in the E-step (so responsibility exactly 0 and no part in any statistic),
+    are reset to the padding values after the M-step, and are never re-seeded.
+    """
+
+    def e_step(params, data):
+        X, w, active = data
+        log_w = jnp.log(jnp.where(active, params.weights, 1.0))
+        wlp = jnp.where(active[None, :], gmm.component_log_prob(params, X) + log_w[None, :],
+                        -jnp.inf)
+        ll = logsumexp(wlp, axis=1)
+        return (wlp - ll[:, None], ll), gmm._mean(ll, w)
+
+    def m_step(estats, data):
+        return masked_m_step(jnp.exp(estats[0]), data, covariance_type=covariance_type,
+                             reg_covar=reg_covar)
+
+    def repair(params, estats, data):
+        X, w, active = data
+        log_resp, ll = estats
+        return mixture.reseed_empty(params, log_resp, ll, X, w, covariance_type=covariance_type,
+                                    empty_threshold=empty_threshold, active=active)
+
+    return e_step, m_step, repair
+
+
+def masked_m_step(gamma: Array, data, *, covariance_type: str, reg_covar: float) -> GMMParams:
+    """The M-step of the padded model from responsibilities ``gamma`` ``(n_samples, K_max)``
+    (zero in inactive columns) over ``data = (X, w, active)``."""
+    X, w, active = data
+    p = gmm.m_step(gamma, X, covariance_type=covariance_type, reg_covar=reg_covar,
+                   sample_weight=w)
+    return mask_params(p, active)
+
+
+class _GridArrays(NamedTuple):
+    params: GMMParams
+    active: Array
+    res: em.EMResult
+    bic: Array
+    aic: Array
+    best_index: Array
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("n_components", "covariance_type", "reg_covar", "max_iter", "n_init",
+                     "init_method", "n_lloyd", "callback"),
+)
+def _grid_compiled(X, key, sample_weight, tol, *, n_components, covariance_type, reg_covar,
+                   max_iter, n_init, init_method, n_lloyd, callback):
+    TRACE_COUNT["grid"] += 1
+    w = sample_weight
+    n, d = X.shape
+    shift = jnp.mean(X, 0) if w is None else (w @ X) / jnp.sum(w)
+    Xc = X - shift
+    keys = jax.random.split(key, n_init)  # the same restart keys for every K, as in fit()
+    k_max = max(n_components)
+
+    ks = jnp.asarray(n_components)
+    active = jnp.arange(k_max)[None, :] < ks[:, None]
+    e_step, m_step, repair = make_masked_model(covariance_type, reg_covar)
+
+    def initial_resp(k):
+        def one(rk):
+            return mixture.responsibilities_init(rk, Xc, k, init_method, w, n_lloyd)
+        return jnp.pad(jax.vmap(one)(keys), ((0, 0), (0, 0), (0, k_max - k)))
+
+    # mixture.init_params = responsibilities + one M-step; the M-step is shared by the grid
+    # (one vmapped masked M-step rather than one per K keeps the program small to compile).
+    resp0 = jnp.stack([initial_resp(k) for k in n_components])  # (G, R, n, K_max)
+    def init_m_step(g, act):
+        return masked_m_step(g, (Xc, w, act), covariance_type=covariance_type,
+                             reg_covar=reg_covar)
+
+    params0 = jax.vmap(jax.vmap(init_m_step, in_axes=(0, None)))(resp0, active)
+
+    def per_grid_point(p0, act):
+        return em.run_restarts(e_step, m_step, p0, (Xc, w, act), tol=tol, max_iter=max_iter,
+                               repair=repair, callback=callback)
+
+    res = jax.vmap(per_grid_point)(params0, active)
+    res = res._replace(params=res.params._replace(means=res.params.means + shift))
+    n_eff = n if w is None else jnp.sum(w)
+    p = jnp.asarray([gmm.n_parameters(covariance_type, k, d) for k in n_components], X.dtype)
+    total = n_eff * res.log_likelihood
+    bic = -2.0 * total + p[:, None] * jnp.log(jnp.asarray(n_eff, X.dtype))
+    aic = -2.0 * total + 2.0 * p[:, None]
+    best = jax.vmap(em.best_index)(res.log_likelihood)
+    return _GridArrays(res.params, active, res, bic, aic, best)
+
+
+def _check_grid(n_components) -> tuple:
+    if isinstance(n_components, (int, np.integer)) and not isinstance(n_components, bool):
+        ks = tuple(range(1, int(n_components) + 1))
+    else:
+        ks = tuple(n_components)
+    if not ks:
+        raise ValueError("n_components must be a positive int or a non-empty sequence of them")
+    for k in ks:
+        v.check_positive_int(k, "every n_components")
+    if len(set(ks)) != len(ks):
+        raise ValueError(f"n_components has repeated values: {list(ks)}")
+    return tuple(int(k) for k in ks)
+
+
+def fit_grid(
+    X,
+    n_components: int | Sequence[int],
+    *,
+    key: Array | None = None,
+    covariance_type: str = "full",
+    tol: float = 1e-3,
+    reg_covar: float = 1e-6,
+    max_iter: int = 100,
+    n_init: int = 1,
+    init_params: str = "kmeans",
+    sample_weight=None,
+    n_lloyd: int = 10,
+    callback: Callable | None = None,
+) -> GridResult:
+    """Fit every ``n_components`` of a grid x ``n_init`` restarts in one compiled call.
+
+    Grid point ``K`` with key ``key`` gives, to rounding, what ``emjax.fit(X, K, key=key,
+    n_init=n_init, ...)`` gives (the same initialisations, the same EM steps): its components are
+    padded to ``max(n_components)`` and masked. The cost is that of ``len(grid) * n_init`` fits
+    with ``K_max`` components, all in one vmapped ``while_loop`` (it runs until the slowest lane
+    has finished; finished lanes are frozen).
+
+    Args:
+      X: ``(n_samples, n_features)`` data (float32, or float64 with JAX's x64 mode on).
+      n_components: an int ``K_max`` (the grid ``1..K_max``) or a sequence of ints.
+      key: PRNG key (default ``jax.random.key(0)``); every grid point uses the same restart keys.
+      covariance_type, tol, reg_covar, max_iter, n_init, init_params, sample_weight, n_lloyd:
+        as in :func:`emjax.mixture.fit`.
+      callback: optional ``callback(n_iter, log_likelihood, converged)`` traced into the loop
+        (e.g. :data:`emjax.progress.callback`); it must be hashable (it is a static argument).
+
+    Returns:
+      :class:`GridResult` (NumPy arrays, except ``params``).
+
+    Raises:
+      ValueError: on invalid data or hyper-parameters (see :func:`emjax.mixture.fit`) or when
+        ``max(n_components) > n_samples``.
+    """
+    Xa = v.as_data(X)
+    if Xa.dtype == np.float64 and not jax.config.jax_enable_x64:
+        raise ValueError("X is float64 but JAX's x64 mode is off: wrap the call in "
+                         "`with jax.enable_x64(True):` or pass float32 data")
+    n, _ = Xa.shape
+    ks = _check_grid(n_components)
+    v.check_n_components(max(ks), n, Xa.shape)
+    covariance_type = v.check_covariance_type(covariance_type)
+    init_method = v.check_init_params(init_params)
+    tol = v.check_non_negative(tol, "tol")
+    reg_covar = v.check_non_negative(reg_covar, "reg_covar")
+    max_iter = v.check_positive_int(max_iter, "max_iter")
+    n_init = v.check_positive_int(n_init, "n_init")
+    n_lloyd = v.check_positive_int(n_lloyd, "n_lloyd", minimum=0)
+    dtype = Xa.dtype
+    w = v.check_sample_weight(sample_weight, n, dtype)
+    if key is None:
+        key = jax.random.key(0)
+    args = (jnp.asarray(Xa), key, None if w is None else jnp.asarray(w), jnp.asarray(tol, dtype))
+    static = dict(n_components=ks, covariance_type=covariance_type, reg_covar=reg_covar,
+                  max_iter=max_iter, n_init=n_init, init_method=init_method, n_lloyd=n_lloyd,
+                  callback=callback)
+    traces = TRACE_COUNT["grid"]
+    t0 = time.perf_counter()
+    compiled = _grid_compiled.lower(*args, **static).compile()
+    t1 = time.perf_counter()
+    out = jax.block_until_ready(compiled(*args))
+    t2 = time.perf_counter()
+    # A program already compiled in this process is only re-traced and fetched from the cache.
+    compile_s = t1 - t0 if TRACE_COUNT["grid"] > traces else 0.0
+    r = out.res
+    return GridResult(
+        covariance_type=covariance_type,
+        n_components=np.asarray(ks),
+        params=out.params,
+        active=np.asarray(out.active),
+        log_likelihood=np.asarray(r.log_likelihood),
+        n_iter=np.asarray(r.n_iter),
+        converged=np.asarray(r.converged),
+        status=np.asarray(r.status),
+        history=np.asarray(r.history),
+        bic=np.asarray(out.bic),
+        aic=np.asarray(out.aic),
+        n_parameters=np.asarray([gmm.n_parameters(covariance_type, k, Xa.shape[1]) for k in ks]),
+        best_index=np.asarray(out.best_index),
+        compile_seconds=compile_s,
+        run_seconds=t2 - t1,
+    )
+
+
+def grid_params(grid: GridResult, index: int, restart: int | None = None) -> GMMParams:
+    """The unpadded :class:`GMMParams` of grid point ``index`` (its best restart by default)."""
+    r = int(grid.best_index[index]) if restart is None else int(restart)
+    k = int(grid.n_components[index])
+    p = jax.tree_util.tree_map(lambda a: a[index, r], grid.params)
+    cov = p.covariance
+    if grid.covariance_type != "tied":
+        cov = jax.tree_util.tree_map(lambda a: a[:k], cov)
+    return GMMParams(p.weights[:k], p.means[:k], cov)
+
+
+def best_scores(grid: GridResult, criterion: str = "bic") -> np.ndarray:
+    """``(G,)`` the criterion of each grid point's best restart."""
+    values = getattr(grid, criterion)
+    return values[np.arange(len(grid.n_components)), grid.best_index]
+
+
+def select_model(
+    X,
+    n_components: int | Sequence[int],
+    *,
+    covariance_types: str | Sequence[str] = ("full",),
+    criterion: str = "bic",
+    progress: bool = False,
+    **kwargs,
+) -> SelectionResult:
+    """Fit a grid over ``n_components`` for each covariance type and choose by BIC or AIC.
+
+    Each covariance type is one compiled call of :func:`fit_grid` (its parameter pytree has a
+    different structure, so it is a different program); the types run one after the other.
+
+    Args:
+      X: ``(n_samples, n_features)``.
+      n_components: ``K_max`` or a sequence of ints.
+      covariance_types: one type or a sequence of them (``"all"`` for the four).
+      criterion: ``"bic"`` or ``"aic"``; the chosen model minimises it over every grid point's
+        best restart (ties: the first, i.e. fewer components / earlier type).
+      progress: show a progress bar on stderr (see :mod:`emjax.progress`).
+      **kwargs: passed to :func:`fit_grid` (``key``, ``n_init``, ``tol``, ``max_iter``, ...).
+
+    Returns:
+      :class:`SelectionResult`.
+
+    Examples:
+      >>> import numpy as np, emjax
+      >>> X = np.random.default_rng(0).normal(size=(100, 2)).astype(np.float32)
+      >>> sel = emjax.select_model(X, 3, covariance_types=("full", "diag"), n_init=2)
+      >>> sel.n_components, sel.covariance_type
+      (1, 'diag')
+    """
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {CRITERIA}; got {criterion!r}")
+    types = check_covariance_types(covariance_types)
+    grids = []
+    for ctype in types:
+        if progress:
+            from emjax import progress as progress_lib
+
+            ks = _check_grid(n_components)
+            lanes = len(ks) * kwargs.get("n_init", 1)
+            with progress_lib.ProgressBar(f"{ctype:>9} K={_grid_label(ks)}", lanes,
+                                          kwargs.get("max_iter", 100)):
+                grids.append(fit_grid(X, n_components, covariance_type=ctype,
+                                      callback=progress_lib.callback, **kwargs))
+        else:
+            grids.append(fit_grid(X, n_components, covariance_type=ctype, **kwargs))
+    return choose(grids, criterion)
+
+
+def choose(grids: Sequence[GridResult], criterion: str = "bic") -> SelectionResult:
+    """The :class:`SelectionResult` of already fitted grids."""
+    best = None
+    for gi, grid in enumerate(grids):
+        scores = best_scores(grid, criterion)
+        for i, s in enumerate(scores):
+            if np.isfinite(s) and (best is None or s < best[0]):
+                best = (s, gi, i)
+    if best is None:
+        raise ValueError("no grid point produced a finite criterion")
+    _, gi, i = best
+    grid = grids[gi]
+    return SelectionResult(tuple(grids), criterion, grid.covariance_type,
+                           int(grid.n_components[i]), grid_params(grid, i))
+
+
+def check_covariance_types(covariance_types) -> tuple:
+    """A tuple of valid covariance types from one name, ``"all"`` or a sequence."""
+    if isinstance(covariance_types, str):
+        covariance_types = (cov_lib.COVARIANCE_TYPES if covariance_types == "all"
+                            else (covariance_types,))
+    types = tuple(covariance_types)
+    if not types:
+        raise ValueError("covariance_types must name at least one covariance type")
+    for t in types:
+        v.check_covariance_type(t)
+    return types
+
+
+def _grid_label(ks: Sequence[int]) -> str:
+    ks = list(ks)
+    if len(ks) > 2 and ks == list(range(ks[0], ks[-1] + 1)):
+        return f"{ks[0]}-{ks[-1]}"
+    return ",".join(map(str, ks))
+
+
+def summary_rows(selection: SelectionResult) -> list:
+    """One dict per grid point: covariance type, K, the best restart's BIC, AIC and mean
+    log-likelihood, the restarts' BIC range, converged restarts, iterations, call time."""
+    rows = []
+    for grid in selection.grids:
+        r = grid.bic.shape[1]
+        for i, k in enumerate(grid.n_components):
+            b = int(grid.best_index[i])
+            bics = grid.bic[i][np.isfinite(grid.bic[i])]
+            rows.append(dict(
+                covariance_type=grid.covariance_type,
+                n_components=int(k),
+                bic=float(grid.bic[i, b]),
+                aic=float(grid.aic[i, b]),
+                log_likelihood=float(grid.log_likelihood[i, b]),
+                bic_min=float(bics.min()) if bics.size else math.nan,
+                bic_max=float(bics.max()) if bics.size else math.nan,
+                converged=int(np.sum(grid.converged[i])),
+                n_init=r,
+                n_iter=int(np.max(grid.n_iter[i])),
+                status=int(np.bitwise_or.reduce(grid.status[i])),
+                chosen=(grid.covariance_type == selection.covariance_type
+                        and int(k) == selection.n_components),
+                seconds=grid.run_seconds + grid.compile_seconds,
+            ))
+    return rows

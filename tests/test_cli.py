@@ -1,0 +1,165 @@
+"""The command line end to end, in-process through emjax.cli.main, on temporary files."""
+
+import hashlib
+
+import jax
+import numpy as np
+import pytest
+
+import emjax
+from emjax import cli, datasets, selection
+
+# The same static configuration as tests/test_selection.py's full grid (blobs, K 2-3, 2 restarts,
+# max_iter 60), so the library's compiled program is shared.
+FIT_ARGS = ["-k", "2-3", "-c", "full", "-n", "2", "--max-iter", "60", "--tol", "1e-9",
+            "--seed", "0", "--no-compile-cache"]
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_csv(path, X, header="a,b,c"):
+    lines = ([header] if header else []) + [",".join(f"{v:.17g}" for v in row) for row in X]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_fit_and_predict_end_to_end(tmp_path, blobs, capsys):
+    data = _write_csv(tmp_path / "data.csv", blobs)
+    before = _sha(data)
+    out = tmp_path / "out"
+    assert cli.main(["fit", str(data), *FIT_ARGS, "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "<- chosen by BIC" in captured.out and "full   3" in captured.out
+    # The progress bar (on by default in the CLI) ran on stderr from inside the loop.
+    assert "converged 4/4" in captured.err and "iter" in captured.err
+    for name in ("model.npz", "selection.csv", "criteria.png", "traces.png", "clusters.png"):
+        assert (out / name).stat().st_size > 0
+    assert (out / "clusters.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The saved model is, bit for bit, the library's choice without a progress bar: the
+    # progress callback does not change results.
+    saved = emjax.load(str(out / "model.npz"))
+    ref = selection.select_model(blobs, (2, 3), covariance_types=("full",), n_init=2, tol=1e-9,
+                                 max_iter=60, key=jax.random.key(0))
+    for a, b in zip(jax.tree_util.tree_leaves(saved.params), jax.tree_util.tree_leaves(ref.params)):
+        np.testing.assert_array_equal(a, np.asarray(b))
+    assert saved.metadata["config"]["columns"] == ["a", "b", "c"]
+    assert saved.metadata["emjax_version"] == emjax.__version__
+    rows = saved.metadata["config"]["selection"]
+    np.testing.assert_allclose([r["bic"] for r in rows],
+                               selection.best_scores(ref.grids[0], "bic"))
+
+    pred = tmp_path / "pred.csv"
+    assert cli.main(["predict", str(out / "model.npz"), str(data), "-o", str(pred)]) == 0
+    table = np.loadtxt(pred, delimiter=",", skiprows=1)
+    labels = np.asarray(emjax.predict(ref.params, blobs))
+    np.testing.assert_array_equal(table[:, 0].astype(int), labels)
+    np.testing.assert_allclose(table[:, 1:], np.asarray(emjax.predict_proba(ref.params, blobs)),
+                               atol=1e-7)
+    assert _sha(data) == before  # the input file is never modified
+
+
+def _bad(tmp_path, capsys, text, argv_extra=()):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    before = _sha(path)
+    code = cli.main(["fit", str(path), *FIT_ARGS, "-o", str(tmp_path / "o"), *argv_extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert err.startswith("emjax: error: ") and "\n" not in err and "Traceback" not in err
+    assert _sha(path) == before
+    return err
+
+
+def test_missing_file(tmp_path, capsys):
+    code = cli.main(["fit", str(tmp_path / "nope.csv"), "--no-compile-cache"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err == f"emjax: error: no such file: {tmp_path / 'nope.csv'}"
+    code = cli.main(["predict", str(tmp_path / "nope.npz"), str(tmp_path / "x.csv")])
+    assert code == 1 and "no such model file" in capsys.readouterr().err
+
+
+def test_ragged_table(tmp_path, capsys):
+    err = _bad(tmp_path, capsys, "a,b\n1,2\n3,4,5\n6,7\n")
+    assert "ragged table: line 3 has 3 fields, line 1 has 2" in err
+
+
+def test_non_numeric_table(tmp_path, capsys):
+    err = _bad(tmp_path, capsys, "a,b\n1,2\n3,oops\n6,7\n")
+    assert "non-numeric value 'oops' at line 3, column 'b'" in err
+
+
+def test_nan_rows_are_named(tmp_path, capsys):
+    err = _bad(tmp_path, capsys, "a,b\n1,2\n3,nan\n6,7\n,8\n1,inf\n")
+    assert "in 3 row(s): line 3, line 5, line 6" in err
+
+
+def test_too_few_rows(tmp_path, capsys):
+    err = _bad(tmp_path, capsys, "a,b\n1,2\n3,4\n")
+    assert "too few rows: 2 (need at least 3)" in err
+
+
+def test_bad_options_are_one_line_errors(tmp_path, capsys, blobs):
+    data = _write_csv(tmp_path / "d.csv", blobs[:10])
+    assert cli.main(["fit", str(data), "-k", "3-1"]) == 1
+    assert "bad --n-components" in capsys.readouterr().err
+    assert cli.main(["fit", str(data), "-c", "banana", "--no-compile-cache"]) == 1
+    assert "covariance_type must be one of" in capsys.readouterr().err
+    assert cli.main(["fit", str(data), "--columns", "a,zz", "--no-compile-cache"]) == 1
+    assert "no column 'zz'" in capsys.readouterr().err
+    assert cli.main(["fit"]) == 2  # argparse usage error
+
+
+def test_read_table_formats_and_columns(tmp_path, blobs):
+    X = blobs[:20]
+    # CSV with a non-numeric id column that is not selected; columns by name and by index.
+    lines = ["id,a,b,c"] + [f"r{i}," + ",".join(f"{v:.17g}" for v in row)
+                            for i, row in enumerate(X)]
+    (tmp_path / "t.csv").write_text("\n".join(lines))
+    t = datasets.read_table(str(tmp_path / "t.csv"), columns=["c", "a"])
+    np.testing.assert_array_equal(t.X, X[:, [2, 0]])
+    assert t.columns == ["c", "a"]
+    t = datasets.read_table(str(tmp_path / "t.csv"), columns=["1", "3"])
+    np.testing.assert_array_equal(t.X, X[:, [0, 2]])
+    # Without a header (detected), and forced: a numeric first row is data.
+    _write_csv(tmp_path / "n.csv", X, header=None)
+    t = datasets.read_table(str(tmp_path / "n.csv"))
+    np.testing.assert_array_equal(t.X, X)
+    assert t.columns == ["0", "1", "2"]
+    t = datasets.read_table(str(tmp_path / "n.csv"), header=True)
+    np.testing.assert_array_equal(t.X, X[1:])
+    # NPY (1-D is one column) and its NaN rows by index.
+    np.save(tmp_path / "x.npy", X)
+    np.testing.assert_array_equal(datasets.read_table(str(tmp_path / "x.npy")).X, X)
+    np.save(tmp_path / "v.npy", X[:, 0])
+    assert datasets.read_table(str(tmp_path / "v.npy")).X.shape == (20, 1)
+    Y = X.copy()
+    Y[4, 1] = np.nan
+    np.save(tmp_path / "y.npy", Y)
+    with pytest.raises(datasets.DataError, match=r"1 row\(s\): row 4"):
+        datasets.read_table(str(tmp_path / "y.npy"))
+    np.save(tmp_path / "s.npy", np.array(["a", "b"]))
+    with pytest.raises(datasets.DataError, match="non-numeric array"):
+        datasets.read_table(str(tmp_path / "s.npy"))
+
+
+def test_read_parquet(tmp_path, blobs):
+    pa = pytest.importorskip("pyarrow")  # in the test extra; never skipped under .ci/run
+    import pyarrow.parquet as pq
+
+    X = blobs[:20]
+    table = pa.table({"a": X[:, 0], "b": X[:, 1], "name": [f"r{i}" for i in range(20)]})
+    pq.write_table(table, tmp_path / "t.parquet")
+    t = datasets.read_table(str(tmp_path / "t.parquet"), columns=["b", "a"])
+    np.testing.assert_array_equal(t.X, X[:, [1, 0]])
+    with pytest.raises(datasets.DataError, match="non-numeric column 'name'"):
+        datasets.read_table(str(tmp_path / "t.parquet"))
+
+
+def test_parse_components():
+    assert cli.parse_components("4") == (4,)
+    assert cli.parse_components("1-6") == (1, 2, 3, 4, 5, 6)
+    assert cli.parse_components("2,4,6-7") == (2, 4, 6, 7)
+    with pytest.raises(cli.CLIError):
+        cli.parse_components("0-2")

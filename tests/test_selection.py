@@ -1,0 +1,107 @@
+"""The model-selection grid (padded, masked components in one compiled call) against separate
+fits of each K with emjax.mixture.fit, with the same keys and initialisations."""
+
+import jax
+import numpy as np
+import pytest
+
+import emjax
+from emjax import mixture, selection
+from tests.conftest import rtol_for
+
+
+def _compare_grid_to_separate_fits(X, ks, cov, key):
+    kw = dict(covariance_type=cov, n_init=2, tol=1e-9, max_iter=60, key=key)
+    grid = selection.fit_grid(X, ks, **kw)
+    dtype = X.dtype
+    rtol = rtol_for(dtype)
+    assert grid.log_likelihood.dtype == dtype and grid.bic.shape == (len(ks), 2)
+    for i, k in enumerate(ks):
+        ref = mixture.fit(X, k, **kw)
+        r = ref.restarts
+        np.testing.assert_array_equal(grid.n_iter[i], np.asarray(r.n_iter))
+        np.testing.assert_array_equal(grid.converged[i], np.asarray(r.converged))
+        np.testing.assert_allclose(grid.log_likelihood[i], np.asarray(r.log_likelihood),
+                                   rtol=rtol)
+        for j in range(2):  # every restart, unpadded, against the separate fit's restart j
+            p = selection.grid_params(grid, i, restart=j)
+            q = emjax.em.select(r.params, j)
+            atol = 1e-3 if dtype == np.float32 else 1e-7
+            np.testing.assert_allclose(np.asarray(p.weights), np.asarray(q.weights), atol=atol)
+            np.testing.assert_allclose(np.asarray(p.means), np.asarray(q.means), atol=atol)
+            np.testing.assert_allclose(np.asarray(p.covariance.covariances),
+                                       np.asarray(q.covariance.covariances), atol=atol)
+            # BIC/AIC of the restart against gmm.bic/aic (a sum of score_samples) of the fit.
+            Xj = X.astype(np.float64)
+            q64 = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), q)
+            np.testing.assert_allclose(grid.bic[i, j], float(emjax.bic(q64, Xj)), rtol=rtol)
+            np.testing.assert_allclose(grid.aic[i, j], float(emjax.aic(q64, Xj)), rtol=rtol)
+        # Padding: weight exactly zero, the active weights sum to one.
+        w = np.asarray(grid.params.weights[i])
+        assert np.all(w[:, k:] == 0)
+        np.testing.assert_allclose(w.sum(axis=1), 1.0, rtol=rtol)
+
+
+# Few cases: every grid and every K is one compilation. Full covers the per-component padding
+# (diag and spherical pad the same way); tied has no component axis to pad. All four types, in
+# both precisions: experiments/grid_vs_separate.py.
+@pytest.mark.parametrize("cov,dtype,ks", [
+    ("full", np.float64, (2, 3)),
+    ("tied", np.float32, (2, 3)),
+])
+def test_grid_equals_separate_fits(blobs, cov, dtype, ks):
+    _compare_grid_to_separate_fits(blobs.astype(dtype), ks, cov, jax.random.key(3))
+
+
+@jax.jit
+def _reseed_case(X, gamma, active):
+    e_step, m_step, repair = selection.make_masked_model("diag", 1e-6)
+    params = selection.masked_m_step(gamma, (X, None, active), covariance_type="diag",
+                                     reg_covar=1e-6)
+    estats, _ = e_step(params, (X, None, active))
+    fixed, flags = repair(params, estats, (X, None, active))
+    return params, fixed, flags
+
+
+def test_masked_model_reseeds_only_active_components(blobs):
+    # A grid point whose active component is emptied by the initialisation is re-seeded
+    # (status bit), while the padding components stay at weight 0 and never count as empty.
+    X = blobs
+    k_max = 4
+    active = np.arange(k_max) < 2
+    gamma = np.zeros((X.shape[0], k_max))
+    gamma[:, 0] = 1.0  # component 1 (active) gets nothing
+    params, fixed, flags = _reseed_case(X, gamma, active)
+    assert int(flags) == emjax.em.STATUS_RESEEDED
+    w = np.asarray(fixed.weights)
+    assert w[1] > 0 and np.all(w[2:] == 0) and np.isclose(w.sum(), 1.0)
+    # The re-seeded mean is the worst-explained sample (independent brute-force check).
+    worst = np.argmin(np.asarray(emjax.score_samples(params._replace(
+        weights=np.where(active, params.weights, 1e-300)), X)))
+    np.testing.assert_allclose(np.asarray(fixed.means[1]), X[worst])
+
+
+def test_select_model_chooses_the_minimum_criterion(blobs):
+    # The same static configuration as a grid above: the compiled program is reused.
+    sel = selection.select_model(blobs, (2, 3), covariance_types=("full",), n_init=2,
+                                 tol=1e-9, max_iter=60, key=jax.random.key(0), criterion="bic")
+    (grid,) = sel.grids
+    best = selection.best_scores(grid, "bic")
+    assert sel.n_components == grid.n_components[np.argmin(best)] == 3  # three blobs
+    rows = selection.summary_rows(sel)
+    assert [r["chosen"] for r in rows] == [False, True]
+    # The BIC spread covers the best restart's value.
+    assert all(r["bic_min"] <= r["bic"] <= r["bic_max"] for r in rows)
+    p = sel.params
+    assert p.means.shape == (3, 3) and p.covariance.covariances.shape == (3, 3, 3)
+
+
+def test_grid_validation_messages(blobs):
+    with pytest.raises(ValueError, match="n_components=200 must be <= n_samples=150"):
+        selection.fit_grid(blobs, (1, 200))
+    with pytest.raises(ValueError, match="repeated"):
+        selection.fit_grid(blobs, (2, 2))
+    with pytest.raises(ValueError, match="covariance_type"):
+        selection.select_model(blobs, 2, covariance_types=("full", "banana"))
+    with pytest.raises(ValueError, match="criterion"):
+        selection.select_model(blobs, 2, criterion="dic")
