@@ -92,8 +92,8 @@ def init_params(
 
 
 def reseed_empty(params: GMMParams, log_resp: Array, ll: Array, X: Array,
-                 sample_weight: Optional[Array], *, covariance_type: str,
-                 empty_threshold: float = 1e-3, active: Optional[Array] = None):
+                 sample_weight: Array | None, *, covariance_type: str,
+                 empty_threshold: float = 1e-3, active: Array | None = None):
     """Re-seed every (active) component whose responsibility mass is below the threshold.
 
     The responsibility mass is measured in units of the mean sample weight. A re-seeded
