@@ -1,0 +1,862 @@
+"""Failure-mode mixture: a mixture of random-effects regressions for multi-sensor degradation curves.
+
+Unit ``l`` reports ``C`` channels (sensors plus a health index ``y``, conventionally the last
+channel) at its own irregular times. Given its failure mode ``k``, each channel's curve is a basis
+expansion ``x_lc = Phi_lc T_lc + noise`` with ``T_lc ~ N(mu_ck, Sigma_ck)`` and noise variance
+``s2_ck``; channels are independent given the mode. EM (``e_step``/``m_step``, pure and unjitted,
+all in the ``p x p`` coefficient space through Cholesky factors) runs on the generic driver
+:mod:`emjax.em`; :func:`fit` vmaps the restarts in one compiled program. See
+``/work/shared/spec/failure-mode-mixture.md`` (sections 3-10) for the derivations.
+
+Shapes: ``L`` units, ``C`` channels, ``N`` padded observation slots, ``K`` modes, ``p`` basis
+functions. Ragged data is padded; padded or missing entries carry ``obs = 0`` and ``x = 0`` and
+contribute nothing (padding is exact).
+
+Scaling advice: rescale time to ``tau = t / t_scale`` in ``[0, 1]`` (done by :func:`make_data`)
+and bring every channel to an O(1) scale (e.g. subtract each channel's value at the start of life
+and divide by its standard deviation over the fleet) before fitting: the noise floor and the
+covariance floor are absolute, and a raw-cycle polynomial basis is badly conditioned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.linalg import solve_triangular
+from jax.scipy.special import logsumexp
+
+from emjax import em, kmeans
+
+Array = jax.Array
+
+#: Incremented each time the fitting program is traced (compiled); tests read it.
+TRACE_COUNT = {"fit": 0}
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+# --------------------------------------------------------------------------------------------
+# Bases
+# --------------------------------------------------------------------------------------------
+
+
+def polynomial_basis(tau: Array, degree: int) -> Array:
+    """``(1, tau, ..., tau^degree)``: ``(..., degree + 1)``. Use with ``tau`` in ``[0, 1]``."""
+    tau = jnp.asarray(tau)
+    return jnp.stack([tau**j for j in range(degree + 1)], axis=-1)
+
+
+def bspline_basis(tau: Array, n_interior_knots: int, degree: int = 3) -> Array:
+    """Clamped B-splines on ``[0, 1]`` with equally spaced interior knots (Cox-de Boor).
+
+    Returns ``(..., n_interior_knots + degree + 1)``; the functions sum to one on ``[0, 1]``.
+    Outside ``[0, 1]`` ``tau`` is clipped (constant extrapolation): use a polynomial basis when
+    predicting beyond the observed life.
+    """
+    tau = jnp.clip(jnp.asarray(tau), 0.0, 1.0)
+    dtype = tau.dtype if jnp.issubdtype(tau.dtype, jnp.floating) else jnp.result_type(float)
+    tau = tau.astype(dtype)
+    interior = [(i + 1) / (n_interior_knots + 1) for i in range(n_interior_knots)]
+    knots = [0.0] * (degree + 1) + interior + [1.0] * (degree + 1)
+    n_spans = len(knots) - 1
+    # Degree-0 indicators; the last non-empty span is closed on the right so tau = 1 is covered.
+    last = max(i for i in range(n_spans) if knots[i + 1] > knots[i])
+    basis = []
+    for i in range(n_spans):
+        lo, hi = knots[i], knots[i + 1]
+        if hi <= lo:
+            basis.append(jnp.zeros_like(tau))
+        elif i == last:
+            basis.append(((tau >= lo) & (tau <= hi)).astype(dtype))
+        else:
+            basis.append(((tau >= lo) & (tau < hi)).astype(dtype))
+    for d in range(1, degree + 1):
+        new = []
+        for i in range(n_spans - d):
+            term = jnp.zeros_like(tau)
+            den1 = knots[i + d] - knots[i]
+            if den1 > 0:
+                term = term + (tau - knots[i]) / den1 * basis[i]
+            den2 = knots[i + d + 1] - knots[i + 1]
+            if den2 > 0:
+                term = term + (knots[i + d + 1] - tau) / den2 * basis[i + 1]
+            new.append(term)
+        basis = new
+    return jnp.stack(basis, axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Basis:
+    """A hashable basis specification (static under jit).
+
+    Attributes:
+      kind: ``"polynomial"`` or ``"bspline"``.
+      degree: polynomial degree (``p = degree + 1``) or spline degree.
+      n_interior_knots: B-splines only (``p = n_interior_knots + degree + 1``).
+    """
+
+    kind: str = "polynomial"
+    degree: int = 2
+    n_interior_knots: int = 0
+
+    def __post_init__(self):
+        if self.kind not in ("polynomial", "bspline"):
+            raise ValueError(f"basis kind must be 'polynomial' or 'bspline', got {self.kind!r}")
+        if self.degree < 0 or self.n_interior_knots < 0:
+            raise ValueError("basis degree and n_interior_knots must be non-negative")
+
+    @property
+    def size(self) -> int:
+        """Number of basis functions ``p``."""
+        if self.kind == "polynomial":
+            return self.degree + 1
+        return self.n_interior_knots + self.degree + 1
+
+    def __call__(self, tau: Array) -> Array:
+        """Evaluate at rescaled times ``tau`` ``(...)``: ``(..., p)``."""
+        if self.kind == "polynomial":
+            return polynomial_basis(tau, self.degree)
+        return bspline_basis(tau, self.n_interior_knots, self.degree)
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters, data, E-step statistics
+# --------------------------------------------------------------------------------------------
+
+
+class FMMParams(NamedTuple):
+    """Failure-mode mixture parameters (a pytree).
+
+    Attributes:
+      weights: ``(K,)`` mode probabilities ``pi_k``.
+      means: ``(C, K, p)`` mean coefficients ``mu_ck``.
+      covs: ``(C, K, p, p)`` random-effect covariances ``Sigma_ck``.
+      noise_var: ``(C, K)`` noise variances ``s2_ck``.
+    """
+
+    weights: Array
+    means: Array
+    covs: Array
+    noise_var: Array
+
+
+class FMMData(NamedTuple):
+    """Padded, masked data with its sufficient statistics (a pytree; build with :func:`make_data`).
+
+    Attributes:
+      tau: ``(L, N)`` rescaled times (padded slots hold any finite value).
+      x: ``(L, C, N)`` values, 0 where not observed.
+      obs: ``(L, C, N)`` 1.0 where observed, else 0.0.
+      design: ``(L, N, p)`` basis at ``tau``.
+      A: ``(L, C, p, p)`` ``Phi_lc^T Phi_lc``.
+      b: ``(L, C, p)`` ``Phi_lc^T x_lc``.
+      n: ``(L, C)`` number of observed values.
+      t_scale: ``()`` the time scale (``tau = t / t_scale``).
+    """
+
+    tau: Array
+    x: Array
+    obs: Array
+    design: Array
+    A: Array
+    b: Array
+    n: Array
+    t_scale: Array
+
+
+class FMMPosterior(NamedTuple):
+    """E-step output (a pytree).
+
+    Attributes:
+      log_resp: ``(L, K)`` log responsibilities ``log gamma_lk``.
+      coef_mean: ``(L, C, K, p)`` posterior means ``m_lck`` of the coefficients.
+      coef_cov: ``(L, C, K, p, p)`` posterior covariances ``P_lck``.
+      rss: ``(L, C, K)`` ``||x_lc - Phi_lc m_lck||^2`` on observed entries.
+      log_density: ``(L, C, K)`` marginal ``log N(x_lc; Phi_lc mu_ck, V_lck)``.
+      log_lik: ``(L,)`` per-unit observed-data log-likelihood.
+    """
+
+    log_resp: Array
+    coef_mean: Array
+    coef_cov: Array
+    rss: Array
+    log_density: Array
+    log_lik: Array
+
+
+class Prior(NamedTuple):
+    """Conjugate priors for MAP-EM (a pytree; any field may be ``None`` = flat).
+
+    Attributes:
+      cov_scale: ``(p, p)`` inverse-Wishart scale ``Psi`` on every ``Sigma_ck``.
+      cov_dof: ``()`` inverse-Wishart degrees of freedom ``nu``.
+      noise_shape: ``()`` inverse-gamma shape ``a`` on every ``s2_ck``.
+      noise_scale: ``()`` inverse-gamma scale ``beta_0``.
+      dirichlet: ``()`` symmetric Dirichlet concentration ``alpha >= 1`` on the weights.
+    """
+
+    cov_scale: Optional[Array] = None
+    cov_dof: Optional[Array] = None
+    noise_shape: Optional[Array] = None
+    noise_scale: Optional[Array] = None
+    dirichlet: Optional[Array] = None
+
+
+def make_data(times, values, obs=None, *, basis: Basis = Basis(), t_scale=None) -> FMMData:
+    """Padded arrays -> :class:`FMMData` (with sufficient statistics).
+
+    Args:
+      times: ``(L, N)`` observation times (padded slots: anything; NaN allowed).
+      values: ``(L, C, N)`` channel values; NaN marks a missing entry.
+      obs: optional ``(L, C, N)`` mask (truthy = observed); combined with ``isfinite(values)``.
+      basis: the :class:`Basis` (default quadratic polynomial).
+      t_scale: time scale, ``tau = times / t_scale`` (default: the largest observed time).
+
+    Returns:
+      :class:`FMMData` in the dtype of ``values`` (float32 stays float32).
+
+    Raises:
+      ValueError: on mis-shaped inputs, non-finite times at observed slots or ``t_scale <= 0``.
+    """
+    values = np.asarray(values)
+    if not np.issubdtype(values.dtype, np.floating):
+        values = values.astype(np.float64)
+    dtype = values.dtype
+    times = np.asarray(times, dtype)
+    if values.ndim != 3:
+        raise ValueError(f"values must be (L, C, N), got shape {values.shape}")
+    L, C, N = values.shape
+    if times.shape != (L, N):
+        raise ValueError(f"times must be (L, N) = {(L, N)} to match values {values.shape}, "
+                         f"got {times.shape}")
+    mask = np.isfinite(values)
+    if obs is not None:
+        obs = np.asarray(obs)
+        if obs.shape != values.shape:
+            raise ValueError(f"obs must have the shape of values {values.shape}, got {obs.shape}")
+        mask &= obs.astype(bool)
+    bad = mask & ~np.isfinite(times)[:, None, :]
+    if bad.any():
+        raise ValueError(f"{int(bad.sum())} observed entries have non-finite times")
+    if t_scale is None:
+        observed_t = np.where(mask.any(1), times, -np.inf)
+        t_scale = float(np.max(observed_t)) if mask.any() else 1.0
+        if not t_scale > 0:
+            t_scale = 1.0
+    t_scale = float(t_scale)
+    if not (t_scale > 0 and np.isfinite(t_scale)):
+        raise ValueError(f"t_scale must be positive and finite, got {t_scale}")
+    tau = np.where(np.isfinite(times), times / t_scale, 0.0).astype(dtype)
+    x = np.where(mask, values, 0.0).astype(dtype)
+    return data_from_arrays(jnp.asarray(tau), jnp.asarray(x), jnp.asarray(mask.astype(dtype)),
+                            basis=basis, t_scale=t_scale)
+
+
+def data_from_arrays(tau: Array, x: Array, obs: Array, *, basis: Basis, t_scale=1.0) -> FMMData:
+    """Sufficient statistics from already-clean arrays (pure; jittable; no validation).
+
+    ``tau`` ``(L, N)`` finite, ``x`` ``(L, C, N)`` zero where ``obs`` ``(L, C, N)`` is zero.
+    """
+    design = basis(tau).astype(x.dtype)
+    phim = design[:, None] * obs[..., None]  # (L, C, N, p): padded rows are zero
+    A = jnp.einsum("lcnp,lcnq->lcpq", phim, phim)
+    b = jnp.einsum("lcnp,lcn->lcp", phim, x)
+    return FMMData(tau, x, obs, design, A, b, jnp.sum(obs, -1), jnp.asarray(t_scale, x.dtype))
+
+
+# --------------------------------------------------------------------------------------------
+# E-step (spec section 6: everything in p-space)
+# --------------------------------------------------------------------------------------------
+
+
+def _swap(a: Array) -> Array:
+    return jnp.swapaxes(a, -1, -2)
+
+
+def posterior(params: FMMParams, data: FMMData) -> FMMPosterior:
+    """The exact E-step through Cholesky factors (never the ``n x n`` matrix ``V``).
+
+    With ``G = chol(Sigma)``, ``B = I + G^T A G / s2`` (eigenvalues >= 1, so well conditioned even
+    for ``n < p``), ``v = B^{-1} G^T (b - A mu)``:
+
+    .. math::
+       m = \\mu + G v / s^2,\\quad P = G B^{-1} G^T,\\quad
+       \\log|V| = n \\log s^2 + \\log|B|,\\quad
+       r^T V^{-1} r = \\mathrm{RSS}/s^2 + \\|v\\|^2/s^4.
+
+    A channel with ``n_lc = 0`` gives ``log N = 0``, ``m = mu``, ``P = Sigma``.
+    """
+    w_, mu, Sig, s2 = params
+    p = mu.shape[-1]
+    dtype = data.x.dtype
+    G = jnp.linalg.cholesky(Sig)  # (C, K, p, p) lower
+    inv_s2 = 1.0 / s2  # (C, K)
+    GtAG = jnp.einsum("ckqp,lcqr,ckrs->lckps", G, data.A, G)
+    B = jnp.eye(p, dtype=dtype) + GtAG * inv_s2[None, :, :, None, None]
+    CB = jnp.linalg.cholesky(B)  # (L, C, K, p, p)
+    resid0 = data.b[:, :, None] - jnp.einsum("lcpq,ckq->lckp", data.A, mu)  # b - A mu
+    w = jnp.einsum("ckqp,lckq->lckp", G, resid0)  # G^T (b - A mu)
+    u = solve_triangular(CB, w[..., None], lower=True)
+    v = solve_triangular(CB, u, lower=True, trans="T")[..., 0]  # B^{-1} w
+    m = mu[None] + jnp.einsum("ckpq,lckq->lckp", G, v) * inv_s2[None, ..., None]
+    H = solve_triangular(CB, jnp.broadcast_to(_swap(G)[None], CB.shape), lower=True)
+    P = _swap(H) @ H
+    fitted = jnp.einsum("lnp,lckp->lckn", data.design, m)
+    res = (data.x[:, :, None] - fitted) * data.obs[:, :, None]
+    rss = jnp.sum(res * res, -1)  # (L, C, K)
+    n = data.n[..., None]
+    logdet_b = 2.0 * jnp.sum(jnp.log(jnp.diagonal(CB, axis1=-2, axis2=-1)), -1)
+    logdet_v = n * jnp.log(s2)[None] + logdet_b
+    quad = rss * inv_s2[None] + jnp.sum(v * v, -1) * (inv_s2 * inv_s2)[None]
+    log_dens = -0.5 * (n * _LOG_2PI + logdet_v + quad)  # (L, C, K)
+    joint = jnp.log(w_)[None] + jnp.sum(log_dens, 1)  # (L, K)
+    ll = logsumexp(joint, axis=1)
+    return FMMPosterior(joint - ll[:, None], m, P, rss, log_dens, ll)
+
+
+def log_prior(params: FMMParams, prior: Optional[Prior]) -> Array:
+    """Log prior density of ``params`` (up to constants); ``0`` for ``prior=None``."""
+    dtype = params.means.dtype
+    out = jnp.zeros((), dtype)
+    if prior is None:
+        return out
+    p = params.means.shape[-1]
+    if prior.cov_scale is not None:
+        G = jnp.linalg.cholesky(params.covs)
+        logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(G, axis1=-2, axis2=-1)), -1)
+        Gi_psi = solve_triangular(G, jnp.broadcast_to(prior.cov_scale, G.shape), lower=True)
+        tr = jnp.trace(solve_triangular(G, _swap(Gi_psi), lower=True), axis1=-2, axis2=-1)
+        out = out + jnp.sum(-0.5 * (prior.cov_dof + p + 1) * logdet - 0.5 * tr)
+    if prior.noise_shape is not None:
+        s2 = params.noise_var
+        out = out + jnp.sum(-(prior.noise_shape + 1) * jnp.log(s2) - prior.noise_scale / s2)
+    if prior.dirichlet is not None:
+        out = out + (prior.dirichlet - 1) * jnp.sum(jnp.log(params.weights))
+    return out
+
+
+def e_step(params: FMMParams, data: FMMData,
+           prior: Optional[Prior] = None) -> tuple[FMMPosterior, Array]:
+    """``(posterior, objective)``: the observed-data log-likelihood (plus ``log_prior``)."""
+    post = posterior(params, data)
+    return post, jnp.sum(post.log_lik) + log_prior(params, prior)
+
+
+# --------------------------------------------------------------------------------------------
+# M-step
+# --------------------------------------------------------------------------------------------
+
+
+def _floor_eigenvalues(S: Array, floor) -> Array:
+    """Symmetrise and raise eigenvalues below ``floor`` to ``floor``: the exact maximiser of the
+    Gaussian covariance objective over ``{Sigma >= floor I}``, so EM stays monotone."""
+    S = 0.5 * (S + _swap(S))
+    lam, vec = jnp.linalg.eigh(S)
+    lam = jnp.maximum(lam, floor)
+    return (vec * lam[..., None, :]) @ _swap(vec)
+
+
+def _m_update(gamma, m, P, resid2, n, coef_mask, *, prior, cov_floor, noise_floor):
+    """Closed-form (MAP-)M-step from weighted moments; ``coef_mask`` ``(L, C)`` or ``None``."""
+    L, K = gamma.shape
+    p = m.shape[-1]
+    dtype = m.dtype
+    tiny = 10 * jnp.finfo(dtype).eps
+    Nk = jnp.sum(gamma, 0)  # (K,)
+    g = gamma[:, None, :] if coef_mask is None else gamma[:, None, :] * coef_mask[..., None]
+    Nck = jnp.sum(g, 0) + tiny  # (C, K)
+    mu = jnp.einsum("lck,lckp->ckp", g, m) / Nck[..., None]
+    d = m - mu[None]
+    S = jnp.einsum("lck,lckpq->ckpq", g, P + d[..., :, None] * d[..., None, :])
+    if prior is not None and prior.cov_scale is not None:
+        Sig = (prior.cov_scale + S) / (Nck + prior.cov_dof + p + 1)[..., None, None]
+    else:
+        Sig = S / Nck[..., None, None]
+    Sig = _floor_eigenvalues(Sig, cov_floor)
+    num = jnp.einsum("lk,lck->ck", gamma, resid2)
+    den = jnp.einsum("lk,lc->ck", gamma, n)
+    if prior is not None and prior.noise_shape is not None:
+        s2 = (2 * prior.noise_scale + num) / (2 * prior.noise_shape + 2 + den)
+    else:
+        s2 = num / (den + tiny)
+    s2 = jnp.maximum(s2, noise_floor)
+    if prior is not None and prior.dirichlet is not None:
+        wts = (Nk + prior.dirichlet - 1) / (L + K * prior.dirichlet - K)
+    else:
+        wts = Nk / L
+    wts = jnp.maximum(wts, tiny)
+    return FMMParams(wts / jnp.sum(wts), mu, Sig, s2)
+
+
+def m_step(post: FMMPosterior, data: FMMData, *, prior: Optional[Prior] = None,
+           cov_floor: float = 0.0, noise_floor: float = 0.0) -> FMMParams:
+    """The exact (MAP-)M-step, all sums over units:
+
+    .. math::
+       N_k = \\sum_l \\gamma_{lk},\\ \\pi_k = N_k / L,\\ \\mu_{ck} = \\sum_l \\gamma_{lk} m_{lck}/N_k,
+
+       \\Sigma_{ck} = \\sum_l \\gamma_{lk}[P_{lck} + d d^T]/N_k\\ (d = m_{lck} - \\mu_{ck}^{new}),
+
+       s^2_{ck} = \\sum_l \\gamma_{lk}[\\mathrm{RSS}_{lck} + \\mathrm{tr}(A_{lc} P_{lck})]
+                  / \\sum_l \\gamma_{lk} n_{lc}.
+
+    With a :class:`Prior` the conjugate MAP forms of spec section 8 are used. ``cov_floor``
+    raises eigenvalues of ``Sigma`` to at least that value, ``noise_floor`` bounds ``s2`` below
+    (both are exact constrained maximisers, so the objective still cannot fall).
+    """
+    gamma = jnp.exp(post.log_resp)
+    trAP = jnp.einsum("lcpq,lckqp->lck", data.A, post.coef_cov)
+    return _m_update(gamma, post.coef_mean, post.coef_cov, post.rss + trAP, data.n, None,
+                     prior=prior, cov_floor=cov_floor, noise_floor=noise_floor)
+
+
+def q_function(params: FMMParams, post: FMMPosterior, data: FMMData,
+               prior: Optional[Prior] = None) -> Array:
+    """Expected complete-data log-likelihood ``Q(params | post)`` (+ ``log_prior``), constants
+    included, so that ``m_step`` is its maximiser (``jax.grad`` of this is zero there)."""
+    gamma = jnp.exp(post.log_resp)
+    pi, mu, Sig, s2 = params
+    p = mu.shape[-1]
+    G = jnp.linalg.cholesky(Sig)
+    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(G, axis1=-2, axis2=-1)), -1)  # (C, K)
+    d = post.coef_mean - mu[None]
+    M = post.coef_cov + d[..., :, None] * d[..., None, :]  # (L, C, K, p, p)
+    Gi = solve_triangular(jnp.broadcast_to(G[None], M.shape), M, lower=True)
+    tr = jnp.trace(solve_triangular(jnp.broadcast_to(G[None], M.shape), _swap(Gi), lower=True),
+                   axis1=-2, axis2=-1)
+    trAP = jnp.einsum("lcpq,lckqp->lck", data.A, post.coef_cov)
+    n = data.n[..., None]
+    coef = -0.5 * (p * _LOG_2PI + logdet[None] + tr)
+    noise = -0.5 * (n * _LOG_2PI + n * jnp.log(s2)[None] + (post.rss + trAP) / s2[None])
+    per = jnp.log(pi)[None] + jnp.sum(coef + noise, 1)  # (L, K)
+    return jnp.sum(gamma * per) + log_prior(params, prior)
+
+
+# --------------------------------------------------------------------------------------------
+# Initialisation, repair, fit
+# --------------------------------------------------------------------------------------------
+
+
+def ridge_coefficients(data: FMMData, ridge: float = 1e-3) -> Array:
+    """Per-unit, per-channel ridge fits ``(A_lc + ridge I)^{-1} b_lc``: ``(L, C, p)``."""
+    p = data.A.shape[-1]
+    return jnp.linalg.solve(data.A + ridge * jnp.eye(p, dtype=data.A.dtype),
+                            data.b[..., None])[..., 0]
+
+
+def init_params(key: Array, data: FMMData, n_components: int, *, init: str = "kmeans",
+                ridge: float = 1e-3, n_lloyd: int = 10, cov_floor: float = 1e-6,
+                noise_floor: float = 1e-6) -> FMMParams:
+    """Initial parameters (pure; vmappable over ``key``), spec section 8.
+
+    Per-unit ridge coefficients, concatenated over channels and standardised, are clustered by
+    k-means++ and ``n_lloyd`` Lloyd steps (``init="kmeans"``) or the units get random Dirichlet
+    responsibilities (``init="random"``). Then ``gamma = 0.9 onehot + 0.1 / K`` and one M-step
+    with ``m = beta``, ``P = 0`` (channels with fewer than ``p`` values do not enter the means and
+    covariances) and ``1e-4 I`` added to each ``Sigma``.
+    """
+    L, C = data.n.shape
+    p = data.A.shape[-1]
+    K = n_components
+    dtype = data.x.dtype
+    beta = ridge_coefficients(data, ridge)  # (L, C, p)
+    if init == "random":
+        gamma = jax.random.dirichlet(key, jnp.ones((K,), dtype), (L,)).astype(dtype)
+    else:
+        feats = beta.reshape(L, C * p)
+        feats = (feats - jnp.mean(feats, 0)) / (jnp.std(feats, 0) + 1e-12)
+        centers, _ = kmeans.kmeans_plusplus(key, feats, K)
+        centers = kmeans.lloyd(feats, centers, n_lloyd)
+        onehot = jax.nn.one_hot(kmeans.assign(feats, centers), K, dtype=dtype)
+        gamma = 0.9 * onehot + 0.1 / K
+    res = (data.x - jnp.einsum("lnp,lcp->lcn", data.design, beta)) * data.obs
+    rss = jnp.broadcast_to(jnp.sum(res * res, -1)[..., None], (L, C, K))
+    m = jnp.broadcast_to(beta[:, :, None], (L, C, K, p))
+    ok = (data.n >= p).astype(dtype)
+    ok = jnp.where(jnp.sum(ok, 0, keepdims=True) > 0, ok, jnp.ones_like(ok))
+    params = _m_update(gamma, m, jnp.zeros((L, C, K, p, p), dtype), rss, data.n, ok, prior=None,
+                       cov_floor=cov_floor, noise_floor=noise_floor)
+    return params._replace(covs=params.covs + 1e-4 * jnp.eye(p, dtype=dtype))
+
+
+def make_model(*, prior: Optional[Prior] = None, cov_floor: float = 1e-6,
+               noise_floor: float = 1e-6, min_mass: float = 1.0):
+    """The model as :func:`emjax.em.run` sees it: ``(e_step, m_step, repair)`` over
+    ``data = FMMData``.
+
+    ``repair`` re-seeds every mode whose responsibility mass fell below ``min_mass`` units: its
+    coefficient means move to the posterior means of one of the worst-explained units (a
+    different unit for each), its covariances and noise variances to the largest mode's, its
+    weight to ``1 / (2K)`` before renormalising.
+    """
+
+    def e_fn(params, data):
+        return e_step(params, data, prior)
+
+    def m_fn(post, data):
+        return m_step(post, data, prior=prior, cov_floor=cov_floor, noise_floor=noise_floor)
+
+    def repair(params, post, data):
+        K = params.weights.shape[0]
+        Nk = jnp.sum(jnp.exp(post.log_resp), 0)
+        empty = Nk < min_mass
+        big = jnp.argmax(Nk)
+        worst = jax.lax.top_k(-post.log_lik, K)[1]
+        rank = jnp.clip(jnp.cumsum(empty) - 1, 0, K - 1)
+        seeds = post.coef_mean[worst[rank], :, big]  # (K, C, p)
+        means = jnp.where(empty[None, :, None], jnp.swapaxes(seeds, 0, 1), params.means)
+        covs = jnp.where(empty[None, :, None, None], params.covs[:, big][:, None], params.covs)
+        s2 = jnp.where(empty[None], params.noise_var[:, big][:, None], params.noise_var)
+        wts = jnp.where(empty, 1.0 / (2 * K), params.weights)
+        fixed = FMMParams(wts / jnp.sum(wts), means, covs, s2)
+        any_empty = jnp.any(empty)
+        out = jax.tree_util.tree_map(lambda a, b: jnp.where(any_empty, a, b), fixed, params)
+        return out, jnp.where(any_empty, em.STATUS_RESEEDED, 0)
+
+    return e_fn, m_fn, repair
+
+
+class FMMFitResult(NamedTuple):
+    """Result of :func:`fit`.
+
+    Attributes:
+      params: best restart's :class:`FMMParams`.
+      log_likelihood: ``()`` best restart's observed-data log-likelihood at ``params`` (sum over
+        units; the MAP objective adds ``log_prior``, reported separately in ``objective``).
+      objective: ``()`` the monitored objective (log-likelihood + log prior).
+      n_iter, converged, status, history: the best restart's (see :class:`emjax.em.EMResult`).
+      best_index: which restart was best.
+      restarts: :class:`emjax.em.EMResult` of every restart, batched along axis 0.
+      bic, icl: ``()`` criteria at ``params`` (lower is better).
+    """
+
+    params: FMMParams
+    log_likelihood: Array
+    objective: Array
+    n_iter: Array
+    converged: Array
+    status: Array
+    history: Array
+    best_index: Array
+    restarts: em.EMResult
+    bic: Array
+    icl: Array
+
+
+def n_parameters(n_components: int, n_channels: int, n_basis: int) -> int:
+    """Free parameters ``(K - 1) + K C (p + p (p + 1) / 2 + 1)``."""
+    p = n_basis
+    return (n_components - 1) + n_components * n_channels * (p + p * (p + 1) // 2 + 1)
+
+
+def bic(params: FMMParams, data: FMMData) -> Array:
+    """``-2 ll + d log L`` (``L`` = number of units; lower is better)."""
+    C, K, p = params.means.shape
+    L = data.n.shape[0]
+    ll = jnp.sum(posterior(params, data).log_lik)
+    return -2.0 * ll + n_parameters(K, C, p) * jnp.log(jnp.asarray(L, ll.dtype))
+
+
+def icl(params: FMMParams, data: FMMData) -> Array:
+    """``BIC + 2 EN`` with the entropy ``EN = -sum gamma log gamma`` (lower is better)."""
+    post = posterior(params, data)
+    C, K, p = params.means.shape
+    L = data.n.shape[0]
+    ent = -jnp.sum(jnp.exp(post.log_resp) * post.log_resp)
+    ll = jnp.sum(post.log_lik)
+    return -2.0 * ll + n_parameters(K, C, p) * jnp.log(jnp.asarray(L, ll.dtype)) + 2.0 * ent
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("n_components", "max_iter", "n_init", "init", "ridge", "n_lloyd",
+                     "cov_floor", "noise_floor", "min_mass"),
+)
+def _fit_compiled(data, key, rtol, prior, params_init, *, n_components, max_iter, n_init, init,
+                  ridge, n_lloyd, cov_floor, noise_floor, min_mass):
+    TRACE_COUNT["fit"] += 1
+    if params_init is None:
+        keys = jax.random.split(key, n_init)
+        params0 = jax.vmap(lambda k: init_params(
+            k, data, n_components, init=init, ridge=ridge, n_lloyd=n_lloyd,
+            cov_floor=cov_floor, noise_floor=noise_floor))(keys)
+    else:
+        params0 = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (n_init,) + a.shape),
+                                         params_init)
+    e_fn, m_fn, repair = make_model(prior=prior, cov_floor=cov_floor, noise_floor=noise_floor,
+                                    min_mass=min_mass)
+    # The driver's tolerance is absolute: scale the relative one by the initial objective.
+    ll0 = jax.vmap(lambda p: e_fn(p, data)[1])(params0)
+    scale = jnp.max(jnp.where(jnp.isfinite(ll0), jnp.abs(ll0), 0.0))
+    tol = rtol * jnp.maximum(scale, 1.0)
+    res = em.run_restarts(e_fn, m_fn, params0, data, tol=tol, max_iter=max_iter, repair=repair)
+    best = em.best_index(res.log_likelihood)
+    b = em.select(res, best)
+    ll = jnp.sum(posterior(b.params, data).log_lik)
+    return FMMFitResult(b.params, ll, b.log_likelihood, b.n_iter, b.converged, b.status,
+                        b.history, best, res, bic(b.params, data), icl(b.params, data))
+
+
+def fit(
+    data: FMMData,
+    n_components: int,
+    *,
+    key: Optional[Array] = None,
+    n_init: int = 5,
+    max_iter: int = 500,
+    tol: float = 1e-7,
+    init: str = "kmeans",
+    ridge: float = 1e-3,
+    n_lloyd: int = 10,
+    cov_floor: float = 1e-6,
+    noise_floor: float = 1e-6,
+    min_mass: float = 1.0,
+    prior: Optional[Prior] = None,
+    params_init: Optional[FMMParams] = None,
+) -> FMMFitResult:
+    """Fit the failure-mode mixture by (MAP-)EM: ``n_init`` restarts vmapped in one program.
+
+    Args:
+      data: :class:`FMMData` (see :func:`make_data`, :func:`emjax.failure_data.load_long_table`).
+      n_components: number of failure modes ``K``.
+      key: PRNG key for the initialisations (default ``jax.random.key(0)``).
+      n_init: restarts, run in parallel (``jax.vmap``); the best objective wins.
+      max_iter: maximum EM iterations per restart (variance-component EM is slow: 200-500).
+      tol: relative tolerance: stop when the objective changes by less than
+        ``tol * max(1, |objective at initialisation|)``.
+      init: ``"kmeans"`` (ridge fits + k-means++) or ``"random"`` (Dirichlet responsibilities).
+      ridge: ridge penalty of the per-unit initial fits.
+      n_lloyd: Lloyd steps after k-means++.
+      cov_floor: lower bound on the eigenvalues of every ``Sigma_ck`` (the covariance jitter).
+      noise_floor: lower bound on every ``s2_ck``.
+      min_mass: a mode with fewer than this many units' responsibility is re-seeded.
+      prior: optional :class:`Prior` for MAP-EM (the monitored objective then includes it).
+      params_init: start every restart from these parameters instead.
+
+    Returns:
+      :class:`FMMFitResult`.
+
+    Raises:
+      ValueError: on mis-shaped data, ``n_components`` outside ``[1, L]``, unknown ``init``,
+        non-positive ``n_init``/``max_iter``, negative floors or tolerance.
+    """
+    if not isinstance(data, FMMData):
+        raise ValueError("data must be an FMMData (use make_data or failure_data.load_long_table)")
+    L, C, N = data.x.shape
+    p = data.design.shape[-1]
+    if data.A.shape != (L, C, p, p) or data.obs.shape != (L, C, N):
+        raise ValueError(f"inconsistent FMMData shapes: x {data.x.shape}, obs {data.obs.shape}, "
+                         f"A {data.A.shape}, design {data.design.shape}")
+    if not (isinstance(n_components, (int, np.integer)) and 1 <= n_components <= L):
+        raise ValueError(f"n_components must be an int in [1, L={L}], got {n_components!r}")
+    if init not in ("kmeans", "random"):
+        raise ValueError(f"init must be 'kmeans' or 'random', got {init!r}")
+    for name, val in (("n_init", n_init), ("max_iter", max_iter)):
+        if not (isinstance(val, (int, np.integer)) and val >= 1):
+            raise ValueError(f"{name} must be a positive int, got {val!r}")
+    for name, val in (("tol", tol), ("ridge", ridge), ("cov_floor", cov_floor),
+                      ("noise_floor", noise_floor), ("min_mass", min_mass)):
+        if not (np.isfinite(val) and val >= 0):
+            raise ValueError(f"{name} must be non-negative and finite, got {val!r}")
+    dtype = data.x.dtype
+    if params_init is not None:
+        shapes = tuple(np.shape(a) for a in params_init)
+        want = ((n_components,), (C, n_components, p), (C, n_components, p, p), (C, n_components))
+        if shapes != want:
+            raise ValueError(f"params_init shapes {shapes} do not match {want}")
+        params_init = FMMParams(*(jnp.asarray(a, dtype) for a in params_init))
+    if prior is not None:
+        prior = Prior(*(None if a is None else jnp.asarray(a, dtype) for a in prior))
+        if (prior.cov_scale is None) != (prior.cov_dof is None) or \
+                (prior.noise_shape is None) != (prior.noise_scale is None):
+            raise ValueError("Prior: give cov_scale with cov_dof and noise_shape with noise_scale")
+    if key is None:
+        key = jax.random.key(0)
+    return _fit_compiled(
+        data, key, jnp.asarray(tol, dtype), prior, params_init, n_components=int(n_components),
+        max_iter=int(max_iter), n_init=int(n_init), init=init, ridge=float(ridge),
+        n_lloyd=int(n_lloyd), cov_floor=float(cov_floor), noise_floor=float(noise_floor),
+        min_mass=float(min_mass),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Using a fitted model
+# --------------------------------------------------------------------------------------------
+
+
+def predict_proba(params: FMMParams, data: FMMData) -> Array:
+    """Failure-mode probabilities ``(L, K)`` from whatever data each unit has (partial is fine)."""
+    return jnp.exp(posterior(params, data).log_resp)
+
+
+def predict(params: FMMParams, data: FMMData) -> Array:
+    """Most probable failure mode ``(L,)``."""
+    return jnp.argmax(posterior(params, data).log_resp, axis=1)
+
+
+class PathPrediction(NamedTuple):
+    """Predictive distribution of each channel's path (a pytree).
+
+    Attributes:
+      mean, var: ``(L, C, T)`` mean and variance of the mixture over modes (observation noise
+        included).
+      mode_mean, mode_var: ``(L, C, K, T)`` per-mode Gaussian predictive mean and variance.
+      proba: ``(L, K)`` mode probabilities.
+    """
+
+    mean: Array
+    var: Array
+    mode_mean: Array
+    mode_var: Array
+    proba: Array
+
+
+def predict_path(params: FMMParams, data: FMMData, times: Array, *, basis: Basis,
+                 include_noise: bool = True) -> PathPrediction:
+    """Predictive path of every channel at ``times`` (``(T,)`` or ``(L, T)``, original units).
+
+    Per mode ``N(phi(t)^T m_lck, phi(t)^T P_lck phi(t) + s2_ck)``, mixed with the unit's mode
+    probabilities (spec section 10).
+    """
+    post = posterior(params, data)
+    L = data.n.shape[0]
+    times = jnp.asarray(times, data.x.dtype)
+    times = jnp.broadcast_to(times, (L,) + times.shape[-1:])
+    phi = basis(times / data.t_scale).astype(data.x.dtype)  # (L, T, p)
+    mode_mean = jnp.einsum("ltp,lckp->lckt", phi, post.coef_mean)
+    mode_var = jnp.einsum("ltp,lckpq,ltq->lckt", phi, post.coef_cov, phi)
+    if include_noise:
+        mode_var = mode_var + params.noise_var[None, ..., None]
+    g = jnp.exp(post.log_resp)[:, None, :, None]
+    mean = jnp.sum(g * mode_mean, 2)
+    var = jnp.sum(g * (mode_var + mode_mean**2), 2) - mean**2
+    return PathPrediction(mean, jnp.maximum(var, 0.0), mode_mean, mode_var,
+                          jnp.exp(post.log_resp))
+
+
+def _rul_grid(data, t_now, horizon, n_grid):
+    L = data.n.shape[0]
+    t_now = jnp.broadcast_to(jnp.asarray(t_now, data.x.dtype), (L,))
+    frac = jnp.linspace(0.0, 1.0, n_grid + 1, dtype=data.x.dtype)[1:]
+    return t_now, t_now[:, None] + frac[None] * (horizon - t_now)[:, None]  # (L, G)
+
+
+def failure_time_samples(key: Array, params: FMMParams, data: FMMData, t_now, *, basis: Basis,
+                         threshold: float, horizon: float, channel: int = -1,
+                         n_samples: int = 1000, n_grid: int = 200) -> Array:
+    """Monte Carlo failure times ``(L, n_samples)``: ``k ~ gamma``, ``T ~ N(m, P)`` of
+    ``channel`` (default the last, ``y``), then the first grid time in ``(t_now, horizon]``
+    with ``phi(t)^T T >= threshold``; ``inf`` where the path does not cross by ``horizon``.
+
+    Args:
+      t_now: ``()`` or ``(L,)`` current times (the data should stop there).
+      horizon: the end of the search grid (original time units).
+      n_grid: grid points between ``t_now`` and ``horizon`` (resolution of the answer).
+    """
+    post = posterior(params, data)
+    t_now, grid = _rul_grid(data, t_now, horizon, n_grid)
+    phi = basis(grid / data.t_scale).astype(data.x.dtype)  # (L, G, p)
+    L, K = post.log_resp.shape
+    p = phi.shape[-1]
+    k1, k2 = jax.random.split(key)
+    modes = jax.random.categorical(k1, post.log_resp[:, None, :], axis=-1,
+                                   shape=(L, n_samples))  # (L, S)
+    m = jnp.take_along_axis(post.coef_mean[:, channel], modes[..., None], axis=1)  # (L, S, p)
+    P = post.coef_cov[:, channel]  # (L, K, p, p)
+    jit = 1e-12 * jnp.eye(p, dtype=P.dtype)
+    chol = jnp.linalg.cholesky(P + jit)
+    chol_s = jnp.take_along_axis(chol, modes[..., None, None], axis=1)  # (L, S, p, p)
+    eps = jax.random.normal(k2, (L, n_samples, p), data.x.dtype)
+    coef = m + jnp.einsum("lspq,lsq->lsp", chol_s, eps)
+    path = jnp.einsum("lgp,lsp->lsg", phi, coef)
+    crossed = path >= threshold
+    first = jnp.argmax(crossed, axis=-1)
+    t_fail = jnp.take_along_axis(grid[:, None, :], first[..., None], axis=-1)[..., 0]
+    return jnp.where(jnp.any(crossed, -1), t_fail, jnp.inf)
+
+
+def failure_cdf(params: FMMParams, data: FMMData, t_now, *, basis: Basis, threshold: float,
+                horizon: float, channel: int = -1, n_grid: int = 200) -> tuple[Array, Array]:
+    """Closed-form approximation (monotone paths) ``P(T_f <= t)`` on a grid:
+    ``sum_k gamma_k [1 - Phi((D - phi^T m) / sqrt(phi^T P phi))]``.
+
+    Returns:
+      ``(grid, cdf)``, both ``(L, n_grid)``.
+    """
+    post = posterior(params, data)
+    t_now, grid = _rul_grid(data, t_now, horizon, n_grid)
+    phi = basis(grid / data.t_scale).astype(data.x.dtype)
+    mean = jnp.einsum("lgp,lkp->lkg", phi, post.coef_mean[:, channel])
+    var = jnp.einsum("lgp,lkpq,lgq->lkg", phi, post.coef_cov[:, channel], phi)
+    z = (threshold - mean) / jnp.sqrt(jnp.maximum(var, 1e-30))
+    cdf = jnp.sum(jnp.exp(post.log_resp)[..., None] * jax.scipy.stats.norm.sf(z), 1)
+    return grid, cdf
+
+
+def rul_point(params: FMMParams, data: FMMData, t_now, *, basis: Basis, threshold: float,
+              horizon: float, channel: int = -1, n_grid: int = 200) -> Array:
+    """Median remaining useful life ``(L,)`` from :func:`failure_cdf` (first grid time with
+    CDF >= 1/2, minus ``t_now``; ``inf`` when the median lies beyond ``horizon``)."""
+    grid, cdf = failure_cdf(params, data, t_now, basis=basis, threshold=threshold,
+                            horizon=horizon, channel=channel, n_grid=n_grid)
+    t_now = grid[:, 0] - (grid[:, 1] - grid[:, 0])
+    hit = cdf >= 0.5
+    t = jnp.take_along_axis(grid, jnp.argmax(hit, -1)[:, None], -1)[:, 0]
+    return jnp.where(jnp.any(hit, -1), t - t_now, jnp.inf)
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation against ground truth
+# --------------------------------------------------------------------------------------------
+
+
+def match_labels(true_labels, pred_labels, n_components: Optional[int] = None):
+    """Best one-to-one relabelling of ``pred_labels`` by brute force over permutations.
+
+    Args:
+      true_labels, pred_labels: ``(L,)`` integer labels in ``[0, K)``.
+      n_components: ``K`` (default: one more than the largest label); at most 8.
+
+    Returns:
+      ``(perm, accuracy)``: ``perm[k_pred] = k_true`` maximising agreement, and that agreement.
+    """
+    t = np.asarray(true_labels).astype(int)
+    q = np.asarray(pred_labels).astype(int)
+    if t.shape != q.shape or t.ndim != 1:
+        raise ValueError(f"labels must be two (L,) arrays, got {t.shape} and {q.shape}")
+    K = int(max(t.max(initial=0), q.max(initial=0)) + 1) if n_components is None else n_components
+    if K > 8:
+        raise ValueError(f"brute-force label matching is for K <= 8, got K={K} (use Hungarian)")
+    conf = np.zeros((K, K), int)
+    np.add.at(conf, (q, t), 1)
+    best, best_perm = -1, None
+    for perm in itertools.permutations(range(K)):
+        s = int(conf[np.arange(K), perm].sum())
+        if s > best:
+            best, best_perm = s, perm
+    return np.asarray(best_perm), best / max(len(t), 1)
+
+
+def permute_modes(params: FMMParams, perm) -> FMMParams:
+    """Reorder modes so that new mode ``perm[k]`` is old mode ``k`` (``perm`` from
+    :func:`match_labels`)."""
+    inv = np.argsort(np.asarray(perm))
+    return FMMParams(params.weights[inv], params.means[:, inv], params.covs[:, inv],
+                     params.noise_var[:, inv])
+
+
+__all__ = [
+    "Basis", "FMMData", "FMMFitResult", "FMMParams", "FMMPosterior", "PathPrediction", "Prior",
+    "bic", "bspline_basis", "data_from_arrays", "e_step", "failure_cdf", "failure_time_samples",
+    "fit", "icl", "init_params", "log_prior", "m_step", "make_data", "make_model", "match_labels",
+    "n_parameters", "permute_modes", "polynomial_basis", "posterior", "predict", "predict_path",
+    "predict_proba", "q_function", "ridge_coefficients", "rul_point",
+]

@@ -1,0 +1,378 @@
+"""Failure-mode mixture: stable formulas vs dense ones, padding, EM properties, synthetic recovery,
+in-service prediction."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.interpolate import BSpline
+from scipy.optimize import linear_sum_assignment
+from scipy.special import logsumexp
+
+from emjax import failure_data as fd
+from emjax import failure_mode as fm
+
+# One compiled program serves every L=300, N=60, K=3 fit below; K=2 and K=4 add one each.
+FIT_KW = dict(n_init=4, max_iter=400)
+
+# Jitted once per shape: eager dispatch of the many small ops is slower than compiling.
+posterior = jax.jit(fm.posterior)
+e_step = jax.jit(fm.e_step)
+m_step = jax.jit(fm.m_step)
+q_function = jax.jit(fm.q_function)
+
+
+def _random_params(rng, C, K, p, dtype=np.float64):
+    a = rng.normal(size=(C, K, p, p))
+    covs = a @ np.swapaxes(a, -1, -2) / p + 0.1 * np.eye(p)
+    w = rng.uniform(0.5, 1.5, size=K)
+    return fm.FMMParams(jnp.asarray(w / w.sum(), dtype),
+                        jnp.asarray(rng.normal(size=(C, K, p)), dtype),
+                        jnp.asarray(covs, dtype),
+                        jnp.asarray(rng.uniform(0.05, 0.5, size=(C, K)), dtype))
+
+
+def _ragged(rng, counts, C, N, *, pad_garbage=True):
+    """times (L, N) and values (L, C, N) with exactly counts[l][c] observed entries per channel."""
+    L = len(counts)
+    times = np.full((L, N), np.nan)
+    values = np.full((L, C, N), np.nan)
+    for l in range(L):
+        n_l = max(max(counts[l]), 1)
+        times[l, :n_l] = np.sort(rng.uniform(0, 1, n_l))
+        for c in range(C):
+            idx = rng.choice(n_l, counts[l][c], replace=False)
+            values[l, c, idx] = rng.normal(size=counts[l][c])
+        if pad_garbage:
+            times[l, n_l:] = rng.uniform(5, 9, N - n_l)  # finite garbage in padded slots
+    return times, values
+
+
+def _dense_reference(params, times, values, basis):
+    """Per (l, c, k): log N(x; Phi mu, V), m and P from the n x n matrix V (NumPy)."""
+    w, mu, Sig, s2 = (np.asarray(a, np.float64) for a in params)
+    L, C, N = values.shape
+    K, p = w.shape[0], mu.shape[-1]
+    logN = np.zeros((L, C, K))
+    m = np.zeros((L, C, K, p))
+    P = np.zeros((L, C, K, p, p))
+    for l, c, k in itertools.product(range(L), range(C), range(K)):
+        o = np.isfinite(values[l, c])
+        x = values[l, c, o]
+        Phi = np.asarray(basis(jnp.asarray(times[l, o])), np.float64).reshape(-1, p)
+        V = Phi @ Sig[c, k] @ Phi.T + s2[c, k] * np.eye(len(x))
+        r = x - Phi @ mu[c, k]
+        if len(x):
+            _, logdet = np.linalg.slogdet(V)
+            logN[l, c, k] = -0.5 * (len(x) * np.log(2 * np.pi) + logdet + r @ np.linalg.solve(V, r))
+            KV = Sig[c, k] @ Phi.T @ np.linalg.inv(V)
+        else:
+            KV = np.zeros((p, 0))
+        m[l, c, k] = mu[c, k] + KV @ r
+        P[l, c, k] = Sig[c, k] - KV @ Phi @ Sig[c, k]
+    ll = logsumexp(np.log(w)[None] + logN.sum(1), axis=1)
+    return logN, m, P, ll
+
+
+@pytest.mark.parametrize("basis", [fm.Basis("polynomial", 2), fm.Basis("bspline", 3, 1)],
+                         ids=["poly2", "bspline5"])
+def test_stable_formulas_equal_dense(basis):
+    rng = np.random.default_rng(0)
+    p = basis.size
+    # n = 0 (channel missing), n < p and n > p, channel-specific counts.
+    counts = [[0, 7], [1, 2], [2, 0], [9, 4], [0, 0]]
+    C, K, N = 2, 3, 12
+    times, values = _ragged(rng, counts, C, N)
+    params = _random_params(rng, C, K, p)
+    data = fm.make_data(times, values, basis=basis, t_scale=1.0)
+    post = posterior(params, data)
+    logN, m, P, ll = _dense_reference(params, times, values, basis)
+    np.testing.assert_allclose(post.log_density, logN, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(post.coef_mean, m, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(post.coef_cov, P, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(post.log_lik, ll, rtol=1e-10, atol=1e-9)
+    # n = 0 exactly: log N = 0, m = mu, P = Sigma (unit 4 has no data at all: gamma = pi).
+    assert np.all(np.asarray(post.log_density)[[0, 2, 4], [0, 1, 0]] == 0.0)
+    np.testing.assert_allclose(post.coef_mean[4], params.means, rtol=1e-12)
+    np.testing.assert_allclose(post.coef_cov[4], params.covs, rtol=1e-12)
+    np.testing.assert_allclose(np.exp(post.log_resp[4]), params.weights, rtol=1e-12)
+
+
+def test_bspline_basis_matches_scipy():
+    degree, n_int = 3, 4
+    tau = np.linspace(0, 1, 57)
+    ours = np.asarray(fm.bspline_basis(jnp.asarray(tau), n_int, degree))
+    knots = np.r_[[0.0] * (degree + 1), np.arange(1, n_int + 1) / (n_int + 1), [1.0] * (degree + 1)]
+    ref = BSpline.design_matrix(tau, knots, degree).toarray()
+    np.testing.assert_allclose(ours, ref, atol=1e-12)
+    np.testing.assert_allclose(ours.sum(1), 1.0, atol=1e-12)
+
+
+def _em_steps(params, data, n):
+    out = []
+    for _ in range(n):
+        post, ll = e_step(params, data)
+        params = m_step(post, data)
+        out.append((post, ll, params))
+    return out
+
+
+def test_padding_and_unit_permutation_invariance():
+    rng = np.random.default_rng(1)
+    counts = [[3, 5], [6, 6], [0, 2], [4, 1], [8, 8], [2, 7]]
+    C, K, p, N = 2, 2, 3, 8
+    times, values = _ragged(rng, counts, C, N)
+    params = _random_params(rng, C, K, p)
+    base = _em_steps(params, fm.make_data(times, values, t_scale=1.0), 3)
+    # More padding, with garbage times: identical log-likelihood, responsibilities, parameters.
+    extra = 7
+    t2 = np.concatenate([times, rng.uniform(3, 4, (len(counts), extra))], 1)
+    v2 = np.concatenate([values, np.full((len(counts), C, extra), np.nan)], 2)
+    padded = _em_steps(params, fm.make_data(t2, v2, t_scale=1.0), 3)
+    # Permuting units (and shuffling the padded slots' positions within a unit's channels).
+    perm = rng.permutation(len(counts))
+    shuffled = _em_steps(params, fm.make_data(times[perm], values[perm], t_scale=1.0), 3)
+    for (pa, la, ta), (pb, lb, tb), (pc, lc, tc) in zip(base, padded, shuffled):
+        np.testing.assert_allclose(lb, la, rtol=1e-12)
+        np.testing.assert_allclose(pb.log_resp, pa.log_resp, atol=1e-12)
+        np.testing.assert_allclose(lc, la, rtol=1e-12)
+        np.testing.assert_allclose(pc.log_resp, np.asarray(pa.log_resp)[perm], atol=1e-12)
+        for x, y, z in zip(ta, tb, tc):
+            np.testing.assert_allclose(y, x, rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(z, x, rtol=1e-10, atol=1e-12)
+
+
+def _unconstrained(params):
+    G = jnp.linalg.cholesky(params.covs)
+    diag = jnp.log(jnp.diagonal(G, axis1=-2, axis2=-1))
+    return (jnp.log(params.weights), params.means, jnp.tril(G, -1), diag,
+            jnp.log(params.noise_var))
+
+
+def _constrained(u):
+    logw, means, off, diag, logs2 = u
+    G = jnp.tril(off, -1) + jnp.exp(diag)[..., None] * jnp.eye(off.shape[-1])
+    return fm.FMMParams(jax.nn.softmax(logw), means, G @ jnp.swapaxes(G, -1, -2), jnp.exp(logs2))
+
+
+@pytest.mark.parametrize("with_prior", [False, True], ids=["ML", "MAP"])
+def test_grad_of_q_is_zero_at_m_step(with_prior):
+    rng = np.random.default_rng(2)
+    counts = [[5, 1], [6, 6], [0, 2], [4, 3], [8, 8], [2, 7], [3, 3]]
+    C, K, p, N = 2, 3, 3, 8
+    times, values = _ragged(rng, counts, C, N)
+    data = fm.make_data(times, values, t_scale=1.0)
+    prior = (fm.Prior(jnp.eye(p) * 0.3, jnp.asarray(4.0), jnp.asarray(2.0), jnp.asarray(0.1),
+                      jnp.asarray(2.0)) if with_prior else None)
+    post, _ = e_step(_random_params(rng, C, K, p), data, prior)
+    new = m_step(post, data, prior=prior)  # floors 0: the unconstrained maximiser
+    u = _unconstrained(new)
+    grads = jax.jit(jax.grad(lambda u: fm.q_function(_constrained(u), post, data, prior)))(u)
+    # Each gradient against the size of the objective's own terms.
+    scale = abs(float(q_function(new, post, data, prior)))
+    for g in grads:
+        assert np.max(np.abs(np.asarray(g))) < 1e-9 * scale
+    # ... and the M-step output beats nearby parameters.
+    bumped = jax.tree_util.tree_map(lambda a: a + 1e-3, u)
+    assert q_function(_constrained(bumped), post, data, prior) < q_function(new, post, data, prior)
+
+
+@pytest.fixture(scope="module")
+def easy():
+    syn = fd.make_synthetic(1, setting="easy")
+    data = syn.to_data()
+    res = fm.fit(data, 3, key=jax.random.key(0), **FIT_KW)
+    return syn, data, res
+
+
+def test_log_likelihood_is_monotone(easy):
+    _, _, res = easy
+    for r in range(res.restarts.history.shape[0]):
+        h = np.asarray(res.restarts.history[r])
+        h = h[np.isfinite(h)]
+        assert len(h) > 20
+        assert np.all(np.diff(h) >= -1e-10 * np.abs(h[1:]))
+    assert np.all(np.asarray(res.restarts.status) == 0)
+
+
+def test_easy_setting_recovery(easy):
+    syn, data, res = easy
+    assert bool(res.converged)
+    perm, acc = fm.match_labels(syn.labels, np.asarray(fm.predict(res.params, data)), 3)
+    assert acc >= 0.95
+    p = fm.permute_modes(res.params, perm)
+    sd_ratio = np.sqrt(np.asarray(p.noise_var) / syn.params.noise_var)
+    assert np.all(np.abs(sd_ratio - 1) <= 0.15), sd_ratio
+    # The fit explains the data at least as well as the truth does.
+    truth = fm.FMMParams(*(jnp.asarray(a) for a in syn.params))
+    assert res.log_likelihood > jnp.sum(fm.posterior(truth, data).log_lik)
+    # Brute-force matching agrees with the Hungarian algorithm.
+    conf = np.zeros((3, 3))
+    np.add.at(conf, (np.asarray(fm.predict(res.params, data)), syn.labels), 1)
+    rows, cols = linear_sum_assignment(-conf)
+    assert np.array_equal(cols[np.argsort(rows)], perm)
+
+
+def test_bic_picks_true_number_of_modes(easy):
+    _, data, res3 = easy
+    bics = {3: float(res3.bic)}
+    for k in (2, 4):
+        bics[k] = float(fm.fit(data, k, key=jax.random.key(0), **FIT_KW).bic)
+    assert min(bics, key=bics.get) == 3, bics
+    # BIC formula against its definition.
+    d = (3 - 1) + 3 * 4 * (3 + 6 + 1)
+    np.testing.assert_allclose(res3.bic, -2 * res3.log_likelihood + d * np.log(300), rtol=1e-12)
+    assert res3.icl >= res3.bic
+
+
+def test_hard_setting_accuracy(easy):
+    syn = fd.make_synthetic(7, setting="hard")
+    data = syn.to_data()
+    before = fm.TRACE_COUNT["fit"]
+    res = fm.fit(data, 3, key=jax.random.key(0), **FIT_KW)
+    assert fm.TRACE_COUNT["fit"] == before  # same shapes: the compiled program is reused
+    _, acc = fm.match_labels(syn.labels, np.asarray(fm.predict(res.params, data)), 3)
+    assert acc >= 0.9
+
+
+def test_float32_fit_is_finite():
+    syn = fd.make_synthetic(3, setting="easy", n_units=60, n_obs=(5, 20))
+    data = syn.to_data(dtype=np.float32)
+    res = fm.fit(data, 3, key=jax.random.key(0), n_init=2, max_iter=60)
+    assert res.params.means.dtype == jnp.float32 and res.log_likelihood.dtype == jnp.float32
+    chex_leaves = jax.tree_util.tree_leaves(res.params) + [res.log_likelihood]
+    assert all(bool(jnp.all(jnp.isfinite(a))) for a in chex_leaves)
+    assert not (int(res.status) & 2)
+
+
+def test_predict_path_matches_dense_conditional():
+    rng = np.random.default_rng(3)
+    counts = [[4, 2], [0, 5], [6, 6]]
+    C, K, p, N = 2, 2, 3, 6
+    times, values = _ragged(rng, counts, C, N)
+    params = _random_params(rng, C, K, p)
+    data = fm.make_data(times, values, t_scale=1.0)
+    basis = fm.Basis()
+    grid = np.linspace(0, 1.5, 5)
+    pred = fm.predict_path(params, data, grid, basis=basis)
+    logN, _, _, _ = _dense_reference(params, times, values, basis)
+    w, mu, Sig, s2 = (np.asarray(a) for a in params)
+    Phi_g = np.stack([grid**j for j in range(p)], -1)
+    for l in range(3):
+        g = np.log(w) + logN[l].sum(0)
+        g = np.exp(g - logsumexp(g))
+        np.testing.assert_allclose(pred.proba[l], g, rtol=1e-10)
+        for c in range(C):
+            o = np.isfinite(values[l, c])
+            Phi = np.stack([times[l, o] ** j for j in range(p)], -1)
+            mean_k, var_k = [], []
+            for k in range(K):
+                # Joint Gaussian of (x_grid, x_obs) given mode k, conditioned densely.
+                S_go = Phi_g @ Sig[c, k] @ Phi.T
+                V = Phi @ Sig[c, k] @ Phi.T + s2[c, k] * np.eye(o.sum())
+                S_gg = Phi_g @ Sig[c, k] @ Phi_g.T + s2[c, k] * np.eye(len(grid))
+                r = values[l, c, o] - Phi @ mu[c, k]
+                mean_k.append(Phi_g @ mu[c, k] + S_go @ np.linalg.solve(V, r))
+                var_k.append(np.diag(S_gg - S_go @ np.linalg.solve(V, S_go.T)))
+            mean_k, var_k = np.array(mean_k), np.array(var_k)
+            np.testing.assert_allclose(pred.mode_mean[l, c], mean_k, rtol=1e-9, atol=1e-10)
+            np.testing.assert_allclose(pred.mode_var[l, c], var_k, rtol=1e-9, atol=1e-10)
+            mix_mean = g @ mean_k
+            mix_var = g @ (var_k + mean_k**2) - mix_mean**2
+            np.testing.assert_allclose(pred.mean[l, c], mix_mean, rtol=1e-9, atol=1e-10)
+            np.testing.assert_allclose(pred.var[l, c], mix_var, rtol=1e-8, atol=1e-10)
+
+
+def test_rul_monte_carlo_matches_closed_form_and_truth(easy):
+    """Single-mode, monotone increasing y paths: the MC failure-time distribution equals the
+    closed form P(T_f <= t) = P(phi(t)^T T >= D); on the fitted model the median RUL of
+    half-observed units tracks the truth."""
+    rng = np.random.default_rng(4)
+    params = fm.FMMParams(
+        jnp.asarray([1.0]), jnp.asarray([[[0.0, 1.0, 2.0]]]),
+        jnp.asarray(np.diag([1e-4, 0.05, 0.05])[None, None]), jnp.asarray([[0.01]]))
+    t_obs = np.linspace(0, 0.4, 6)
+    values = (0.9 * t_obs + 2.1 * t_obs**2 + 0.1 * rng.normal(size=6))[None, None]
+    data = fm.make_data(t_obs[None], values, t_scale=1.0)
+    basis = fm.Basis()
+    grid, cdf = fm.failure_cdf(params, data, 0.4, basis=basis, threshold=2.0, horizon=2.0,
+                               n_grid=400)
+    samples = fm.failure_time_samples(jax.random.key(0), params, data, 0.4, basis=basis,
+                                      threshold=2.0, horizon=2.0, n_samples=20000, n_grid=400)
+    emp = np.mean(np.asarray(samples)[0][:, None] <= np.asarray(grid)[0][None], 0)
+    # Paths are (almost surely) increasing on the grid, so the closed form is exact here.
+    assert np.max(np.abs(emp - np.asarray(cdf)[0])) < 0.02
+    # Fitted model, in-service units observed up to half their life.
+    syn = fd.make_synthetic(11, setting="easy", n_units=40, run_to_failure=True,
+                            horizon=(2.0, 2.0))
+    _, _, res = easy
+    fail = syn.failure_time
+    ok = np.isfinite(fail)
+    t_now = 0.5 * fail[ok]
+    obs = np.isfinite(syn.values[ok]) & (syn.times[ok] <= t_now[:, None])[:, None]
+    part = fm.make_data(syn.times[ok], syn.values[ok], obs, t_scale=1.0)
+    rul = np.asarray(fm.rul_point(res.params, part, t_now, basis=basis, threshold=2.5,
+                                  horizon=3.0))
+    err = np.abs(rul - (fail[ok] - t_now))
+    assert np.median(err) < 0.25 * np.median(fail[ok] - t_now)
+
+
+def test_match_labels_and_permute():
+    rng = np.random.default_rng(5)
+    true = rng.integers(0, 4, 200)
+    relabel = np.array([2, 0, 3, 1])
+    pred = relabel[true]
+    pred[:10] = rng.integers(0, 4, 10)
+    perm, acc = fm.match_labels(true, pred, 4)
+    assert np.array_equal(perm[relabel], np.arange(4))
+    assert acc == np.mean(perm[pred] == true)
+    params = _random_params(rng, 2, 4, 3)
+    back = fm.permute_modes(fm.permute_modes(params, perm), np.argsort(perm))
+    for a, b in zip(back, params):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_repair_reseeds_empty_mode():
+    rng = np.random.default_rng(6)
+    times, values = _ragged(rng, [[4, 4]] * 6, 2, 4)
+    data = fm.make_data(times, values, t_scale=1.0)
+    params = _random_params(rng, 2, 3, 3)
+    post = fm.posterior(params, data)
+    _, _, repair = fm.make_model()
+    # Mode 2 holds 6e-9 units of responsibility: re-seeded from the largest mode (0).
+    starved = post._replace(log_resp=jnp.log(jnp.asarray(np.tile([0.6, 0.4 - 1e-9, 1e-9],
+                                                                 (6, 1)))))
+    fixed, flags = repair(params, starved, data)
+    assert int(flags) == 1
+    np.testing.assert_allclose(fixed.covs[:, 2], params.covs[:, 0])
+    np.testing.assert_allclose(fixed.noise_var[:, 2], params.noise_var[:, 0])
+    worst = int(np.argmin(post.log_lik))
+    np.testing.assert_allclose(fixed.means[:, 2], post.coef_mean[worst, :, 0])
+    w = np.asarray(params.weights).copy()
+    w[2] = 1 / 6
+    np.testing.assert_allclose(fixed.weights, w / w.sum())
+    # Every mode with two units' worth of responsibility: nothing changes.
+    even = post._replace(log_resp=jnp.full((6, 3), -np.log(3.0)))
+    same, flags = repair(params, even, data)
+    assert int(flags) == 0
+    for a, b in zip(same, params):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fit_validation():
+    syn = fd.make_synthetic(0, n_units=10, n_obs=(3, 5))
+    data = syn.to_data()
+    with pytest.raises(ValueError, match="n_components"):
+        fm.fit(data, 11)
+    with pytest.raises(ValueError, match="init"):
+        fm.fit(data, 2, init="spectral")
+    with pytest.raises(ValueError, match="params_init shapes"):
+        fm.fit(data, 2, params_init=_random_params(np.random.default_rng(0), 4, 3, 3))
+    with pytest.raises(ValueError, match="FMMData"):
+        fm.fit(np.zeros((3, 4)), 2)
+    with pytest.raises(ValueError, match="times must be"):
+        fm.make_data(np.zeros((10, 4)), syn.values)
+    with pytest.raises(ValueError, match="basis kind"):
+        fm.Basis("fourier")
