@@ -92,6 +92,7 @@ def run(
     repair: Callable | None = None,
     callback: Callable | None = None,
     decrease_tol: float = 1e-6,
+    rtol: Array = 0.0,
 ) -> EMResult:
     """Run EM from ``params0`` inside one ``jax.lax.while_loop`` (not jitted: compose or jit it).
 
@@ -110,6 +111,8 @@ def run(
       callback: optional ``callback(n_iter, ll, converged)`` called inside the loop (e.g. a
         throttled host callback for progress); it must return nothing.
       decrease_tol: relative fall of the log-likelihood that sets ``STATUS_DECREASED``.
+      rtol: relative convergence threshold (may be traced): converged also when
+        ``|ll - ll_previous| < rtol * |ll|`` (default 0: only the absolute ``tol``).
 
     Returns:
       :class:`EMResult`.
@@ -119,6 +122,7 @@ def run(
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.result_type(float)
     tol = jnp.asarray(tol, dtype)
+    rtol = jnp.asarray(rtol, dtype)
 
     def cond_fun(s: _State) -> Array:
         stopped = (s.status & STATUS_NONFINITE) != 0
@@ -136,7 +140,8 @@ def run(
         finite = jnp.isfinite(ll) & _all_finite(new_params)
         change = ll - s.ll_prev
         reseeded = (flags & STATUS_RESEEDED) != 0
-        converged = finite & (jnp.abs(change) < tol) & ~reseeded
+        small = (jnp.abs(change) < tol) | (jnp.abs(change) < rtol * jnp.abs(ll))
+        converged = finite & small & ~reseeded
         decreased = change < -decrease_tol * jnp.maximum(1.0, jnp.abs(ll))
         flags = flags | jnp.where(decreased & ~s.reseeded_last & finite, STATUS_DECREASED, 0)
         flags = flags | jnp.where(finite, 0, STATUS_NONFINITE)
@@ -200,11 +205,12 @@ def run_restarts(
     max_iter: int,
     repair: Callable | None = None,
     callback: Callable | None = None,
+    rtol: Array = 0.0,
 ) -> EMResult:
     """:func:`run` vmapped over a leading restart axis of ``params0_batched``; data is shared."""
 
     def one(p0):
         return run(e_step, m_step, p0, data, tol=tol, max_iter=max_iter, repair=repair,
-                   callback=callback)
+                   callback=callback, rtol=rtol)
 
     return jax.vmap(one)(params0_batched)

@@ -11,11 +11,12 @@ import csv
 import io
 import math
 import os
-from typing import NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
-from emjax.failure_mode import Basis, FMMData, FMMParams, make_data
+from emjax.failure_mode import QUADRATIC, Basis, FMMData, FMMParams, make_data
 
 
 class PaddedTable(NamedTuple):
@@ -33,7 +34,7 @@ class PaddedTable(NamedTuple):
     times: np.ndarray
     values: np.ndarray
 
-    def to_data(self, basis: Basis = Basis(), t_scale=None) -> FMMData:
+    def to_data(self, basis: Basis = QUADRATIC, t_scale=None) -> FMMData:
         """:func:`emjax.failure_mode.make_data` on these arrays."""
         return make_data(self.times, self.values, basis=basis, t_scale=t_scale)
 
@@ -50,8 +51,8 @@ def _number(text: str, where: str, allow_missing: bool) -> float:
         raise ValueError(f"{where}: cannot parse {text!r} as a number") from None
 
 
-def from_long_table(units: Sequence, times, values, channels: Optional[Sequence[str]] = None,
-                    *, row_labels: Optional[Sequence[str]] = None,
+def from_long_table(units: Sequence, times, values, channels: Sequence[str] | None = None,
+                    *, row_labels: Sequence[str] | None = None,
                     dtype=np.float64) -> PaddedTable:
     """Rows ``(unit, time, values[C])`` -> :class:`PaddedTable`.
 
@@ -120,7 +121,7 @@ def from_long_table(units: Sequence, times, values, channels: Optional[Sequence[
 
 
 def load_long_table(source, *, unit: str = "unit", time: str = "time",
-                    channels: Optional[Sequence[str]] = None, delimiter: str = ",",
+                    channels: Sequence[str] | None = None, delimiter: str = ",",
                     dtype=np.float64) -> PaddedTable:
     """Read a delimited text table with a header into a :class:`PaddedTable`.
 
@@ -172,6 +173,8 @@ def load_long_table(source, *, unit: str = "unit", time: str = "time",
         values.append([_number(row[j], f"line {line}, column {header[j]!r}", allow_missing=True)
                        for j in ic])
         labels.append(f"line {line}")
+    if not units:
+        raise ValueError("the table has no rows (only a header)")
     return from_long_table(units, times, np.asarray(values, np.float64).reshape(len(units), -1),
                            channels, row_labels=labels, dtype=dtype)
 
@@ -229,7 +232,7 @@ class Synthetic(NamedTuple):
     end: np.ndarray
     failure_time: np.ndarray
 
-    def to_data(self, basis: Basis = Basis(), dtype=np.float64) -> FMMData:
+    def to_data(self, basis: Basis = QUADRATIC, dtype=np.float64) -> FMMData:
         """:func:`emjax.failure_mode.make_data` with ``t_scale = 1`` (times are already
         rescaled)."""
         return make_data(self.times.astype(dtype), self.values.astype(dtype), basis=basis,
@@ -237,7 +240,7 @@ class Synthetic(NamedTuple):
 
 
 def make_synthetic(seed: int, *, setting: str = "easy", n_units: int = 300,
-                   n_obs: tuple = (10, 60), horizon: Optional[tuple] = None,
+                   n_obs: tuple = (10, 60), horizon: tuple | None = None,
                    drop_frac: float = 0.05, run_to_failure: bool = False,
                    threshold: float = 2.5, max_life: float = 2.0) -> Synthetic:
     """Spec section 11: ``K = 3`` modes, ``C = 4`` channels (3 sensors + ``y``), quadratic paths.
