@@ -90,8 +90,6 @@ def run_fit(args, *, data_path: str, title: str) -> int:
     from emjax import progress as progress_lib
     from emjax.em import describe_status
 
-    if args.compile_cache:
-        enable_compile_cache()
     if args.n_init < 1 or args.max_iter < 1:
         raise CLIError("--n-init and --max-iter must be >= 1")
     if not (math.isfinite(args.tol) and args.tol >= 0 and math.isfinite(args.reg_covar)
@@ -104,6 +102,8 @@ def run_fit(args, *, data_path: str, title: str) -> int:
                                 header=args.header, min_rows=max(max(ks), 2))
     out_dir = args.output
     os.makedirs(out_dir, exist_ok=True)
+    if args.compile_cache:
+        enable_compile_cache()
     X = table.X.astype(args.dtype)
     n, d = X.shape
     print(f"{title}: {data_path}: {n} rows x {d} columns ({', '.join(table.columns)}), "
@@ -119,11 +119,14 @@ def run_fit(args, *, data_path: str, title: str) -> int:
     with _x64(args.dtype):
         for ctype in types:
             if args.progress:
+                lanes = len(ks) * args.n_init
+                cb = progress_lib.make_callback(progress_lib.every_for(n, d, max(ks), lanes))
                 bar = progress_lib.ProgressBar(f"{ctype:>9} K={selection._grid_label(ks)}",
-                                               len(ks) * args.n_init, args.max_iter)
+                                               lanes, args.max_iter)
                 with bar:
-                    grids.append(selection.fit_grid(X, ks, covariance_type=ctype,
-                                                    callback=progress_lib.callback, **kwargs))
+                    g = selection.fit_grid(X, ks, covariance_type=ctype, callback=cb, **kwargs)
+                    bar.finish(g.n_iter, g.log_likelihood, g.converged)
+                grids.append(g)
             else:
                 grids.append(selection.fit_grid(X, ks, covariance_type=ctype, **kwargs))
         sel = selection.choose(grids, args.criterion)

@@ -254,7 +254,7 @@ def fit_grid(
       covariance_type, tol, reg_covar, max_iter, n_init, init_params, sample_weight, n_lloyd:
         as in :func:`emjax.mixture.fit`.
       callback: optional ``callback(n_iter, log_likelihood, converged)`` traced into the loop
-        (e.g. :data:`emjax.progress.callback`); it must be hashable (it is a static argument).
+        (e.g. :func:`emjax.progress.make_callback`); it must be hashable (a static argument).
 
     Returns:
       :class:`GridResult` (NumPy arrays, except ``params``).
@@ -373,10 +373,14 @@ def select_model(
 
             ks = _check_grid(n_components)
             lanes = len(ks) * kwargs.get("n_init", 1)
+            shape = np.shape(X)
+            cb = progress_lib.make_callback(progress_lib.every_for(
+                shape[0], shape[-1], max(ks), lanes))
             with progress_lib.ProgressBar(f"{ctype:>9} K={_grid_label(ks)}", lanes,
-                                          kwargs.get("max_iter", 100)):
-                grids.append(fit_grid(X, n_components, covariance_type=ctype,
-                                      callback=progress_lib.callback, **kwargs))
+                                          kwargs.get("max_iter", 100)) as bar:
+                g = fit_grid(X, n_components, covariance_type=ctype, callback=cb, **kwargs)
+                bar.finish(g.n_iter, g.log_likelihood, g.converged)
+            grids.append(g)
         else:
             grids.append(fit_grid(X, n_components, covariance_type=ctype, **kwargs))
     return choose(grids, criterion)

@@ -102,13 +102,15 @@ def test_too_few_rows(tmp_path, capsys):
 
 def test_bad_options_are_one_line_errors(tmp_path, capsys, blobs):
     data = _write_csv(tmp_path / "d.csv", blobs[:10])
-    assert cli.main(["fit", str(data), "-k", "3-1"]) == 1
+    assert cli.main(["fit", str(data), "-k", "3-1", "--no-compile-cache"]) == 1
     assert "bad --n-components" in capsys.readouterr().err
     assert cli.main(["fit", str(data), "-c", "banana", "--no-compile-cache"]) == 1
     assert "covariance_type must be one of" in capsys.readouterr().err
     assert cli.main(["fit", str(data), "--columns", "a,zz", "--no-compile-cache"]) == 1
     assert "no column 'zz'" in capsys.readouterr().err
     assert cli.main(["fit"]) == 2  # argparse usage error
+    assert cli.main(["fit", str(data), "--tol", "-1", "--no-compile-cache"]) == 1
+    assert "--tol and --reg-covar must be finite and >= 0" in capsys.readouterr().err
 
 
 def test_read_table_formats_and_columns(tmp_path, blobs):

@@ -43,7 +43,7 @@ def test_callback_reports_every_lane_once_per_iteration_and_changes_nothing():
 
     stream = io.StringIO()
     with Recorder("toy", 6, 50, stream=stream, interval=0.0) as bar:
-        reported = jax.jit(lambda s: _grid_run(s, data, progress.callback))(starts)
+        reported = jax.jit(lambda s: _grid_run(s, data, progress.make_callback(1)))(starts)
     for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(reported)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # bit for bit
     n_iter = np.asarray(plain.n_iter)
@@ -53,8 +53,16 @@ def test_callback_reports_every_lane_once_per_iteration_and_changes_nothing():
     np.testing.assert_array_equal(seen[-1][0], n_iter)  # finished lanes report their state
     np.testing.assert_array_equal(seen[-1][1], np.asarray(plain.converged))
     assert bar.last[2] == 6 and "converged 6/6" in stream.getvalue()
+    # Throttled on the device: every 4th iteration of the furthest lane, and the last.
+    seen.clear()
+    with Recorder("toy", 6, 50, stream=io.StringIO(), interval=0.0):
+        again = jax.jit(lambda s: _grid_run(s, data, progress.make_callback(4)))(starts)
+    np.testing.assert_array_equal(np.asarray(again.n_iter), n_iter)
+    expected = [i for i in range(1, n_iter.max() + 1) if i % 4 == 0 or i == n_iter.max()]
+    assert [int(s[0].max()) for s in seen] == expected
     # Outside a ProgressBar the host side does nothing (and nothing fails).
-    jax.block_until_ready(jax.jit(lambda s: _grid_run(s, data, progress.callback))(starts))
+    jax.block_until_ready(jax.jit(lambda s: _grid_run(s, data, progress.make_callback(4)))(starts))
+    assert progress.make_callback(4) is progress.make_callback(4)  # cached: no recompilation
 
 
 def test_progress_bar_text_and_throttle():
