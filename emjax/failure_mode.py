@@ -454,8 +454,9 @@ def q_function(params: FMMParams, post: FMMPosterior, data: FMMData,
 def ridge_coefficients(data: FMMData, ridge: float = 1e-3) -> Array:
     """Per-unit, per-channel ridge fits ``(A_lc + ridge I)^{-1} b_lc``: ``(L, C, p)``."""
     p = data.A.shape[-1]
-    return jnp.linalg.solve(data.A + ridge * jnp.eye(p, dtype=data.A.dtype),
-                            data.b[..., None])[..., 0]
+    chol = jnp.linalg.cholesky(data.A + ridge * jnp.eye(p, dtype=data.A.dtype))
+    u = solve_triangular(chol, data.b[..., None], lower=True)
+    return solve_triangular(chol, u, lower=True, trans="T")[..., 0]
 
 
 def init_params(key: Array, data: FMMData, n_components: int, *, init: str = "kmeans",
