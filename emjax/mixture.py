@@ -99,7 +99,7 @@ def reseed_empty(params: GMMParams, log_resp: Array, ll: Array, X: Array,
     The responsibility mass is measured in units of the mean sample weight. A re-seeded
     component's mean moves to one of the worst-explained samples (a different one for each),
     its covariance to the average of the healthy components', its weight to
-    ``1 / (2 n_active)`` before renormalising.
+    ``1 / (2 n_active)`` before renormalising (see :func:`reseed`).
 
     Args:
       params: parameters after the M-step (``n_components`` possibly padded).
@@ -116,18 +116,40 @@ def reseed_empty(params: GMMParams, log_resp: Array, ll: Array, X: Array,
       ``(params, flags)`` with ``flags = em.STATUS_RESEEDED`` if anything was re-seeded.
     """
     w = sample_weight
-    k = params.means.shape[0]
-    gamma = jnp.exp(log_resp)
     mean_w = 1.0 if w is None else jnp.mean(w)
-    nk = gmm.responsibilities_mass(gamma, w)
-    empty = nk < empty_threshold * mean_w
+    nk = gmm.responsibilities_mass(jnp.exp(log_resp), w)
+    score = ll if w is None else jnp.where(w > 0, ll, jnp.inf)
+    return reseed(params, nk < empty_threshold * mean_w, X, score,
+                  covariance_type=covariance_type, active=active)
+
+
+def reseed(params: GMMParams, empty: Array, X: Array, score: Array, *, covariance_type: str,
+           active: Array | None = None):
+    """Re-seed the ``empty`` (and ``active``) components of ``params``.
+
+    Each one's mean moves to one of the rows of ``X`` with the lowest ``score`` (a different
+    row for each; ``X`` may be any pool of at least ``n_components`` candidate rows, e.g. the
+    worst-explained samples gathered from several devices or chunks), its covariance to the
+    average of the healthy components', its weight to ``1 / (2 n_active)`` before renormalising.
+
+    Args:
+      params: parameters after the M-step.
+      empty: ``(n_components,)`` bool, the components to re-seed.
+      X: ``(n_rows, n_features)`` candidate rows, ``n_rows >= n_components``.
+      score: ``(n_rows,)`` how well each row is explained (log-likelihood; ``+inf`` excludes).
+      covariance_type: static.
+      active: optional ``(n_components,)`` bool mask, as in :func:`reseed_empty`.
+
+    Returns:
+      ``(params, flags)`` with ``flags = em.STATUS_RESEEDED`` if anything was re-seeded.
+    """
+    k = params.means.shape[0]
     healthy = ~empty
     n_active = k
     if active is not None:
         empty = empty & active
         healthy = healthy & active
         n_active = jnp.sum(active)
-    score = ll if w is None else jnp.where(w > 0, ll, jnp.inf)
     worst = jax.lax.top_k(-score, k)[1]  # k worst-explained samples
     rank = jnp.clip(jnp.cumsum(empty) - 1, 0, k - 1)
     means = jnp.where(empty[:, None], X[worst[rank]], params.means)

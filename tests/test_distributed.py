@@ -1,0 +1,128 @@
+"""Data-parallel EM: 4 forced host devices in one process, and two jax.distributed processes.
+
+Both run in subprocesses (XLA_FLAGS and jax.distributed must be set before JAX starts); the
+fitted parameters come back through .npz files and are compared here with scikit-learn (same
+start, same number of EM iterations) and with the single-device :func:`emjax.fit`.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from sklearn.mixture import GaussianMixture as SKGaussianMixture
+
+import emjax
+from tests._distributed_data import COV_TYPES, MAX_ITER, N_ITER_FIXED, data, params_init
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, "tests", "_distributed_worker.py")
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("XLA_FLAGS", None)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sklearn_reference(X, cov, n_iter):
+    p = params_init(X, cov)
+    covs = np.asarray(p.covariance.covariances)
+    prec = 1.0 / covs if cov in ("diag", "spherical") else np.linalg.inv(covs)
+    sk = SKGaussianMixture(3, covariance_type=cov, max_iter=n_iter, tol=0.0, reg_covar=1e-6,
+                           weights_init=np.asarray(p.weights), means_init=np.asarray(p.means),
+                           precisions_init=prec)
+    with pytest.warns(Warning):  # ConvergenceWarning: tol=0 never converges
+        sk.fit(X)
+    return sk
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory):
+    """Start all three subprocesses at once (they overlap with each other and with the
+    in-process reference fits); each test waits for the ones it reads."""
+    tmp = tmp_path_factory.mktemp("dist")
+    port = _free_port()
+    jobs = {"devices": ([WORKER, "devices", str(tmp / "devices.npz")], tmp / "devices.npz")}
+    for i in range(2):
+        out = tmp / f"p{i}.npz"
+        jobs[f"p{i}"] = ([WORKER, "process", str(out), str(port), str(i)], out)
+    procs = {name: (subprocess.Popen([sys.executable, *args], env=_env(), text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT), out)
+             for name, (args, out) in jobs.items()}
+
+    def result(name):
+        proc, out = procs[name]
+        log = proc.communicate(timeout=300)[0] if proc.returncode is None else ""
+        assert proc.returncode == 0, f"{name} failed:\n{log[-3000:]}"
+        return np.load(out)
+
+    yield result
+    for proc, _ in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def four_devices(workers):
+    return workers("devices")
+
+
+# The two tests that compile in-process references go first: they overlap with the workers.
+def test_two_processes_match_one_process(workers):
+    X = data(151)
+    ref = emjax.fit(X, 3, covariance_type="full", params_init=params_init(X, "full"), tol=1e-6,
+                    max_iter=MAX_ITER)
+    r0, r1 = workers("p0"), workers("p1")
+    for r in (r0, r1):
+        assert bool(r["full_converged"])
+        assert int(r["full_n_iter"]) == int(ref.n_iter)
+        np.testing.assert_allclose(r["full_ll"], ref.log_likelihood, rtol=1e-10)
+        np.testing.assert_allclose(r["full_means"], ref.params.means, rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(r["full_covariances"], ref.params.covariance.covariances,
+                                   rtol=1e-7, atol=1e-9)
+    np.testing.assert_array_equal(r0["full_means"], r1["full_means"])  # replicated: identical
+
+
+def test_four_devices_float32_default_init_matches_single_device(workers):
+    X32 = data(152).astype(np.float32)
+    ref = emjax.fit(X32, 3, covariance_type="diag", key=jax.random.key(3), n_init=2, tol=1e-4,
+                    max_iter=MAX_ITER)
+    r = workers("devices")
+    assert r["f32_means"].dtype == np.float32
+    assert bool(r["f32_converged"]) and bool(ref.converged)
+    assert int(r["f32_n_iter"]) == int(ref.n_iter)
+    order_r, order_ref = np.argsort(r["f32_means"][:, 0]), np.argsort(ref.params.means[:, 0])
+    np.testing.assert_allclose(r["f32_means"][order_r], np.asarray(ref.params.means)[order_ref],
+                               rtol=2e-4, atol=2e-4)
+    np.testing.assert_allclose(r["f32_ll"], ref.log_likelihood, rtol=2e-5)
+
+
+@pytest.mark.parametrize("cov", COV_TYPES)
+def test_four_devices_match_reference_with_padding(four_devices, cov):
+    # N = 151 is not divisible by 4: the padded rows (weight 0) must change nothing.
+    X = data(151)
+    sk = _sklearn_reference(X, cov, N_ITER_FIXED)
+    r = four_devices
+    assert int(r[f"{cov}_n_iter"]) == N_ITER_FIXED
+    np.testing.assert_allclose(r[f"{cov}_weights"], sk.weights_, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(r[f"{cov}_means"], sk.means_, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(r[f"{cov}_covariances"], sk.covariances_, rtol=1e-9, atol=1e-12)
+    # The monitored log-likelihood is the mean over the 151 real samples at the final params.
+    ll = np.mean(sk.score_samples(X))
+    np.testing.assert_allclose(r[f"{cov}_ll"], ll, rtol=1e-10)
+
+
+def test_four_devices_one_collective_per_iteration(four_devices):
+    assert int(four_devices["n_collectives_in_loop"]) == 1
