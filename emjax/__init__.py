@@ -3,6 +3,7 @@
 from emjax import (
     covariance,
     datasets,
+    distributed,
     em,
     failure_data,
     failure_mode,
@@ -14,6 +15,7 @@ from emjax import (
     objective,
     progress,
     selection,
+    streaming,
 )
 from emjax.covariance import (
     DiagCovariance,
@@ -65,6 +67,7 @@ __all__ = [
     "covariance",
     "datasets",
     "describe_status",
+    "distributed",
     "e_step",
     "em",
     "failure_data",
@@ -92,4 +95,5 @@ __all__ = [
     "score_samples",
     "select_model",
     "selection",
+    "streaming",
 ]

@@ -21,7 +21,7 @@ jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tests._distributed_data import COV_TYPES, MAX_ITER, N_ITER_FIXED, data, params_init  # noqa: E402, I001
+from tests._em_reference import COV_TYPES, MAX_ITER, N_ITER_FIXED, data, params_init  # noqa: E402, I001
 
 from emjax import distributed  # noqa: E402
 
@@ -44,11 +44,6 @@ if mode == "devices":
         res = distributed.fit(X, 3, covariance_type=cov, params_init=params_init(X, cov),
                               tol=0.0, max_iter=N_ITER_FIXED)
         results.update(flat(cov, res))
-    # float32, N divisible by 4, default k-means++ initialisation and the convergence rule.
-    X32 = data(152).astype(np.float32)
-    res = distributed.fit(X32, 3, covariance_type="diag", key=jax.random.key(3), n_init=2,
-                          tol=1e-4, max_iter=MAX_ITER)
-    results.update(flat("f32", res))
     # The loop body of the sharded program holds exactly one collective (a psum of a tuple).
     mesh = distributed.make_mesh()
     e_step, m_step, repair = distributed.make_model("full", 1e-6, n_devices=4)

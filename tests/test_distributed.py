@@ -10,13 +10,18 @@ import socket
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
-from sklearn.mixture import GaussianMixture as SKGaussianMixture
 
 import emjax
-from tests._distributed_data import COV_TYPES, MAX_ITER, N_ITER_FIXED, data, params_init
+from tests._em_reference import (
+    COV_TYPES,
+    MAX_ITER,
+    N_ITER_FIXED,
+    data,
+    params_init,
+    sklearn_reference,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "_distributed_worker.py")
@@ -33,18 +38,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _sklearn_reference(X, cov, n_iter):
-    p = params_init(X, cov)
-    covs = np.asarray(p.covariance.covariances)
-    prec = 1.0 / covs if cov in ("diag", "spherical") else np.linalg.inv(covs)
-    sk = SKGaussianMixture(3, covariance_type=cov, max_iter=n_iter, tol=0.0, reg_covar=1e-6,
-                           weights_init=np.asarray(p.weights), means_init=np.asarray(p.means),
-                           precisions_init=prec)
-    with pytest.warns(Warning):  # ConvergenceWarning: tol=0 never converges
-        sk.fit(X)
-    return sk
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +72,7 @@ def four_devices(workers):
     return workers("devices")
 
 
-# The two tests that compile in-process references go first: they overlap with the workers.
+# The test that compiles an in-process reference goes first: it overlaps with the workers.
 def test_two_processes_match_one_process(workers):
     X = data(151)
     ref = emjax.fit(X, 3, covariance_type="full", params_init=params_init(X, "full"), tol=1e-6,
@@ -95,25 +88,11 @@ def test_two_processes_match_one_process(workers):
     np.testing.assert_array_equal(r0["full_means"], r1["full_means"])  # replicated: identical
 
 
-def test_four_devices_float32_default_init_matches_single_device(workers):
-    X32 = data(152).astype(np.float32)
-    ref = emjax.fit(X32, 3, covariance_type="diag", key=jax.random.key(3), n_init=2, tol=1e-4,
-                    max_iter=MAX_ITER)
-    r = workers("devices")
-    assert r["f32_means"].dtype == np.float32
-    assert bool(r["f32_converged"]) and bool(ref.converged)
-    assert int(r["f32_n_iter"]) == int(ref.n_iter)
-    order_r, order_ref = np.argsort(r["f32_means"][:, 0]), np.argsort(ref.params.means[:, 0])
-    np.testing.assert_allclose(r["f32_means"][order_r], np.asarray(ref.params.means)[order_ref],
-                               rtol=2e-4, atol=2e-4)
-    np.testing.assert_allclose(r["f32_ll"], ref.log_likelihood, rtol=2e-5)
-
-
 @pytest.mark.parametrize("cov", COV_TYPES)
 def test_four_devices_match_reference_with_padding(four_devices, cov):
     # N = 151 is not divisible by 4: the padded rows (weight 0) must change nothing.
     X = data(151)
-    sk = _sklearn_reference(X, cov, N_ITER_FIXED)
+    sk = sklearn_reference(X, cov, N_ITER_FIXED)
     r = four_devices
     assert int(r[f"{cov}_n_iter"]) == N_ITER_FIXED
     np.testing.assert_allclose(r[f"{cov}_weights"], sk.weights_, rtol=1e-9, atol=1e-12)
