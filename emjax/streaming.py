@@ -175,7 +175,12 @@ def _one_pass(params, source, *, chunk_size, dtype, shift, covariance_type) -> _
     for x, w, m in _blocks(source, chunk_size, dtype):
         if x.shape[1] != d:
             raise ValueError(f"chunk has {x.shape[1]} features; the model has {d}")
+        prev = acc
         acc = _accumulate(acc, params, x, w, shift, covariance_type=covariance_type)
+        # Dispatch is asynchronous: without this, reading outruns computing and every chunk
+        # read stays in memory. Waiting for the previous chunk keeps two in flight (reading the
+        # next chunk overlaps computing this one) and memory bounded.
+        jax.block_until_ready(prev)
         n += m
     if n == 0:
         raise ValueError("source yielded no rows")
@@ -465,9 +470,11 @@ def fit_online(
         for x, w, _m in _blocks(src, size, dtype):
             step += 1
             eta = jnp.asarray((step + t0) ** (-alpha), dtype)
+            prev = s
             s, params, ll, ok = _online_step(s, params, x, w, shift, eta,
                                              covariance_type=covariance_type,
                                              reg_covar=reg_covar)
+            jax.block_until_ready(prev)  # bounded memory (see _one_pass)
             lls.append(ll)
             oks.append(ok)
             if callback is not None:
