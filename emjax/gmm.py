@@ -134,15 +134,7 @@ class SuffStats(NamedTuple):
     ref: Array
 
 
-def suff_stats(
-    gamma: Array,
-    X: Array,
-    ref: Array,
-    *,
-    covariance_type: str = "full",
-    sample_weight: Array | None = None,
-) -> SuffStats:
-    """Sufficient statistics of ``(gamma, X)`` about ``ref`` (see :class:`SuffStats`)."""
+def _suff_stats_dense(gamma, X, ref, covariance_type, sample_weight):
     if sample_weight is not None:
         gamma = gamma * sample_weight[:, None]
     nk = jnp.sum(gamma, axis=0)
@@ -156,7 +148,45 @@ def suff_stats(
         sxx = jax.vmap(scatter, in_axes=(1, 0))(gamma, ref)
     else:
         sxx = jnp.einsum("nk,knd->kd", gamma, jax.vmap(lambda r: jnp.square(X - r))(ref))
-    return SuffStats(nk, sx, sxx, ref)
+    return nk, sx, sxx
+
+
+def suff_stats(
+    gamma: Array,
+    X: Array,
+    ref: Array,
+    *,
+    covariance_type: str = "full",
+    sample_weight: Array | None = None,
+    chunk_size: int | None = None,
+) -> SuffStats:
+    """Sufficient statistics of ``(gamma, X)`` about ``ref`` (see :class:`SuffStats`).
+
+    The per-component differences ``x_n - ref_k`` are formed ``chunk_size`` rows at a time
+    (static; default: chunks of about 2^20 elements of ``(K, chunk, D)``) and the statistics summed
+    over chunks, so memory stays O(chunk K D) whatever ``n_samples``.
+    """
+    n, d = X.shape
+    k = ref.shape[0]
+    if chunk_size is None:
+        chunk_size = max(256, 2**20 // max(1, k * d))
+    chunk = int(min(chunk_size, n))
+    n_full, rem = divmod(n, chunk)
+
+    def part(start, size):
+        sl = lambda a: None if a is None else jax.lax.dynamic_slice_in_dim(a, start, size)
+        return _suff_stats_dense(sl(gamma), sl(X), ref, covariance_type, sl(sample_weight))
+
+    if n_full <= 1 and rem == 0:
+        acc = part(0, n)
+    else:
+        acc = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(lambda: part(0, chunk)))
+        acc = jax.lax.fori_loop(
+            0, n_full, lambda i, a: jax.tree_util.tree_map(jnp.add, a, part(i * chunk, chunk)),
+            acc)
+        if rem:
+            acc = jax.tree_util.tree_map(jnp.add, acc, part(n_full * chunk, rem))
+    return SuffStats(*acc, ref)
 
 
 def params_from_stats(stats: SuffStats, *, covariance_type: str = "full",
@@ -287,3 +317,248 @@ def responsibilities_mass(gamma: Array, sample_weight: Array | None = None) -> A
     if sample_weight is not None:
         gamma = gamma * sample_weight[:, None]
     return jnp.sum(gamma, axis=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# The fast path: one pass over the data in chunks, E-step and the next M-step's statistics fused.
+#
+# Every covariance type is written as "features of x" @ "a (n_features', K) matrix of the
+# parameters" (one GEMM per chunk gives all log-densities), and the statistics as
+# "responsibilities^T @ the same features" (one GEMM per chunk gives all moments). For full
+# covariances the features are the packed upper-triangular outer products x_i x_j (i <= j) and x
+# itself: ``(chunk, D(D+1)/2 + D)``. The (N, K, D) intermediate never exists; memory is
+# O(chunk * (K + D^2)) on top of the data. Samples are centred at the weighted mean of the means
+# inside each chunk, so float32 keeps its digits.
+
+DEFAULT_CHUNK_BYTES = 4 * 2**20
+
+
+def default_chunk_size(n_features: int, covariance_type: str = "full", itemsize: int = 4) -> int:
+    """Rows per chunk: the chunk's feature matrix takes about ``DEFAULT_CHUNK_BYTES`` (4 MiB,
+    about the size of this CPU's L2), clipped to ``[256, 16384]`` and rounded to a power of 2."""
+    cols = _n_feature_columns(covariance_type, n_features)
+    rows = DEFAULT_CHUNK_BYTES // (itemsize * cols)
+    return int(2 ** int(math.log2(max(256, min(16384, rows)))))
+
+
+def _n_feature_columns(covariance_type: str, d: int) -> int:
+    if covariance_type == "full":
+        return d * (d + 1) // 2 + d
+    if covariance_type == "tied":
+        return 2 * d
+    return 2 * d
+
+
+def _triu(d: int):
+    import numpy as np
+
+    return np.triu_indices(d)
+
+
+def _unpack_sym(packed: Array, d: int) -> Array:
+    """``(..., D(D+1)/2)`` upper-triangular entries -> symmetric ``(..., D, D)``."""
+    iu, ju = _triu(d)
+    out = jnp.zeros(packed.shape[:-1] + (d, d), packed.dtype)
+    out = out.at[..., iu, ju].set(packed)
+    return out.at[..., ju, iu].set(packed)
+
+
+def _linear_form(params: GMMParams, c: Array):
+    """``(W, b)`` with ``log pi_k + log N(x | mu_k, Sigma_k) = features(x - c) @ W + b``."""
+    cov = params.covariance
+    means = params.means - c
+    k, d = means.shape
+    dtype = means.dtype
+    log_det = cov_lib.log_det_precision_cholesky(cov, d)
+    const = -0.5 * d * math.log(2 * math.pi) + log_det + jnp.log(params.weights)
+    pc = cov.precisions_cholesky
+    if isinstance(cov, cov_lib.FullCovariance):
+        prec = pc @ jnp.swapaxes(pc, -1, -2)  # (K, D, D) = U U^T
+        iu, ju = _triu(d)
+        scale = jnp.where(jnp.asarray(iu == ju), 1.0, 2.0).astype(dtype)
+        quad = -0.5 * prec[:, iu, ju] * scale  # (K, T)
+        pm = jnp.einsum("kde,ke->kd", prec, means)  # P_k mu_k
+        W = jnp.concatenate([quad, pm], axis=1).T  # (T + D, K)
+        b = const - 0.5 * jnp.sum(pm * means, axis=1)
+        return W, b
+    if isinstance(cov, cov_lib.TiedCovariance):
+        m = means @ pc  # whitened means (K, D)
+        return m.T, const - 0.5 * jnp.sum(m * m, axis=1)  # features: y = (x - c) U
+    if isinstance(cov, cov_lib.DiagCovariance):
+        prec = pc * pc
+        W = jnp.concatenate([-0.5 * prec, means * prec], axis=1).T  # (2D, K)
+        return W, const - 0.5 * jnp.sum(means * means * prec, axis=1)
+    prec = pc * pc  # spherical (K,)
+    W = jnp.concatenate([-0.5 * jnp.broadcast_to(prec[:, None], (k, d)), means * prec[:, None]],
+                        axis=1).T
+    return W, const - 0.5 * prec * jnp.sum(means * means, axis=1)
+
+
+def _features(x: Array, cov: Covariance) -> Array:
+    """The per-sample features of the E-step GEMM (see :func:`_linear_form`)."""
+    d = x.shape[-1]
+    if isinstance(cov, cov_lib.FullCovariance):
+        iu, ju = _triu(d)
+        return jnp.concatenate([x[:, iu] * x[:, ju], x], axis=1)
+    if isinstance(cov, cov_lib.TiedCovariance):
+        y = x @ cov.precisions_cholesky
+        return jnp.concatenate([y, -0.5 * jnp.sum(y * y, axis=1, keepdims=True)], axis=1)
+    return jnp.concatenate([x * x, x], axis=1)
+
+
+def _chunk_pass(params: GMMParams, X: Array, sample_weight: Array | None, chunk_size: int,
+                with_stats: bool, center: Array | None = None):
+    """Per-sample log-likelihood ``(N,)`` and, if ``with_stats``, the statistics about the centre
+    ``c`` as ``(nk (K,), moments (K, cols))`` (plus the pooled scatter for tied)."""
+    n, d = X.shape
+    cov = params.covariance
+    k = params.means.shape[0]
+    dtype = X.dtype
+    c = (_shift(params) if center is None else jax.lax.stop_gradient(center)).astype(dtype)
+    W, b = _linear_form(params, c)
+    W, b = W.astype(dtype), b.astype(dtype)
+    tied = isinstance(cov, cov_lib.TiedCovariance)
+    if tied:
+        # log-density = y @ m^T - 0.5 |y|^2 + b: append a column of ones to W's rows for |y|^2.
+        W = jnp.concatenate([W, jnp.ones((1, k), dtype)], axis=0)
+
+    def one(x, w):
+        x = x - c
+        f = _features(x, cov)
+        lp = f @ W + b
+        ll = logsumexp(lp, axis=1)
+        if not with_stats:
+            return ll, None
+        g = jnp.exp(lp - ll[:, None])
+        if w is not None:
+            g = g * w[:, None]
+        nk = jnp.sum(g, axis=0)
+        if tied:
+            # Pooled scatter (one D x D GEMM) instead of K per-component ones.
+            xw = x if w is None else x * w[:, None]
+            return ll, (nk, g.T @ x, xw.T @ x)
+        return ll, (nk, g.T @ f)  # full: [x_i x_j, x]; diag/spherical: [x^2, x]
+
+    chunk = int(min(chunk_size, n))
+    n_full, rem = divmod(n, chunk)
+    w_all = sample_weight
+
+    def slice_w(start, size):
+        if w_all is None:
+            return None
+        return jax.lax.dynamic_slice_in_dim(w_all, start, size)
+
+    ll_out = jnp.zeros((n,), dtype)
+    if with_stats:
+        _, acc0 = jax.eval_shape(lambda: one(X[:1], None if w_all is None else w_all[:1]))
+        acc0 = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), acc0)
+    else:
+        acc0 = None
+
+    def body(i, carry):
+        ll_buf, acc = carry
+        start = i * chunk
+        x = jax.lax.dynamic_slice_in_dim(X, start, chunk)
+        ll, st = one(x, slice_w(start, chunk))
+        ll_buf = jax.lax.dynamic_update_slice_in_dim(ll_buf, ll, start, 0)
+        if st is not None:
+            acc = jax.tree_util.tree_map(jnp.add, acc, st)
+        return ll_buf, acc
+
+    carry = (ll_out, acc0)
+    if n_full == 1:
+        carry = body(0, carry)
+    elif n_full > 1:
+        carry = jax.lax.fori_loop(0, n_full, body, carry)
+    if rem:
+        start = n_full * chunk
+        ll, st = one(X[start:], None if w_all is None else w_all[start:])
+        ll_buf, acc = carry
+        ll_buf = jax.lax.dynamic_update_slice_in_dim(ll_buf, ll, start, 0)
+        if st is not None:
+            acc = jax.tree_util.tree_map(jnp.add, acc, st)
+        carry = (ll_buf, acc)
+    return carry[0], carry[1], c
+
+
+def e_step_stats(
+    params: GMMParams,
+    X: Array,
+    sample_weight: Array | None = None,
+    *,
+    chunk_size: int | None = None,
+    center: Array | None = None,
+) -> tuple[SuffStats, Array]:
+    """E-step fused with the next M-step's sufficient statistics, in one chunked pass over ``X``.
+
+    Equivalent to ``gamma = e_step(params, X)[0]`` followed by
+    ``suff_stats(gamma, X, ref, covariance_type=..., sample_weight=...)`` with ``ref`` the
+    weighted mean of the means (broadcast to ``(K, D)``), but without ever forming
+    ``(n_samples, n_components)`` responsibilities or ``(K, N, D)`` differences: each chunk of
+    ``chunk_size`` rows is turned into features (full: the packed outer products ``x_i x_j``,
+    ``i <= j``, and ``x``), one GEMM with the parameters gives every log-density, and one GEMM of
+    the responsibilities with the same features gives every moment; the moments are summed over
+    chunks. ``params_from_stats(stats, ...)`` then completes the M-step. The precision Cholesky
+    factors are used as stored (no factorisation in the E-step).
+
+    For ``"tied"`` covariances ``stats.sxx[0]`` holds the pooled scatter
+    ``sum_n w_n (x_n - ref)(x_n - ref)^T`` and the other entries are zero: only the sum over
+    components is meaningful (it is all :func:`params_from_stats` needs).
+
+    Args:
+      params: the mixture.
+      X: ``(n_samples, n_features)``.
+      sample_weight: optional ``(n_samples,)`` non-negative weights.
+      chunk_size: static rows per chunk (default :func:`default_chunk_size`); any value works,
+        a remainder chunk handles ``n_samples % chunk_size``.
+      center: optional ``(n_features,)`` point subtracted from every chunk (and the reference
+        point of the statistics); default the weighted mean of the means. A fixed centre (e.g.
+        the data's mean) makes the pass the same function of ``params`` at every iteration.
+
+    Returns:
+      ``(stats, log_likelihood)``: :class:`SuffStats` (moments about ``ref``) and the per-sample
+      ``log p(x_n)`` of shape ``(n_samples,)``.
+    """
+    ctype = cov_lib.covariance_type_of(params.covariance)
+    n, d = X.shape
+    k = params.means.shape[0]
+    if chunk_size is None:
+        chunk_size = default_chunk_size(d, ctype, X.dtype.itemsize)
+    ll, acc, c = _chunk_pass(params, X, sample_weight, chunk_size, True, center)
+    ref = jnp.broadcast_to(c, (k, d))
+    nk = acc[0]
+    if ctype == "full":
+        t = d * (d + 1) // 2
+        mom = acc[1]
+        sxx = _unpack_sym(mom[:, :t], d)
+        sx = mom[:, t:]
+    elif ctype == "tied":
+        sx = acc[1]
+        sxx = jnp.zeros((k, d, d), X.dtype).at[0].set(acc[2])
+    else:
+        sxx, sx = acc[1][:, :d], acc[1][:, d:]
+    return SuffStats(nk, sx, sxx, ref), ll
+
+
+def score_samples_chunked(params: GMMParams, X: Array, *,
+                          chunk_size: int | None = None) -> Array:
+    """:func:`score_samples` by the chunked GEMM path: ``log p(x_n)``, shape ``(n_samples,)``."""
+    ctype = cov_lib.covariance_type_of(params.covariance)
+    if chunk_size is None:
+        chunk_size = default_chunk_size(X.shape[1], ctype, X.dtype.itemsize)
+    return _chunk_pass(params, X, None, chunk_size, False)[0]
+
+
+def em_step_fast(
+    params: GMMParams,
+    X: Array,
+    sample_weight: Array | None = None,
+    *,
+    reg_covar: float = 1e-6,
+    chunk_size: int | None = None,
+) -> tuple[GMMParams, Array]:
+    """One EM iteration by the fused chunked path: ``(new_params, log_likelihood (N,))``, where
+    the log-likelihood is that of ``params`` (the E-step's)."""
+    stats, ll = e_step_stats(params, X, sample_weight, chunk_size=chunk_size)
+    ctype = cov_lib.covariance_type_of(params.covariance)
+    return params_from_stats(stats, covariance_type=ctype, reg_covar=reg_covar), ll

@@ -91,9 +91,10 @@ def init_params(
                       sample_weight=sample_weight)
 
 
-def reseed_empty(params: GMMParams, log_resp: Array, ll: Array, X: Array,
+def reseed_empty(params: GMMParams, log_resp: Array | None, ll: Array, X: Array,
                  sample_weight: Array | None, *, covariance_type: str,
-                 empty_threshold: float = 1e-3, active: Array | None = None):
+                 empty_threshold: float = 1e-3, active: Array | None = None,
+                 nk: Array | None = None):
     """Re-seed every (active) component whose responsibility mass is below the threshold.
 
     The responsibility mass is measured in units of the mean sample weight. A re-seeded
@@ -109,6 +110,8 @@ def reseed_empty(params: GMMParams, log_resp: Array, ll: Array, X: Array,
       sample_weight: optional ``(n_samples,)``.
       covariance_type: static.
       empty_threshold: static.
+      nk: optional ``(n_components,)`` responsibility mass ``sum_n w_n gamma_nk``; when given
+        (e.g. from :class:`emjax.gmm.SuffStats`), ``log_resp`` is not used and may be None.
       active: optional ``(n_components,)`` bool mask of the components that exist (padding for
         model selection); inactive ones are never re-seeded nor averaged, and keep weight 0.
 
@@ -117,7 +120,8 @@ def reseed_empty(params: GMMParams, log_resp: Array, ll: Array, X: Array,
     """
     w = sample_weight
     mean_w = 1.0 if w is None else jnp.mean(w)
-    nk = gmm.responsibilities_mass(jnp.exp(log_resp), w)
+    if nk is None:
+        nk = gmm.responsibilities_mass(jnp.exp(log_resp), w)
     score = ll if w is None else jnp.where(w > 0, ll, jnp.inf)
     return reseed(params, nk < empty_threshold * mean_w, X, score,
                   covariance_type=covariance_type, active=active)
@@ -169,28 +173,57 @@ def reseed(params: GMMParams, empty: Array, X: Array, score: Array, *, covarianc
     return out, jnp.where(any_empty, em.STATUS_RESEEDED, 0)
 
 
-def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 1e-3):
+def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 1e-3, *,
+               fast: bool = True, chunk_size: int | None = None, center: Array | None = None):
     """The GMM as the driver sees it: ``(e_step, m_step, repair)`` over ``data = (X, w)``.
 
+    ``fast=True`` (default): the E-step is :func:`emjax.gmm.e_step_stats`, one chunked pass
+    over ``X`` that also accumulates the next M-step's sufficient statistics (``chunk_size``
+    rows at a time, default :func:`emjax.gmm.default_chunk_size`; each chunk is centred at
+    ``center``, default the mixture's mean), and the M-step is
+    :func:`emjax.gmm.params_from_stats`; nothing of size ``(n_samples, n_components)`` is
+    stored. ``fast=False``: the dense reference steps :func:`emjax.gmm.e_step_full` and
+    :func:`emjax.gmm.m_step`.
+
     ``repair`` is :func:`reseed_empty`: it re-seeds every component whose responsibility mass
-    fell below ``empty_threshold`` (in units of the mean sample weight).
+    fell below ``empty_threshold`` (in units of the mean sample weight), reading the mass from
+    the statistics and the worst-explained samples from the per-sample log-likelihoods.
     """
 
-    def e_step(params, data):
-        X, w = data
-        log_resp, ll = gmm.e_step_full(params, X)
-        return (log_resp, ll), gmm._mean(ll, w)
+    if fast:
 
-    def m_step(estats, data):
-        X, w = data
-        return gmm.m_step(jnp.exp(estats[0]), X, covariance_type=covariance_type,
-                          reg_covar=reg_covar, sample_weight=w)
+        def e_step(params, data):
+            X, w = data
+            stats, ll = gmm.e_step_stats(params, X, w, chunk_size=chunk_size, center=center)
+            return (stats, ll), gmm._mean(ll, w)
+
+        def m_step(estats, data):
+            return gmm.params_from_stats(estats[0], covariance_type=covariance_type,
+                                         reg_covar=reg_covar)
+
+    else:
+
+        def e_step(params, data):
+            X, w = data
+            log_resp, ll = gmm.e_step_full(params, X)
+            return (log_resp, ll), gmm._mean(ll, w)
+
+        def m_step(estats, data):
+            X, w = data
+            return gmm.m_step(jnp.exp(estats[0]), X, covariance_type=covariance_type,
+                              reg_covar=reg_covar, sample_weight=w)
+
+    def mass(estats, w):
+        # The repair accepts either E-step's statistics: (SuffStats, ll) or (log_resp, ll)
+        # (the latter also from models built on this one, e.g. emjax.gem).
+        if isinstance(estats[0], gmm.SuffStats):
+            return estats[0].nk
+        return gmm.responsibilities_mass(jnp.exp(estats[0]), w)
 
     def repair(params, estats, data):
         X, w = data
-        log_resp, ll = estats
-        return reseed_empty(params, log_resp, ll, X, w, covariance_type=covariance_type,
-                            empty_threshold=empty_threshold)
+        return reseed_empty(params, None, estats[1], X, w, nk=mass(estats, w),
+                            covariance_type=covariance_type, empty_threshold=empty_threshold)
 
     return e_step, m_step, repair
 
@@ -224,10 +257,12 @@ def _fit_compiled(X, key, sample_weight, weights_init, means_init, precisions_in
         return p
 
     params0 = jax.vmap(initial)(keys)
-    e_step, m_step, repair = make_model(covariance_type, reg_covar)
-    res = em.run_restarts(e_step, m_step, params0, (Xc, w), tol=tol, max_iter=max_iter,
+    # EM runs on X itself, each chunk centred at `shift` inside the pass, so the centred copy Xc
+    # is only alive during initialisation and a large X is held once.
+    params0 = params0._replace(means=params0.means + shift)
+    e_step, m_step, repair = make_model(covariance_type, reg_covar, center=shift)
+    res = em.run_restarts(e_step, m_step, params0, (X, w), tol=tol, max_iter=max_iter,
                           repair=repair, callback=callback)
-    res = res._replace(params=res.params._replace(means=res.params.means + shift))
     best = em.best_index(res.log_likelihood)
     b = em.select(res, best)
     return FitResult(b.params, b.log_likelihood, b.n_iter, b.converged, b.status, b.history,
