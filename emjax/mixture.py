@@ -173,45 +173,52 @@ def reseed(params: GMMParams, empty: Array, X: Array, score: Array, *, covarianc
     return out, jnp.where(any_empty, em.STATUS_RESEEDED, 0)
 
 
+#: ``n_samples * n_components * n_features`` from which :func:`make_model` takes the fast path.
+FAST_PATH_MIN_SIZE = 2**20
+
+
 def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 1e-3, *,
-               fast: bool = True, chunk_size: int | None = None, center: Array | None = None):
+               fast: bool | None = None, chunk_size: int | None = None,
+               center: Array | None = None):
     """The GMM as the driver sees it: ``(e_step, m_step, repair)`` over ``data = (X, w)``.
 
-    ``fast=True`` (default): the E-step is :func:`emjax.gmm.e_step_stats`, one chunked pass
+    ``fast=True``: the E-step is :func:`emjax.gmm.e_step_stats`, one chunked pass
     over ``X`` that also accumulates the next M-step's sufficient statistics (``chunk_size``
     rows at a time, default :func:`emjax.gmm.default_chunk_size`; each chunk is centred at
     ``center``, default the mixture's mean), and the M-step is
     :func:`emjax.gmm.params_from_stats`; nothing of size ``(n_samples, n_components)`` is
     stored. ``fast=False``: the dense reference steps :func:`emjax.gmm.e_step_full` and
-    :func:`emjax.gmm.m_step`.
+    :func:`emjax.gmm.m_step` (exact two-pass M-step). ``fast=None`` (default) decides from the
+    data's static shape when the E-step is first traced: fast when
+    ``n_samples * n_components * n_features >= FAST_PATH_MIN_SIZE`` (2^20), where the
+    ``(n_samples, n_components, n_features)`` intermediates of the dense steps start to cost
+    time and memory; small problems keep the dense steps.
 
     ``repair`` is :func:`reseed_empty`: it re-seeds every component whose responsibility mass
     fell below ``empty_threshold`` (in units of the mean sample weight), reading the mass from
     the statistics and the worst-explained samples from the per-sample log-likelihoods.
     """
 
-    if fast:
+    def use_fast(params, X):
+        if fast is not None:
+            return fast
+        return X.shape[0] * X.shape[1] * params.means.shape[-2] >= FAST_PATH_MIN_SIZE
 
-        def e_step(params, data):
-            X, w = data
+    def e_step(params, data):
+        X, w = data
+        if use_fast(params, X):
             stats, ll = gmm.e_step_stats(params, X, w, chunk_size=chunk_size, center=center)
             return (stats, ll), gmm._mean(ll, w)
+        log_resp, ll = gmm.e_step_full(params, X)
+        return (log_resp, ll), gmm._mean(ll, w)
 
-        def m_step(estats, data):
+    def m_step(estats, data):
+        if isinstance(estats[0], gmm.SuffStats):
             return gmm.params_from_stats(estats[0], covariance_type=covariance_type,
                                          reg_covar=reg_covar)
-
-    else:
-
-        def e_step(params, data):
-            X, w = data
-            log_resp, ll = gmm.e_step_full(params, X)
-            return (log_resp, ll), gmm._mean(ll, w)
-
-        def m_step(estats, data):
-            X, w = data
-            return gmm.m_step(jnp.exp(estats[0]), X, covariance_type=covariance_type,
-                              reg_covar=reg_covar, sample_weight=w)
+        X, w = data
+        return gmm.m_step(jnp.exp(estats[0]), X, covariance_type=covariance_type,
+                          reg_covar=reg_covar, sample_weight=w)
 
     def mass(estats, w):
         # The repair accepts either E-step's statistics: (SuffStats, ll) or (log_resp, ll)
@@ -257,12 +264,18 @@ def _fit_compiled(X, key, sample_weight, weights_init, means_init, precisions_in
         return p
 
     params0 = jax.vmap(initial)(keys)
-    # EM runs on X itself, each chunk centred at `shift` inside the pass, so the centred copy Xc
-    # is only alive during initialisation and a large X is held once.
-    params0 = params0._replace(means=params0.means + shift)
-    e_step, m_step, repair = make_model(covariance_type, reg_covar, center=shift)
-    res = em.run_restarts(e_step, m_step, params0, (X, w), tol=tol, max_iter=max_iter,
-                          repair=repair, callback=callback)
+    if X.shape[0] * X.shape[1] * n_components >= FAST_PATH_MIN_SIZE:
+        # Fast path: EM runs on X itself, each chunk centred at `shift` inside the pass, so the
+        # centred copy Xc is only alive during initialisation and a large X is held once.
+        params0 = params0._replace(means=params0.means + shift)
+        e_step, m_step, repair = make_model(covariance_type, reg_covar, fast=True, center=shift)
+        res = em.run_restarts(e_step, m_step, params0, (X, w), tol=tol, max_iter=max_iter,
+                              repair=repair, callback=callback)
+    else:
+        e_step, m_step, repair = make_model(covariance_type, reg_covar, fast=False)
+        res = em.run_restarts(e_step, m_step, params0, (Xc, w), tol=tol, max_iter=max_iter,
+                              repair=repair, callback=callback)
+        res = res._replace(params=res.params._replace(means=res.params.means + shift))
     best = em.best_index(res.log_likelihood)
     b = em.select(res, best)
     return FitResult(b.params, b.log_likelihood, b.n_iter, b.converged, b.status, b.history,
