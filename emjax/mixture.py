@@ -381,7 +381,9 @@ def fit(
     if key is None:
         key = jax.random.key(0)
     return _fit_compiled(
-        jnp.asarray(Xa), key, None if w is None else jnp.asarray(w), weights_init, means_init,
+        # device_put copies the host array once (jnp.asarray of a NumPy array can hold two copies
+        # at its peak), which matters for data near the memory limit.
+        jax.device_put(Xa), key, None if w is None else jnp.asarray(w), weights_init, means_init,
         prec_cov, jnp.asarray(tol, dtype), n_components=k, covariance_type=covariance_type,
         reg_covar=reg_covar, max_iter=max_iter, n_init=n_init, init_method=init_method,
         n_lloyd=n_lloyd, callback=callback,

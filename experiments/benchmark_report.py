@@ -21,6 +21,19 @@ def _fmt(v, spec=".1f", none="–"):
     return none if v is None else format(v, spec)
 
 
+def _ll_gap(r) -> str:
+    """emjax's minus scikit-learn's mean log-likelihood after the same number of iterations
+    (``final_ll_at``); older results without it are compared at their last iteration."""
+    if "sklearn" not in r or "emjax" not in r:
+        return "–"
+    e, s = r["emjax"], r["sklearn"]
+    common = set(e.get("final_ll_at", {})) & set(s.get("final_ll_at", {}))
+    if common:
+        t = max(common, key=int)
+        return f"{e['final_ll_at'][t] - s['final_ll_at'][t]:+.1e} (@{t})"
+    return f"{e['final_ll'] - s['final_ll']:+.1e}*"
+
+
 def tables(res) -> str:
     out = []
     libs = ["emjax", "emjax-dense", "sklearn", "gmmx"]
@@ -46,10 +59,7 @@ def tables(res) -> str:
             cells.append(_fmt(g / e if (g and e and e > 0) else None, ".1f"))
             cells.append("–" if gf is None else f"{gf:.1f} ({100 * gf / peak:.0f} %)")
             cells.append(_fmt(r.get("emjax", {}).get("compile_s"), ".1f"))
-            if "sklearn" in r and "emjax" in r:
-                cells.append(f"{r['emjax']['final_ll'] - r['sklearn']['final_ll']:+.1e}")
-            else:
-                cells.append("–")
+            cells.append(_ll_gap(r))
             out.append("| " + " | ".join(cells) + " |")
         for name, key in (("End to end with restarts", "restarts"),
                           ("Small problems, whole fit after compilation", "small")):
