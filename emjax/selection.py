@@ -26,7 +26,7 @@ from emjax.gmm import GMMParams
 Array = jax.Array
 
 #: Incremented each time the grid program is traced (compiled); tests read it.
-TRACE_COUNT = {"grid": 0}
+TRACE_COUNT = {"grid": 0, "init": 0}
 
 CRITERIA = ("bic", "aic")
 
@@ -49,8 +49,10 @@ class GridResult(NamedTuple):
       bic, aic: ``(G, R)`` information criteria of every restart (lower is better).
       n_parameters: ``(G,)`` free parameters of each grid point's model.
       best_index: ``(G,)`` the best restart (highest log-likelihood) of each grid point.
-      compile_seconds: wall time to trace and compile the program (0 when cached).
-      run_seconds: wall time of the compiled call (all grid points and restarts together).
+      compile_seconds: wall time to trace and compile the programs (0 when already compiled in
+        this process).
+      run_seconds: wall time of the compiled calls (the initialisation, then EM for all grid
+        points and restarts together).
     """
 
     covariance_type: str
@@ -162,33 +164,48 @@ class _GridArrays(NamedTuple):
     best_index: Array
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("n_components", "covariance_type", "reg_covar", "max_iter", "n_init",
-                     "init_method", "n_lloyd", "callback"),
-)
-def _grid_compiled(X, key, sample_weight, tol, *, n_components, covariance_type, reg_covar,
-                   max_iter, n_init, init_method, n_lloyd, callback):
-    TRACE_COUNT["grid"] += 1
-    w = sample_weight
-    n, d = X.shape
+def _centre(X, w):
     shift = jnp.mean(X, 0) if w is None else (w @ X) / jnp.sum(w)
-    Xc = X - shift
+    return X - shift, shift
+
+
+@functools.partial(jax.jit, static_argnames=("n_components", "n_init", "init_method", "n_lloyd"))
+def _initial_responsibilities(X, key, sample_weight, *, n_components, n_init, init_method,
+                              n_lloyd):
+    """``(G, R, n_samples, K_max)`` initial responsibilities, zero in padded columns: for each K,
+    :func:`emjax.mixture.responsibilities_init` on the centred data with the restart keys of
+    :func:`emjax.mixture.fit`. It does not depend on the covariance type, so one compiled program
+    serves every type (it is most of the grid's compile time: a k-means per K)."""
+    TRACE_COUNT["init"] += 1
+    w = sample_weight
+    Xc, _ = _centre(X, w)
     keys = jax.random.split(key, n_init)  # the same restart keys for every K, as in fit()
     k_max = max(n_components)
-
-    ks = jnp.asarray(n_components)
-    active = jnp.arange(k_max)[None, :] < ks[:, None]
-    e_step, m_step, repair = make_masked_model(covariance_type, reg_covar)
 
     def initial_resp(k):
         def one(rk):
             return mixture.responsibilities_init(rk, Xc, k, init_method, w, n_lloyd)
         return jnp.pad(jax.vmap(one)(keys), ((0, 0), (0, 0), (0, k_max - k)))
 
-    # mixture.init_params = responsibilities + one M-step; the M-step is shared by the grid
-    # (one vmapped masked M-step rather than one per K keeps the program small to compile).
-    resp0 = jnp.stack([initial_resp(k) for k in n_components])  # (G, R, n, K_max)
+    return jnp.stack([initial_resp(k) for k in n_components])
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("n_components", "covariance_type", "reg_covar", "max_iter", "callback"),
+)
+def _grid_compiled(X, resp0, sample_weight, tol, *, n_components, covariance_type, reg_covar,
+                   max_iter, callback):
+    TRACE_COUNT["grid"] += 1
+    w = sample_weight
+    n, d = X.shape
+    Xc, shift = _centre(X, w)
+    k_max = max(n_components)
+    ks = jnp.asarray(n_components)
+    active = jnp.arange(k_max)[None, :] < ks[:, None]
+    e_step, m_step, repair = make_masked_model(covariance_type, reg_covar)
+
+    # mixture.init_params = responsibilities + one M-step; here one vmapped masked M-step.
     def init_m_step(g, act):
         return masked_m_step(g, (Xc, w, act), covariance_type=covariance_type,
                              reg_covar=reg_covar)
@@ -239,13 +256,15 @@ def fit_grid(
     n_lloyd: int = 10,
     callback: Callable | None = None,
 ) -> GridResult:
-    """Fit every ``n_components`` of a grid x ``n_init`` restarts in one compiled call.
+    """Fit every ``n_components`` of a grid x ``n_init`` restarts in one compiled EM call.
 
     Grid point ``K`` with key ``key`` gives, to rounding, what ``emjax.fit(X, K, key=key,
     n_init=n_init, ...)`` gives (the same initialisations, the same EM steps): its components are
     padded to ``max(n_components)`` and masked. The cost is that of ``len(grid) * n_init`` fits
     with ``K_max`` components, all in one vmapped ``while_loop`` (it runs until the slowest lane
-    has finished; finished lanes are frozen).
+    has finished; finished lanes are frozen). The initial responsibilities (k-means per K) are a
+    separate compiled call that does not depend on the covariance type, so a second covariance
+    type on the same data and grid reuses it.
 
     Args:
       X: ``(n_samples, n_features)`` data (float32, or float64 with JAX's x64 mode on).
@@ -281,18 +300,24 @@ def fit_grid(
     w = v.check_sample_weight(sample_weight, n, dtype)
     if key is None:
         key = jax.random.key(0)
-    args = (jnp.asarray(Xa), key, None if w is None else jnp.asarray(w), jnp.asarray(tol, dtype))
-    static = dict(n_components=ks, covariance_type=covariance_type, reg_covar=reg_covar,
-                  max_iter=max_iter, n_init=n_init, init_method=init_method, n_lloyd=n_lloyd,
-                  callback=callback)
-    traces = TRACE_COUNT["grid"]
+    Xj = jnp.asarray(Xa)
+    wj = None if w is None else jnp.asarray(w)
+    traces = dict(TRACE_COUNT)
     t0 = time.perf_counter()
-    compiled = _grid_compiled.lower(*args, **static).compile()
+    init_static = dict(n_components=ks, n_init=n_init, init_method=init_method, n_lloyd=n_lloyd)
+    init_args = (Xj, key, wj)
+    init_fn = _initial_responsibilities.lower(*init_args, **init_static).compile()
+    args = (Xj, jax.ShapeDtypeStruct((len(ks), n_init, n, max(ks)), dtype), wj,
+            jnp.asarray(tol, dtype))
+    static = dict(n_components=ks, covariance_type=covariance_type, reg_covar=reg_covar,
+                  max_iter=max_iter, callback=callback)
+    grid_fn = _grid_compiled.lower(*args, **static).compile()
     t1 = time.perf_counter()
-    out = jax.block_until_ready(compiled(*args))
+    resp0 = init_fn(*init_args)
+    out = jax.block_until_ready(grid_fn(Xj, resp0, wj, args[3]))
     t2 = time.perf_counter()
     # A program already compiled in this process is only re-traced and fetched from the cache.
-    compile_s = t1 - t0 if TRACE_COUNT["grid"] > traces else 0.0
+    compile_s = t1 - t0 if TRACE_COUNT != traces else 0.0
     r = out.res
     return GridResult(
         covariance_type=covariance_type,
