@@ -133,3 +133,28 @@ def check_spd(mats, covariance_type: str, n_components: int, n_features: int, dt
     elif np.any(a <= 0):
         raise ValueError(f"{name} must be positive")
     return a
+
+
+def check_em_options(covariance_type, init_params, tol, reg_covar, max_iter, n_init) -> tuple:
+    """The hyper-parameters every EM fitting entry point shares, checked and normalised:
+    ``(covariance_type, init_params, tol, reg_covar, max_iter, n_init)``."""
+    return (
+        check_covariance_type(covariance_type),
+        check_init_params(init_params),
+        check_non_negative(tol, "tol"),
+        check_non_negative(reg_covar, "reg_covar"),
+        check_positive_int(max_iter, "max_iter"),
+        check_positive_int(n_init, "n_init"),
+    )
+
+
+def check_x64(dtype) -> None:
+    """float64 data needs JAX's x64 mode; say how to get it rather than silently truncating."""
+    import jax
+
+    if np.dtype(dtype) == np.float64 and not jax.config.jax_enable_x64:
+        raise ValueError(
+            "X is float64 but JAX's x64 mode is off: call jax.config.update('jax_enable_x64', "
+            "True), wrap the call in `with jax.enable_x64(True):`, pass float32 data, or use "
+            "emjax.GaussianMixture (which does this for you)"
+        )

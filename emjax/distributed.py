@@ -318,15 +318,11 @@ def fit(
                          f"{per_dev} (X has shape {data.X.shape}): use "
                          f"shard_data(..., min_rows_per_device={n_components})")
     v.check_n_components(n_components, data.n_samples, (data.n_samples, data.X.shape[1]))
-    init_method = v.check_init_params(init_params)
-    tol = v.check_non_negative(tol, "tol")
-    reg_covar = v.check_non_negative(reg_covar, "reg_covar")
-    max_iter = v.check_positive_int(max_iter, "max_iter")
-    n_init = v.check_positive_int(n_init, "n_init")
+    covariance_type, init_method, tol, reg_covar, max_iter, n_init = v.check_em_options(
+        covariance_type, init_params, tol, reg_covar, max_iter, n_init)
     n_lloyd = v.check_positive_int(n_lloyd, "n_lloyd", minimum=0)
     dtype = data.X.dtype
-    if dtype == jnp.float64 and not jax.config.jax_enable_x64:
-        raise ValueError("X is float64 but JAX's x64 mode is off (see emjax.fit)")
+    v.check_x64(dtype)
     if params_init is not None:
         if params_init.covariance_type != covariance_type:
             raise ValueError(f"params_init has covariance type {params_init.covariance_type!r} "

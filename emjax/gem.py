@@ -16,7 +16,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.scipy.linalg import solve_triangular
 
@@ -356,16 +355,11 @@ def fit_gem(
       (2, 2)
     """
     Xa = v.as_data(X)
-    if Xa.dtype == np.float64 and not jax.config.jax_enable_x64:
-        raise ValueError("X is float64 but JAX's x64 mode is off: enable it or pass float32 data")
+    v.check_x64(Xa.dtype)
     n, d = Xa.shape
     k = v.check_n_components(n_components, n, Xa.shape)
-    covariance_type = v.check_covariance_type(covariance_type)
-    init_method = v.check_init_params(init_params)
-    tol = v.check_non_negative(tol, "tol")
-    reg_covar = v.check_non_negative(reg_covar, "reg_covar")
-    max_iter = v.check_positive_int(max_iter, "max_iter")
-    n_init = v.check_positive_int(n_init, "n_init")
+    covariance_type, init_method, tol, reg_covar, max_iter, n_init = v.check_em_options(
+        covariance_type, init_params, tol, reg_covar, max_iter, n_init)
     n_steps = v.check_positive_int(n_steps, "n_steps")
     if optimizer is None:
         optimizer = default_optimizer()

@@ -283,18 +283,12 @@ def fit_grid(
         ``max(n_components) > n_samples``.
     """
     Xa = v.as_data(X)
-    if Xa.dtype == np.float64 and not jax.config.jax_enable_x64:
-        raise ValueError("X is float64 but JAX's x64 mode is off: wrap the call in "
-                         "`with jax.enable_x64(True):` or pass float32 data")
+    v.check_x64(Xa.dtype)
     n, _ = Xa.shape
     ks = _check_grid(n_components)
     v.check_n_components(max(ks), n, Xa.shape)
-    covariance_type = v.check_covariance_type(covariance_type)
-    init_method = v.check_init_params(init_params)
-    tol = v.check_non_negative(tol, "tol")
-    reg_covar = v.check_non_negative(reg_covar, "reg_covar")
-    max_iter = v.check_positive_int(max_iter, "max_iter")
-    n_init = v.check_positive_int(n_init, "n_init")
+    covariance_type, init_method, tol, reg_covar, max_iter, n_init = v.check_em_options(
+        covariance_type, init_params, tol, reg_covar, max_iter, n_init)
     n_lloyd = v.check_positive_int(n_lloyd, "n_lloyd", minimum=0)
     dtype = Xa.dtype
     w = v.check_sample_weight(sample_weight, n, dtype)
