@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import logsumexp
 
 from emjax import covariance as cov_lib
@@ -322,23 +323,50 @@ def responsibilities_mass(gamma: Array, sample_weight: Array | None = None) -> A
 # ----------------------------------------------------------------------------------------------
 # The fast path: one pass over the data in chunks, E-step and the next M-step's statistics fused.
 #
-# Every covariance type is written as "features of x" @ "a (n_features', K) matrix of the
-# parameters" (one GEMM per chunk gives all log-densities), and the statistics as
-# "responsibilities^T @ the same features" (one GEMM per chunk gives all moments). For full
-# covariances the features are the packed upper-triangular outer products x_i x_j (i <= j) and x
-# itself: ``(chunk, D(D+1)/2 + D)``. The (N, K, D) intermediate never exists; memory is
-# O(chunk * (K + D^2)) on top of the data. Samples are centred at the weighted mean of the means
-# inside each chunk, so float32 keeps its digits.
+# Every covariance type is written as "features of x" @ "matrices of the parameters": per chunk,
+# ``log pi_k + log N(x | mu_k, Sigma_k) = q(x) @ Wq + l(x) @ Wl + b`` with quadratic features
+# ``q`` (full: the packed upper-triangular outer products x_i x_j, i <= j, (chunk, D(D+1)/2);
+# diagonal and spherical: x^2) and linear features ``l = x`` (tied: the whitened ``y = x U`` and
+# ``q = -|y|^2 / 2`` added directly). The statistics are "responsibilities^T @ the same features"
+# (two GEMMs per chunk give every moment). The (N, K, D) intermediate never exists; memory is
+# O(chunk * (K + D^2)) on top of the data. Samples are centred inside each chunk (at the data's
+# mean in the driver), so float32 keeps its digits.
+#
+# Measured on the 2-core AVX-512 CPU this was tuned on (XLA:CPU, jax 0.10; see
+# experiments/profile_fast_path.py): the quadratic and linear parts go to separate GEMMs, because
+# a concatenation of features is an index-remapping fusion that XLA:CPU emits as a scalar loop;
+# in float32 with D <= 32 the packed outer products are formed as ``(x E1) * (x E2)`` with 0/1
+# selection matrices (two small GEMMs and a plain elementwise product, all vectorised: 17 ms per
+# iteration instead of 26 at N = 1e5, D = K = 16) instead of a gather ``x[:, iu] * x[:, ju]``
+# (a scalar loop; float64 keeps it: its GEMMs are not faster than the gather); and the
+# log-sum-exp takes one ``exp``.
 
-DEFAULT_CHUNK_BYTES = 4 * 2**20
+DEFAULT_CHUNK_BYTES = 16 * 2**20
+
+#: Largest ``n_features`` for which the packed outer products are built by selection GEMMs.
+SELECT_GEMM_MAX_FEATURES = 32
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _dot(a: Array, b: Array) -> Array:
+    # Full precision on every backend (TPU and recent GPUs otherwise round float32 products).
+    return jnp.matmul(a, b, precision=_HIGHEST)
+
+
+def _tdot(a: Array, b: Array) -> Array:
+    """``a^T @ b`` without materialising the transpose: ``(c, m), (c, n) -> (m, n)``."""
+    return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())), precision=_HIGHEST)
 
 
 def default_chunk_size(n_features: int, covariance_type: str = "full", itemsize: int = 4) -> int:
-    """Rows per chunk: the chunk's feature matrix takes about ``DEFAULT_CHUNK_BYTES`` (4 MiB,
-    about the size of this CPU's L2), clipped to ``[256, 16384]`` and rounded to a power of 2."""
+    """Rows per chunk: the chunk's feature matrix takes about ``DEFAULT_CHUNK_BYTES`` (16 MiB),
+    clipped to ``[256, 32768]`` and rounded down to a power of 2 (16384 rows for float32 full
+    covariances at ``D = 16``; chunks of 8192-16384 rows measured fastest there, 4096 was 15 %
+    slower and 65536 thrashes the cache)."""
     cols = _n_feature_columns(covariance_type, n_features)
     rows = DEFAULT_CHUNK_BYTES // (itemsize * cols)
-    return int(2 ** int(math.log2(max(256, min(16384, rows)))))
+    return int(2 ** int(math.log2(max(256, min(32768, rows)))))
 
 
 def _n_feature_columns(covariance_type: str, d: int) -> int:
@@ -350,8 +378,6 @@ def _n_feature_columns(covariance_type: str, d: int) -> int:
 
 
 def _triu(d: int):
-    import numpy as np
-
     return np.triu_indices(d)
 
 
@@ -363,8 +389,32 @@ def _unpack_sym(packed: Array, d: int) -> Array:
     return out.at[..., ju, iu].set(packed)
 
 
-def _linear_form(params: GMMParams, c: Array):
-    """``(W, b)`` with ``log pi_k + log N(x | mu_k, Sigma_k) = features(x - c) @ W + b``."""
+def _packed_outer(x: Array) -> Array:
+    """``(c, D) -> (c, D(D+1)/2)``: ``x_i x_j`` for ``i <= j`` in ``np.triu_indices`` order."""
+    d = x.shape[-1]
+    iu, ju = _triu(d)
+    if d <= SELECT_GEMM_MAX_FEATURES and x.dtype == jnp.float32:
+        t = iu.size
+        e1 = np.zeros((d, t), x.dtype)
+        e2 = np.zeros((d, t), x.dtype)
+        e1[iu, np.arange(t)] = 1
+        e2[ju, np.arange(t)] = 1
+        # Exact: each output is one product with 1 plus exact zeros (the data are finite).
+        return _dot(x, jnp.asarray(e1)) * _dot(x, jnp.asarray(e2))
+    return x[:, iu] * x[:, ju]
+
+
+class _Form(NamedTuple):
+    """``log pi_k + log N(x | mu_k, Sigma_k) = q(x) @ wq + l(x) @ wl + b`` (see above)."""
+
+    wq: Array | None  # (n_quadratic_features, K); None for tied (q = -|y|^2/2 added directly)
+    wl: Array  # (D, K)
+    b: Array  # (K,)
+    u: Array | None  # tied: the shared precision Cholesky factor, l(x) = x U
+
+
+def _linear_form(params: GMMParams, c: Array) -> _Form:
+    """The parameters of the chunk GEMMs for data centred at ``c``."""
     cov = params.covariance
     means = params.means - c
     k, d = means.shape
@@ -376,68 +426,69 @@ def _linear_form(params: GMMParams, c: Array):
         prec = pc @ jnp.swapaxes(pc, -1, -2)  # (K, D, D) = U U^T
         iu, ju = _triu(d)
         scale = jnp.where(jnp.asarray(iu == ju), 1.0, 2.0).astype(dtype)
-        quad = -0.5 * prec[:, iu, ju] * scale  # (K, T)
+        wq = (-0.5 * prec[:, iu, ju] * scale).T  # (T, K)
         pm = jnp.einsum("kde,ke->kd", prec, means)  # P_k mu_k
-        W = jnp.concatenate([quad, pm], axis=1).T  # (T + D, K)
-        b = const - 0.5 * jnp.sum(pm * means, axis=1)
-        return W, b
+        return _Form(wq, pm.T, const - 0.5 * jnp.sum(pm * means, axis=1), None)
     if isinstance(cov, cov_lib.TiedCovariance):
         m = means @ pc  # whitened means (K, D)
-        return m.T, const - 0.5 * jnp.sum(m * m, axis=1)  # features: y = (x - c) U
-    if isinstance(cov, cov_lib.DiagCovariance):
-        prec = pc * pc
-        W = jnp.concatenate([-0.5 * prec, means * prec], axis=1).T  # (2D, K)
-        return W, const - 0.5 * jnp.sum(means * means * prec, axis=1)
-    prec = pc * pc  # spherical (K,)
-    W = jnp.concatenate([-0.5 * jnp.broadcast_to(prec[:, None], (k, d)), means * prec[:, None]],
-                        axis=1).T
-    return W, const - 0.5 * prec * jnp.sum(means * means, axis=1)
+        return _Form(None, m.T, const - 0.5 * jnp.sum(m * m, axis=1), pc)
+    prec = pc * pc if isinstance(cov, cov_lib.DiagCovariance) else (
+        jnp.broadcast_to((pc * pc)[:, None], (k, d)))
+    return _Form((-0.5 * prec).T, (means * prec).T,
+                 const - 0.5 * jnp.sum(means * means * prec, axis=1), None)
 
 
-def _features(x: Array, cov: Covariance) -> Array:
-    """The per-sample features of the E-step GEMM (see :func:`_linear_form`)."""
-    d = x.shape[-1]
-    if isinstance(cov, cov_lib.FullCovariance):
-        iu, ju = _triu(d)
-        return jnp.concatenate([x[:, iu] * x[:, ju], x], axis=1)
-    if isinstance(cov, cov_lib.TiedCovariance):
-        y = x @ cov.precisions_cholesky
-        return jnp.concatenate([y, -0.5 * jnp.sum(y * y, axis=1, keepdims=True)], axis=1)
-    return jnp.concatenate([x * x, x], axis=1)
+def _features(x: Array, form: _Form, ctype: str) -> tuple[Array | None, Array]:
+    """``(q(x), l(x))`` of one centred chunk (``q`` is None for tied)."""
+    if ctype == "full":
+        return _packed_outer(x), x
+    if ctype == "tied":
+        return None, _dot(x, form.u)
+    return x * x, x
+
+
+def _log_joint(q: Array | None, lin: Array, form: _Form) -> Array:
+    lp = _dot(lin, form.wl) + form.b
+    if q is None:  # tied: l = y, the quadratic term is -|y|^2 / 2
+        return lp - 0.5 * jnp.sum(lin * lin, axis=1, keepdims=True)
+    return lp + _dot(q, form.wq)
+
+
+def _logsumexp_resp(lp: Array) -> tuple[Array, Array]:
+    """``(logsumexp(lp, 1), softmax(lp, 1))`` with one ``exp`` (shift as ``jax.nn`` does)."""
+    m = jnp.max(lp, axis=1, keepdims=True)
+    m = jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0.0))
+    e = jnp.exp(lp - m)
+    s = jnp.sum(e, axis=1, keepdims=True)
+    return (m + jnp.log(s))[:, 0], e / s
 
 
 def _chunk_pass(params: GMMParams, X: Array, sample_weight: Array | None, chunk_size: int,
                 with_stats: bool, center: Array | None = None):
     """Per-sample log-likelihood ``(N,)`` and, if ``with_stats``, the statistics about the centre
-    ``c`` as ``(nk (K,), moments (K, cols))`` (plus the pooled scatter for tied)."""
+    ``c`` as ``(nk (K,), sum g l(x) (K, D), sum g q(x) (K, T))``; for tied the last is the pooled
+    scatter ``sum w x x^T`` (D, D) and the second ``sum g x``."""
     n, d = X.shape
-    cov = params.covariance
-    k = params.means.shape[0]
+    ctype = cov_lib.covariance_type_of(params.covariance)
     dtype = X.dtype
     c = (_shift(params) if center is None else jax.lax.stop_gradient(center)).astype(dtype)
-    W, b = _linear_form(params, c)
-    W, b = W.astype(dtype), b.astype(dtype)
-    tied = isinstance(cov, cov_lib.TiedCovariance)
-    if tied:
-        # log-density = y @ m^T - 0.5 |y|^2 + b: append a column of ones to W's rows for |y|^2.
-        W = jnp.concatenate([W, jnp.ones((1, k), dtype)], axis=0)
+    form = jax.tree_util.tree_map(lambda a: a.astype(dtype), _linear_form(params, c))
 
     def one(x, w):
         x = x - c
-        f = _features(x, cov)
-        lp = f @ W + b
-        ll = logsumexp(lp, axis=1)
+        q, lin = _features(x, form, ctype)
+        lp = _log_joint(q, lin, form)
         if not with_stats:
-            return ll, None
-        g = jnp.exp(lp - ll[:, None])
+            return jax.nn.logsumexp(lp, axis=1), None
+        ll, g = _logsumexp_resp(lp)
         if w is not None:
             g = g * w[:, None]
         nk = jnp.sum(g, axis=0)
-        if tied:
-            # Pooled scatter (one D x D GEMM) instead of K per-component ones.
+        if q is None:
+            # Tied: the pooled scatter (one D x D GEMM) instead of K per-component ones.
             xw = x if w is None else x * w[:, None]
-            return ll, (nk, g.T @ x, xw.T @ x)
-        return ll, (nk, g.T @ f)  # full: [x_i x_j, x]; diag/spherical: [x^2, x]
+            return ll, (nk, _tdot(g, x), _tdot(xw, x))
+        return ll, (nk, _tdot(g, x), _tdot(g, q))
 
     chunk = int(min(chunk_size, n))
     n_full, rem = divmod(n, chunk)
@@ -526,17 +577,13 @@ def e_step_stats(
         chunk_size = default_chunk_size(d, ctype, X.dtype.itemsize)
     ll, acc, c = _chunk_pass(params, X, sample_weight, chunk_size, True, center)
     ref = jnp.broadcast_to(c, (k, d))
-    nk = acc[0]
+    nk, sx = acc[0], acc[1]
     if ctype == "full":
-        t = d * (d + 1) // 2
-        mom = acc[1]
-        sxx = _unpack_sym(mom[:, :t], d)
-        sx = mom[:, t:]
+        sxx = _unpack_sym(acc[2], d)
     elif ctype == "tied":
-        sx = acc[1]
         sxx = jnp.zeros((k, d, d), X.dtype).at[0].set(acc[2])
     else:
-        sxx, sx = acc[1][:, :d], acc[1][:, d:]
+        sxx = acc[2]
     return SuffStats(nk, sx, sxx, ref), ll
 
 
