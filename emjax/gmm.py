@@ -355,7 +355,15 @@ def _dot(a: Array, b: Array) -> Array:
 
 
 def _tdot(a: Array, b: Array) -> Array:
-    """``a^T @ b`` without materialising the transpose: ``(c, m), (c, n) -> (m, n)``."""
+    """``a^T @ b``: ``(c, m), (c, n) -> (m, n)`` with ``c`` large and ``m`` small.
+
+    float32: one ``dot_general`` contracting the leading axes. float64: the transpose of ``a``
+    is materialised (``m * c`` elements) behind an optimisation barrier, which steers XLA:CPU to
+    its faster float64 GEMM (interleaved A/B, N = 1e4, D = K = 16: 3.2 against 3.5 ms per
+    iteration, spherical and diagonal; float32 goes the other way, 16.9 against 20.5 ms at
+    N = 1e5, full)."""
+    if a.dtype == jnp.float64:
+        return _dot(jax.lax.optimization_barrier(a.T), b)
     return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())), precision=_HIGHEST)
 
 

@@ -1,6 +1,6 @@
 """Where an EM iteration's time goes: a per-operation profile of the compiled driver.
 
-    PYTHONPATH=. python experiments/profile_fast_path.py                      # N=1e5 D=16 K=16 full f32
+    PYTHONPATH=. python experiments/profile_fast_path.py    # N=1e5, D=16, K=16, full, float32
     PYTHONPATH=. python experiments/profile_fast_path.py --cov-type diag --dtype float64
     # -> experiments/results/profile_<cov>_<dtype>.json and a Markdown table on stdout
 
