@@ -1,13 +1,58 @@
-"""k-means++ seeding and Lloyd steps in JAX, used to initialise mixtures. Vmappable over keys."""
+"""k-means++ seeding and Lloyd steps in JAX, used to initialise mixtures. Vmappable over keys.
+
+Every pass over the data runs ``chunk_size`` rows at a time (:func:`fold_chunks`), so memory is
+O(n_samples + chunk_size * n_clusters) on top of ``X``: no ``(n_samples, n_clusters)`` array is
+formed. An optional ``center`` is subtracted inside each chunk: ``f(X, center=c)`` computes what
+``f(X - c)`` does without the centred copy of ``X``.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
+
+
+def default_chunk_size(n_clusters: int, n_features: int) -> int:
+    """Rows per chunk: each ``(chunk, max(n_clusters, n_features))`` block has about 2^20
+    elements (4 MiB in float32), at least 256 rows."""
+    return max(256, 2**20 // max(1, n_clusters, n_features))
+
+
+def fold_chunks(fn: Callable[[Any, Any, int], Any], carry: Any, n: int, chunk_size: int) -> Any:
+    """``carry = fn(carry, start, size)`` over consecutive row blocks covering ``range(n)``.
+
+    Blocks have ``size = min(chunk_size, n)`` rows (static) and a last, smaller block takes the
+    remainder; ``start`` is traced inside the loop. One block (``n <= chunk_size``) is a single
+    call with ``start = 0``, no loop.
+    """
+    chunk = int(min(chunk_size, n))
+    n_full, rem = divmod(n, chunk)
+    if n_full == 1:
+        carry = fn(carry, 0, chunk)
+    elif n_full > 1:
+        carry = jax.lax.fori_loop(0, n_full, lambda i, c: fn(c, i * chunk, chunk), carry)
+    if rem:
+        carry = fn(carry, n_full * chunk, rem)
+    return carry
+
+
+def rows(a: Array | None, start, size: int) -> Array | None:
+    """Rows ``start : start + size`` of ``a`` (``None`` stays ``None``)."""
+    if a is None:
+        return None
+    if isinstance(start, int) and start == 0 and size == a.shape[0]:
+        return a
+    return jax.lax.dynamic_slice_in_dim(a, start, size)
+
+
+def _centred(x: Array, center: Array | None) -> Array:
+    return x if center is None else x - center
 
 
 def squared_distances(X: Array, centers: Array) -> Array:
@@ -26,46 +71,91 @@ def kmeans_plusplus(
     n_clusters: int,
     sample_weight: Array | None = None,
     n_local_trials: int | None = None,
+    *,
+    center: Array | None = None,
+    chunk_size: int | None = None,
 ) -> tuple[Array, Array]:
     """Greedy k-means++ seeding (scikit-learn's algorithm): ``(centers, indices)``.
 
     The first centre is drawn with probability proportional to ``sample_weight``; each further
     centre is the best of ``n_local_trials`` candidates (default ``2 + int(log(n_clusters))``)
     drawn with probability proportional to ``w * D(x)^2``, judged by the resulting potential.
+    When ``X`` has more than ``chunk_size`` rows, each centre takes two chunked passes over
+    ``X`` (the candidates' potentials, then the new nearest distances) and only the
+    ``(n_samples,)`` nearest squared distances are stored.
 
     Args:
       key: PRNG key.
-      X: ``(n_samples, n_features)``, best centred.
+      X: ``(n_samples, n_features)``, best centred (or give ``center``).
       n_clusters: static.
       sample_weight: optional ``(n_samples,)``.
       n_local_trials: static.
+      center: optional ``(n_features,)`` subtracted from every row inside the passes; the
+        centres returned are then rows of ``X - center``.
+      chunk_size: static rows per pass block (default :func:`default_chunk_size`).
+
+    Returns:
+      ``centers`` ``(n_clusters, n_features)`` and their row ``indices`` ``(n_clusters,)``.
     """
-    n = X.shape[0]
-    w = jnp.ones((n,), X.dtype) if sample_weight is None else sample_weight.astype(X.dtype)
+    n, d = X.shape
+    w = sample_weight if sample_weight is None else sample_weight.astype(X.dtype)
     if n_local_trials is None:
         n_local_trials = 2 + int(math.log(n_clusters))
+    if chunk_size is None:
+        chunk_size = default_chunk_size(max(n_clusters, n_local_trials), d)
     key, k0 = jax.random.split(key)
-    first = jax.random.choice(k0, n, p=w / jnp.sum(w))
-    centers = jnp.zeros((n_clusters, X.shape[1]), X.dtype).at[0].set(X[first])
+    # As ``w / sum(w)`` with unit weights, so the draws do not depend on how weights were given.
+    p0 = jnp.ones((n,), X.dtype) / jnp.asarray(n, X.dtype) if w is None else w / jnp.sum(w)
+    first = jax.random.choice(k0, n, p=p0)
+    x_first = _centred(X[first], center)
+    centers = jnp.zeros((n_clusters, d), X.dtype).at[0].set(x_first)
     indices = jnp.zeros((n_clusters,), jnp.int32).at[0].set(first.astype(jnp.int32))
-    closest = squared_distances(X, X[first][None])[:, 0]
+
+    def first_pass(closest, start, size):
+        x = _centred(rows(X, start, size), center)
+        return jax.lax.dynamic_update_slice_in_dim(
+            closest, squared_distances(x, x_first[None])[:, 0], start, 0)
+
+    closest = fold_chunks(first_pass, jnp.zeros((n,), X.dtype), n, chunk_size)
 
     def body(c, carry):
         centers, indices, closest, key = carry
         key, sub = jax.random.split(key)
-        pot = w * closest
+        pot = closest if w is None else w * closest
         total = jnp.sum(pot)
         # All points coincide with chosen centres: fall back to weights alone.
-        probs = jnp.where(total > 0, pot / jnp.where(total > 0, total, 1.0), w / jnp.sum(w))
+        fallback = p0 if w is None else w / jnp.sum(w)
+        probs = jnp.where(total > 0, pot / jnp.where(total > 0, total, 1.0), fallback)
         cand = jax.random.choice(sub, n, shape=(n_local_trials,), p=probs)
-        d_cand = squared_distances(X, X[cand])  # (n, trials)
-        new_closest = jnp.minimum(closest[:, None], d_cand)
-        best = jnp.argmin(jnp.sum(w[:, None] * new_closest, axis=0))
-        idx = cand[best]
+        x_cand = _centred(X[cand], center)  # (trials, d)
+        if n <= chunk_size:
+            # One block: the (n, trials) distances are small; judge and keep them in one go.
+            nc = jnp.minimum(closest[:, None], squared_distances(_centred(X, center), x_cand))
+            best = jnp.argmin(jnp.sum(nc if w is None else w[:, None] * nc, axis=0))
+            return (centers.at[c].set(x_cand[best]),
+                    indices.at[c].set(cand[best].astype(jnp.int32)), nc[:, best], key)
+
+        def potential(acc, start, size):
+            x = _centred(rows(X, start, size), center)
+            nc = jnp.minimum(rows(closest, start, size)[:, None], squared_distances(x, x_cand))
+            ws = rows(w, start, size)
+            # A GEMV: XLA's CPU column reduction of a thin (size, trials) block is much slower.
+            return acc + (jnp.ones((size,), X.dtype) if ws is None else ws) @ nc
+
+        pots = fold_chunks(potential, jnp.zeros((n_local_trials,), X.dtype), n, chunk_size)
+        best = jnp.argmin(pots)
+        x_best = x_cand[best]
+
+        def update(buf, start, size):
+            x = _centred(rows(X, start, size), center)
+            col = jnp.minimum(rows(buf, start, size), squared_distances(x, x_best[None])[:, 0])
+            return jax.lax.dynamic_update_slice_in_dim(buf, col, start, 0)
+
+        closest = fold_chunks(update, closest, n, chunk_size)
         return (
-            centers.at[c].set(X[idx]),
-            indices.at[c].set(idx.astype(jnp.int32)),
-            new_closest[:, best],
+            centers.at[c].set(x_cand[best]),
+            indices.at[c].set(cand[best].astype(jnp.int32)),
+            closest,
             key,
         )
 
@@ -74,23 +164,57 @@ def kmeans_plusplus(
     return centers, indices
 
 
-def lloyd(
-    X: Array, centers: Array, n_iter: int, sample_weight: Array | None = None
-) -> Array:
-    """``n_iter`` Lloyd steps; a centre that loses all its points keeps its position."""
-    w = jnp.ones((X.shape[0],), X.dtype) if sample_weight is None else sample_weight.astype(X.dtype)
+def cluster_sums(
+    X: Array, centers: Array, sample_weight: Array | None = None, *,
+    center: Array | None = None, chunk_size: int | None = None,
+) -> tuple[Array, Array]:
+    """Weighted counts ``(n_clusters,)`` and coordinate sums ``(n_clusters, n_features)`` of the
+    samples nearest to each centre (one chunked pass; ``X - center`` if ``center`` is given)."""
+    n, d = X.shape
     k = centers.shape[0]
+    if chunk_size is None:
+        chunk_size = default_chunk_size(k, d)
+
+    def part(acc, start, size):
+        x = _centred(rows(X, start, size), center)
+        onehot = jax.nn.one_hot(jnp.argmin(squared_distances(x, centers), axis=1), k,
+                                dtype=X.dtype)
+        ws = rows(sample_weight, start, size)
+        if ws is not None:
+            onehot = onehot * ws.astype(X.dtype)[:, None]
+        return acc[0] + jnp.sum(onehot, axis=0), acc[1] + onehot.T @ x
+
+    acc = (jnp.zeros((k,), X.dtype), jnp.zeros((k, d), X.dtype))
+    return fold_chunks(part, acc, n, chunk_size)
+
+
+def lloyd(
+    X: Array, centers: Array, n_iter: int, sample_weight: Array | None = None, *,
+    center: Array | None = None, chunk_size: int | None = None,
+) -> Array:
+    """``n_iter`` Lloyd steps; a centre that loses all its points keeps its position.
+
+    Each step is one chunked pass (:func:`cluster_sums`). ``center``/``chunk_size`` as in
+    :func:`kmeans_plusplus`.
+    """
 
     def step(_, c):
-        labels = jnp.argmin(squared_distances(X, c), axis=1)
-        onehot = jax.nn.one_hot(labels, k, dtype=X.dtype) * w[:, None]
-        counts = jnp.sum(onehot, axis=0)
-        sums = onehot.T @ X
+        counts, sums = cluster_sums(X, c, sample_weight, center=center, chunk_size=chunk_size)
         return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1e-30)[:, None], c)
 
     return jax.lax.fori_loop(0, n_iter, step, centers)
 
 
-def assign(X: Array, centers: Array) -> Array:
-    """Index of the nearest centre for each sample."""
-    return jnp.argmin(squared_distances(X, centers), axis=1)
+def assign(X: Array, centers: Array, *, center: Array | None = None,
+           chunk_size: int | None = None) -> Array:
+    """Index of the nearest centre for each sample: ``(n_samples,)`` int, computed by chunks."""
+    n, d = X.shape
+    if chunk_size is None:
+        chunk_size = default_chunk_size(centers.shape[0], d)
+
+    def part(labels, start, size):
+        x = _centred(rows(X, start, size), center)
+        lab = jnp.argmin(squared_distances(x, centers), axis=1).astype(labels.dtype)
+        return jax.lax.dynamic_update_slice_in_dim(labels, lab, start, 0)
+
+    return fold_chunks(part, jnp.zeros((n,), jnp.int32), n, chunk_size)

@@ -46,6 +46,22 @@ class FitResult(NamedTuple):
     restarts: em.EMResult
 
 
+def _init_centers(key, X, n_components, init_params, sample_weight, n_lloyd, center,
+                  chunk_size):
+    """Centres of the hard initialisations, in the coordinates of ``X - center``."""
+    n = X.shape[0]
+    if init_params == "random_from_data":
+        p = None if sample_weight is None else sample_weight / jnp.sum(sample_weight)
+        idx = jax.random.choice(key, n, (n_components,), replace=False, p=p)
+        return X[idx] if center is None else X[idx] - center
+    centers, _ = kmeans.kmeans_plusplus(key, X, n_components, sample_weight, center=center,
+                                        chunk_size=chunk_size)
+    if init_params == "kmeans":
+        centers = kmeans.lloyd(X, centers, n_lloyd, sample_weight, center=center,
+                               chunk_size=chunk_size)
+    return centers
+
+
 def responsibilities_init(
     key: Array,
     X: Array,
@@ -53,25 +69,66 @@ def responsibilities_init(
     init_params: str = "kmeans",
     sample_weight: Array | None = None,
     n_lloyd: int = 10,
+    *,
+    center: Array | None = None,
+    chunk_size: int | None = None,
 ) -> Array:
     """Initial responsibilities ``(n_samples, n_components)`` (pure, vmappable over ``key``).
 
     ``"kmeans"``: k-means++ then ``n_lloyd`` Lloyd steps, hard assignment (scikit-learn's
     default). ``"k-means++"``: hard assignment to k-means++ centres. ``"random_from_data"``:
     hard assignment to distinct random samples. ``"random"``: uniform random responsibilities.
+    The k-means passes run ``chunk_size`` rows at a time (see :mod:`emjax.kmeans`), on
+    ``X - center`` if ``center`` is given. :func:`init_params` does not form this array.
     """
     n = X.shape[0]
     if init_params == "random":
         r = jax.random.uniform(key, (n, n_components), X.dtype)
         return r / jnp.sum(r, axis=1, keepdims=True)
-    if init_params == "random_from_data":
-        p = None if sample_weight is None else sample_weight / jnp.sum(sample_weight)
-        centers = X[jax.random.choice(key, n, (n_components,), replace=False, p=p)]
-    else:
-        centers, _ = kmeans.kmeans_plusplus(key, X, n_components, sample_weight)
-        if init_params == "kmeans":
-            centers = kmeans.lloyd(X, centers, n_lloyd, sample_weight)
-    return jax.nn.one_hot(kmeans.assign(X, centers), n_components, dtype=X.dtype)
+    centers = _init_centers(key, X, n_components, init_params, sample_weight, n_lloyd, center,
+                            chunk_size)
+    labels = kmeans.assign(X, centers, center=center, chunk_size=chunk_size)
+    return jax.nn.one_hot(labels, n_components, dtype=X.dtype)
+
+
+def _m_step_chunked(resp_of, X, sample_weight, center, *, n_components, covariance_type,
+                    reg_covar, chunk_size):
+    """:func:`emjax.gmm.m_step` of the responsibilities ``resp_of(start, size)`` (a
+    ``(size, n_components)`` block) on ``X - center``, in two chunked passes: the means, then
+    the scatter about them (:func:`emjax.gmm.suff_stats` per block). Equal to the dense M-step
+    when one block covers ``X`` and ``chunk_size`` is :func:`emjax.gmm.suff_stats`' block."""
+    n, d = X.shape
+    k = n_components
+    dtype = X.dtype
+
+    def block(start, size):
+        x = kmeans.rows(X, start, size)
+        x = x if center is None else x - center
+        return resp_of(start, size), x, kmeans.rows(sample_weight, start, size)
+
+    def first(acc, start, size):
+        g, x, ws = block(start, size)
+        if ws is not None:
+            g = g * ws[:, None]
+        return acc[0] + jnp.sum(g, axis=0), acc[1] + g.T @ x
+
+    nk, sx = kmeans.fold_chunks(first, (jnp.zeros((k,), dtype), jnp.zeros((k, d), dtype)), n,
+                                chunk_size)
+    ref = sx / (nk + 10 * jnp.finfo(dtype).eps)[:, None]
+
+    def second(acc, start, size):
+        g, x, ws = block(start, size)
+        st = gmm.suff_stats(g, x, ref, covariance_type=covariance_type, sample_weight=ws,
+                            chunk_size=chunk_size)
+        return acc[0] + st.nk, acc[1] + st.sx, acc[2] + st.sxx
+
+    zeros = jax.eval_shape(lambda: gmm.suff_stats(
+        resp_of(0, min(chunk_size, n)), X[: min(chunk_size, n)], ref,
+        covariance_type=covariance_type))
+    acc = tuple(jnp.zeros(a.shape, a.dtype) for a in zeros[:3])
+    nk, sx, sxx = kmeans.fold_chunks(second, acc, n, chunk_size)
+    return gmm.params_from_stats(gmm.SuffStats(nk, sx, sxx, ref),
+                                 covariance_type=covariance_type, reg_covar=reg_covar)
 
 
 def init_params(
@@ -84,11 +141,50 @@ def init_params(
     init_params: str = "kmeans",
     sample_weight: Array | None = None,
     n_lloyd: int = 10,
+    center: Array | None = None,
+    chunk_size: int | None = None,
 ) -> GMMParams:
-    """Initial :class:`GMMParams`: :func:`responsibilities_init` followed by one M-step."""
-    resp = responsibilities_init(key, X, n_components, init_params, sample_weight, n_lloyd)
-    return gmm.m_step(resp, X, covariance_type=covariance_type, reg_covar=reg_covar,
-                      sample_weight=sample_weight)
+    """Initial :class:`GMMParams`: :func:`responsibilities_init` followed by one M-step.
+
+    Memory is O(n_samples + chunk_size * n_components * n_features) on top of ``X``: the
+    responsibilities are never stored whole. The hard initialisations recompute each block's
+    nearest centre in both passes of the M-step; ``"random"`` draws each block's
+    responsibilities from ``jax.random.fold_in(key, block_index)`` (from ``key`` itself when one
+    block covers ``X``, as :func:`responsibilities_init` does).
+
+    Args:
+      key, X, n_components, covariance_type, reg_covar, init_params, sample_weight, n_lloyd:
+        as in :func:`emjax.fit` (``X`` is ``(n_samples, n_features)``).
+      center: optional ``(n_features,)``: the result is that of ``X - center`` (the mixture in
+        centred coordinates) without a centred copy of ``X``.
+      chunk_size: static rows per block of every pass (default: the k-means passes use
+        :func:`emjax.kmeans.default_chunk_size`, the M-step that of :func:`emjax.gmm.suff_stats`).
+    """
+    n, d = X.shape
+    k = n_components
+    dtype = X.dtype
+    m_chunk = chunk_size if chunk_size is not None else max(256, 2**20 // max(1, k * d))
+    m_chunk = int(min(m_chunk, n))
+    if init_params == "random":
+        single = n <= m_chunk
+
+        def resp_of(start, size):
+            kk = key if single else jax.random.fold_in(key, start // m_chunk)
+            r = jax.random.uniform(kk, (size, k), dtype)
+            return r / jnp.sum(r, axis=1, keepdims=True)
+    else:
+        centers = _init_centers(key, X, k, init_params, sample_weight, n_lloyd, center,
+                                chunk_size)
+
+        def resp_of(start, size):
+            x = kmeans.rows(X, start, size)
+            x = x if center is None else x - center
+            labels = jnp.argmin(kmeans.squared_distances(x, centers), axis=1)
+            return jax.nn.one_hot(labels, k, dtype=dtype)
+
+    return _m_step_chunked(resp_of, X, sample_weight, center, n_components=k,
+                           covariance_type=covariance_type, reg_covar=reg_covar,
+                           chunk_size=m_chunk)
 
 
 def reseed_empty(params: GMMParams, log_resp: Array | None, ll: Array, X: Array,
@@ -248,13 +344,16 @@ def _fit_compiled(X, key, sample_weight, weights_init, means_init, precisions_in
     TRACE_COUNT["fit"] += 1
     w = sample_weight
     shift = jnp.mean(X, 0) if w is None else (w @ X) / jnp.sum(w)
-    Xc = X - shift
     keys = jax.random.split(key, n_init)
+    # Fast path: initialisation and EM both run on X itself, each chunk centred at `shift` inside
+    # the passes, so a large X is held once (no centred copy). Small problems centre a copy.
+    fast = X.shape[0] * X.shape[1] * n_components >= FAST_PATH_MIN_SIZE
+    Xc = None if fast else X - shift
 
     def initial(k):
-        p = init_params(k, Xc, n_components, covariance_type=covariance_type,
+        p = init_params(k, X if fast else Xc, n_components, covariance_type=covariance_type,
                         reg_covar=reg_covar, init_params=init_method, sample_weight=w,
-                        n_lloyd=n_lloyd)
+                        n_lloyd=n_lloyd, center=shift if fast else None)
         if weights_init is not None:
             p = p._replace(weights=weights_init)
         if means_init is not None:
@@ -264,9 +363,7 @@ def _fit_compiled(X, key, sample_weight, weights_init, means_init, precisions_in
         return p
 
     params0 = jax.vmap(initial)(keys)
-    if X.shape[0] * X.shape[1] * n_components >= FAST_PATH_MIN_SIZE:
-        # Fast path: EM runs on X itself, each chunk centred at `shift` inside the pass, so the
-        # centred copy Xc is only alive during initialisation and a large X is held once.
+    if fast:
         params0 = params0._replace(means=params0.means + shift)
         e_step, m_step, repair = make_model(covariance_type, reg_covar, fast=True, center=shift)
         res = em.run_restarts(e_step, m_step, params0, (X, w), tol=tol, max_iter=max_iter,
@@ -371,14 +468,28 @@ def fit(
         means_init = jnp.asarray(v.check_means(means_init, k, d, dtype))
     if key is None:
         key = jax.random.key(0)
-    return _fit_compiled(
-        # device_put copies the host array once (jnp.asarray of a NumPy array can hold two copies
-        # at its peak), which matters for data near the memory limit.
-        jax.device_put(Xa), key, None if w is None else jnp.asarray(w), weights_init, means_init,
+    # On CPU, device_put uses a 64-byte-aligned NumPy buffer in place (no copy; JAX never writes
+    # to it) and copies any other one, so aligned data near the memory limit is held once.
+    Xd = jax.device_put(Xa)
+    res = _fit_compiled(
+        Xd, key, None if w is None else jnp.asarray(w), weights_init, means_init,
         prec_cov, jnp.asarray(tol, dtype), n_components=k, covariance_type=covariance_type,
         reg_covar=reg_covar, max_iter=max_iter, n_init=n_init, init_method=init_method,
         n_lloyd=n_lloyd, callback=callback,
     )
+    if _shares_memory(Xd, Xa):
+        # The fit runs asynchronously: finish it before returning, so that a later change to the
+        # caller's array cannot reach a running fit.
+        jax.block_until_ready(res)
+    return res
+
+
+def _shares_memory(x: Array, a: np.ndarray) -> bool:
+    """Whether the device array ``x`` is ``a``'s own buffer (zero-copy ``device_put`` on CPU)."""
+    try:
+        return x.unsafe_buffer_pointer() == a.__array_interface__["data"][0]
+    except Exception:  # not a single-device buffer, or no pointer on this backend
+        return False
 
 
 def as_key(random_state: Any) -> Array:

@@ -48,16 +48,16 @@ FULL_GRID = sorted({
 
 
 # ----------------------------------------------------------------------------- data, params
-def make_data(n, d, k, seed=0, dtype=np.float64):
+def make_data(n, d, k, seed=0, dtype=np.float64, out=None):
     """A mixture of ``k`` Gaussians in ``d`` dims with random SPD covariances, moderately
-    overlapping (so EM does not converge in a few steps)."""
+    overlapping (so EM does not converge in a few steps); written into ``out`` if given."""
     rng = np.random.default_rng(seed)
     means = rng.normal(scale=3.0, size=(k, d))
     a = rng.normal(size=(k, d, d)) / np.sqrt(d)
     covs = a @ np.swapaxes(a, 1, 2) + 0.3 * np.eye(d)
     labels = rng.integers(0, k, size=n)
     chol = np.linalg.cholesky(covs)
-    X = np.empty((n, d), dtype)
+    X = np.empty((n, d), dtype) if out is None else out
     for j in range(k):  # one component at a time: no (n, d, d) or float64 (n, d) temporaries
         idx = np.flatnonzero(labels == j)
         z = rng.standard_normal((idx.size, d), dtype=np.float32)

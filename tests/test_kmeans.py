@@ -1,0 +1,105 @@
+"""Chunked k-means and initialisation against dense references (NumPy Lloyd/assignment, the dense
+M-step on a centred copy, the one-block computation), with blocks that do and do not divide N."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from emjax import gmm, kmeans, mixture
+from tests.conftest import DTYPES
+
+N, D, K = 300, 3, 4
+CHUNKS = (100, 64)  # divides N / leaves a remainder block
+
+
+def _data(dtype, offset=0.0):
+    rng = np.random.default_rng(0)
+    means = rng.normal(scale=4.0, size=(K, D))
+    X = means[rng.integers(0, K, N)] + rng.normal(size=(N, D)) + offset
+    w = rng.uniform(0.5, 2.0, N)
+    return X.astype(dtype), w.astype(dtype)
+
+
+def _np_lloyd(X, c, n_iter, w):
+    X, c, w = (np.array(a, np.float64) for a in (X, c, w))
+    for _ in range(n_iter):
+        lab = np.argmin(((X[:, None] - c[None]) ** 2).sum(-1), 1)
+        for k in range(len(c)):
+            if w[lab == k].sum() > 0:
+                c[k] = (w[lab == k, None] * X[lab == k]).sum(0) / w[lab == k].sum()
+    return c
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("chunk", CHUNKS)
+def test_chunked_kmeans_equals_dense_reference(dtype, chunk):
+    X, w = _data(dtype, offset=50.0)
+    c = X.mean(0)
+    Xc = jnp.asarray(X - c)
+    key = jax.random.key(1)
+    tol = 2e-4 if dtype == np.float32 else 1e-10
+    for sw in (None, jnp.asarray(w)):
+        # k-means++ on X with the centre subtracted inside the blocks = on a centred copy in one
+        # block (the dense (n, trials) form).
+        cen, idx = kmeans.kmeans_plusplus(key, jnp.asarray(X), K, sw, center=jnp.asarray(c),
+                                          chunk_size=chunk)
+        cen0, idx0 = kmeans.kmeans_plusplus(key, Xc, K, sw, chunk_size=N)
+        np.testing.assert_array_equal(idx, idx0)
+        assert len(set(np.asarray(idx).tolist())) == K
+        np.testing.assert_allclose(cen, np.asarray(Xc)[np.asarray(idx)], rtol=tol, atol=tol)
+        assert cen.dtype == dtype
+        # Lloyd against NumPy's.
+        ww = np.ones(N) if sw is None else w
+        lc = kmeans.lloyd(jnp.asarray(X), cen0, 5, sw, center=jnp.asarray(c), chunk_size=chunk)
+        np.testing.assert_allclose(lc, _np_lloyd(Xc, cen0, 5, ww), rtol=tol, atol=tol * 10)
+        lab = kmeans.assign(jnp.asarray(X), lc, center=jnp.asarray(c), chunk_size=chunk)
+        np.testing.assert_array_equal(
+            lab, np.argmin(((np.asarray(Xc)[:, None] - np.asarray(lc)[None]) ** 2).sum(-1), 1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_chunked_init_params_equals_dense_m_step(dtype):
+    X, w = _data(dtype)
+    c = X.mean(0)
+    Xc = jnp.asarray(X - c)
+    key = jax.random.key(2)
+    tol = 2e-4 if dtype == np.float32 else 1e-9
+    cases = [("kmeans", 100, "full"), ("k-means++", 64, "diag"), ("random_from_data", 100, "tied"),
+             ("random", 64, "full")]
+    for init, chunk, cov_type in cases:
+        sw = jnp.asarray(w) if init == "kmeans" else None
+        p = mixture.init_params(key, jnp.asarray(X), K, covariance_type=cov_type,
+                                init_params=init, sample_weight=sw, n_lloyd=3,
+                                center=jnp.asarray(c), chunk_size=chunk)
+        if init == "random":
+            # The dense responsibilities built from the same per-block draws.
+            blocks = [jax.random.uniform(jax.random.fold_in(key, i), (min(chunk, N - s), K),
+                                         dtype) for i, s in enumerate(range(0, N, chunk))]
+            r = jnp.concatenate(blocks)
+            resp = r / jnp.sum(r, axis=1, keepdims=True)
+        else:
+            # Centres from the same seeding (checked above), then a dense one-hot M-step.
+            resp = mixture.responsibilities_init(key, Xc, K, init, sw, 3, chunk_size=N)
+        ref = gmm.m_step(resp, Xc, covariance_type=cov_type, sample_weight=sw)
+        assert p.means.dtype == dtype
+        jax.tree_util.tree_map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=tol, atol=tol), p, ref)
+
+
+def test_single_block_init_is_the_dense_computation_and_vmaps():
+    X, _ = _data(np.float64)
+    Xj = jnp.asarray(X)
+    keys = jax.random.split(jax.random.key(3), 3)
+    # One block covering X: bit for bit the dense M-step of the dense responsibilities.
+    for init in ("kmeans", "random"):
+        p = mixture.init_params(keys[0], Xj, K, init_params=init)
+        ref = gmm.m_step(mixture.responsibilities_init(keys[0], Xj, K, init), Xj)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, p, ref)
+    # Vmapped over restart keys (as fit does), chunked: equal to one call per key.
+    batched = jax.vmap(lambda k: mixture.init_params(k, Xj, K, chunk_size=64))(keys)
+    for i in range(3):
+        one = mixture.init_params(keys[i], Xj, K, chunk_size=64)
+        jax.tree_util.tree_map(
+            lambda a, b: np.testing.assert_allclose(a[i], b, rtol=1e-12, atol=1e-12),
+            batched, one)
