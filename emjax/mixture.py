@@ -468,20 +468,57 @@ def fit(
         means_init = jnp.asarray(v.check_means(means_init, k, d, dtype))
     if key is None:
         key = jax.random.key(0)
+    args = (key, None if w is None else jnp.asarray(w), weights_init, means_init, prec_cov,
+            jnp.asarray(tol, dtype))
+    static = dict(n_components=k, covariance_type=covariance_type, reg_covar=reg_covar,
+                  max_iter=max_iter, n_init=n_init, init_method=init_method, n_lloyd=n_lloyd,
+                  callback=callback)
+    if Xa.nbytes >= LARGE_DATA_BYTES:
+        _compile_first(Xa, args, static)
     # On CPU, device_put uses a 64-byte-aligned NumPy buffer in place (no copy; JAX never writes
     # to it) and copies any other one, so aligned data near the memory limit is held once.
     Xd = jax.device_put(Xa)
-    res = _fit_compiled(
-        Xd, key, None if w is None else jnp.asarray(w), weights_init, means_init,
-        prec_cov, jnp.asarray(tol, dtype), n_components=k, covariance_type=covariance_type,
-        reg_covar=reg_covar, max_iter=max_iter, n_init=n_init, init_method=init_method,
-        n_lloyd=n_lloyd, callback=callback,
-    )
+    res = _fit_compiled(Xd, *args, **static)
     if _shares_memory(Xd, Xa):
         # The fit runs asynchronously: finish it before returning, so that a later change to the
         # caller's array cannot reach a running fit.
         jax.block_until_ready(res)
     return res
+
+
+#: Data of at least this many bytes is fitted by a program compiled before the data is put on the
+#: device (see :func:`_compile_first`).
+LARGE_DATA_BYTES = 2**26
+
+_PRECOMPILED: set = set()
+
+
+def _compile_first(Xa: np.ndarray, args: tuple, static: dict) -> None:
+    """Compile the fitting program for ``Xa``'s shape before ``Xa`` is put on the device.
+
+    Compiling takes a few hundred MiB of heap for a moment; done while only the host copy of the
+    data exists, and with the freed heap handed back to the OS (glibc's ``malloc_trim``), that
+    memory is not stacked on the device copy. The call that follows finds the program in JAX's
+    cache (no second trace or compile).
+    """
+    sig = (Xa.shape, Xa.dtype.str, jax.tree_util.tree_structure(args),
+           tuple(getattr(a, "shape", None) for a in jax.tree_util.tree_leaves(args)),
+           tuple(sorted(static.items(), key=lambda kv: kv[0])))
+    try:
+        hash(sig)
+    except TypeError:
+        return
+    if sig in _PRECOMPILED:
+        return
+    X_spec = jax.ShapeDtypeStruct(Xa.shape, Xa.dtype)
+    _fit_compiled.lower(X_spec, *args, **static).compile()
+    _PRECOMPILED.add(sig)
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the freed heap stays with the process
+        pass
 
 
 def _shares_memory(x: Array, a: np.ndarray) -> bool:
