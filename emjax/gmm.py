@@ -15,6 +15,7 @@ import numpy as np
 from jax.scipy.special import logsumexp
 
 from emjax import covariance as cov_lib
+from emjax._chunks import fold_chunks, rows
 from emjax.covariance import Covariance
 
 Array = jax.Array
@@ -171,22 +172,15 @@ def suff_stats(
     k = ref.shape[0]
     if chunk_size is None:
         chunk_size = max(256, 2**20 // max(1, k * d))
-    chunk = int(min(chunk_size, n))
-    n_full, rem = divmod(n, chunk)
 
-    def part(start, size):
-        sl = lambda a: None if a is None else jax.lax.dynamic_slice_in_dim(a, start, size)
-        return _suff_stats_dense(sl(gamma), sl(X), ref, covariance_type, sl(sample_weight))
+    def part(acc, start, size):
+        st = _suff_stats_dense(rows(gamma, start, size), rows(X, start, size), ref,
+                               covariance_type, rows(sample_weight, start, size))
+        return jax.tree_util.tree_map(jnp.add, acc, st)
 
-    if n_full <= 1 and rem == 0:
-        acc = part(0, n)
-    else:
-        acc = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(lambda: part(0, chunk)))
-        acc = jax.lax.fori_loop(
-            0, n_full, lambda i, a: jax.tree_util.tree_map(jnp.add, a, part(i * chunk, chunk)),
-            acc)
-        if rem:
-            acc = jax.tree_util.tree_map(jnp.add, acc, part(n_full * chunk, rem))
+    shapes = jax.eval_shape(lambda: _suff_stats_dense(gamma, X, ref, covariance_type,
+                                                      sample_weight))
+    acc = fold_chunks(part, jax.tree_util.tree_map(jnp.zeros_like, shapes), n, chunk_size)
     return SuffStats(*acc, ref)
 
 
@@ -500,45 +494,21 @@ def _chunk_pass(params: GMMParams, X: Array, sample_weight: Array | None, chunk_
             return ll, (nk, _tdot(g, x), _tdot(xw, x))
         return ll, (nk, _tdot(g, x), _tdot(g, q))
 
-    chunk = int(min(chunk_size, n))
-    n_full, rem = divmod(n, chunk)
-    w_all = sample_weight
-
-    def slice_w(start, size):
-        if w_all is None:
-            return None
-        return jax.lax.dynamic_slice_in_dim(w_all, start, size)
-
-    ll_out = jnp.zeros((n,), dtype)
     if with_stats:
-        _, acc0 = jax.eval_shape(lambda: one(X[:1], None if w_all is None else w_all[:1]))
+        _, acc0 = jax.eval_shape(lambda: one(X[:1], rows(sample_weight, 0, 1)))
         acc0 = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), acc0)
     else:
         acc0 = None
 
-    def body(i, carry):
+    def part(carry, start, size):
         ll_buf, acc = carry
-        start = i * chunk
-        x = jax.lax.dynamic_slice_in_dim(X, start, chunk)
-        ll, st = one(x, slice_w(start, chunk))
+        ll, st = one(rows(X, start, size), rows(sample_weight, start, size))
         ll_buf = jax.lax.dynamic_update_slice_in_dim(ll_buf, ll, start, 0)
         if st is not None:
             acc = jax.tree_util.tree_map(jnp.add, acc, st)
         return ll_buf, acc
 
-    carry = (ll_out, acc0)
-    if n_full == 1:
-        carry = body(0, carry)
-    elif n_full > 1:
-        carry = jax.lax.fori_loop(0, n_full, body, carry)
-    if rem:
-        start = n_full * chunk
-        ll, st = one(X[start:], None if w_all is None else w_all[start:])
-        ll_buf, acc = carry
-        ll_buf = jax.lax.dynamic_update_slice_in_dim(ll_buf, ll, start, 0)
-        if st is not None:
-            acc = jax.tree_util.tree_map(jnp.add, acc, st)
-        carry = (ll_buf, acc)
+    carry = fold_chunks(part, (jnp.zeros((n,), dtype), acc0), n, chunk_size)
     return carry[0], carry[1], c
 
 

@@ -1,19 +1,19 @@
 """k-means++ seeding and Lloyd steps in JAX, used to initialise mixtures. Vmappable over keys.
 
-Every pass over the data runs ``chunk_size`` rows at a time (:func:`fold_chunks`), so memory is
-O(n_samples + chunk_size * n_clusters) on top of ``X``: no ``(n_samples, n_clusters)`` array is
-formed. An optional ``center`` is subtracted inside each chunk: ``f(X, center=c)`` computes what
-``f(X - c)`` does without the centred copy of ``X``.
+Every pass over the data runs ``chunk_size`` rows at a time (``emjax._chunks.fold_chunks``), so
+memory is O(n_samples + chunk_size * n_clusters) on top of ``X``: no ``(n_samples, n_clusters)``
+array is formed. An optional ``center`` is subtracted inside each chunk: ``f(X, center=c)``
+computes what ``f(X - c)`` does without the centred copy of ``X``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from emjax._chunks import fold_chunks, rows
 
 Array = jax.Array
 
@@ -22,33 +22,6 @@ def default_chunk_size(n_clusters: int, n_features: int) -> int:
     """Rows per chunk: each ``(chunk, max(n_clusters, n_features))`` block has about 2^20
     elements (4 MiB in float32), at least 256 rows."""
     return max(256, 2**20 // max(1, n_clusters, n_features))
-
-
-def fold_chunks(fn: Callable[[Any, Any, int], Any], carry: Any, n: int, chunk_size: int) -> Any:
-    """``carry = fn(carry, start, size)`` over consecutive row blocks covering ``range(n)``.
-
-    Blocks have ``size = min(chunk_size, n)`` rows (static) and a last, smaller block takes the
-    remainder; ``start`` is traced inside the loop. One block (``n <= chunk_size``) is a single
-    call with ``start = 0``, no loop.
-    """
-    chunk = int(min(chunk_size, n))
-    n_full, rem = divmod(n, chunk)
-    if n_full == 1:
-        carry = fn(carry, 0, chunk)
-    elif n_full > 1:
-        carry = jax.lax.fori_loop(0, n_full, lambda i, c: fn(c, i * chunk, chunk), carry)
-    if rem:
-        carry = fn(carry, n_full * chunk, rem)
-    return carry
-
-
-def rows(a: Array | None, start, size: int) -> Array | None:
-    """Rows ``start : start + size`` of ``a`` (``None`` stays ``None``)."""
-    if a is None:
-        return None
-    if isinstance(start, int) and start == 0 and size == a.shape[0]:
-        return a
-    return jax.lax.dynamic_slice_in_dim(a, start, size)
 
 
 def _centred(x: Array, center: Array | None) -> Array:

@@ -17,6 +17,7 @@ import numpy as np
 from emjax import _validation as v
 from emjax import covariance as cov_lib
 from emjax import em, gmm, kmeans
+from emjax._chunks import fold_chunks, rows
 from emjax.gmm import GMMParams
 
 Array = jax.Array
@@ -102,9 +103,9 @@ def _m_step_chunked(resp_of, X, sample_weight, center, *, n_components, covarian
     dtype = X.dtype
 
     def block(start, size):
-        x = kmeans.rows(X, start, size)
+        x = rows(X, start, size)
         x = x if center is None else x - center
-        return resp_of(start, size), x, kmeans.rows(sample_weight, start, size)
+        return resp_of(start, size), x, rows(sample_weight, start, size)
 
     def first(acc, start, size):
         g, x, ws = block(start, size)
@@ -112,7 +113,7 @@ def _m_step_chunked(resp_of, X, sample_weight, center, *, n_components, covarian
             g = g * ws[:, None]
         return acc[0] + jnp.sum(g, axis=0), acc[1] + g.T @ x
 
-    nk, sx = kmeans.fold_chunks(first, (jnp.zeros((k,), dtype), jnp.zeros((k, d), dtype)), n,
+    nk, sx = fold_chunks(first, (jnp.zeros((k,), dtype), jnp.zeros((k, d), dtype)), n,
                                 chunk_size)
     ref = sx / (nk + 10 * jnp.finfo(dtype).eps)[:, None]
 
@@ -126,7 +127,7 @@ def _m_step_chunked(resp_of, X, sample_weight, center, *, n_components, covarian
         resp_of(0, min(chunk_size, n)), X[: min(chunk_size, n)], ref,
         covariance_type=covariance_type))
     acc = tuple(jnp.zeros(a.shape, a.dtype) for a in zeros[:3])
-    nk, sx, sxx = kmeans.fold_chunks(second, acc, n, chunk_size)
+    nk, sx, sxx = fold_chunks(second, acc, n, chunk_size)
     return gmm.params_from_stats(gmm.SuffStats(nk, sx, sxx, ref),
                                  covariance_type=covariance_type, reg_covar=reg_covar)
 
@@ -177,7 +178,7 @@ def init_params(
                                 chunk_size)
 
         def resp_of(start, size):
-            x = kmeans.rows(X, start, size)
+            x = rows(X, start, size)
             x = x if center is None else x - center
             labels = jnp.argmin(kmeans.squared_distances(x, centers), axis=1)
             return jax.nn.one_hot(labels, k, dtype=dtype)
