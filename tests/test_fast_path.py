@@ -160,3 +160,36 @@ def test_packed_outer_products(dtype, d):
     got = gmm._packed_outer(jnp.asarray(x))
     assert got.dtype == dtype
     np.testing.assert_array_equal(got, x[:, iu] * x[:, ju])
+
+
+def test_whitened_full_path(monkeypatch):
+    """Full covariances past ``SELECT_GEMM_MAX_FEATURES`` in float32 take the whitened form
+    (``x @ [U_1 ... U_K]`` and one GEMM for the weighted scatters): same statistics and
+    log-likelihood as the dense reference. The threshold is lowered so D = 3 takes it."""
+    assert gmm._mode("full", 49, jnp.float32) == "whitened"
+    assert gmm._mode("full", 48, jnp.float32) == "full"
+    assert gmm._mode("full", 64, jnp.float64) == "full"
+    monkeypatch.setattr(gmm, "SELECT_GEMM_MAX_FEATURES", 2)
+    assert gmm._mode("full", D, jnp.float32) == "whitened"
+    X, Xj, wj, params = _problem(np.float32, "full", offset=20.0, seed=6)
+    rtol, atol = _tol(np.float32)
+
+    @jax.jit  # traced here, after the monkeypatch (a fresh cache)
+    def run(params, X, w):
+        log_resp, ll_ref = gmm.e_step_full(params, X)
+        out = []
+        for chunk in (50, 64):
+            stats, ll = gmm.e_step_stats(params, X, w, chunk_size=chunk)
+            dense = gmm.suff_stats(jnp.exp(log_resp), X, stats.ref, covariance_type="full",
+                                   sample_weight=w)
+            out.append((stats, ll, dense))
+        return ll_ref, out
+
+    ll_ref, out = run(params, Xj, wj)
+    for stats, ll, dense in out:
+        assert ll.dtype == np.float32 and stats.sxx.shape == (K, D, D)
+        np.testing.assert_allclose(ll, ll_ref, rtol=rtol, atol=atol)
+        np.testing.assert_allclose(stats.nk, dense.nk, rtol=rtol)
+        np.testing.assert_allclose(stats.sx, dense.sx, rtol=rtol, atol=atol * N)
+        np.testing.assert_allclose(stats.sxx, dense.sxx, rtol=rtol, atol=atol * N)
+        np.testing.assert_array_equal(stats.sxx, np.swapaxes(stats.sxx, 1, 2))
