@@ -94,7 +94,9 @@ def _precision_cholesky_of_matrix(cov: Array) -> Array:
     chol = jnp.linalg.cholesky(cov)
     bad = ~jnp.all(jnp.isfinite(chol), axis=(-1, -2), keepdims=True)
     scale = jnp.mean(jnp.diagonal(cov, axis1=-2, axis2=-1), axis=-1)[..., None, None]
-    jitter = 1e-6 * jnp.abs(scale) + jnp.finfo(cov.dtype).tiny ** 0.5
+    # The retry depends on the first factorisation (through ``bad``), so the two never run at
+    # the same time (see emjax._linalg).
+    jitter = jnp.where(bad, 1e-6 * jnp.abs(scale) + jnp.finfo(cov.dtype).tiny ** 0.5, 0.0)
     chol = jnp.where(bad, jnp.linalg.cholesky(cov + jitter * eye), chol)
     eye_b = jnp.broadcast_to(eye, cov.shape)
     return jnp.swapaxes(solve_triangular(chol, eye_b, lower=True), -1, -2)

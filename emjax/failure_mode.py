@@ -34,6 +34,7 @@ from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import logsumexp
 
 from emjax import em, kmeans
+from emjax._linalg import after
 
 Array = jax.Array
 
@@ -311,7 +312,8 @@ def posterior(params: FMMParams, data: FMMData) -> FMMPosterior:
     u = solve_triangular(CB, w[..., None], lower=True)
     v = solve_triangular(CB, u, lower=True, trans="T")[..., 0]  # B^{-1} w
     m = mu[None] + jnp.einsum("ckpq,lckq->lckp", G, v) * inv_s2[None, ..., None]
-    H = solve_triangular(CB, jnp.broadcast_to(_swap(G)[None], CB.shape), lower=True)
+    # after v's solves, not beside them (emjax._linalg)
+    H = solve_triangular(CB, after(jnp.broadcast_to(_swap(G)[None], CB.shape), v), lower=True)
     P = _swap(H) @ H
     fitted = jnp.einsum("lnp,lckp->lckn", data.design, m)
     res = (data.x[:, :, None] - fitted) * data.obs[:, :, None]

@@ -22,6 +22,7 @@ from jax.scipy.linalg import solve_triangular
 from emjax import _validation as v
 from emjax import covariance as cov_lib
 from emjax import em, gmm, mixture
+from emjax._linalg import after
 from emjax.gmm import GMMParams
 
 Array = jax.Array
@@ -181,7 +182,8 @@ def _relative_to_params(u: GMMUnconstrained, ref: GMMParams, covariance_type: st
     else:
         delta = u.means / pc0[:, None]
         pc = pc0 * jnp.exp(u.chol)
-    cov = cov_lib.from_precisions_cholesky(covariance_type, pc)
+    # the factor's solve after the means' solve, not beside it (emjax._linalg)
+    cov = cov_lib.from_precisions_cholesky(covariance_type, after(pc, delta))
     return GMMParams(jax.nn.softmax(u.logits), ref.means + delta, cov)
 
 

@@ -18,6 +18,7 @@ from emjax import _validation as v
 from emjax import covariance as cov_lib
 from emjax import em, gmm, kmeans
 from emjax._chunks import fold_chunks, rows
+from emjax._linalg import after
 from emjax.gmm import GMMParams
 
 Array = jax.Array
@@ -259,7 +260,8 @@ def reseed(params: GMMParams, empty: Array, X: Array, score: Array, *, covarianc
     cov = params.covariance
     if not isinstance(cov, cov_lib.TiedCovariance):
         healthy = healthy.astype(X.dtype)
-        c = cov.covariances
+        # Factorised after the M-step's own factorisation, never beside it (emjax._linalg).
+        c = after(cov.covariances, cov.precisions_cholesky)
         hb = healthy.reshape((-1,) + (1,) * (c.ndim - 1))
         avg = jnp.sum(hb * c, 0) / jnp.maximum(jnp.sum(healthy), 1.0)
         eb = empty.reshape(hb.shape)

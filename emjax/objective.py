@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from jax.scipy.special import logsumexp, xlogy
 
 from emjax import covariance as cov_lib
+from emjax._linalg import after
 from emjax.gmm import GMMParams
 
 Array = jax.Array
@@ -56,7 +57,7 @@ def gaussian_log_density(X: Array, mean: Array, cov: Array) -> Array:
     d = X.shape[-1]
     diff = X - mean
     sol = jnp.linalg.solve(cov, diff.T).T
-    _, logdet = jnp.linalg.slogdet(cov)
+    _, logdet = jnp.linalg.slogdet(after(cov, sol))  # not beside the solve (emjax._linalg)
     return -0.5 * (d * math.log(2.0 * math.pi) + logdet + jnp.sum(diff * sol, axis=-1))
 
 

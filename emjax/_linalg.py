@@ -1,0 +1,35 @@
+"""Ordering of LAPACK calls on CPU (a workaround for a jaxlib 0.10 thread-pool deadlock).
+
+jaxlib 0.10's CPU LAPACK kernels (Cholesky, triangular solve, LU, ``eigh``, ...) split a batch
+of about 256 KiB or more into pieces on XLA's intra-op thread pool and block the calling pool
+thread until the pieces are done. XLA:CPU runs independent operations concurrently, so two such
+calls can each hold a pool thread while their pieces wait behind each other in the queue: on a
+2-core machine every pool thread then waits and the program hangs with the CPU idle (observed:
+``emjax.fit`` with 16 full covariances of dimension 64 in float32 hung in an EM iteration, where
+the M-step's factorisations and those of the re-seeding were independent; upstream compiled the
+parallel path out in jaxlib 0.11.1, which the package index here does not offer yet). A call
+whose batch stays below that size runs inline and cannot hang.
+
+emjax therefore never leaves two factorisations or solves independent of each other: where they
+would be, :func:`after` adds a data dependency. (``jax.lax.optimization_barrier`` does not do
+this on CPU: XLA expands the barrier before scheduling and the thunk executor orders operations
+by data alone.) It costs one scalar and one addition of zero; values and gradients are unchanged.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def after(x, *deps):
+    """``x`` (a pytree of floating arrays), computed only once every array in ``deps`` is.
+
+    Adds ``z - z`` to every leaf, where ``z`` is one (finite-sanitised) element of the
+    dependencies: exactly zero, with zero derivative, and a dependency XLA keeps (it does not
+    fold ``z - z`` for floating point).
+    """
+    z = sum(jnp.ravel(d)[0].astype(jnp.float32) for d in deps)
+    z = jnp.where(jnp.isfinite(z), z, 0.0)
+    zero = z - z
+    return jax.tree_util.tree_map(lambda a: a + zero.astype(a.dtype), x)
