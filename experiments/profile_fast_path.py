@@ -107,7 +107,7 @@ def main():
     # Control flow (while / call thunks) contains the others: keep leaf operations only.
     leaves = [r for r in rows if not r["op"].startswith(("while", "call", "conditional"))]
     accounted = sum(r["ms_per_iter"] for r in leaves)
-    chunk = gmm.default_chunk_size(d, ct, dt.itemsize)
+    chunk = gmm.default_chunk_size(d, ct, dt.itemsize, k)
     out = {"n": n, "d": d, "k": k, "cov_type": ct, "dtype": args.dtype, "chunk_size": chunk,
            "wall_ms_per_iter": 1e3 * wall, "profiled_ops_ms_per_iter": accounted,
            "ops": leaves, "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -193,3 +193,17 @@ def test_whitened_full_path(monkeypatch):
         np.testing.assert_allclose(stats.sx, dense.sx, rtol=rtol, atol=atol * N)
         np.testing.assert_allclose(stats.sxx, dense.sxx, rtol=rtol, atol=atol * N)
         np.testing.assert_array_equal(stats.sxx, np.swapaxes(stats.sxx, 1, 2))
+
+
+@pytest.mark.parametrize("cov_type", ("diag", "spherical"))
+def test_row_major_diagonal_pass(monkeypatch, cov_type):
+    """Diagonal and spherical run on the transposed data by default; the row-major pass (the
+    ``TRANSPOSED_DIAGONAL = False`` alternative) gives the same statistics and likelihoods."""
+    _, Xj, wj, params = _problem(np.float64, cov_type, offset=5.0, seed=7)
+    fused = jax.jit(functools.partial(gmm.e_step_stats, chunk_size=64))
+    stats_t, ll_t = fused(params, Xj, wj)
+    monkeypatch.setattr(gmm, "TRANSPOSED_DIAGONAL", False)
+    stats_r, ll_r = jax.jit(functools.partial(gmm.e_step_stats, chunk_size=64))(params, Xj, wj)
+    np.testing.assert_allclose(ll_r, ll_t, rtol=1e-12, atol=1e-12)
+    for a, b in zip(stats_r, stats_t):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-10)
