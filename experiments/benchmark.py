@@ -119,7 +119,10 @@ def mean_log_likelihood(X, weights, means, covs, cov_type, max_rows=200_000):
     weights, means, covs = (np.asarray(a, np.float64) for a in (weights, means, covs))
     k, d = means.shape
     full = to_full(covs, cov_type, k, d)
-    chol = np.linalg.cholesky(full)
+    try:
+        chol = np.linalg.cholesky(full)
+    except np.linalg.LinAlgError:  # a library returned a covariance that is not SPD
+        return float("nan")
     out = np.empty((X.shape[0], k))
     for j in range(k):
         y = np.linalg.solve(chol[j], (X - means[j]).T)
