@@ -335,13 +335,14 @@ def responsibilities_mass(gamma: Array, sample_weight: Array | None = None) -> A
 # (a scalar loop; float64 keeps it: its GEMMs are not faster than the gather); and the
 # log-sum-exp takes one ``exp``.
 #
-# Past D = 48 in float32 the packed features cost more than the whitening they replace, and the
-# full covariances take the issue's "whitened" form instead: one GEMM ``x @ [U_1 ... U_K]``
-# (D, K D) whitens the chunk for every component at once, ``log N`` is minus half the squared
-# norm of each D-block, and one GEMM ``[g_1 x ... g_K x]^T @ x`` gives every weighted second
-# moment (float32, N = 3e4, K = 16, ms per E-step: D = 56: 61 against 157; D = 64: 65 against
-# 251; D = 96: 134 against 345; at D = 48 the packed form is faster, 47 against 54; float64
-# measured no better than its gather, 72-154 against 75-143 at D = 48-64, so it keeps it).
+# Past D = 48 in float32 (or with few components, 4 K <= D; see _mode) the packed features cost
+# more than the whitening they replace, and the full covariances take the "whitened" form: one
+# GEMM ``x @ [U_1 ... U_K]`` (D, K D) whitens the chunk for every component at once, ``log N``
+# is minus half the squared norm of each D-block, and one GEMM ``[g_1 x ... g_K x]^T @ x`` gives
+# every weighted second moment (float32, N = 3e4, K = 16, ms per E-step: D = 56: 61 against
+# 157; D = 64: 65 against 251; D = 96: 134 against 345; at D = 48 the packed form is faster,
+# 47 against 54; float64 measured no better than its gather, 72-154 against 75-143 at
+# D = 48-64, so it keeps it).
 
 DEFAULT_CHUNK_BYTES = 16 * 2**20
 TRANSPOSED_CHUNK_BYTES = 256 * 2**10
@@ -396,11 +397,15 @@ def default_chunk_size(n_features: int, covariance_type: str = "full", itemsize:
     return int(2 ** int(math.log2(max(256, min(32768, rows)))))
 
 
-def _mode(covariance_type: str, d: int, dtype) -> str:
+def _mode(covariance_type: str, d: int, dtype, k: int | None = None) -> str:
     """How the chunk pass forms the log-densities: the covariance type, or ``"whitened"`` for
-    full covariances past :data:`SELECT_GEMM_MAX_FEATURES` in float32 (see above)."""
-    if (covariance_type == "full" and d > SELECT_GEMM_MAX_FEATURES
-            and jnp.dtype(dtype) == jnp.float32):
+    float32 full covariances past :data:`SELECT_GEMM_MAX_FEATURES` or with few components,
+    ``4 K <= D``: the packed features cost ``D(D+1)/2`` columns whatever ``K`` is, the whitened
+    form ``K D`` (driver, N = 1e5, float32, ms per iteration, whitened against packed: D = 16:
+    K = 2 7.2 vs 13.0, K = 4 11.4 vs 13.3, K = 8 19.3 vs 13.5; D = 32: K = 4 37 vs 85,
+    K = 8 75 vs 92, K = 16 125 vs 102)."""
+    if covariance_type == "full" and jnp.dtype(dtype) == jnp.float32 and (
+            d > SELECT_GEMM_MAX_FEATURES or (k is not None and 4 * k <= d)):
         return "whitened"
     return covariance_type
 
@@ -551,7 +556,7 @@ def _chunk_pass(params: GMMParams, X: Array, sample_weight: Array | None, chunk_
     scatter ``sum w x x^T`` (D, D) and the second ``sum g x``."""
     n, d = X.shape
     dtype = X.dtype
-    mode = _mode(cov_lib.covariance_type_of(params.covariance), d, dtype)
+    mode = _mode(cov_lib.covariance_type_of(params.covariance), d, dtype, params.means.shape[0])
     c = (_shift(params) if center is None else jax.lax.stop_gradient(center)).astype(dtype)
     form = jax.tree_util.tree_map(lambda a: a.astype(dtype), _linear_form(params, c, mode))
     if TRANSPOSED_DIAGONAL and mode in ("diag", "spherical"):
@@ -641,7 +646,7 @@ def e_step_stats(
     ll, acc, c = _chunk_pass(params, X, sample_weight, chunk_size, True, center)
     ref = jnp.broadcast_to(c, (k, d))
     nk, sx = acc[0], acc[1]
-    if _mode(ctype, d, X.dtype) == "whitened":
+    if _mode(ctype, d, X.dtype, k) == "whitened":
         sxx = acc[2].reshape(k, d, d)
         sxx = 0.5 * (sxx + jnp.swapaxes(sxx, 1, 2))  # symmetric up to rounding
     elif ctype == "full":

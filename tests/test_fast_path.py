@@ -169,6 +169,8 @@ def test_whitened_full_path(monkeypatch):
     assert gmm._mode("full", 49, jnp.float32) == "whitened"
     assert gmm._mode("full", 48, jnp.float32) == "full"
     assert gmm._mode("full", 64, jnp.float64) == "full"
+    assert gmm._mode("full", 16, jnp.float32, 4) == "whitened"  # few components
+    assert gmm._mode("full", 16, jnp.float32, 5) == "full"
     monkeypatch.setattr(gmm, "SELECT_GEMM_MAX_FEATURES", 2)
     assert gmm._mode("full", D, jnp.float32) == "whitened"
     X, Xj, wj, params = _problem(np.float32, "full", offset=20.0, seed=6)
