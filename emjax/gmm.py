@@ -507,15 +507,14 @@ def _logsumexp_resp(lp: Array, axis: int = 1) -> tuple[Array, Array]:
     return jnp.squeeze(m + jnp.log(s), axis), e / s
 
 
-def _chunk_pass_transposed(X, sample_weight, chunk_size, with_stats, c, form):
-    """The chunk pass of diagonal and spherical covariances on ``X^T`` (``(D, N)``, transposed
-    once per pass): a chunk is ``D`` contiguous rows of ``chunk_size`` samples, the features
+def _transposed_chunk(c: Array, form: _Form, with_stats: bool):
+    """The chunk function of diagonal and spherical covariances on ``X^T`` (``(D, N)``,
+    transposed once per pass): a chunk is ``D`` contiguous rows of samples, the features
     ``[x^2; x]`` (``2D`` rows) stack along the major axis (a contiguous copy), one GEMM
     ``[Wq^T Wl^T] @ f`` gives the ``(K, chunk)`` log-densities, the log-sum-exp runs down the
     ``K`` rows (vectorised along the samples) and one GEMM ``g @ f^T`` gives every moment; no
     transpose inside the loop (see the measurements above :data:`TRANSPOSED_DIAGONAL`)."""
-    n, d = X.shape
-    xt_all = X.T
+    d = c.shape[0]
     w_cat = jnp.concatenate([form.wq.T, form.wl.T], axis=1)  # (K, 2D)
     b = form.b[:, None]
 
@@ -531,37 +530,11 @@ def _chunk_pass_transposed(X, sample_weight, chunk_size, with_stats, c, form):
         st = jax.lax.dot_general(g, f, (((1,), (1,)), ((), ())), precision=_HIGHEST)
         return ll, (jnp.sum(g, axis=1), st[:, d:], st[:, :d])
 
-    if with_stats:
-        k = form.b.shape[0]
-        acc0 = tuple(jnp.zeros(s, X.dtype) for s in ((k,), (k, d), (k, d)))
-    else:
-        acc0 = None
-
-    def part(carry, start, size):
-        ll_buf, acc = carry
-        xt = jax.lax.dynamic_slice_in_dim(xt_all, start, size, 1)
-        ll, st = one(xt, rows(sample_weight, start, size))
-        ll_buf = jax.lax.dynamic_update_slice_in_dim(ll_buf, ll, start, 0)
-        if st is not None:
-            acc = jax.tree_util.tree_map(jnp.add, acc, st)
-        return ll_buf, acc
-
-    return fold_chunks(part, (jnp.zeros((n,), X.dtype), acc0), n, chunk_size)
+    return one
 
 
-def _chunk_pass(params: GMMParams, X: Array, sample_weight: Array | None, chunk_size: int,
-                with_stats: bool, center: Array | None = None):
-    """Per-sample log-likelihood ``(N,)`` and, if ``with_stats``, the statistics about the centre
-    ``c`` as ``(nk (K,), sum g l(x) (K, D), sum g q(x) (K, T))``; for tied the last is the pooled
-    scatter ``sum w x x^T`` (D, D) and the second ``sum g x``."""
-    n, d = X.shape
-    dtype = X.dtype
-    mode = _mode(cov_lib.covariance_type_of(params.covariance), d, dtype, params.means.shape[0])
-    c = (_shift(params) if center is None else jax.lax.stop_gradient(center)).astype(dtype)
-    form = jax.tree_util.tree_map(lambda a: a.astype(dtype), _linear_form(params, c, mode))
-    if TRANSPOSED_DIAGONAL and mode in ("diag", "spherical"):
-        ll, acc = _chunk_pass_transposed(X, sample_weight, chunk_size, with_stats, c, form)
-        return ll, acc, c
+def _row_chunk(c: Array, form: _Form, mode: str, with_stats: bool):
+    """The chunk function of the row-major pass: ``(ll, statistics)`` of ``x`` (rows)."""
 
     def one(x, w):
         x = x - c
@@ -582,15 +555,40 @@ def _chunk_pass(params: GMMParams, X: Array, sample_weight: Array | None, chunk_
             return ll, (nk, _tdot(g, x), _tdot(gx, x))
         return ll, (nk, _tdot(g, x), _tdot(g, q))
 
+    return one
+
+
+def _chunk_pass(params: GMMParams, X: Array, sample_weight: Array | None, chunk_size: int,
+                with_stats: bool, center: Array | None = None):
+    """Per-sample log-likelihood ``(N,)`` and, if ``with_stats``, the statistics about the centre
+    ``c`` as ``(nk (K,), sum g l(x) (K, D), sum g q(x) (K, T))``; for tied the last is the pooled
+    scatter ``sum w x x^T`` (D, D) and the second ``sum g x``."""
+    n, d = X.shape
+    dtype = X.dtype
+    mode = _mode(cov_lib.covariance_type_of(params.covariance), d, dtype, params.means.shape[0])
+    c = (_shift(params) if center is None else jax.lax.stop_gradient(center)).astype(dtype)
+    form = jax.tree_util.tree_map(lambda a: a.astype(dtype), _linear_form(params, c, mode))
+    if TRANSPOSED_DIAGONAL and mode in ("diag", "spherical"):
+        xt_all = X.T
+        one = _transposed_chunk(c, form, with_stats)
+
+        def take(start, size):
+            return jax.lax.dynamic_slice_in_dim(xt_all, start, size, 1)
+    else:
+        one = _row_chunk(c, form, mode, with_stats)
+
+        def take(start, size):
+            return rows(X, start, size)
+
     if with_stats:
-        _, acc0 = jax.eval_shape(lambda: one(X[:1], rows(sample_weight, 0, 1)))
+        _, acc0 = jax.eval_shape(lambda: one(take(0, 1), rows(sample_weight, 0, 1)))
         acc0 = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), acc0)
     else:
         acc0 = None
 
     def part(carry, start, size):
         ll_buf, acc = carry
-        ll, st = one(rows(X, start, size), rows(sample_weight, start, size))
+        ll, st = one(take(start, size), rows(sample_weight, start, size))
         ll_buf = jax.lax.dynamic_update_slice_in_dim(ll_buf, ll, start, 0)
         if st is not None:
             acc = jax.tree_util.tree_map(jnp.add, acc, st)
