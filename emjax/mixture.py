@@ -280,7 +280,7 @@ FAST_PATH_MIN_SIZE = 2**20
 
 def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 1e-3, *,
                fast: bool | None = None, chunk_size: int | None = None,
-               center: Array | None = None):
+               center: Array | None = None, X_t: Array | None = None):
     """The GMM as the driver sees it: ``(e_step, m_step, repair)`` over ``data = (X, w)``.
 
     ``fast=True``: the E-step is :func:`emjax.gmm.e_step_stats`, one chunked pass
@@ -295,6 +295,9 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
     ``(n_samples, n_components, n_features)`` intermediates of the dense steps start to cost
     time and memory; small problems keep the dense steps.
 
+    ``X_t``: optional ``X.T``, computed once by the caller outside the EM loop, for the fast
+    diagonal and spherical pass (:func:`emjax.gmm.e_step_stats`); without it each pass transposes.
+
     ``repair`` is :func:`reseed_empty`: it re-seeds every component whose responsibility mass
     fell below ``empty_threshold`` (in units of the mean sample weight), reading the mass from
     the statistics and the worst-explained samples from the per-sample log-likelihoods.
@@ -308,7 +311,8 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
     def e_step(params, data):
         X, w = data
         if use_fast(params, X):
-            stats, ll = gmm.e_step_stats(params, X, w, chunk_size=chunk_size, center=center)
+            stats, ll = gmm.e_step_stats(params, X, w, chunk_size=chunk_size, center=center,
+                                         X_t=X_t)
             return (stats, ll), gmm._mean(ll, w)
         log_resp, ll = gmm.e_step_full(params, X)
         return (log_resp, ll), gmm._mean(ll, w)
@@ -370,7 +374,10 @@ def _fit_compiled(X, key, sample_weight, weights_init, means_init, precisions_in
     params0 = jax.vmap(initial)(keys)
     if fast:
         params0 = params0._replace(means=params0.means + shift)
-        e_step, m_step, repair = make_model(covariance_type, reg_covar, fast=True, center=shift)
+        # The diagonal/spherical pass reads X^T: transposed once here, not in every iteration.
+        xt = X.T if gmm.transposed_pass(covariance_type) else None
+        e_step, m_step, repair = make_model(covariance_type, reg_covar, fast=True, center=shift,
+                                            X_t=xt)
         res = em.run_restarts(e_step, m_step, params0, (X, w), tol=tol, max_iter=max_iter,
                               repair=repair, callback=callback)
     else:
