@@ -82,12 +82,24 @@ def _symmetrise(a: Array) -> Array:
     return 0.5 * (a + jnp.swapaxes(a, -1, -2))
 
 
-def _precision_cholesky_of_matrix(cov: Array) -> Array:
-    """Upper-triangular ``U`` with ``inv(cov) = U U^T`` for a batch of SPD matrices.
+def relative_jitter(dtype, n_features: int) -> float:
+    """The diagonal jitter, relative to the mean variance, with which a covariance that is not
+    positive definite in ``dtype`` is factorised: ``max(1e-6, 10 n_features eps)``, above the
+    rounding error of a Cholesky factorisation (about ``n_features eps`` relative): 1e-6 in
+    float64, 1.2e-5 at 10 features and 7.6e-5 at 64 in float32."""
+    return max(1e-6, 10.0 * n_features * float(jnp.finfo(dtype).eps))
 
-    A matrix whose Cholesky factorisation fails in finite precision (e.g. float32 at extreme
-    scales) is retried once with a jitter of ``1e-6 * mean(diag)`` (plus ``tiny``); this keeps
-    every factor finite inside compiled code, where nothing can raise.
+
+def _precision_cholesky_of_matrix(cov: Array) -> tuple[Array, Array]:
+    """Upper-triangular ``U`` with ``inv(cov) = U U^T`` for a batch of SPD matrices, and the
+    jitter ``(..., 1, 1)`` that was added to the diagonal (0 where none was).
+
+    A matrix whose Cholesky factorisation fails in finite precision (not positive definite in
+    the working precision: e.g. a float32 covariance of fewer samples than features, from
+    moments about a distant centre) is retried once with a jitter of
+    :func:`relative_jitter` ``* mean(diag)`` (plus ``sqrt(tiny)``); this keeps every factor
+    finite inside compiled code, where nothing can raise. A matrix further from definite than
+    that keeps a non-finite factor (the EM driver then reports a non-finite step).
     """
     d = cov.shape[-1]
     eye = jnp.eye(d, dtype=cov.dtype)
@@ -96,20 +108,36 @@ def _precision_cholesky_of_matrix(cov: Array) -> Array:
     scale = jnp.mean(jnp.diagonal(cov, axis1=-2, axis2=-1), axis=-1)[..., None, None]
     # The retry depends on the first factorisation (through ``bad``), so the two never run at
     # the same time (see emjax._linalg).
-    jitter = jnp.where(bad, 1e-6 * jnp.abs(scale) + jnp.finfo(cov.dtype).tiny ** 0.5, 0.0)
+    rel = relative_jitter(cov.dtype, d)
+    jitter = jnp.where(bad, rel * jnp.abs(scale) + jnp.finfo(cov.dtype).tiny ** 0.5, 0.0)
     chol = jnp.where(bad, jnp.linalg.cholesky(cov + jitter * eye), chol)
     eye_b = jnp.broadcast_to(eye, cov.shape)
-    return jnp.swapaxes(solve_triangular(chol, eye_b, lower=True), -1, -2)
+    return jnp.swapaxes(solve_triangular(chol, eye_b, lower=True), -1, -2), jitter
 
 
-def from_covariances(covariance_type: str, covariances: Array) -> Covariance:
-    """Build a covariance pytree (with its precision Cholesky factors) from covariances."""
+def from_covariances_checked(covariance_type: str, covariances: Array) -> tuple[Covariance, Array]:
+    """:func:`from_covariances`, and whether any matrix had to be regularised (a bool scalar).
+
+    A full or tied matrix that is not positive definite in the working precision is factorised
+    with a jitter on its diagonal (see :func:`_precision_cholesky_of_matrix`); the returned
+    ``covariances`` then hold that regularised matrix, so they are the exact inverse of
+    ``U U^T`` rather than an indefinite matrix beside a finite factor. Diagonal and spherical
+    variances are used as given (a non-positive variance gives a non-finite factor, which the
+    EM driver reports as a non-finite step).
+    """
     covariances = jnp.asarray(covariances)
     cls = COVARIANCE_CLASSES[covariance_type]
     if covariance_type in ("full", "tied"):
         covariances = _symmetrise(covariances)
-        return cls(covariances, _precision_cholesky_of_matrix(covariances))
-    return cls(covariances, jax.lax.rsqrt(covariances))
+        pc, jitter = _precision_cholesky_of_matrix(covariances)
+        eye = jnp.eye(covariances.shape[-1], dtype=covariances.dtype)
+        return cls(covariances + jitter * eye, pc), jnp.any(jitter > 0)
+    return cls(covariances, jax.lax.rsqrt(covariances)), jnp.array(False)
+
+
+def from_covariances(covariance_type: str, covariances: Array) -> Covariance:
+    """Build a covariance pytree (with its precision Cholesky factors) from covariances."""
+    return from_covariances_checked(covariance_type, covariances)[0]
 
 
 def from_precisions_cholesky(covariance_type: str, precisions_cholesky: Array) -> Covariance:

@@ -3,7 +3,7 @@
 The driver knows a model only through three pure functions::
 
     e_step(params, data) -> (estats, log_likelihood)   # log_likelihood: a scalar to monitor
-    m_step(estats, data) -> params
+    m_step(estats, data) -> params                      # or Flagged(params, status bits)
     repair(params, estats, data) -> (params, flags)    # optional: re-seed degenerate parts
 
 ``data`` is any pytree (e.g. ``(X, sample_weight)``); it is closed over by the loop body, never
@@ -25,12 +25,23 @@ STATUS_OK = 0
 STATUS_RESEEDED = 1  # a component emptied or collapsed and was re-seeded inside the loop
 STATUS_NONFINITE = 2  # a step produced NaN/inf; the fit stopped at the last finite parameters
 STATUS_DECREASED = 4  # the monitored log-likelihood fell by more than round-off (not a re-seed)
+STATUS_REGULARISED = 8  # a covariance was not positive definite in the working precision and was
+#                         factorised with a jitter on its diagonal (stored with it)
 
 STATUS_NAMES = {
     STATUS_RESEEDED: "reseeded",
     STATUS_NONFINITE: "non-finite step (stopped at last finite parameters)",
     STATUS_DECREASED: "log-likelihood decreased",
+    STATUS_REGULARISED: "covariance not positive definite, regularised (increase reg_covar)",
 }
+
+
+class Flagged(NamedTuple):
+    """What an ``m_step`` may return instead of bare parameters: the parameters and status bits
+    (``STATUS_*``) to record, e.g. ``STATUS_REGULARISED`` when a covariance needed a jitter."""
+
+    params: Any
+    flags: Array
 
 
 def describe_status(status: int) -> str:
@@ -134,9 +145,11 @@ def run(
         ll = ll.astype(dtype)
         new_params = m_step(estats, data)
         flags = jnp.int32(0)
+        if isinstance(new_params, Flagged):
+            new_params, flags = new_params.params, jnp.asarray(new_params.flags, jnp.int32)
         if repair is not None:
-            new_params, flags = repair(new_params, estats, data)
-            flags = jnp.asarray(flags, jnp.int32)
+            new_params, repair_flags = repair(new_params, estats, data)
+            flags = flags | jnp.asarray(repair_flags, jnp.int32)
         finite = jnp.isfinite(ll) & _all_finite(new_params)
         change = ll - s.ll_prev
         reseeded = (flags & STATUS_RESEEDED) != 0

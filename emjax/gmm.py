@@ -192,6 +192,15 @@ def params_from_stats(stats: SuffStats, *, covariance_type: str = "full",
        N_k = n_k + 10\epsilon,\ \pi_k = N_k/\sum_j N_j,\ d_k = s_{x,k}/N_k,\
        \mu_k = r_k + d_k,\ \Sigma_k = S_{xx,k}/N_k - d_k d_k^T + r I
     """
+    return params_from_stats_checked(stats, covariance_type=covariance_type,
+                                     reg_covar=reg_covar)[0]
+
+
+def params_from_stats_checked(stats: SuffStats, *, covariance_type: str = "full",
+                              reg_covar: float = 1e-6) -> tuple[GMMParams, Array]:
+    """:func:`params_from_stats`, and whether a covariance was not positive definite in the
+    working precision and got a jitter on its diagonal (a bool scalar; see
+    :func:`emjax.covariance.from_covariances_checked`)."""
     dtype = stats.sx.dtype
     nk = stats.nk + 10 * jnp.finfo(dtype).eps
     delta = stats.sx / nk[:, None]
@@ -207,7 +216,8 @@ def params_from_stats(stats: SuffStats, *, covariance_type: str = "full",
     else:
         var = stats.sxx / nk[:, None] - delta * delta + reg_covar
         covs = var if covariance_type == "diag" else jnp.mean(var, axis=1)
-    return GMMParams(nk / jnp.sum(nk), means, cov_lib.from_covariances(covariance_type, covs))
+    cov, regularised = cov_lib.from_covariances_checked(covariance_type, covs)
+    return GMMParams(nk / jnp.sum(nk), means, cov), regularised
 
 
 def m_step(
@@ -234,12 +244,19 @@ def m_step(
       reg_covar: static; added to the covariance diagonal.
       sample_weight: optional ``(n_samples,)`` weights multiplying the responsibilities.
     """
+    stats = m_step_stats(gamma, X, covariance_type=covariance_type, sample_weight=sample_weight)
+    return params_from_stats(stats, covariance_type=covariance_type, reg_covar=reg_covar)
+
+
+def m_step_stats(gamma: Array, X: Array, *, covariance_type: str = "full",
+                 sample_weight: Array | None = None) -> SuffStats:
+    """The statistics :func:`m_step` completes: moments about the new means themselves (a first
+    pass over ``X`` for the means, a second for the scatter about them)."""
     g = gamma if sample_weight is None else gamma * sample_weight[:, None]
     nk = jnp.sum(g, axis=0) + 10 * jnp.finfo(X.dtype).eps
     ref = (g.T @ X) / nk[:, None]
-    stats = suff_stats(gamma, X, ref, covariance_type=covariance_type,
-                       sample_weight=sample_weight)
-    return params_from_stats(stats, covariance_type=covariance_type, reg_covar=reg_covar)
+    return suff_stats(gamma, X, ref, covariance_type=covariance_type,
+                      sample_weight=sample_weight)
 
 
 def score_samples(params: GMMParams, X: Array) -> Array:

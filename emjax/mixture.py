@@ -298,6 +298,9 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
     ``X_t``: optional ``X.T``, computed once by the caller outside the EM loop, for the fast
     diagonal and spherical pass (:func:`emjax.gmm.e_step_stats`); without it each pass transposes.
 
+    The M-step reports ``em.STATUS_REGULARISED`` when a covariance was not positive definite in
+    the working precision and was factorised with a jitter (:class:`emjax.em.Flagged`).
+
     ``repair`` is :func:`reseed_empty`: it re-seeds every component whose responsibility mass
     fell below ``empty_threshold`` (in units of the mean sample weight), reading the mass from
     the statistics and the worst-explained samples from the per-sample log-likelihoods.
@@ -318,12 +321,14 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
         return (log_resp, ll), gmm._mean(ll, w)
 
     def m_step(estats, data):
-        if isinstance(estats[0], gmm.SuffStats):
-            return gmm.params_from_stats(estats[0], covariance_type=covariance_type,
-                                         reg_covar=reg_covar)
-        X, w = data
-        return gmm.m_step(jnp.exp(estats[0]), X, covariance_type=covariance_type,
-                          reg_covar=reg_covar, sample_weight=w)
+        stats = estats[0]
+        if not isinstance(stats, gmm.SuffStats):
+            X, w = data
+            stats = gmm.m_step_stats(jnp.exp(stats), X, covariance_type=covariance_type,
+                                     sample_weight=w)
+        params, regularised = gmm.params_from_stats_checked(
+            stats, covariance_type=covariance_type, reg_covar=reg_covar)
+        return em.Flagged(params, jnp.where(regularised, em.STATUS_REGULARISED, 0))
 
     def mass(estats, w):
         # The repair accepts either E-step's statistics: (SuffStats, ll) or (log_resp, ll)

@@ -204,6 +204,11 @@ class GaussianMixture:
         if self.status_ & em.STATUS_NONFINITE:
             warnings.warn(f"EM hit a non-finite step ({em.describe_status(self.status_)}); "
                           "the returned parameters are the last finite ones.", stacklevel=3)
+        if self.status_ & em.STATUS_REGULARISED:
+            warnings.warn("A covariance of the best restart was not positive definite in "
+                          f"{np.dtype(self._dtype).name} and was regularised with a jitter on its "
+                          "diagonal; increase reg_covar, use float64, or fewer components.",
+                          stacklevel=3)
         return self
 
     # -- using the model -----------------------------------------------------------------------

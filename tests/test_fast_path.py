@@ -4,6 +4,7 @@ sizes that do and do not divide the number of samples."""
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,7 +64,9 @@ def _both_paths(params, X, w, cov_type):
         new = gmm.params_from_stats(stats, covariance_type=cov_type)
         scored = gmm.score_samples_chunked(params, X, chunk_size=chunk)
         fast.append((stats, ll, dense, new, scored, chunked))
-    return ll_ref, ref_params, fast
+    # The driver's form: X^T handed in once (read by the diagonal and spherical pass).
+    given_t = gmm.e_step_stats(params, X, w, chunk_size=CHUNKS[0], X_t=X.T)
+    return ll_ref, ref_params, fast, given_t
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -71,7 +74,8 @@ def _both_paths(params, X, w, cov_type):
 def test_e_step_stats_equals_dense_path(cov_type, dtype):
     X, Xj, wj, params = _problem(dtype, cov_type, offset=20.0)
     rtol, atol = _tol(dtype)
-    ll_ref, ref_params, fast = _both_paths(params, Xj, wj, cov_type)
+    ll_ref, ref_params, fast, given_t = _both_paths(params, Xj, wj, cov_type)
+    chex.assert_trees_all_equal(given_t, fast[0][:2])
     # independent check of the reference log-likelihood itself
     lp = _numpy_log_prob(params, X.astype(dtype).astype(np.float64))
     np.testing.assert_allclose(ll_ref, np.logaddexp.reduce(lp, axis=1), rtol=10 * rtol)

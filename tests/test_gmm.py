@@ -207,3 +207,83 @@ def test_precision_cholesky_round_trip():
         a = cov_lib.from_covariances(cov_type, c)
         b = cov_lib.from_precisions_cholesky(cov_type, a.precisions_cholesky)
         np.testing.assert_allclose(b.covariances, c, rtol=1e-10)
+
+
+def _indefinite(rng, k, d, dtype):
+    """``k`` symmetric ``d x d`` matrices with one eigenvalue of ``-0.3`` times the retry's
+    jitter (a covariance of fewer samples than features, after rounding): not positive definite
+    in ``dtype``, but within the jitter of ``relative_jitter * mean(diag)``."""
+    out = []
+    rel = cov_lib.relative_jitter(dtype, d)
+    for _ in range(k):
+        q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+        lam = rng.uniform(0.5, 2.0, size=d)
+        lam[0] = -0.3 * rel * lam.mean()
+        out.append((q * lam) @ q.T)
+    return np.stack(out).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_non_positive_definite_covariance_is_regularised_and_flagged(dtype):
+    """A full covariance that is not positive definite gets a diagonal jitter; the stored
+    covariance is then the SPD matrix that was factorised (its inverse is U U^T), the flag is
+    set, and an SPD input is left bit for bit as it was, with the flag clear."""
+    rng = np.random.default_rng(11)
+    d = 5
+    bad = _indefinite(rng, 2, d, dtype)
+    assert np.linalg.eigvalsh(bad.astype(np.float64)).min() < 0
+    # One matrix of the batch is SPD: it keeps its value.
+    good = np.asarray(random_params(rng, 1, d, "full", np.float64)[2][0], dtype)
+    covs = np.stack([bad[0], good, bad[1]])
+    cov, flag = cov_lib.from_covariances_checked("full", covs)
+    assert bool(flag)
+    stored = np.asarray(cov.covariances, np.float64)
+    u = np.asarray(cov.precisions_cholesky, np.float64)
+    assert np.all(np.isfinite(u))
+    assert np.linalg.eigvalsh(stored).min(axis=1).min() > 0
+    # inv(U U^T) = U^-T U^-1 reproduces the stored matrix to a backward error of a few d eps
+    # (a forward check of stored @ U U^T = I would measure the condition number instead).
+    eps = np.finfo(dtype).eps
+    for j in range(3):
+        ui = np.linalg.inv(u[j])
+        err = np.abs(ui.T @ ui - stored[j]).max() / np.abs(stored[j]).max()
+        assert err < 10 * d * eps, (j, err)
+    sym = 0.5 * (covs + np.swapaxes(covs, 1, 2)).astype(np.float64)
+    for j in (0, 2):  # the documented jitter: relative_jitter * mean(diag) (+ sqrt(tiny))
+        jit = cov_lib.relative_jitter(dtype, d) * np.trace(sym[j]) / d
+        np.testing.assert_allclose(stored[j] - sym[j], jit * np.eye(d),
+                                   atol=1e-3 * jit + 2 * eps * np.abs(sym[j]).max())
+    np.testing.assert_array_equal(np.asarray(cov.covariances)[1], np.asarray(sym[1], dtype))
+    spd, flag = cov_lib.from_covariances_checked("full", good[None])
+    assert not bool(flag)
+    np.testing.assert_array_equal(np.asarray(spd.covariances)[0], good)
+
+
+def test_driver_reports_regularised_covariance():
+    """The GMM model's M-step returns em.Flagged with STATUS_REGULARISED when a covariance
+    needed the jitter, and em.run records the bit in the fit's status (and not otherwise)."""
+    import jax
+    import jax.numpy as jnp
+
+    from emjax import em, mixture
+
+    rng = np.random.default_rng(3)
+    k, d = 2, 4
+    for indefinite in (True, False):
+        covs = (_indefinite(rng, k, d, np.float64) if indefinite
+                else random_params(rng, k, d, "full", np.float64)[2])
+        nk = jnp.asarray([40.0, 60.0])
+        ref = jnp.zeros((k, d))
+        stats = gmm.SuffStats(nk, jnp.zeros((k, d)), nk[:, None, None] * jnp.asarray(covs), ref)
+        _, m_step, _ = mixture.make_model("full", 0.0)
+        out = m_step((stats, jnp.zeros(8)), (jnp.zeros((8, d)), None))
+        assert isinstance(out, em.Flagged)
+        assert bool(int(out.flags) & em.STATUS_REGULARISED) == indefinite
+        # em.run with an E-step that returns these statistics every iteration.
+        params0 = out.params
+        res = jax.jit(lambda p: em.run(lambda p_, data: ((stats, jnp.zeros(8)), jnp.float64(-1.0)),
+                                       m_step, p, (jnp.zeros((8, d)), None), tol=1e-3,
+                                       max_iter=3))(params0)
+        assert bool(int(res.status) & em.STATUS_REGULARISED) == indefinite
+        if indefinite:
+            assert "regularised" in emjax.describe_status(int(res.status))
