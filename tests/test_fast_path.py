@@ -91,6 +91,9 @@ def test_e_step_stats_equals_dense_path(cov_type, dtype):
         np.testing.assert_allclose(stats.sx, dense.sx, rtol=rtol, atol=atol * N)
         if cov_type == "tied":  # pooled: only the sum over components is defined
             np.testing.assert_allclose(stats.sxx.sum(0), dense.sxx.sum(0), rtol=rtol)
+        elif cov_type == "spherical":  # only the sum over features is defined
+            np.testing.assert_allclose(stats.sxx.sum(1), dense.sxx.sum(1), rtol=rtol,
+                                       atol=atol * N)
         else:
             np.testing.assert_allclose(stats.sxx, dense.sxx, rtol=rtol, atol=atol * N)
         assert new.means.dtype == dtype
@@ -211,5 +214,11 @@ def test_row_major_diagonal_pass(monkeypatch, cov_type):
     monkeypatch.setattr(gmm, "TRANSPOSED_DIAGONAL", False)
     stats_r, ll_r = jax.jit(functools.partial(gmm.e_step_stats, chunk_size=64))(params, Xj, wj)
     np.testing.assert_allclose(ll_r, ll_t, rtol=1e-12, atol=1e-12)
+    chex.assert_trees_all_close(gmm.params_from_stats(stats_r, covariance_type=cov_type),
+                                gmm.params_from_stats(stats_t, covariance_type=cov_type),
+                                rtol=1e-11, atol=1e-12)
+    if cov_type == "spherical":  # the transposed pass computes only the sum over features
+        stats_r = stats_r._replace(sxx=stats_r.sxx.sum(1))
+        stats_t = stats_t._replace(sxx=stats_t.sxx.sum(1))
     for a, b in zip(stats_r, stats_t):
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-10)
