@@ -374,6 +374,9 @@ TRANSPOSED_DIAGONAL = True
 #: D = 24: 36 vs 55; D = 32: 104 vs 167; D = 48: 448 vs 744; larger D was not measured).
 SELECT_GEMM_MAX_FEATURES = 48
 
+#: Full covariances take the whitened form when ``FEW_COMPONENTS_RATIO * K <= D`` (see _mode).
+FEW_COMPONENTS_RATIO = 4
+
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -424,13 +427,16 @@ def default_chunk_size(n_features: int, covariance_type: str = "full", itemsize:
 
 def _mode(covariance_type: str, d: int, dtype, k: int | None = None) -> str:
     """How the chunk pass forms the log-densities: the covariance type, or ``"whitened"`` for
-    float32 full covariances past :data:`SELECT_GEMM_MAX_FEATURES` or with few components,
-    ``4 K <= D``: the packed features cost ``D(D+1)/2`` columns whatever ``K`` is, the whitened
-    form ``K D`` (driver, N = 1e5, float32, ms per iteration, whitened against packed: D = 16:
-    K = 2 7.2 vs 13.0, K = 4 11.4 vs 13.3, K = 8 19.3 vs 13.5; D = 32: K = 4 37 vs 85,
-    K = 8 75 vs 92, K = 16 125 vs 102)."""
-    if covariance_type == "full" and jnp.dtype(dtype) == jnp.float32 and (
-            d > SELECT_GEMM_MAX_FEATURES or (k is not None and 4 * k <= d)):
+    full covariances with few components, ``4 K <= D``, and float32 full covariances past
+    :data:`SELECT_GEMM_MAX_FEATURES`: the packed features cost ``D(D+1)/2`` columns whatever
+    ``K`` is, the whitened form ``K D`` (driver, N = 1e5, ms per iteration, whitened against
+    packed: float32 D = 16: K = 2 7.2 vs 13.0, K = 4 11.4 vs 13.3, K = 8 19.3 vs 13.5; D = 32:
+    K = 4 37 vs 85, K = 8 75 vs 92, K = 16 125 vs 102; float64 D = 16: K = 2 14.7 vs 26.8,
+    K = 4 22.2 vs 30.0, K = 8 35.8 vs 34.7, K = 16 85 vs 45; D = 32, K = 16 188 vs 188)."""
+    if covariance_type != "full":
+        return covariance_type
+    few = k is not None and FEW_COMPONENTS_RATIO * k <= d
+    if few or (jnp.dtype(dtype) == jnp.float32 and d > SELECT_GEMM_MAX_FEATURES):
         return "whitened"
     return covariance_type
 

@@ -169,19 +169,23 @@ def test_packed_outer_products(dtype, d):
     np.testing.assert_array_equal(got, x[:, iu] * x[:, ju])
 
 
-def test_whitened_full_path(monkeypatch):
-    """Full covariances past ``SELECT_GEMM_MAX_FEATURES`` in float32 take the whitened form
-    (``x @ [U_1 ... U_K]`` and one GEMM for the weighted scatters): same statistics and
-    log-likelihood as the dense reference. The threshold is lowered so D = 3 takes it."""
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_whitened_full_path(monkeypatch, dtype):
+    """Full covariances past ``SELECT_GEMM_MAX_FEATURES`` in float32, and with few components
+    (``4 K <= D``) in both dtypes, take the whitened form (``x @ [U_1 ... U_K]`` and one GEMM
+    for the weighted scatters): same statistics and log-likelihood as the dense reference. The
+    thresholds are lowered so D = K = 3 takes it."""
     assert gmm._mode("full", 49, jnp.float32) == "whitened"
     assert gmm._mode("full", 48, jnp.float32) == "full"
     assert gmm._mode("full", 64, jnp.float64) == "full"
-    assert gmm._mode("full", 16, jnp.float32, 4) == "whitened"  # few components
-    assert gmm._mode("full", 16, jnp.float32, 5) == "full"
+    for dt in (jnp.float32, jnp.float64):
+        assert gmm._mode("full", 16, dt, 4) == "whitened"  # few components
+        assert gmm._mode("full", 16, dt, 5) == "full"
     monkeypatch.setattr(gmm, "SELECT_GEMM_MAX_FEATURES", 2)
-    assert gmm._mode("full", D, jnp.float32) == "whitened"
-    X, Xj, wj, params = _problem(np.float32, "full", offset=20.0, seed=6)
-    rtol, atol = _tol(np.float32)
+    monkeypatch.setattr(gmm, "FEW_COMPONENTS_RATIO", 1)
+    assert gmm._mode("full", D, dtype, K) == "whitened"
+    X, Xj, wj, params = _problem(dtype, "full", offset=20.0, seed=6)
+    rtol, atol = _tol(dtype)
 
     @jax.jit  # traced here, after the monkeypatch (a fresh cache)
     def run(params, X, w):
@@ -196,7 +200,7 @@ def test_whitened_full_path(monkeypatch):
 
     ll_ref, out = run(params, Xj, wj)
     for stats, ll, dense in out:
-        assert ll.dtype == np.float32 and stats.sxx.shape == (K, D, D)
+        assert ll.dtype == dtype and stats.sxx.shape == (K, D, D)
         np.testing.assert_allclose(ll, ll_ref, rtol=rtol, atol=atol)
         np.testing.assert_allclose(stats.nk, dense.nk, rtol=rtol)
         np.testing.assert_allclose(stats.sx, dense.sx, rtol=rtol, atol=atol * N)
