@@ -12,7 +12,9 @@ from a hard assignment to random samples) and runs a fixed number of EM iteratio
 The time per iteration is the difference of the median wall times of ``T2`` and ``T1``
 iterations divided by ``T2 - T1`` (fixed costs such as input checks and initialisation cancel);
 the libraries' runs are interleaved, so every ratio is computed within one run under the same
-load. Compile time (JAX libraries) is the first call's time minus a warm call's. Each dtype runs
+load, and each library's timed calls follow an untimed call of its own (not another library's
+run, whose BLAS threads would still be spinning).
+Compile time (JAX libraries) is the first call's time minus a warm call's. Each dtype runs
 in its own subprocess (gmmx needs JAX's x64 mode off for float32 and on for float64). The final
 log-likelihood of every library's parameters is evaluated by one float64 NumPy scorer.
 """
@@ -293,6 +295,12 @@ def bench_config(X, k, cov_type, libs, iters, repeats, reg=1e-6):
     times = {lib: {t: [] for t in iters[lib]} for lib in runs}
     for _ in range(repeats):
         for lib, run in runs.items():
+            # An untimed call first: the first call after another library's pays for what that
+            # one left running (OpenBLAS worker threads keep spinning on the cores after a BLAS
+            # call), and since it is always the T1 call, that cost would come off the
+            # per-iteration difference (seen: emjax float64 full at N = 1e4 read 1.5 instead of
+            # 2.6 ms per iteration after scikit-learn's runs).
+            run(iters[lib][0])
             for t in iters[lib]:
                 times[lib][t].append(_timed(run, t)[0])
     out = {}
@@ -351,6 +359,7 @@ def bench_restarts(X, k, cov_type, n_init, libs, repeats):
             return GaussianMixture(k, covariance_type=cov_type, n_init=n_init,
                                    random_state=0).fit(X)
 
+        run_s()  # untimed, as in bench_config: not right after another library's run
         ts, gm = [], None
         for _ in range(repeats):
             t, gm = _timed(run_s)
