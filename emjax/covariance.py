@@ -120,8 +120,8 @@ def from_covariances_checked(covariance_type: str, covariances: Array) -> tuple[
 
     A full or tied matrix that is not positive definite in the working precision is factorised
     with a jitter on its diagonal (see :func:`_precision_cholesky_of_matrix`); the returned
-    ``covariances`` then hold that regularised matrix, so they are the exact inverse of
-    ``U U^T`` rather than an indefinite matrix beside a finite factor. Diagonal and spherical
+    ``covariances`` then hold that regularised matrix, the inverse of ``U U^T`` to rounding,
+    rather than an indefinite matrix beside a finite factor. Diagonal and spherical
     variances are used as given (a non-positive variance gives a non-finite factor, which the
     EM driver reports as a non-finite step).
     """
