@@ -128,9 +128,8 @@ def make_model(covariance_type: str, reg_covar: float, *, axis_name: str = DEFAU
         return (stats, w_sum, pool_x.reshape(-1, d), pool_s.reshape(-1)), ll_sum / w_sum
 
     def m_step(estats, data):
-        params, regularised = gmm.params_from_stats_checked(
-            estats[0], covariance_type=covariance_type, reg_covar=reg_covar)
-        return em.Flagged(params, jnp.where(regularised, em.STATUS_REGULARISED, 0))
+        return mixture.m_step_from_stats(estats[0], covariance_type=covariance_type,
+                                         reg_covar=reg_covar)
 
     def repair(params, estats, data):
         stats, w_sum, pool_x, pool_s = estats

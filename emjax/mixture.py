@@ -274,6 +274,15 @@ def reseed(params: GMMParams, empty: Array, X: Array, score: Array, *, covarianc
     return out, jnp.where(any_empty, em.STATUS_RESEEDED, 0)
 
 
+def m_step_from_stats(stats: gmm.SuffStats, *, covariance_type: str,
+                      reg_covar: float) -> em.Flagged:
+    """The GMM M-step as the driver takes it: :func:`emjax.gmm.params_from_stats`, flagged with
+    ``em.STATUS_REGULARISED`` when a covariance needed a jitter to be factorised."""
+    params, regularised = gmm.params_from_stats_checked(
+        stats, covariance_type=covariance_type, reg_covar=reg_covar)
+    return em.Flagged(params, jnp.where(regularised, em.STATUS_REGULARISED, 0))
+
+
 #: ``n_samples * n_components * n_features`` from which :func:`make_model` takes the fast path.
 FAST_PATH_MIN_SIZE = 2**20
 
@@ -326,9 +335,7 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
             X, w = data
             stats = gmm.m_step_stats(jnp.exp(stats), X, covariance_type=covariance_type,
                                      sample_weight=w)
-        params, regularised = gmm.params_from_stats_checked(
-            stats, covariance_type=covariance_type, reg_covar=reg_covar)
-        return em.Flagged(params, jnp.where(regularised, em.STATUS_REGULARISED, 0))
+        return m_step_from_stats(stats, covariance_type=covariance_type, reg_covar=reg_covar)
 
     def mass(estats, w):
         # The repair accepts either E-step's statistics: (SuffStats, ll) or (log_resp, ll)
