@@ -57,7 +57,7 @@ class EMResult(NamedTuple):
 
     Attributes:
       params: fitted parameters.
-      log_likelihood: ``()`` the monitored log-likelihood at ``params`` (final E-step).
+      log_likelihood: ``()`` the monitored log-likelihood at ``params`` (the last E-step).
       n_iter: ``()`` int32, EM iterations performed.
       converged: ``()`` bool, True iff ``|delta log_likelihood| < tol`` was reached.
       status: ``()`` int32 bit field of ``STATUS_*`` flags.
@@ -75,12 +75,15 @@ class EMResult(NamedTuple):
 
 class _State(NamedTuple):
     params: Any
-    ll_prev: Array
+    estats: Any  # the E-step's statistics at ``params``: the next M-step's input
+    ll: Array  # the monitored log-likelihood at ``params``
     n_iter: Array
     converged: Array
     status: Array
     history: Array
-    reseeded_last: Array  # the previous step re-seeded: its log-likelihood may fall once
+    pending: Array  # the last change was below tol: one more M-step, then stop unless it re-seeds
+    done: Array
+    first: Array  # the next body is the M-step from ``estats0`` (not counted as an iteration)
 
 
 def _tree_where(pred, a, b):
@@ -104,14 +107,19 @@ def run(
     callback: Callable | None = None,
     decrease_tol: float = 1e-6,
     rtol: Array = 0.0,
+    estats0: Any = None,
 ) -> EMResult:
     """Run EM from ``params0`` inside one ``jax.lax.while_loop`` (not jitted: compose or jit it).
 
-    Each iteration: ``estats, ll = e_step(params)``; ``params = m_step(estats)``; optional
-    ``repair``. It stops when ``|ll - ll_previous| < tol`` (converged), after ``max_iter``
-    iterations, or when a step is not finite (parameters roll back to the last finite ones and
-    ``STATUS_NONFINITE`` is set). A finished state is frozen by the body itself, so a batched
-    (vmapped) loop that keeps stepping other lanes leaves it bit-for-bit unchanged.
+    Iteration ``i`` takes the parameters ``p_i`` to ``p_{i+1} = m_step(estats_i)`` (then the
+    optional ``repair``), with ``estats_i, ll_i = e_step(p_i)``. It stops after the iteration
+    whose ``|ll_i - ll_{i-1}| < tol`` (converged; not if that iteration's M-step re-seeded),
+    after ``max_iter`` iterations, or when a step is not finite (the parameters roll back to
+    the last finite ones, whose log-likelihood is returned, and ``STATUS_NONFINITE`` is set).
+    The loop body is one M-step followed by one E-step, so the log-likelihood of the returned
+    parameters comes out of the loop and each step appears once in the compiled program. A
+    finished state is frozen by the body itself, so a batched (vmapped) loop that keeps
+    stepping other lanes leaves it bit-for-bit unchanged.
 
     Args:
       e_step, m_step, repair: the model (see the module docstring).
@@ -124,6 +132,11 @@ def run(
       decrease_tol: relative fall of the log-likelihood that sets ``STATUS_DECREASED``.
       rtol: relative convergence threshold (may be traced): converged also when
         ``|ll - ll_previous| < rtol * |ll|`` (default 0: only the absolute ``tol``).
+      estats0: optional statistics in the E-step's format (e.g. of an initial hard
+        assignment): the initial parameters are then ``m_step(estats0)``, computed by the
+        loop's own M-step (no second copy of it in the program; no ``repair``, not counted as
+        an iteration), and ``params0`` gives only their structure (it is returned, flagged
+        ``STATUS_NONFINITE``, if that step is not finite).
 
     Returns:
       :class:`EMResult`.
@@ -134,65 +147,79 @@ def run(
         dtype = jnp.result_type(float)
     tol = jnp.asarray(tol, dtype)
     rtol = jnp.asarray(rtol, dtype)
-
-    def cond_fun(s: _State) -> Array:
-        stopped = (s.status & STATUS_NONFINITE) != 0
-        return (~s.converged) & (s.n_iter < max_iter) & (~stopped)
+    from_stats = estats0 is not None
 
     def body_fun(s: _State) -> _State:
-        active = cond_fun(s)
-        estats, ll = e_step(s.params, data)
-        ll = ll.astype(dtype)
-        new_params = m_step(estats, data)
+        new_params = m_step(s.estats, data)
         flags = jnp.int32(0)
         if isinstance(new_params, Flagged):
             new_params, flags = new_params.params, jnp.asarray(new_params.flags, jnp.int32)
         if repair is not None:
-            new_params, repair_flags = repair(new_params, estats, data)
-            flags = flags | jnp.asarray(repair_flags, jnp.int32)
+            repaired, repair_flags = repair(new_params, s.estats, data)
+            repair_flags = jnp.asarray(repair_flags, jnp.int32)
+            if from_stats:  # the initial M-step is not repaired
+                repaired = _tree_where(s.first, new_params, repaired)
+                repair_flags = jnp.where(s.first, 0, repair_flags)
+            new_params, flags = repaired, flags | repair_flags
+        estats, ll = e_step(new_params, data)
+        ll = ll.astype(dtype)
         finite = jnp.isfinite(ll) & _all_finite(new_params)
-        change = ll - s.ll_prev
+        counted = ~s.first
         reseeded = (flags & STATUS_RESEEDED) != 0
+        change = ll - s.ll
         small = (jnp.abs(change) < tol) | (jnp.abs(change) < rtol * jnp.abs(ll))
-        converged = finite & small & ~reseeded
-        decreased = change < -decrease_tol * jnp.maximum(1.0, jnp.abs(ll))
-        flags = flags | jnp.where(decreased & ~s.reseeded_last & finite, STATUS_DECREASED, 0)
+        converged = s.pending & ~reseeded & finite
+        decreased = counted & (change < -decrease_tol * jnp.maximum(1.0, jnp.abs(ll)))
+        flags = flags | jnp.where(decreased & ~reseeded & finite, STATUS_DECREASED, 0)
         flags = flags | jnp.where(finite, 0, STATUS_NONFINITE)
+        n_iter = s.n_iter + (counted & finite).astype(jnp.int32)
         new = _State(
             params=_tree_where(finite, new_params, s.params),
-            ll_prev=jnp.where(finite, ll, s.ll_prev),
-            n_iter=s.n_iter + finite.astype(jnp.int32),
+            estats=_tree_where(finite, estats, s.estats),
+            ll=jnp.where(finite, ll, s.ll),
+            n_iter=n_iter,
             converged=converged,
             status=s.status | flags,
-            history=s.history.at[s.n_iter].set(jnp.where(finite, ll, jnp.nan)),
-            reseeded_last=reseeded,
+            # history[i] = ll_i, the log-likelihood before iteration i's M-step
+            history=jnp.where(counted & finite, s.history.at[s.n_iter].set(s.ll), s.history),
+            pending=small & finite & ~converged,
+            done=converged | ~finite | (n_iter >= max_iter),
+            first=jnp.array(False),
         )
-        out = _tree_where(active, new, s)
+        out = _tree_where(~s.done, new, s)
         if callback is not None:
             # After the freeze, so a finished lane of a vmapped loop reports its final state.
-            callback(out.n_iter, out.ll_prev, out.converged)
+            callback(out.n_iter, out.ll, out.converged)
         return out
 
+    if from_stats:
+        estats, ll, done = estats0, jnp.asarray(-jnp.inf, dtype), jnp.array(False)
+        status = jnp.int32(STATUS_OK)
+    else:
+        estats, ll = e_step(params0, data)
+        ll = ll.astype(dtype)
+        done = ~jnp.isfinite(ll)
+        status = jnp.where(done, STATUS_NONFINITE, STATUS_OK).astype(jnp.int32)
+        ll = jnp.where(done, -jnp.inf, ll)
     init = _State(
         params=params0,
-        ll_prev=jnp.asarray(-jnp.inf, dtype),
+        estats=estats,
+        ll=ll,
         n_iter=jnp.int32(0),
         converged=jnp.array(False),
-        status=jnp.int32(STATUS_OK),
+        status=status,
         history=jnp.full((max_iter,), jnp.nan, dtype),
-        reseeded_last=jnp.array(False),
+        pending=jnp.array(False),
+        done=done | (max_iter <= 0),
+        first=jnp.array(from_stats),
     )
-    final = jax.lax.while_loop(cond_fun, body_fun, init)
-    _, ll_final = e_step(final.params, data)
-    ll_final = ll_final.astype(dtype)
-    status = final.status | jnp.where(jnp.isfinite(ll_final), 0, STATUS_NONFINITE)
-    ll_final = jnp.where(jnp.isfinite(ll_final), ll_final, final.ll_prev)
+    final = jax.lax.while_loop(lambda s: ~s.done, body_fun, init)
     return EMResult(
         params=final.params,
-        log_likelihood=ll_final,
+        log_likelihood=final.ll,
         n_iter=final.n_iter,
         converged=final.converged,
-        status=status,
+        status=final.status | jnp.where(final.first, STATUS_NONFINITE, 0),
         history=final.history,
     )
 
@@ -219,11 +246,13 @@ def run_restarts(
     repair: Callable | None = None,
     callback: Callable | None = None,
     rtol: Array = 0.0,
+    estats0_batched: Any = None,
 ) -> EMResult:
-    """:func:`run` vmapped over a leading restart axis of ``params0_batched``; data is shared."""
+    """:func:`run` vmapped over a leading restart axis of ``params0_batched`` (and of
+    ``estats0_batched``, if given); data is shared."""
 
-    def one(p0):
+    def one(p0, s0):
         return run(e_step, m_step, p0, data, tol=tol, max_iter=max_iter, repair=repair,
-                   callback=callback, rtol=rtol)
+                   callback=callback, rtol=rtol, estats0=s0)
 
-    return jax.vmap(one)(params0_batched)
+    return jax.vmap(one)(params0_batched, estats0_batched)

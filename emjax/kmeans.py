@@ -38,6 +38,16 @@ def squared_distances(X: Array, centers: Array) -> Array:
     return jnp.maximum(d2, 0.0)
 
 
+def _draw(u: Array, p: Array) -> Array:
+    """Indices drawn with probability proportional to ``p >= 0`` (not all zero), one for each
+    uniform ``u`` in [0, 1): the inverse of the cumulative sum, by counting (no sort, no search
+    loop). The target is kept below the total, so an index of zero probability is never drawn."""
+    cum = jnp.cumsum(p)
+    total = cum[-1]
+    r = jnp.minimum(u * total, jnp.nextafter(total, jnp.zeros_like(total)))
+    return jnp.sum(cum[None, :] <= r[:, None], axis=1).astype(jnp.int32)
+
+
 def kmeans_plusplus(
     key: Array,
     X: Array,
@@ -76,13 +86,16 @@ def kmeans_plusplus(
         n_local_trials = 2 + int(math.log(n_clusters))
     if chunk_size is None:
         chunk_size = default_chunk_size(max(n_clusters, n_local_trials), d)
-    key, k0 = jax.random.split(key)
-    # As ``w / sum(w)`` with unit weights, so the draws do not depend on how weights were given.
-    p0 = jnp.ones((n,), X.dtype) / jnp.asarray(n, X.dtype) if w is None else w / jnp.sum(w)
-    first = jax.random.choice(k0, n, p=p0)
+    # Every uniform draw in one threefry call: each random call is its own block of the compiled
+    # program, and k-means++ took ~0.5 s of compilation with two per centre.
+    u = jax.random.uniform(key, (n_clusters, n_local_trials), X.dtype)
+    if w is None:  # what ``_draw`` gives for unit weights (their cumulative sums are 1..n)
+        first = jnp.minimum((u[0, 0] * n).astype(jnp.int32), n - 1)
+    else:
+        first = _draw(u[0, :1], w)[0]
     x_first = _centred(X[first], center)
     centers = jnp.zeros((n_clusters, d), X.dtype).at[0].set(x_first)
-    indices = jnp.zeros((n_clusters,), jnp.int32).at[0].set(first.astype(jnp.int32))
+    indices = jnp.zeros((n_clusters,), jnp.int32).at[0].set(first)
 
     def first_pass(closest, start, size):
         x = _centred(rows(X, start, size), center)
@@ -92,21 +105,18 @@ def kmeans_plusplus(
     closest = fold_chunks(first_pass, jnp.zeros((n,), X.dtype), n, chunk_size)
 
     def body(c, carry):
-        centers, indices, closest, key = carry
-        key, sub = jax.random.split(key)
+        centers, indices, closest = carry
         pot = closest if w is None else w * closest
-        total = jnp.sum(pot)
-        # All points coincide with chosen centres: fall back to weights alone.
-        fallback = p0 if w is None else w / jnp.sum(w)
-        probs = jnp.where(total > 0, pot / jnp.where(total > 0, total, 1.0), fallback)
-        cand = jax.random.choice(sub, n, shape=(n_local_trials,), p=probs)
+        # All points coincide with chosen centres: fall back to the weights alone.
+        fallback = jnp.ones_like(closest) if w is None else w
+        cand = _draw(u[c], jnp.where(jnp.sum(pot) > 0, pot, fallback))
         x_cand = _centred(X[cand], center)  # (trials, d)
         if n <= chunk_size:
             # One block: the (n, trials) distances are small; judge and keep them in one go.
             nc = jnp.minimum(closest[:, None], squared_distances(_centred(X, center), x_cand))
             best = jnp.argmin(jnp.sum(nc if w is None else w[:, None] * nc, axis=0))
             return (centers.at[c].set(x_cand[best]),
-                    indices.at[c].set(cand[best].astype(jnp.int32)), nc[:, best], key)
+                    indices.at[c].set(cand[best].astype(jnp.int32)), nc[:, best])
 
         def potential(acc, start, size):
             x = _centred(rows(X, start, size), center)
@@ -129,11 +139,10 @@ def kmeans_plusplus(
             centers.at[c].set(x_cand[best]),
             indices.at[c].set(cand[best].astype(jnp.int32)),
             closest,
-            key,
         )
 
-    init = (centers, indices, closest, key)
-    centers, indices, _, _ = jax.lax.fori_loop(1, n_clusters, body, init)
+    init = (centers, indices, closest)
+    centers, indices, _ = jax.lax.fori_loop(1, n_clusters, body, init)
     return centers, indices
 
 

@@ -93,12 +93,13 @@ def responsibilities_init(
     return jax.nn.one_hot(labels, n_components, dtype=X.dtype)
 
 
-def _m_step_chunked(resp_of, X, sample_weight, center, *, n_components, covariance_type,
-                    reg_covar, chunk_size):
-    """:func:`emjax.gmm.m_step` of the responsibilities ``resp_of(start, size)`` (a
-    ``(size, n_components)`` block) on ``X - center``, in two chunked passes: the means, then
-    the scatter about them (:func:`emjax.gmm.suff_stats` per block). Equal to the dense M-step
-    when one block covers ``X`` and ``chunk_size`` is :func:`emjax.gmm.suff_stats`' block."""
+def _stats_chunked(resp_of, X, sample_weight, center, *, n_components, covariance_type,
+                   chunk_size):
+    """The statistics :func:`emjax.gmm.m_step_stats` takes from the responsibilities
+    ``resp_of(start, size)`` (a ``(size, n_components)`` block) on ``X - center``, in two
+    chunked passes: the means, then the scatter about them (:func:`emjax.gmm.suff_stats` per
+    block). Equal to the dense statistics when one block covers ``X`` and ``chunk_size`` is
+    :func:`emjax.gmm.suff_stats`' block."""
     n, d = X.shape
     k = n_components
     dtype = X.dtype
@@ -129,8 +130,7 @@ def _m_step_chunked(resp_of, X, sample_weight, center, *, n_components, covarian
         covariance_type=covariance_type))
     acc = tuple(jnp.zeros(a.shape, a.dtype) for a in zeros[:3])
     nk, sx, sxx = fold_chunks(second, acc, n, chunk_size)
-    return gmm.params_from_stats(gmm.SuffStats(nk, sx, sxx, ref),
-                                 covariance_type=covariance_type, reg_covar=reg_covar)
+    return gmm.SuffStats(nk, sx, sxx, ref)
 
 
 def init_params(
@@ -146,7 +146,8 @@ def init_params(
     center: Array | None = None,
     chunk_size: int | None = None,
 ) -> GMMParams:
-    """Initial :class:`GMMParams`: :func:`responsibilities_init` followed by one M-step.
+    """Initial :class:`GMMParams`: :func:`responsibilities_init` followed by one M-step (the
+    M-step of :func:`init_stats`).
 
     Memory is O(n_samples + chunk_size * n_components * n_features) on top of ``X``: the
     responsibilities are never stored whole. The hard initialisations recompute each block's
@@ -162,6 +163,27 @@ def init_params(
       chunk_size: static rows per block of every pass (default: the k-means passes use
         :func:`emjax.kmeans.default_chunk_size`, the M-step that of :func:`emjax.gmm.suff_stats`).
     """
+    stats = init_stats(key, X, n_components, covariance_type=covariance_type,
+                       init_params=init_params, sample_weight=sample_weight, n_lloyd=n_lloyd,
+                       center=center, chunk_size=chunk_size)
+    return gmm.params_from_stats(stats, covariance_type=covariance_type, reg_covar=reg_covar)
+
+
+def init_stats(
+    key: Array,
+    X: Array,
+    n_components: int,
+    *,
+    covariance_type: str = "full",
+    init_params: str = "kmeans",
+    sample_weight: Array | None = None,
+    n_lloyd: int = 10,
+    center: Array | None = None,
+    chunk_size: int | None = None,
+) -> gmm.SuffStats:
+    """The sufficient statistics of :func:`responsibilities_init` (arguments as in
+    :func:`init_params`), whose M-step gives the initial parameters; computed in chunked passes
+    without the ``(n_samples, n_components)`` responsibilities."""
     n, d = X.shape
     k = n_components
     dtype = X.dtype
@@ -184,9 +206,8 @@ def init_params(
             labels = jnp.argmin(kmeans.squared_distances(x, centers), axis=1)
             return jax.nn.one_hot(labels, k, dtype=dtype)
 
-    return _m_step_chunked(resp_of, X, sample_weight, center, n_components=k,
-                           covariance_type=covariance_type, reg_covar=reg_covar,
-                           chunk_size=m_chunk)
+    return _stats_chunked(resp_of, X, sample_weight, center, n_components=k,
+                          covariance_type=covariance_type, chunk_size=m_chunk)
 
 
 def reseed_empty(params: GMMParams, log_resp: Array | None, ll: Array, X: Array,
@@ -371,31 +392,57 @@ def _fit_compiled(X, key, sample_weight, weights_init, means_init, precisions_in
     fast = X.shape[0] * X.shape[1] * n_components >= FAST_PATH_MIN_SIZE
     Xc = None if fast else X - shift
 
-    def initial(k):
-        p = init_params(k, X if fast else Xc, n_components, covariance_type=covariance_type,
-                        reg_covar=reg_covar, init_params=init_method, sample_weight=w,
-                        n_lloyd=n_lloyd, center=shift if fast else None)
-        if weights_init is not None:
-            p = p._replace(weights=weights_init)
-        if means_init is not None:
-            p = p._replace(means=means_init - shift)
-        if precisions_init is not None:
-            p = p._replace(covariance=precisions_init)
-        return p
-
-    params0 = jax.vmap(initial)(keys)
+    d = X.shape[1]
+    overrides = any(a is not None for a in (weights_init, means_init, precisions_init))
     if fast:
-        params0 = params0._replace(means=params0.means + shift)
         # The diagonal/spherical pass reads X^T: transposed once here, not in every iteration.
         xt = X.T if gmm.transposed_pass(covariance_type) else None
         e_step, m_step, repair = make_model(covariance_type, reg_covar, fast=True, center=shift,
                                             X_t=xt)
-        res = em.run_restarts(e_step, m_step, params0, (X, w), tol=tol, max_iter=max_iter,
-                              repair=repair, callback=callback)
+        data = (X, w)
     else:
         e_step, m_step, repair = make_model(covariance_type, reg_covar, fast=False)
-        res = em.run_restarts(e_step, m_step, params0, (Xc, w), tol=tol, max_iter=max_iter,
-                              repair=repair, callback=callback)
+        data = (Xc, w)
+    run = functools.partial(em.run_restarts, e_step, m_step, data=data, tol=tol,
+                            max_iter=max_iter, repair=repair, callback=callback)
+    init_kw = dict(covariance_type=covariance_type, init_params=init_method, sample_weight=w,
+                   n_lloyd=n_lloyd)
+    if overrides:
+        def initial(k):
+            p = init_params(k, X if fast else Xc, n_components, reg_covar=reg_covar,
+                            center=shift if fast else None, **init_kw)
+            if weights_init is not None:
+                p = p._replace(weights=weights_init)
+            if means_init is not None:
+                p = p._replace(means=means_init - shift)
+            if precisions_init is not None:
+                p = p._replace(covariance=precisions_init)
+            return p
+
+        params0 = jax.vmap(initial)(keys)
+        if fast:
+            params0 = params0._replace(means=params0.means + shift)
+        res = run(params0)
+    else:
+        # The initial parameters are the M-step of the initial responsibilities' statistics,
+        # computed by the EM loop's own M-step (one copy of it in the compiled program).
+        if fast:
+            def stats0(k):
+                st = init_stats(k, X, n_components, center=shift, **init_kw)
+                return (st._replace(ref=st.ref + shift), jnp.zeros(X.shape[:1], X.dtype))
+        else:
+            def stats0(k):
+                r = responsibilities_init(k, Xc, n_components, init_method, w, n_lloyd)
+                return (jnp.log(r), jnp.zeros(X.shape[:1], X.dtype))
+        cls = cov_lib.COVARIANCE_CLASSES[covariance_type]
+        shape = cov_lib.covariance_shape(covariance_type, n_components, d)
+        template = GMMParams(jnp.zeros((n_components,), X.dtype),
+                             jnp.zeros((n_components, d), X.dtype),
+                             cls(jnp.zeros(shape, X.dtype), jnp.zeros(shape, X.dtype)))
+        params0 = jax.tree_util.tree_map(
+            lambda a: jnp.broadcast_to(a, (n_init,) + a.shape), template)
+        res = run(params0, estats0_batched=jax.vmap(stats0)(keys))
+    if not fast:
         res = res._replace(params=res.params._replace(means=res.params.means + shift))
     best = em.best_index(res.log_likelihood)
     b = em.select(res, best)

@@ -41,7 +41,8 @@ def _make_report(every: int):
     def report(n_iter, log_likelihood, converged):
         # Reached with the whole batch (see the vmap rule), so the predicate is one scalar and
         # the cond really skips the host call: one call every `every` iterations, plus the last.
-        due = (jnp.max(n_iter) % every == 0) | jnp.all(converged)
+        # (n_iter 0 is the loop's initial M-step, when it starts from statistics: not reported.)
+        due = (jnp.max(n_iter) > 0) & ((jnp.max(n_iter) % every == 0) | jnp.all(converged))
 
         def call():
             jax.debug.callback(_host_update, n_iter, log_likelihood, converged)
