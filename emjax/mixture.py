@@ -310,7 +310,8 @@ FAST_PATH_MIN_SIZE = 2**20
 
 def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 1e-3, *,
                fast: bool | None = None, chunk_size: int | None = None,
-               center: Array | None = None, X_t: Array | None = None):
+               center: Array | None = None, X_t: Array | None = None,
+               X_f: Array | None = None):
     """The GMM as the driver sees it: ``(e_step, m_step, repair)`` over ``data = (X, w)``.
 
     ``fast=True``: the E-step is :func:`emjax.gmm.e_step_stats`, one chunked pass
@@ -327,6 +328,8 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
 
     ``X_t``: optional ``X.T``, computed once by the caller outside the EM loop, for the fast
     diagonal and spherical pass (:func:`emjax.gmm.e_step_stats`); without it each pass transposes.
+    ``X_f``: optional :func:`emjax.gmm.feature_rows` of ``X`` about ``center``, built once by the
+    caller: the diagonal and spherical pass then reads them (faster than from ``X_t``).
 
     The M-step reports ``em.STATUS_REGULARISED`` when a covariance was not positive definite in
     the working precision and was factorised with a jitter (:class:`emjax.em.Flagged`).
@@ -345,7 +348,7 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
         X, w = data
         if use_fast(params, X):
             stats, ll = gmm.e_step_stats(params, X, w, chunk_size=chunk_size, center=center,
-                                         X_t=X_t)
+                                         X_t=X_t, X_f=X_f)
             return (stats, ll), gmm._mean(ll, w)
         log_resp, ll = gmm.e_step_full(params, X)
         return (log_resp, ll), gmm._mean(ll, w)
@@ -395,10 +398,14 @@ def _fit_compiled(X, key, sample_weight, weights_init, means_init, precisions_in
     d = X.shape[1]
     overrides = any(a is not None for a in (weights_init, means_init, precisions_init))
     if fast:
-        # The diagonal/spherical pass reads X^T: transposed once here, not in every iteration.
-        xt = X.T if gmm.transposed_pass(covariance_type) else None
+        # Diagonal/spherical: the features [q, x - shift] are built once here and read by every
+        # iteration's pass (gmm.feature_rows).
+        xf = gmm.feature_rows(X, shift, covariance_type) if gmm.feature_pass(
+            covariance_type, X.dtype, X.shape[0]) else None
+        # (Without them, the transposed pass reads X^T: transposed here, once.)
+        xt = X.T if xf is None and gmm.transposed_pass(covariance_type) else None
         e_step, m_step, repair = make_model(covariance_type, reg_covar, fast=True, center=shift,
-                                            X_t=xt)
+                                            X_t=xt, X_f=xf)
         data = (X, w)
     else:
         e_step, m_step, repair = make_model(covariance_type, reg_covar, fast=False)

@@ -66,6 +66,17 @@ def _both_paths(params, X, w, cov_type):
         fast.append((stats, ll, dense, new, scored, chunked))
     # The driver's form: X^T handed in once (read by the diagonal and spherical pass).
     given_t = gmm.e_step_stats(params, X, w, chunk_size=CHUNKS[0], X_t=X.T)
+    if cov_type in ("diag", "spherical"):
+        # emjax.fit's form: the features [q, x - c, 1] about the data's mean, built once.
+        c = jnp.mean(X, 0)
+        xf = gmm.feature_rows(X, c, cov_type)
+        for chunk, entry in zip(CHUNKS, list(fast)):
+            stats, ll = gmm.e_step_stats(params, X, w, chunk_size=chunk, center=c, X_f=xf)
+            dense = gmm.suff_stats(gamma, X, stats.ref, covariance_type=cov_type, sample_weight=w)
+            chunked = gmm.suff_stats(gamma, X, stats.ref, covariance_type=cov_type,
+                                     sample_weight=w, chunk_size=chunk)
+            new = gmm.params_from_stats(stats, covariance_type=cov_type)
+            fast.append((stats, ll, dense, new, entry[4], chunked))
     return ll_ref, ref_params, fast, given_t
 
 
@@ -108,7 +119,11 @@ def test_fast_driver_equals_dense_driver(cov_type):
 
     @functools.partial(jax.jit, static_argnames="fast")
     def run(p0, X, w, fast):
-        e, m, r = mixture.make_model(cov_type, 1e-6, fast=fast, chunk_size=64)
+        c = jnp.mean(X, 0)
+        # spherical: as emjax.fit, the features built once and read by every pass (X_f)
+        xf = gmm.feature_rows(X, c, cov_type) if fast and cov_type == "spherical" else None
+        e, m, r = mixture.make_model(cov_type, 1e-6, fast=fast, chunk_size=64, center=c,
+                                     X_f=xf)
         return em.run(e, m, p0, (X, w), tol=0.0, max_iter=5, repair=r)
 
     a, b = run(params, Xj, wj, True), run(params, Xj, wj, False)
@@ -226,3 +241,38 @@ def test_row_major_diagonal_pass(monkeypatch, cov_type):
         stats_t = stats_t._replace(sxx=stats_t.sxx.sum(1))
     for a, b in zip(stats_r, stats_t):
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-10)
+
+
+@pytest.mark.parametrize("cov_type", ("diag", "spherical"))
+def test_fast_path_fit_equals_sklearn(cov_type):
+    """emjax.fit on the fast path (float64: the features built once, gmm.feature_rows) takes
+    the same EM steps as scikit-learn from the same start (5 iterations, tol 0)."""
+    import warnings
+
+    from sklearn.mixture import GaussianMixture
+
+    import emjax
+
+    rng = np.random.default_rng(3)
+    k, d, n = 16, 16, 4200
+    X = rng.normal(size=(k, d))[rng.integers(0, k, n)] * 3 + rng.normal(size=(n, d)) + 50.0
+    assert n * d * k >= mixture.FAST_PATH_MIN_SIZE
+    assert gmm.feature_pass(cov_type, np.float64, n)
+    w0 = np.full(k, 1.0 / k)
+    m0 = X[rng.choice(n, k, replace=False)]
+    c0 = np.ones((k, d)) if cov_type == "diag" else np.ones(k)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning: tol = 0 never converges
+        sk = GaussianMixture(k, covariance_type=cov_type, weights_init=w0, means_init=m0,
+                             precisions_init=1.0 / c0, max_iter=5, tol=0.0, reg_covar=1e-6)
+        sk.fit(X)
+    with jax.enable_x64(True):
+        p0 = emjax.make_params(w0, m0, c0, cov_type)
+        res = emjax.fit(X, k, covariance_type=cov_type, params_init=p0, max_iter=5, tol=0.0)
+        assert int(res.n_iter) == 5
+        np.testing.assert_allclose(res.params.weights, sk.weights_, rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(res.params.means, sk.means_, rtol=1e-8)
+        np.testing.assert_allclose(res.params.covariance.covariances, sk.covariances_,
+                                   rtol=1e-7)
+        # at the returned parameters (scikit-learn's score: its own formula)
+        np.testing.assert_allclose(res.log_likelihood, sk.score(X), rtol=1e-10)

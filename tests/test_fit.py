@@ -195,3 +195,28 @@ def test_bad_input_raises_clear_value_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
         emjax.fit(X, **args)
     np.testing.assert_array_equal(X, original)  # nothing the user passed is mutated
+
+
+def test_run_from_statistics_equals_run_from_their_m_step():
+    """em.run(estats0=s): the loop's own M-step makes the start (not an iteration); the rest is
+    the run from params0 = m_step(s). A non-finite first step returns the template, flagged."""
+
+    def e_step(p, data):  # EM-like fixed point p <- (p + mean) / 2
+        return p, -jnp.square(p - jnp.mean(data))
+
+    def m_step(s, data):
+        return 0.5 * (s + jnp.mean(data))
+
+    data = jnp.linspace(0.0, 2.0, 11, dtype=jnp.float32)
+    run = jax.jit(lambda p0, s0: em.run(e_step, m_step, p0, data, tol=1e-8, max_iter=50,
+                                        estats0=s0))
+    plain = jax.jit(lambda p0: em.run(e_step, m_step, p0, data, tol=1e-8, max_iter=50))
+    a, b = run(jnp.float32(0.0), jnp.float32(9.0)), plain(m_step(jnp.float32(9.0), data))
+    assert int(a.n_iter) == int(b.n_iter) > 3 and bool(a.converged) and bool(b.converged)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=1e-6)
+    # The returned log-likelihood is that of the returned parameters.
+    np.testing.assert_allclose(a.log_likelihood, e_step(a.params, data)[1], rtol=1e-6)
+    bad = run(jnp.float32(-7.0), jnp.float32(np.nan))
+    assert int(bad.status) & em.STATUS_NONFINITE and int(bad.n_iter) == 0
+    assert float(bad.params) == -7.0
