@@ -222,6 +222,7 @@ def local_copy(tree):
     jax.jit,
     static_argnames=("mesh", "axis_name", "n_components", "covariance_type", "reg_covar",
                      "max_iter", "n_init", "init_method", "n_lloyd"),
+    compiler_options=mixture.FIT_COMPILER_OPTIONS,
 )
 def _fit_sharded(X, w, n_samples, key, params_init, tol, *, mesh, axis_name, n_components,
                  covariance_type, reg_covar, max_iter, n_init, init_method, n_lloyd):

@@ -284,6 +284,7 @@ def make_gem_model(
     jax.jit,
     static_argnames=("n_components", "covariance_type", "reg_covar", "max_iter", "n_init",
                      "init_method", "optimizer", "n_steps"),
+    compiler_options=mixture.FIT_COMPILER_OPTIONS,
 )
 def _fit_gem_compiled(X, key, sample_weight, tol, *, n_components, covariance_type, reg_covar,
                       max_iter, n_init, init_method, optimizer, n_steps):

@@ -392,11 +392,33 @@ FEATURE_ROWS = True
 FEATURE_ROWS_MIN_SAMPLES_F32 = 2**15
 
 
-def feature_pass(covariance_type: str, dtype=jnp.float64, n_samples: int | None = None) -> bool:
+#: Full covariances (the packed form) take the feature-row pass while the features,
+#: ``n_samples * (D(D+1)/2 + D + 1)`` values, fit in this many bytes: 256 MiB, speed for
+#: memory at moderate sizes only (driver, interleaved, ms per iteration, feature rows against
+#: the packed products built in every chunk: float32 N = 1e5, D = K = 16 13.6 vs 17.7, K = 8
+#: 10.9 vs 14.7, K = 64 36.2 vs 53.8, D = 32 83 vs 115; float64 D = K = 16 29.5 vs 43.2,
+#: N = 1e4 2.5 vs 3.4, D = 8 12.9 vs 26.7, K = 32 53.7 vs 65.3, K = 64 82.4 vs 112.9, but
+#: D = 32 only 172 vs 183; the features of N = 1e6, D = 16 in float32 take 612 MiB, ten times
+#: the data, and are not built).
+FEATURE_ROWS_FULL_MAX_BYTES = 2**28
+
+
+def _n_quadratic(covariance_type: str, d: int) -> int:
+    return {"full": d * (d + 1) // 2, "spherical": 1}.get(covariance_type, d)
+
+
+def feature_pass(covariance_type: str, dtype=jnp.float64, n_samples: int | None = None,
+                 n_features: int | None = None, n_components: int | None = None) -> bool:
     """Whether a fit of this covariance type, dtype and size hands :func:`feature_rows` to the
-    pass (see :data:`FEATURE_ROWS`)."""
-    if not FEATURE_ROWS or covariance_type not in ("diag", "spherical"):
+    pass (see :data:`FEATURE_ROWS`, :data:`FEATURE_ROWS_FULL_MAX_BYTES`)."""
+    if not FEATURE_ROWS or covariance_type not in ("diag", "spherical", "full"):
         return False
+    if covariance_type == "full":
+        if n_samples is None or n_features is None or (
+                _mode("full", n_features, dtype, n_components) != "full"):
+            return False
+        cols = _n_quadratic("full", n_features) + n_features + 1
+        return n_samples * cols * jnp.dtype(dtype).itemsize <= FEATURE_ROWS_FULL_MAX_BYTES
     small = n_samples is not None and n_samples < FEATURE_ROWS_MIN_SAMPLES_F32
     return jnp.dtype(dtype) != jnp.float32 or not small
 
@@ -607,24 +629,37 @@ FEATURE_CHUNK_BYTES = 32 * 2**20
 
 
 def feature_rows(X: Array, center: Array, covariance_type: str) -> Array:
-    """The per-sample features of the diagonal and spherical log-densities, ``[q, x - c, 1]``
-    with ``q = (x - c)^2`` (diagonal, ``D`` columns) or ``|x - c|^2`` (spherical, one column):
-    ``(n_samples, nq + n_features + 1)``. Constant during a fit whose centre is fixed, so a
-    driver builds them once and hands them to :func:`e_step_stats` (``X_f``); every iteration
-    is then one GEMM with the parameters (the ones column adds the bias), a row-wise
-    log-sum-exp and one GEMM with the responsibilities (the ones column gives ``N_k``), in
-    chunks large enough that each operation runs on all cores (compiled pass alone, N = 1e5,
-    D = K = 16, ms per iteration: float64 6.7 against 10.6 for the transposed pass that builds
-    the features in every chunk and 7.6 without the ones column; float32 3.7 against 4.8).
-    Costs ``(nq + D + 1) / D`` times the data's memory for the fit's duration."""
-    x = X - center
-    q = jnp.sum(x * x, axis=1, keepdims=True) if covariance_type == "spherical" else x * x
-    nq, d = q.shape[1], X.shape[1]
-    # Block writes into a buffer of ones: XLA:CPU emits the equivalent concatenate as a scalar
-    # loop.
-    f = jnp.ones((X.shape[0], nq + d + 1), X.dtype)
-    f = jax.lax.dynamic_update_slice_in_dim(f, q, 0, 1)
-    return jax.lax.dynamic_update_slice_in_dim(f, x, nq, 1)
+    """The per-sample features of the log-densities, ``[q, x - c, 1]`` with ``q = (x - c)^2``
+    (diagonal, ``D`` columns), ``|x - c|^2`` (spherical, one column) or the packed products
+    ``x_i x_j``, ``i <= j`` (full, ``D(D+1)/2`` columns): ``(n_samples, nq + D + 1)``.
+    Constant during a fit whose centre is fixed, so a driver builds them once and hands them to
+    :func:`e_step_stats` (``X_f``); every iteration is then one GEMM with the parameters (the
+    ones column adds the bias), a row-wise log-sum-exp and one GEMM with the responsibilities
+    (the ones column gives ``N_k``), in chunks large enough that each operation runs on all
+    cores (compiled pass alone, N = 1e5, D = K = 16, ms per iteration: float64 diagonal 6.7
+    against 10.6 for the transposed pass that builds the features in every chunk and 7.6
+    without the ones column; float32 3.7 against 4.8). Costs ``(nq + D + 1) / D`` times the
+    data's memory for the fit's duration (see :func:`feature_pass`)."""
+    n, d = X.shape
+    nq = _n_quadratic(covariance_type, d)
+    f = jnp.ones((n, nq + d + 1), X.dtype)
+
+    def block(f, start, size):
+        # Block writes into a buffer of ones: XLA:CPU emits the equivalent concatenate as a
+        # scalar loop.
+        x = rows(X, start, size) - center
+        if covariance_type == "full":
+            q = _packed_outer(x)
+        elif covariance_type == "spherical":
+            q = jnp.sum(x * x, axis=1, keepdims=True)
+        else:
+            q = x * x
+        f = jax.lax.dynamic_update_slice(f, q, (start, 0))
+        return jax.lax.dynamic_update_slice(f, x, (start, nq))
+
+    # In blocks of about 16 MiB, so that building them needs no temporary of their size.
+    chunk = max(256, DEFAULT_CHUNK_BYTES // (X.dtype.itemsize * (nq + d + 1)))
+    return fold_chunks(block, f, n, chunk)
 
 
 def feature_chunk_size(n_samples: int, n_columns: int, n_components: int, itemsize: int) -> int:
@@ -638,7 +673,7 @@ def feature_chunk_size(n_samples: int, n_columns: int, n_components: int, itemsi
 def _feature_chunk(form: _Form, with_stats: bool, spherical: bool, d: int):
     """The chunk function of the feature-row pass: ``(ll, statistics)`` of a block of
     :func:`feature_rows` (one GEMM for the log-densities, one for every moment)."""
-    nq = 1 if spherical else d
+    nq = form.wq.shape[0] if not spherical else 1
     wq = form.wq[:1] if spherical else form.wq  # spherical: the rows of wq are equal
     w_cat = jnp.concatenate([wq, form.wl, form.b[None]], axis=0)  # (nq + D + 1, K)
 
@@ -694,7 +729,7 @@ def _chunk_pass(params: GMMParams, X: Array, sample_weight: Array | None, chunk_
     mode = _mode(cov_lib.covariance_type_of(params.covariance), d, dtype, params.means.shape[0])
     c = (_shift(params) if center is None else jax.lax.stop_gradient(center)).astype(dtype)
     form = jax.tree_util.tree_map(lambda a: a.astype(dtype), _linear_form(params, c, mode))
-    if X_f is not None and mode in ("diag", "spherical"):
+    if X_f is not None and mode in ("diag", "spherical", "full"):
         one = _feature_chunk(form, with_stats, mode == "spherical", d)
 
         def take(start, size):
@@ -784,7 +819,8 @@ def e_step_stats(
     chunk_size_given = chunk_size
     if chunk_size is None:
         chunk_size = default_chunk_size(d, ctype, X.dtype.itemsize, k)
-    if X_f is not None and ctype in ("diag", "spherical") and chunk_size_given is None:
+    if X_f is not None and _mode(ctype, d, X.dtype, k) in ("diag", "spherical", "full") and (
+            chunk_size_given is None):
         chunk_size = feature_chunk_size(n, X_f.shape[1], k, X.dtype.itemsize)
     ll, acc, c = _chunk_pass(params, X, sample_weight, chunk_size, True, center, X_t, X_f)
     ref = jnp.broadcast_to(c, (k, d))

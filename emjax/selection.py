@@ -169,7 +169,8 @@ def _centre(X, w):
     return X - shift, shift
 
 
-@functools.partial(jax.jit, static_argnames=("n_components", "n_init", "init_method", "n_lloyd"))
+@functools.partial(jax.jit, static_argnames=("n_components", "n_init", "init_method", "n_lloyd"),
+                   compiler_options=mixture.FIT_COMPILER_OPTIONS)
 def _initial_responsibilities(X, key, sample_weight, *, n_components, n_init, init_method,
                               n_lloyd):
     """``(G, R, n_samples, K_max)`` initial responsibilities, zero in padded columns: for each K,
@@ -193,6 +194,7 @@ def _initial_responsibilities(X, key, sample_weight, *, n_components, n_init, in
 @functools.partial(
     jax.jit,
     static_argnames=("n_components", "covariance_type", "reg_covar", "max_iter", "callback"),
+    compiler_options=mixture.FIT_COMPILER_OPTIONS,  # as emjax.fit: the same rounding
 )
 def _grid_compiled(X, resp0, sample_weight, tol, *, n_components, covariance_type, reg_covar,
                    max_iter, callback):

@@ -78,7 +78,7 @@ def main():
         # As emjax.fit's fast path: chunks centred at the data's mean, the diagonal/spherical
         # features built once per fit.
         c = jnp.mean(X, 0)
-        xf = gmm.feature_rows(X, c, ct) if gmm.feature_pass(ct, X.dtype, X.shape[0]) else None
+        xf = gmm.feature_rows(X, c, ct) if gmm.feature_pass(ct, X.dtype, X.shape[0], d, k) else None
         xt = X.T if xf is None and gmm.transposed_pass(ct) else None
         e, mm, r = mixture.make_model(ct, 1e-6, fast=True, center=c, X_t=xt, X_f=xf)
         return em.run(e, mm, p, (X, None), tol=0.0, max_iter=T, repair=r).log_likelihood
@@ -113,8 +113,8 @@ def main():
     # Control flow (while / call thunks) contains the others: keep leaf operations only.
     leaves = [r for r in rows if not r["op"].startswith(("while", "call", "conditional"))]
     accounted = sum(r["ms_per_iter"] for r in leaves)
-    if gmm.feature_pass(ct, X.dtype, n):
-        chunk = gmm.feature_chunk_size(n, (1 if ct == "spherical" else d) + d + 1, k, dt.itemsize)
+    if gmm.feature_pass(ct, X.dtype, n, d, k):
+        chunk = gmm.feature_chunk_size(n, gmm._n_quadratic(ct, d) + d + 1, k, dt.itemsize)
     else:
         chunk = gmm.default_chunk_size(d, ct, dt.itemsize, k)
     out = {"n": n, "d": d, "k": k, "cov_type": ct, "dtype": args.dtype, "chunk_size": chunk,

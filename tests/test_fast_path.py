@@ -66,7 +66,7 @@ def _both_paths(params, X, w, cov_type):
         fast.append((stats, ll, dense, new, scored, chunked))
     # The driver's form: X^T handed in once (read by the diagonal and spherical pass).
     given_t = gmm.e_step_stats(params, X, w, chunk_size=CHUNKS[0], X_t=X.T)
-    if cov_type in ("diag", "spherical"):
+    if cov_type in ("diag", "spherical", "full"):
         # emjax.fit's form: the features [q, x - c, 1] about the data's mean, built once.
         c = jnp.mean(X, 0)
         xf = gmm.feature_rows(X, c, cov_type)
@@ -120,8 +120,8 @@ def test_fast_driver_equals_dense_driver(cov_type):
     @functools.partial(jax.jit, static_argnames="fast")
     def run(p0, X, w, fast):
         c = jnp.mean(X, 0)
-        # spherical: as emjax.fit, the features built once and read by every pass (X_f)
-        xf = gmm.feature_rows(X, c, cov_type) if fast and cov_type == "spherical" else None
+        # as emjax.fit, the features built once and read by every pass (X_f)
+        xf = gmm.feature_rows(X, c, cov_type) if fast else None
         e, m, r = mixture.make_model(cov_type, 1e-6, fast=fast, chunk_size=64, center=c,
                                      X_f=xf)
         return em.run(e, m, p0, (X, w), tol=0.0, max_iter=5, repair=r)
@@ -243,10 +243,11 @@ def test_row_major_diagonal_pass(monkeypatch, cov_type):
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-10)
 
 
-@pytest.mark.parametrize("cov_type", ("diag", "spherical"))
+@pytest.mark.parametrize("cov_type", ("full", "diag", "spherical"))
 def test_fast_path_fit_equals_sklearn(cov_type):
-    """emjax.fit on the fast path (float64: the features built once, gmm.feature_rows) takes
-    the same EM steps as scikit-learn from the same start (5 iterations, tol 0)."""
+    """emjax.fit on the fast path (float64: the features built once, gmm.feature_rows; full
+    covariances in their packed form) takes the same EM steps as scikit-learn from the same
+    start (5 iterations, tol 0)."""
     import warnings
 
     from sklearn.mixture import GaussianMixture
@@ -257,14 +258,16 @@ def test_fast_path_fit_equals_sklearn(cov_type):
     k, d, n = 16, 16, 4200
     X = rng.normal(size=(k, d))[rng.integers(0, k, n)] * 3 + rng.normal(size=(n, d)) + 50.0
     assert n * d * k >= mixture.FAST_PATH_MIN_SIZE
-    assert gmm.feature_pass(cov_type, np.float64, n)
+    assert gmm.feature_pass(cov_type, np.float64, n, d, k)
     w0 = np.full(k, 1.0 / k)
     m0 = X[rng.choice(n, k, replace=False)]
-    c0 = np.ones((k, d)) if cov_type == "diag" else np.ones(k)
+    c0 = {"full": np.broadcast_to(np.eye(d), (k, d, d)), "diag": np.ones((k, d)),
+          "spherical": np.ones(k)}[cov_type]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ConvergenceWarning: tol = 0 never converges
         sk = GaussianMixture(k, covariance_type=cov_type, weights_init=w0, means_init=m0,
-                             precisions_init=1.0 / c0, max_iter=5, tol=0.0, reg_covar=1e-6)
+                             precisions_init=np.linalg.inv(c0) if cov_type == "full" else 1 / c0,
+                             max_iter=5, tol=0.0, reg_covar=1e-6)
         sk.fit(X)
     with jax.enable_x64(True):
         p0 = emjax.make_params(w0, m0, c0, cov_type)
