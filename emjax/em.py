@@ -12,6 +12,7 @@ carried in the loop state.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -249,10 +250,18 @@ def run_restarts(
     estats0_batched: Any = None,
 ) -> EMResult:
     """:func:`run` vmapped over a leading restart axis of ``params0_batched`` (and of
-    ``estats0_batched``, if given); data is shared."""
+    ``estats0_batched``, if given); data is shared. One restart runs unbatched (its result gets
+    the leading axis of length 1): a batch of one would turn every GEMM of the steps into a
+    batched one, which XLA:CPU runs more slowly (diagonal covariances, N = 1e5, D = K = 16,
+    float64: 13.1 against 8.6 ms per iteration)."""
 
     def one(p0, s0):
         return run(e_step, m_step, p0, data, tol=tol, max_iter=max_iter, repair=repair,
                    callback=callback, rtol=rtol, estats0=s0)
 
+    leaves = jax.tree_util.tree_leaves(params0_batched)
+    if leaves and leaves[0].shape[0] == 1:
+        first = functools.partial(jax.tree_util.tree_map, lambda a: a[0])
+        res = one(first(params0_batched), first(estats0_batched))
+        return jax.tree_util.tree_map(lambda a: a[None], res)
     return jax.vmap(one)(params0_batched, estats0_batched)

@@ -41,7 +41,7 @@ def main():
     for _ in range(7):
         t = time.perf_counter()
         loop(p0, X).block_until_ready()
-        te.append((time.perf_counter() - t) / (T + 1))  # T iterations + the final E-step
+        te.append((time.perf_counter() - t) / (T + 1))  # T iterations + the first E-step
         t = time.perf_counter()
         matmul(A).block_until_ready()
         tm.append(time.perf_counter() - t)

@@ -73,7 +73,7 @@ def devices(n=400_000, d=16, k=8, max_iter=10, repeats=3):
             t = time.perf_counter()
             run()
             times.append(time.perf_counter() - t)
-        # max_iter E+M iterations plus one final E-step.
+        # max_iter E+M iterations plus the E-step of the initial parameters.
         per_iter = min(times) / (max_iter + 1)
         rows.append(dict(devices=c, seconds_per_iteration=per_iter,
                          first_call_seconds=compile_s))
