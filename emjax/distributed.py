@@ -94,8 +94,7 @@ def block_stats(params: GMMParams, X: Array, w: Array, *, covariance_type: str,
     s = gmm.suff_stats(jnp.exp(log_resp), X, params.means, covariance_type=covariance_type,
                        sample_weight=w)
     score = jnp.where(w > 0, ll, jnp.inf)
-    # Ranked in float32, as emjax.mixture.reseed does (XLA:CPU's float64 top_k is a full sort).
-    idx = jax.lax.top_k(-score.astype(jnp.float32), n_candidates)[1]
+    idx = mixture.worst_explained(ll, w, n_candidates)  # ranked as emjax.mixture.reseed ranks
     # where(): a zero-weight row must not turn the sum into NaN even if its ll is -inf.
     ll_sum = jnp.sum(jnp.where(w > 0, w * ll, 0.0))
     return BlockStats(s.nk, s.sx, s.sxx, ll_sum, jnp.sum(w), X[idx], score[idx])

@@ -403,6 +403,10 @@ FEATURE_ROWS_MIN_SAMPLES_F32 = 2**15
 FEATURE_ROWS_FULL_MAX_BYTES = 2**28
 
 
+#: The chunk-pass modes (see :func:`_mode`) that can read :func:`feature_rows`.
+_FEATURE_MODES = ("diag", "spherical", "full")
+
+
 def _n_quadratic(covariance_type: str, d: int) -> int:
     return {"full": d * (d + 1) // 2, "spherical": 1}.get(covariance_type, d)
 
@@ -411,7 +415,7 @@ def feature_pass(covariance_type: str, dtype=jnp.float64, n_samples: int | None 
                  n_features: int | None = None, n_components: int | None = None) -> bool:
     """Whether a fit of this covariance type, dtype and size hands :func:`feature_rows` to the
     pass (see :data:`FEATURE_ROWS`, :data:`FEATURE_ROWS_FULL_MAX_BYTES`)."""
-    if not FEATURE_ROWS or covariance_type not in ("diag", "spherical", "full"):
+    if not FEATURE_ROWS or covariance_type not in _FEATURE_MODES:
         return False
     if covariance_type == "full":
         if n_samples is None or n_features is None or (
@@ -622,9 +626,11 @@ def _transposed_chunk(c: Array, form: _Form, with_stats: bool, spherical: bool =
     return one
 
 
-#: Bytes of the widest ``(chunk, max(K, nq + D))`` block of the feature-row pass (see
-#: :func:`feature_rows`): 16 MiB, 65536 rows in float64 at D = K = 16 (N = 1e6, ms per
-#: iteration: 90.6 against 95.9 with 32768 rows and 107 with 131072, 113 in one block).
+#: Bytes of the widest ``(chunk, max(K, nq + D + 1))`` block of the feature-row pass (see
+#: :func:`feature_rows`): 32 MiB, so that one chunk covers N = 1e5 in float64 at D = K = 16
+#: (driver, 10.4 against 11.9 ms per iteration with 16 MiB chunks, whose slicing copies each
+#: chunk). At N = 1e6 16 MiB measured faster (a prototype of the pass, ms per iteration: 90.6
+#: with 65536-row chunks against 107 with 131072 and 113 in one block); not tuned further.
 FEATURE_CHUNK_BYTES = 32 * 2**20
 
 
@@ -729,7 +735,7 @@ def _chunk_pass(params: GMMParams, X: Array, sample_weight: Array | None, chunk_
     mode = _mode(cov_lib.covariance_type_of(params.covariance), d, dtype, params.means.shape[0])
     c = (_shift(params) if center is None else jax.lax.stop_gradient(center)).astype(dtype)
     form = jax.tree_util.tree_map(lambda a: a.astype(dtype), _linear_form(params, c, mode))
-    if X_f is not None and mode in ("diag", "spherical", "full"):
+    if X_f is not None and mode in _FEATURE_MODES:
         one = _feature_chunk(form, with_stats, mode == "spherical", d)
 
         def take(start, size):
@@ -805,9 +811,9 @@ def e_step_stats(
         pass instead of transposing ``X`` (a driver transposes once per fit, not per pass:
         N = 1e5, D = K = 16, float64, the transpose is 0.95 of 13.1 ms per iteration).
       X_f: optional :func:`feature_rows` ``(X, center, covariance_type)`` (so ``center`` must be
-        given with it), read by the diagonal and spherical pass instead of ``X``: the driver's
-        form, faster than the transposed pass (see :func:`feature_rows`); chunks then default to
-        :func:`feature_chunk_size`.
+        given with it), read by the diagonal, spherical and packed full pass instead of ``X``:
+        the driver's form, faster than building the features in every chunk (see
+        :func:`feature_rows`); chunks then default to :func:`feature_chunk_size`.
 
     Returns:
       ``(stats, log_likelihood)``: :class:`SuffStats` (moments about ``ref``) and the per-sample
@@ -816,16 +822,15 @@ def e_step_stats(
     ctype = cov_lib.covariance_type_of(params.covariance)
     n, d = X.shape
     k = params.means.shape[0]
-    chunk_size_given = chunk_size
-    if chunk_size is None:
-        chunk_size = default_chunk_size(d, ctype, X.dtype.itemsize, k)
-    if X_f is not None and _mode(ctype, d, X.dtype, k) in ("diag", "spherical", "full") and (
-            chunk_size_given is None):
+    mode = _mode(ctype, d, X.dtype, k)
+    if chunk_size is None and X_f is not None and mode in _FEATURE_MODES:
         chunk_size = feature_chunk_size(n, X_f.shape[1], k, X.dtype.itemsize)
+    elif chunk_size is None:
+        chunk_size = default_chunk_size(d, ctype, X.dtype.itemsize, k)
     ll, acc, c = _chunk_pass(params, X, sample_weight, chunk_size, True, center, X_t, X_f)
     ref = jnp.broadcast_to(c, (k, d))
     nk, sx = acc[0], acc[1]
-    if _mode(ctype, d, X.dtype, k) == "whitened":
+    if mode == "whitened":
         sxx = acc[2].reshape(k, d, d)
         sxx = 0.5 * (sxx + jnp.swapaxes(sxx, 1, 2))  # symmetric up to rounding
     elif ctype == "full":

@@ -250,13 +250,12 @@ def reseed_empty(params: GMMParams, log_resp: Array | None, ll: Array | None, X:
     mean_w = 1.0 if w is None else jnp.mean(w)
     if nk is None:
         nk = gmm.responsibilities_mass(jnp.exp(log_resp), w)
-    empty = nk < empty_threshold * mean_w
-    if candidates is not None:  # already ranked, worst first
-        return reseed(params, empty, X[candidates],
-                      jnp.arange(candidates.shape[0], dtype=jnp.float32),
-                      covariance_type=covariance_type, active=active)
-    score = ll if w is None else jnp.where(w > 0, ll, jnp.inf)
-    return reseed(params, empty, X, score, covariance_type=covariance_type, active=active)
+    if candidates is None:
+        candidates = worst_explained(ll, w, params.means.shape[0])
+    # The candidates are ranked already, worst first.
+    return reseed(params, nk < empty_threshold * mean_w, X[candidates],
+                  jnp.arange(candidates.shape[0], dtype=jnp.float32),
+                  covariance_type=covariance_type, active=active)
 
 
 def reseed(params: GMMParams, empty: Array, X: Array, score: Array, *, covariance_type: str,
@@ -288,9 +287,7 @@ def reseed(params: GMMParams, empty: Array, X: Array, score: Array, *, covarianc
         empty = empty & active
         healthy = healthy & active
         n_active = jnp.sum(active)
-    # The k worst-explained samples. Ranked in float32: XLA:CPU's top_k is fast for float32
-    # only (float64 falls back to a full sort, ~17 ms per iteration at N = 1e5).
-    worst = jax.lax.top_k(-score.astype(jnp.float32), k)[1]
+    worst = worst_explained(score, None, k)  # the k worst-explained rows
     rank = jnp.clip(jnp.cumsum(empty) - 1, 0, k - 1)
     means = jnp.where(empty[:, None], X[worst[rank]], params.means)
     cov = params.covariance
@@ -351,7 +348,8 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
     ``X_t``: optional ``X.T``, computed once by the caller outside the EM loop, for the fast
     diagonal and spherical pass (:func:`emjax.gmm.e_step_stats`); without it each pass transposes.
     ``X_f``: optional :func:`emjax.gmm.feature_rows` of ``X`` about ``center``, built once by the
-    caller: the diagonal and spherical pass then reads them (faster than from ``X_t``).
+    caller: the diagonal, spherical and packed full pass then reads them (faster than building
+    the features in every chunk, or reading ``X_t``).
 
     The M-step reports ``em.STATUS_REGULARISED`` when a covariance was not positive definite in
     the working precision and was factorised with a jitter (:class:`emjax.em.Flagged`).
@@ -387,21 +385,16 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
                                      sample_weight=w)
         return m_step_from_stats(stats, covariance_type=covariance_type, reg_covar=reg_covar)
 
-    def mass(estats, w):
-        # The repair accepts either E-step's statistics: (SuffStats, ll) or (log_resp, ll)
-        # (the latter also from models built on this one, e.g. emjax.gem).
-        if isinstance(estats[0], gmm.SuffStats):
-            return estats[0].nk
-        return gmm.responsibilities_mass(jnp.exp(estats[0]), w)
-
     def repair(params, estats, data):
+        # Either E-step's statistics: (SuffStats, worst-explained rows) from the fast one, or
+        # (log_resp, ll) from the dense one (also from models built on this one, e.g. emjax.gem).
         X, w = data
-        if isinstance(estats[0], gmm.SuffStats):  # (stats, worst-explained rows)
+        if isinstance(estats[0], gmm.SuffStats):
             return reseed_empty(params, None, None, X, w, nk=estats[0].nk,
                                 candidates=estats[1], covariance_type=covariance_type,
                                 empty_threshold=empty_threshold)
-        return reseed_empty(params, None, estats[1], X, w, nk=mass(estats, w),
-                            covariance_type=covariance_type, empty_threshold=empty_threshold)
+        return reseed_empty(params, estats[0], estats[1], X, w, covariance_type=covariance_type,
+                            empty_threshold=empty_threshold)
 
     return e_step, m_step, repair
 
@@ -437,8 +430,8 @@ def _fit_compiled(X, key, sample_weight, weights_init, means_init, precisions_in
     d = X.shape[1]
     overrides = any(a is not None for a in (weights_init, means_init, precisions_init))
     if fast:
-        # Diagonal/spherical: the features [q, x - shift] are built once here and read by every
-        # iteration's pass (gmm.feature_rows).
+        # Diagonal, spherical and (within a memory budget) packed full covariances: the
+        # features [q, x - shift, 1] are built once here and read by every iteration's pass.
         xf = gmm.feature_rows(X, shift, covariance_type) if gmm.feature_pass(
             covariance_type, X.dtype, X.shape[0], d, n_components) else None
         # (Without them, the transposed pass reads X^T: transposed here, once.)
