@@ -633,6 +633,16 @@ def _transposed_chunk(c: Array, form: _Form, with_stats: bool, spherical: bool =
 #: with 65536-row chunks against 107 with 131072 and 113 in one block); not tuned further.
 FEATURE_CHUNK_BYTES = 32 * 2**20
 
+#: Features of at most this many bytes (the widest ``(N, max(K, nq + D + 1))`` block) are read
+#: in one chunk: 64 MiB. Each chunk costs a copy (the dynamic slice is not fused into the
+#: GEMMs), which one block avoids (driver, interleaved, ms per iteration, one chunk against
+#: 32 MiB chunks, N = 1e5: float64 diag D = 32 13.6 vs 16.7, D = 8
+#: full 10.6 vs 13.2, spherical D = 64 13.5 vs 17.0, K = 64 25.1 vs 26.3; float32 full
+#: D = K = 16 15.0 vs 16.1, diag D = 64 11.8 vs 13.3). Larger features keep 32 MiB chunks: one
+#: block of float64 diag D = 64 (103 MB) ran 31.2 against 28.5 ms, and 128 MiB changed nothing
+#: measurable (full D = K = 16 33.6 vs 33.4).
+FEATURE_ONE_CHUNK_BYTES = 64 * 2**20
+
 
 def feature_rows(X: Array, center: Array, covariance_type: str) -> Array:
     """The per-sample features of the log-densities, ``[q, x - c, 1]`` with ``q = (x - c)^2``
@@ -669,8 +679,11 @@ def feature_rows(X: Array, center: Array, covariance_type: str) -> Array:
 
 
 def feature_chunk_size(n_samples: int, n_columns: int, n_components: int, itemsize: int) -> int:
-    """Rows per chunk of the feature-row pass: about :data:`FEATURE_CHUNK_BYTES` per block, at
-    least 1024 rows, split evenly over ``n_samples`` (no small remainder chunk)."""
+    """Rows per chunk of the feature-row pass: all of them up to
+    :data:`FEATURE_ONE_CHUNK_BYTES`, else about :data:`FEATURE_CHUNK_BYTES` per block, at least
+    1024 rows, split evenly over ``n_samples`` (no small remainder chunk)."""
+    if n_samples * max(n_columns, n_components) * itemsize <= FEATURE_ONE_CHUNK_BYTES:
+        return n_samples
     rows = max(1024, FEATURE_CHUNK_BYTES // (itemsize * max(n_columns, n_components)))
     n_chunks = max(1, -(-n_samples // rows))
     return -(-n_samples // n_chunks)

@@ -269,6 +269,19 @@ def _timed(fn, *a):
     return time.perf_counter() - t0, out
 
 
+#: Seconds of idle before each library's timed calls. OpenBLAS and OpenMP worker threads spin
+#: on the cores for a while after a call (OpenBLAS by default about 2^28 cycles, ~0.1 s here),
+#: so a library timed right after scikit-learn shares the two cores with them (emjax float64
+#: diagonal at N = 1e4, D = K = 16 read 1.30 ms per iteration without the pause and 1.01 with
+#: it, in runs of the same cell; scikit-learn 5.06 and 4.91 ms).
+QUIET_S = 0.5
+
+
+def quiet():
+    """Let other libraries' spinning worker threads go idle (see :data:`QUIET_S`)."""
+    time.sleep(QUIET_S)
+
+
 def bench_config(X, k, cov_type, libs, iters, repeats, reg=1e-6):
     """Per-iteration time, compile time and final log-likelihood of each library (interleaved).
 
@@ -285,6 +298,7 @@ def bench_config(X, k, cov_type, libs, iters, repeats, reg=1e-6):
             continue  # see GMMX_HANGS
         t1, t2 = iters[lib]
         run = RUNNERS[lib](X, k, cov_type, p0, reg)
+        quiet()
         c1, _ = _timed(run, t1)
         w1, out1 = _timed(run, t1)
         c2, _ = _timed(run, t2)
@@ -295,6 +309,7 @@ def bench_config(X, k, cov_type, libs, iters, repeats, reg=1e-6):
     times = {lib: {t: [] for t in iters[lib]} for lib in runs}
     for _ in range(repeats):
         for lib, run in runs.items():
+            quiet()
             # An untimed call first: the first call after another library's pays for what that
             # one left running (OpenBLAS worker threads keep spinning on the cores after a BLAS
             # call), and since it is always the T1 call, that cost would come off the
@@ -343,6 +358,7 @@ def bench_restarts(X, k, cov_type, n_init, libs, repeats):
             return r
 
         first, r = _timed(run_e)
+        quiet()
         ts = [_timed(run_e)[0] for _ in range(repeats)]
         p = r.params
         out["emjax"] = {
@@ -359,6 +375,7 @@ def bench_restarts(X, k, cov_type, n_init, libs, repeats):
             return GaussianMixture(k, covariance_type=cov_type, n_init=n_init,
                                    random_state=0).fit(X)
 
+        quiet()
         run_s()  # untimed, as in bench_config: not right after another library's run
         ts, gm = [], None
         for _ in range(repeats):

@@ -112,6 +112,20 @@ def test_e_step_stats_equals_dense_path(cov_type, dtype):
             np.testing.assert_allclose(a, b, rtol=10 * rtol, atol=10 * atol)
 
 
+def test_feature_chunk_size():
+    """One block up to FEATURE_ONE_CHUNK_BYTES of features, else even chunks of about
+    FEATURE_CHUNK_BYTES that cover every row (no remainder)."""
+    one = gmm.FEATURE_ONE_CHUNK_BYTES
+    assert gmm.feature_chunk_size(100_000, 65, 16, 8) == 100_000  # 52 MB
+    assert gmm.feature_chunk_size(one // 8 // 33, 33, 16, 8) == one // 8 // 33
+    for n, cols, k, size in [(100_000, 129, 16, 8), (10**6, 33, 16, 4), (10**6, 17, 64, 8),
+                             (123_457, 129, 16, 8)]:
+        chunk = gmm.feature_chunk_size(n, cols, k, size)
+        n_chunks = -(-n // chunk)
+        assert n_chunks > 1 and n_chunks * chunk - n < n_chunks
+        assert chunk * max(cols, k) * size <= 1.01 * gmm.FEATURE_CHUNK_BYTES
+
+
 @pytest.mark.parametrize("cov_type", ("full", "spherical"))
 def test_fast_driver_equals_dense_driver(cov_type):
     """Five EM iterations through the driver: fast model == dense model (float64)."""
