@@ -220,7 +220,7 @@ def test_whitened_full_path(monkeypatch, dtype):
     def run(params, X, w):
         log_resp, ll_ref = gmm.e_step_full(params, X)
         out = []
-        for chunk in (50, 64):
+        for chunk in (50, 64, None):  # None: one block (WHITENED_ONE_CHUNK_BYTES)
             stats, ll = gmm.e_step_stats(params, X, w, chunk_size=chunk)
             dense = gmm.suff_stats(jnp.exp(log_resp), X, stats.ref, covariance_type="full",
                                    sample_weight=w)
