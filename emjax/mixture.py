@@ -330,7 +330,7 @@ FAST_PATH_MIN_SIZE = 2**20
 def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 1e-3, *,
                fast: bool | None = None, chunk_size: int | None = None,
                center: Array | None = None, X_t: Array | None = None,
-               X_f: Array | None = None):
+               X_f: Array | None = None, X_ft: Array | None = None):
     """The GMM as the driver sees it: ``(e_step, m_step, repair)`` over ``data = (X, w)``.
 
     ``fast=True``: the E-step is :func:`emjax.gmm.e_step_stats`, one chunked pass
@@ -349,7 +349,8 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
     diagonal and spherical pass (:func:`emjax.gmm.e_step_stats`); without it each pass transposes.
     ``X_f``: optional :func:`emjax.gmm.feature_rows` of ``X`` about ``center``, built once by the
     caller: the diagonal, spherical and packed full pass then reads them (faster than building
-    the features in every chunk, or reading ``X_t``).
+    the features in every chunk, or reading ``X_t``); ``X_ft``: optionally their transpose,
+    for the moments GEMM (:func:`pass_inputs` builds all three as ``emjax.fit`` does).
 
     The M-step reports ``em.STATUS_REGULARISED`` when a covariance was not positive definite in
     the working precision and was factorised with a jitter (:class:`emjax.em.Flagged`).
@@ -368,7 +369,7 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
         X, w = data
         if use_fast(params, X):
             stats, ll = gmm.e_step_stats(params, X, w, chunk_size=chunk_size, center=center,
-                                         X_t=X_t, X_f=X_f)
+                                         X_t=X_t, X_f=X_f, X_ft=X_ft)
             # The repair's candidates, not the (N,) log-likelihoods: the loop state carries
             # the E-step's statistics, and N floats there cost 2-3 copies of them in temporaries
             # (N = 1e7: 278 against 163 MiB).
@@ -397,6 +398,19 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
                             empty_threshold=empty_threshold)
 
     return e_step, m_step, repair
+
+
+def pass_inputs(X: Array, center: Array, covariance_type: str, n_components: int) -> dict:
+    """What a fast driver builds once per fit for its pass, as the ``X_t``, ``X_f`` and ``X_ft``
+    arguments of :func:`make_model`: the features about ``center`` where
+    :func:`emjax.gmm.feature_pass` takes them (and their transpose where
+    :func:`emjax.gmm.moments_transposed` says so), else ``X^T`` for the transposed pass."""
+    n, d = X.shape
+    xf = gmm.feature_rows(X, center, covariance_type) if gmm.feature_pass(
+        covariance_type, X.dtype, n, d, n_components) else None
+    xt = X.T if xf is None and gmm.transposed_pass(covariance_type) else None
+    xft = xf.T if xf is not None and gmm.moments_transposed(*xf.shape, X.dtype) else None
+    return dict(X_t=xt, X_f=xf, X_ft=xft)
 
 
 #: XLA options of the fitting program: LLVM's optimisation level 1 instead of 2 compiles
@@ -432,12 +446,9 @@ def _fit_compiled(X, key, sample_weight, weights_init, means_init, precisions_in
     if fast:
         # Diagonal, spherical and (within a memory budget) packed full covariances: the
         # features [q, x - shift, 1] are built once here and read by every iteration's pass.
-        xf = gmm.feature_rows(X, shift, covariance_type) if gmm.feature_pass(
-            covariance_type, X.dtype, X.shape[0], d, n_components) else None
-        # (Without them, the transposed pass reads X^T: transposed here, once.)
-        xt = X.T if xf is None and gmm.transposed_pass(covariance_type) else None
         e_step, m_step, repair = make_model(covariance_type, reg_covar, fast=True, center=shift,
-                                            X_t=xt, X_f=xf)
+                                            **pass_inputs(X, shift, covariance_type,
+                                                          n_components))
         data = (X, w)
     else:
         e_step, m_step, repair = make_model(covariance_type, reg_covar, fast=False)

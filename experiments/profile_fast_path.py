@@ -78,9 +78,8 @@ def main():
         # As emjax.fit's fast path: chunks centred at the data's mean, the diagonal/spherical
         # features built once per fit.
         c = jnp.mean(X, 0)
-        xf = gmm.feature_rows(X, c, ct) if gmm.feature_pass(ct, X.dtype, X.shape[0], d, k) else None
-        xt = X.T if xf is None and gmm.transposed_pass(ct) else None
-        e, mm, r = mixture.make_model(ct, 1e-6, fast=True, center=c, X_t=xt, X_f=xf)
+        e, mm, r = mixture.make_model(ct, 1e-6, fast=True, center=c,
+                                      **mixture.pass_inputs(X, c, ct, k))
         return em.run(e, mm, p, (X, None), tol=0.0, max_iter=T, repair=r).log_likelihood
 
     compiled = loop.lower(p0, X).compile()

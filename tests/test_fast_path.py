@@ -77,6 +77,11 @@ def _both_paths(params, X, w, cov_type):
                                      sample_weight=w, chunk_size=chunk)
             new = gmm.params_from_stats(stats, covariance_type=cov_type)
             fast.append((stats, ll, dense, new, entry[4], chunked))
+            # with their transpose too: the moments as X_ft @ g (FEATURE_MOMENTS_T_MAX_BYTES)
+            stats_t, ll_t = gmm.e_step_stats(params, X, w, chunk_size=chunk, center=c, X_f=xf,
+                                             X_ft=xf.T)
+            fast.append((stats_t, ll_t, dense, gmm.params_from_stats(
+                stats_t, covariance_type=cov_type), entry[4], chunked))
     return ll_ref, ref_params, fast, given_t
 
 
@@ -135,11 +140,15 @@ def test_fast_driver_equals_dense_driver(cov_type):
     def run(p0, X, w, fast):
         c = jnp.mean(X, 0)
         # as emjax.fit, the features built once and read by every pass (X_f)
-        xf = gmm.feature_rows(X, c, cov_type) if fast else None
+        inputs = mixture.pass_inputs(X, c, cov_type, K) if fast else {}
         e, m, r = mixture.make_model(cov_type, 1e-6, fast=fast, chunk_size=64, center=c,
-                                     X_f=xf)
+                                     **inputs)
         return em.run(e, m, p0, (X, w), tol=0.0, max_iter=5, repair=r)
 
+    # as emjax.fit: small float64 features come with their transpose
+    assert gmm.moments_transposed(N, gmm.feature_rows(Xj, Xj[0], cov_type).shape[1], np.float64)
+    assert not gmm.moments_transposed(N, D, np.float32)
+    assert not gmm.moments_transposed(10**5, 33, np.float64)
     a, b = run(params, Xj, wj, True), run(params, Xj, wj, False)
     assert int(a.n_iter) == int(b.n_iter) == 5
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
