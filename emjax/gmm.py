@@ -828,6 +828,21 @@ def _chunk_pass(params: GMMParams, X: Array, sample_weight: Array | None, chunk_
     return carry[0], carry[1], c
 
 
+def pass_chunk_size(n_samples: int, n_features: int, n_components: int, covariance_type: str,
+                    dtype, features: bool = False) -> int:
+    """The rows per chunk :func:`e_step_stats` takes by default: :func:`feature_chunk_size`
+    when the pass reads :func:`feature_rows` (``features``), one block for the whitened form
+    within :data:`WHITENED_ONE_CHUNK_BYTES`, else :func:`default_chunk_size`."""
+    n, d, k = n_samples, n_features, n_components
+    itemsize = jnp.dtype(dtype).itemsize
+    mode = _mode(covariance_type, d, dtype, k)
+    if features and mode in _FEATURE_MODES:
+        return feature_chunk_size(n, _n_quadratic(covariance_type, d) + d + 1, k, itemsize)
+    if mode == "whitened" and n * 2 * (k + 1) * d * itemsize <= WHITENED_ONE_CHUNK_BYTES:
+        return n
+    return default_chunk_size(d, covariance_type, itemsize, k)
+
+
 def e_step_stats(
     params: GMMParams,
     X: Array,
@@ -861,8 +876,7 @@ def e_step_stats(
       params: the mixture.
       X: ``(n_samples, n_features)``.
       sample_weight: optional ``(n_samples,)`` non-negative weights.
-      chunk_size: static rows per chunk (default :func:`default_chunk_size`, or one block for
-        the whitened form within :data:`WHITENED_ONE_CHUNK_BYTES`); any value works, a
+      chunk_size: static rows per chunk (default :func:`pass_chunk_size`); any value works, a
         remainder chunk handles ``n_samples % chunk_size``.
       center: optional ``(n_features,)`` point subtracted from every chunk (and the reference
         point of the statistics); default the weighted mean of the means. A fixed centre (e.g.
@@ -885,13 +899,8 @@ def e_step_stats(
     n, d = X.shape
     k = params.means.shape[0]
     mode = _mode(ctype, d, X.dtype, k)
-    if chunk_size is None and X_f is not None and mode in _FEATURE_MODES:
-        chunk_size = feature_chunk_size(n, X_f.shape[1], k, X.dtype.itemsize)
-    elif chunk_size is None:
-        chunk_size = default_chunk_size(d, ctype, X.dtype.itemsize, k)
-        if mode == "whitened" and n * 2 * (k + 1) * d * X.dtype.itemsize <= (
-                WHITENED_ONE_CHUNK_BYTES):
-            chunk_size = n
+    if chunk_size is None:
+        chunk_size = pass_chunk_size(n, d, k, ctype, X.dtype, X_f is not None)
     ll, acc, c = _chunk_pass(params, X, sample_weight, chunk_size, True, center, X_t, X_f,
                             X_ft)
     ref = jnp.broadcast_to(c, (k, d))

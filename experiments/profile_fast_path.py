@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python experiments/profile_fast_path.py    # N=1e5, D=16, K=16, full, float32
     PYTHONPATH=. python experiments/profile_fast_path.py --cov-type diag --dtype float64
-    # -> experiments/results/profile_<cov>_<dtype>.json and a Markdown table on stdout
+    # -> experiments/results/profile_<cov>_<dtype>.json (or --out) and a Markdown table
 
 Runs ``T`` EM iterations of the fast model (``mixture.make_model(..., fast=True)`` inside
 ``em.run``, as ``emjax.fit`` does) a few times under ``jax.profiler`` with a Perfetto trace, sums
@@ -64,6 +64,7 @@ def main():
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--top", type=int, default=20)
+    ap.add_argument("--out", help="JSON path (default results/profile_<cov>_<dtype>.json)")
     args = ap.parse_args()
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
@@ -112,15 +113,12 @@ def main():
     # Control flow (while / call thunks) contains the others: keep leaf operations only.
     leaves = [r for r in rows if not r["op"].startswith(("while", "call", "conditional"))]
     accounted = sum(r["ms_per_iter"] for r in leaves)
-    if gmm.feature_pass(ct, X.dtype, n, d, k):
-        chunk = gmm.feature_chunk_size(n, gmm._n_quadratic(ct, d) + d + 1, k, dt.itemsize)
-    else:
-        chunk = gmm.default_chunk_size(d, ct, dt.itemsize, k)
+    chunk = gmm.pass_chunk_size(n, d, k, ct, dt, gmm.feature_pass(ct, dt, n, d, k))
     out = {"n": n, "d": d, "k": k, "cov_type": ct, "dtype": args.dtype, "chunk_size": chunk,
            "wall_ms_per_iter": 1e3 * wall, "profiled_ops_ms_per_iter": accounted,
            "ops": leaves, "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "jax": jax.__version__}
-    path = HERE / "results" / f"profile_{ct}_{args.dtype}.json"
+    path = Path(args.out) if args.out else HERE / "results" / f"profile_{ct}_{args.dtype}.json"
     path.write_text(json.dumps(out, indent=1))
     print(f"N={n} D={d} K={k} {ct} {args.dtype}, chunk {chunk}: {1e3 * wall:.2f} ms per "
           f"iteration (wall, unprofiled); the operations below sum to {accounted:.2f} ms")

@@ -129,6 +129,14 @@ def test_feature_chunk_size():
         n_chunks = -(-n // chunk)
         assert n_chunks > 1 and n_chunks * chunk - n < n_chunks
         assert chunk * max(cols, k) * size <= 1.01 * gmm.FEATURE_CHUNK_BYTES
+    # e_step_stats' default: the rule above with features, one whitened block within
+    # WHITENED_ONE_CHUNK_BYTES (N = 1e5, D = 16, K = 2: 54 MB), else default_chunk_size
+    assert gmm.pass_chunk_size(100_000, 16, 16, "diag", np.float64, True) == 100_000
+    assert gmm.pass_chunk_size(100_000, 16, 2, "full", np.float64) == 100_000
+    assert gmm.pass_chunk_size(100_000, 32, 4, "full", np.float64) == gmm.default_chunk_size(
+        32, "full", 8, 4)
+    assert gmm.pass_chunk_size(100_000, 16, 16, "diag", np.float64) == gmm.default_chunk_size(
+        16, "diag", 8, 16)
 
 
 @pytest.mark.parametrize("cov_type", ("full", "spherical"))
