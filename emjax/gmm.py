@@ -599,8 +599,8 @@ def _log_joint(x: Array, form: _Form, mode: str) -> tuple[Array, Array | None]:
         # |y_k|^2 for every k as one GEMM with the (K D, K) block indicator: XLA:CPU's reduce
         # of the (chunk, K, D) squares over D was the pass's slowest operation (see
         # WHITENED_ONE_CHUNK_BYTES for the A/B).
-        blocks = jnp.repeat(jnp.eye(k, dtype=y.dtype), y.shape[1] // k, axis=0)
-        return form.b - 0.5 * _dot(y * y, blocks), None
+        blocks = np.repeat(np.eye(k, dtype=y.dtype), y.shape[1] // k, axis=0)
+        return form.b - 0.5 * _dot(y * y, jnp.asarray(blocks)), None
     if mode == "tied":  # l = y = x U, the quadratic term is -|y|^2 / 2
         y = _dot(x, form.u)
         return _dot(y, form.wl) + form.b - 0.5 * jnp.sum(y * y, axis=1, keepdims=True), None
@@ -671,8 +671,8 @@ FEATURE_CHUNK_BYTES = 32 * 2**20
 #: 32 MiB chunks, N = 1e5: float64 diag D = 32 13.6 vs 16.7, D = 8
 #: full 10.6 vs 13.2, spherical D = 64 13.5 vs 17.0, K = 64 25.1 vs 26.3; float32 full
 #: D = K = 16 15.0 vs 16.1, diag D = 64 11.8 vs 13.3). Larger features keep 32 MiB chunks: one
-#: block of float64 diag D = 64 (103 MB) ran 31.2 against 28.5 ms, and 128 MiB changed nothing
-#: measurable (full D = K = 16 33.6 vs 33.4).
+#: block of float64 diag D = 64 (103 MB) ran 28.6 against 28.9 ms and two blocks 31.2 against
+#: 28.5, and 128 MiB changed nothing measurable (full D = K = 16 33.6 vs 33.4).
 FEATURE_ONE_CHUNK_BYTES = 64 * 2**20
 
 
@@ -767,9 +767,8 @@ def _row_chunk(c: Array, form: _Form, mode: str, with_stats: bool):
             xw = x if w is None else x * w[:, None]
             return ll, (nk, _tdot(g, x), _tdot(xw, x))
         if mode == "whitened":
-            # [g_1 x ... g_K x]^T @ x: every component's weighted scatter in one GEMM.
-            # As x^T [g_1 x ... g_K x], (D, K D): _tdot transposes its first operand, and x is
-            # K times smaller than gx.
+            # x^T [g_1 x ... g_K x], (D, K D): every component's weighted scatter in one GEMM,
+            # x first because _tdot transposes its first operand and x is K times smaller.
             gx = (g[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)
             k, d = g.shape[1], x.shape[1]
             sxx = _tdot(x, gx).reshape(d, k, d).transpose(1, 0, 2).reshape(k * d, d)

@@ -444,8 +444,9 @@ def _fit_compiled(X, key, sample_weight, weights_init, means_init, precisions_in
     d = X.shape[1]
     overrides = any(a is not None for a in (weights_init, means_init, precisions_init))
     if fast:
-        # Diagonal, spherical and (within a memory budget) packed full covariances: the
-        # features [q, x - shift, 1] are built once here and read by every iteration's pass.
+        # What every iteration's pass reads, built once here (pass_inputs): the features
+        # [q, x - shift, 1] for diagonal, spherical and (within a budget) packed full
+        # covariances, else X^T for the transposed pass.
         e_step, m_step, repair = make_model(covariance_type, reg_covar, fast=True, center=shift,
                                             **pass_inputs(X, shift, covariance_type,
                                                           n_components))

@@ -76,8 +76,8 @@ def main():
 
     @jax.jit
     def loop(p, X):
-        # As emjax.fit's fast path: chunks centred at the data's mean, the diagonal/spherical
-        # features built once per fit.
+        # As emjax.fit's fast path: chunks centred at the data's mean, the pass inputs
+        # (features, or X^T) built once per fit.
         c = jnp.mean(X, 0)
         e, mm, r = mixture.make_model(ct, 1e-6, fast=True, center=c,
                                       **mixture.pass_inputs(X, c, ct, k))
