@@ -5,17 +5,19 @@
     PYTHONPATH=. python experiments/ab_driver.py float32 base,FEATURE_ROWS_FULL_MAX_BYTES=0 \
         100000,16,16,full
 
-Each variant sets module attributes of ``emjax.gmm`` (``NAME=value``, several joined by ``+``;
-``base`` is the defaults) while its program is traced and compiled; the compiled programs then
-run in turn, ``rounds`` times, on the same data and start (the benchmark's). Prints ms per
-iteration (a run of ``T`` iterations plus the first E-step, divided by ``T + 1``) and the final
-log-likelihood of each variant. The per-iteration A/B figures quoted in ``emjax/gmm.py`` and the
-README for this session's changes were measured with this script.
+Each variant sets module attributes of ``emjax.gmm`` (``NAME=value``, or ``module.NAME=value``
+for another ``emjax`` module, e.g. ``covariance.BLOCKED_INVERSE_MIN_FEATURES=10**9``; several
+joined by ``+``; ``base`` is the defaults) while its program is traced and compiled; the
+compiled programs then run in turn, ``rounds`` times, on the same data and start (the
+benchmark's). Prints ms per iteration (a run of ``T`` iterations plus the first E-step, divided
+by ``T + 1``) and the final log-likelihood of each variant. The per-iteration A/B figures quoted
+in ``emjax/`` and the README were measured with this script.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 from pathlib import Path
@@ -42,7 +44,16 @@ def main():
         jax.config.update("jax_enable_x64", True)
     names = args.variants.split(",")
     variants = [{} if v == "base" else dict(kv.split("=") for kv in v.split("+")) for v in names]
-    defaults = {key: getattr(gmm, key) for v in variants for key in v}
+    def module(key):
+        if "." not in key:
+            return gmm, key
+        mod, name = key.split(".", 1)
+        return importlib.import_module(f"emjax.{mod}"), name
+
+    def setting(key, val):
+        setattr(*module(key), val)
+
+    defaults = {key: getattr(*module(key)) for v in variants for key in v}
     T = args.iters
     for cfg in args.configs:
         n, d, k, ct = cfg.split(",")
@@ -54,9 +65,9 @@ def main():
         fns = {}
         for name, v in zip(names, variants):
             for key, val in defaults.items():
-                setattr(gmm, key, val)
+                setting(key, val)
             for key, val in v.items():
-                setattr(gmm, key, type(defaults[key])(eval(val)))
+                setting(key, type(defaults[key])(eval(val)))
 
             # A new function per variant: JAX caches traces by function, so one shared
             # function would be traced once, with the first variant's settings.
@@ -71,7 +82,7 @@ def main():
             fns[name] = jax.jit(loop).lower(p0, X).compile()
             fns[name](p0, X).block_until_ready()
         for key, val in defaults.items():
-            setattr(gmm, key, val)
+            setting(key, val)
         ts = {name: [] for name in names}
         lls = {}
         for _ in range(args.rounds):

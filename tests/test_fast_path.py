@@ -310,3 +310,21 @@ def test_fast_path_fit_equals_sklearn(cov_type):
                                    rtol=1e-7)
         # at the returned parameters (scikit-learn's score: its own formula)
         np.testing.assert_allclose(res.log_likelihood, sk.score(X), rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_packed_pass_both_orientations(monkeypatch, dtype):
+    """The packed full pass on row chunks gives the same statistics and log-likelihoods whether
+    it builds the products transposed (``PACKED_TRANSPOSED``, the default) or as rows."""
+    X, Xj, wj, params = _problem(dtype, "full", offset=20.0, seed=8)
+    rtol, atol = _tol(dtype)
+    out = {}
+    for flag in (True, False):
+        monkeypatch.setattr(gmm, "PACKED_TRANSPOSED", flag)
+        run = jax.jit(lambda p, x, w: (gmm.e_step_stats(p, x, w, chunk_size=64),
+                                       gmm.score_samples_chunked(p, x, chunk_size=64)))
+        out[flag] = run(params, Xj, wj)
+    for a, b in zip(jax.tree_util.tree_leaves(out[True]), jax.tree_util.tree_leaves(out[False])):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol * N)
+    log_resp, ll_ref = gmm.e_step_full(params, Xj)
+    np.testing.assert_allclose(out[True][0][1], ll_ref, rtol=rtol, atol=atol)
