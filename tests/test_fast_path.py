@@ -229,6 +229,8 @@ def test_whitened_full_path(monkeypatch, dtype):
         assert gmm._mode("full", 16, dt, 5) == "full"
     monkeypatch.setattr(gmm, "SELECT_GEMM_MAX_FEATURES", 2)
     monkeypatch.setattr(gmm, "FEW_COMPONENTS_RATIO", 1)
+    # chunks of 50 and 64 rows form the scatter as [g_k x]^T x, the one block as x^T [g_k x]
+    monkeypatch.setattr(gmm, "WHITENED_SCATTER_T_MAX_ROWS", 64)
     assert gmm._mode("full", D, dtype, K) == "whitened"
     X, Xj, wj, params = _problem(dtype, "full", offset=20.0, seed=6)
     rtol, atol = _tol(dtype)
