@@ -42,7 +42,8 @@ from emjax import em, gmm, mixture  # noqa: E402
 def hlo_ops(text: str) -> dict[str, str]:
     """``name -> "opcode shape (op_name metadata)"`` for every instruction of an HLO dump."""
     out = {}
-    pat = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) (\w[\w\-]*)\(")
+    # shapes may be tuples, "(f32[16]{0}, s32[16]{0})" (custom calls such as LAPACK's, TopK)
+    pat = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\(.*?\)|\S+) (\w[\w\-]*)\(")
     for line in text.splitlines():
         m = pat.match(line)
         if not m:
