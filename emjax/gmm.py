@@ -637,7 +637,6 @@ def _logsumexp_resp(lp: Array, axis: int = 1) -> tuple[Array, Array]:
     return jnp.squeeze(m + jnp.log(s), axis), e / s
 
 
-
 def _transposed_chunk(c: Array, form: _Form, with_stats: bool, spherical: bool = False):
     """The chunk function of diagonal and spherical covariances on ``X^T`` (``(D, N)``,
     transposed once per fit): a chunk is ``D`` contiguous rows of samples, the features
