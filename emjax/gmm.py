@@ -486,17 +486,26 @@ def _dot(a: Array, b: Array) -> Array:
     return jnp.matmul(a, b, precision=_HIGHEST)
 
 
-def _tdot(a: Array, b: Array) -> Array:
+def _tdot(a: Array, b: Array, materialise: bool | None = None) -> Array:
     """``a^T @ b``: ``(c, m), (c, n) -> (m, n)`` with ``c`` large and ``m`` small.
 
-    float32: one ``dot_general`` contracting the leading axes. float64: the transpose of ``a``
-    is materialised (``m * c`` elements) behind an optimisation barrier, which steers XLA:CPU to
-    its faster float64 GEMM (interleaved A/B, N = 1e4, D = K = 16: 3.2 against 3.5 ms per
-    iteration, spherical and diagonal; float32 goes the other way, 16.9 against 20.5 ms at
-    N = 1e5, full)."""
-    if a.dtype == jnp.float64:
+    ``materialise`` (default: float64 only): the transpose of ``a`` is materialised (``m * c``
+    elements) behind an optimisation barrier and the product is a plain GEMM, which XLA:CPU runs
+    through YNNPACK; otherwise one ``dot_general`` contracting the leading axes, which it hands
+    to Eigen (interleaved A/B, N = 1e4, D = K = 16: float64 3.2 against 3.5 ms per iteration,
+    spherical and diagonal; float32 goes the other way, 16.9 against 20.5 ms at N = 1e5, full;
+    see WHITENED_SCATTER_T_MAX_ROWS for where float32 materialises too)."""
+    if materialise is None:
+        materialise = a.dtype == jnp.float64
+    if materialise:
         return _dot(jax.lax.optimization_barrier(a.T), b)
     return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())), precision=_HIGHEST)
+
+
+def _dot_t(a: Array, b: Array) -> Array:
+    """``(a @ b)^T`` with the product kept in the orientation given (the barrier keeps XLA from
+    turning the transpose of the product back into ``b^T a^T``, a transposed-operand GEMM)."""
+    return jax.lax.optimization_barrier(_dot(a, b)).T
 
 
 def default_chunk_size(n_features: int, covariance_type: str = "full", itemsize: int = 4,
@@ -612,7 +621,8 @@ def _linear_form(params: GMMParams, c: Array, mode: str) -> _Form:
 
 def _log_joint(x: Array, form: _Form, mode: str) -> tuple[Array, Array | None]:
     """``(log pi_k + log N(x_n | mu_k, Sigma_k), q(x))`` of one centred chunk ``x``; the
-    quadratic features ``q`` are reused by the statistics (None for tied and whitened)."""
+    quadratic features ``q`` are reused by the statistics (None for tied and whitened; for
+    packed full covariances ``q^T`` with :data:`PACKED_TRANSPOSED`)."""
     if mode == "whitened":
         y = _dot(x, form.u) - form.wl  # (c, K D): x U_k - mu_k U_k for every k
         k = form.b.shape[0]
@@ -624,6 +634,12 @@ def _log_joint(x: Array, form: _Form, mode: str) -> tuple[Array, Array | None]:
     if mode == "tied":  # l = y = x U, the quadratic term is -|y|^2 / 2
         y = _dot(x, form.u)
         return _dot(y, form.wl) + form.b - 0.5 * jnp.sum(y * y, axis=1, keepdims=True), None
+    if mode == "full" and PACKED_TRANSPOSED:  # q returned as q^T, (T, chunk)
+        iu, ju = _triu(x.shape[1])
+        xt = x.T
+        qt = xt[iu] * xt[ju]
+        wqt = jax.lax.optimization_barrier(form.wq.T)
+        return _dot_t(wqt, qt) + _dot(x, form.wl) + form.b, qt
     q = _packed_outer(x) if mode == "full" else x * x
     return _dot(x, form.wl) + form.b + _dot(q, form.wq), q
 
@@ -759,9 +775,7 @@ def _feature_chunk(form: _Form, with_stats: bool, spherical: bool, d: int):
         if ft is None:
             st = jax.lax.dot_general(g, f, (((0,), (0,)), ((), ())), precision=_HIGHEST)
         else:
-            # (nq + D + 1, K); the barrier keeps XLA from turning the transpose of the product
-            # back into g^T f.
-            st = jax.lax.optimization_barrier(_dot(ft, g)).T
+            st = _dot_t(ft, g)  # (K, nq + D + 1) from the plain GEMM ft @ g
         sxx = st[:, :nq]
         if spherical:
             sxx = jnp.broadcast_to(sxx / d, (sxx.shape[0], d))
@@ -775,20 +789,6 @@ def _row_chunk(c: Array, form: _Form, mode: str, with_stats: bool):
 
     def one(x, w):
         x = x - c
-        if mode == "full" and PACKED_TRANSPOSED:
-            iu, ju = _triu(x.shape[1])
-            xt = x.T
-            qt = xt[iu] * xt[ju]  # (T, c)
-            wqt = jax.lax.optimization_barrier(form.wq.T)
-            lp = (jax.lax.optimization_barrier(_dot(wqt, qt)).T + _dot(x, form.wl)
-                  + form.b)
-            if not with_stats:
-                return jax.nn.logsumexp(lp, axis=1), None
-            ll, g = _logsumexp_resp(lp)
-            if w is not None:
-                g = g * w[:, None]
-            sq = jax.lax.optimization_barrier(_dot(qt, g)).T
-            return ll, (jnp.sum(g, axis=0), _tdot(g, x), sq)
         lp, q = _log_joint(x, form, mode)
         if not with_stats:
             return jax.nn.logsumexp(lp, axis=1), None
@@ -807,11 +807,12 @@ def _row_chunk(c: Array, form: _Form, mode: str, with_stats: bool):
             gx = (g[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)
             k, d = g.shape[1], x.shape[1]
             if x.shape[0] <= WHITENED_SCATTER_T_MAX_ROWS:
-                sxx = _dot(jax.lax.optimization_barrier(gx.T), x)
+                sxx = _tdot(gx, x, materialise=True)
             else:
                 sxx = _tdot(x, gx).reshape(d, k, d).transpose(1, 0, 2).reshape(k * d, d)
             return ll, (nk, _tdot(g, x), sxx)
-        return ll, (nk, _tdot(g, x), _tdot(g, q))
+        sq = _dot_t(q, g) if mode == "full" and PACKED_TRANSPOSED else _tdot(g, q)
+        return ll, (nk, _tdot(g, x), sq)
 
     return one
 
