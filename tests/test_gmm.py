@@ -294,7 +294,7 @@ def test_driver_reports_regularised_covariance():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("d", (1, 5, 24, 33))
 def test_lower_triangular_inverse(dtype, d):
-    """The block-recursive inverse against NumPy's, and its derivative against the identity
+    """The level-wise block inverse against NumPy's, and its derivative against the identity
     ``d inv(L) = -inv(L) dL inv(L)``; at ``d >= BLOCKED_INVERSE_MIN_FEATURES`` the precision
     factors built with it equal scikit-learn's."""
     rng = np.random.default_rng(d)
