@@ -434,21 +434,58 @@ FEATURE_ROWS_MIN_SAMPLES_F32 = 2**15
 #: the data, and are not built).
 FEATURE_ROWS_FULL_MAX_BYTES = 2**28
 
-#: float64 features of at most this many bytes are also handed to the pass transposed,
-#: ``(nq + D + 1, N)``, and the moments are the GEMM ``f^T g`` (which XLA:CPU runs through
-#: YNNPACK) instead of ``g^T f`` (Eigen): 4 MiB (driver, interleaved, 21 rounds, ms per
-#: iteration, with against without: N = 1e4, D = K = 16 diag 1.08 vs 1.13, spherical 0.87 vs
-#: 0.95). Larger features lose: the moments GEMM alone is faster (N = 1e5, D = K = 16: 3.2
-#: against 3.6 ms) but the whole iteration is slower (9.8 against 9.2; D = 32 and 64 by half).
-FEATURE_MOMENTS_T_MAX_BYTES = 2**22
+#: float64 features of at most this many bytes are held as row blocks, each with its
+#: transpose materialised once per fit (:func:`feature_blocks`; twice the features' memory), and
+#: the moments of a block are the plain GEMM ``f_b^T g`` (which XLA:CPU runs through YNNPACK)
+#: instead of ``g^T f_b`` (Eigen's transposed-operand GEMM, 47 GFLOP/s at N = 1e5, D = 64):
+#: 192 MiB. The blocks are separate arrays, read by an unrolled loop, because a slice of a
+#: transposed array along its samples is a strided copy (the reason a single transposed array
+#: measured slower past 4 MiB: N = 1e5, D = K = 16, 9.8 against 9.2 ms per iteration) and
+#: even a row slice of the features is a copy (5 of 25 ms per iteration at N = 1e5, D = 64).
+#: Prototype of the pass, float64, ms per iteration, blocks with transposes against the
+#: sliced features: N = 1e5, K = 16, D = 64 16.4 vs 23.8, D = 32 11.4 vs 14.8, D = 16 7.1 vs
+#: 7.9, full D = 16 23.7 vs 30.7; K = 64, D = 64 59 vs 69; N = 3e5, D = 16 31.4 vs 38.1,
+#: D = 32 45.6 vs 53.3; but N = 1e6, D = 16 (264 MB of features) 115 vs 111, hence the bound.
+#: In the driver (N = 1e5, K = 16, steady ms per iteration, as experiments/benchmark.py
+#: measures it: ab_driver.py --iters 5 --iters2 25): D = 64 17.6 vs 22.8, D = 32 10.8 vs
+#: 11.0, D = 16 6.0 vs 7.2, spherical D = 64 11.0 vs 11.0, full D = 16 20.4 vs 25.7, D = 8
+#: 7.5 vs 8.7; K = 64 18.5 vs 23.7; N = 1e4 0.96 vs 0.98. Building them is a fixed cost of
+#: each fit (a prototype, N = 1e5, D = 64: about 100 ms against 40 for the features alone,
+#: most of it the first touch of the new memory).
+FEATURE_BLOCKS_MAX_BYTES = 192 * 2**20
+
+#: float32 takes the blocks with their transposes from this many components (Eigen's
+#: ``g^T f`` is faster in float32 with few: driver, N = 1e5, steady ms per iteration, blocks
+#: against sliced features: K = 16 diag D = 64 8.4 vs 7.0, D = 32 4.6 vs 3.9, D = 16 3.5 vs
+#: 3.4, full 9.9 vs 10.1, spherical 2.9 vs 3.2; K = 32 diag 5.1 vs 5.5; K = 64 diag 7.0 vs
+#: 11.4, D = 64 20.7 vs 31.6, full 25.2 vs 31.0, spherical 5.8 vs 10.1).
+FEATURE_BLOCKS_MIN_COMPONENTS_F32 = 32
 
 
-def moments_transposed(n_samples: int, n_columns: int, dtype) -> bool:
-    """Whether a driver hands the feature-row pass the features' transpose too (see
-    :data:`FEATURE_MOMENTS_T_MAX_BYTES`)."""
+#: Rows per block of :func:`feature_blocks` at most (and at most :data:`FEATURE_CHUNK_BYTES`),
+#: split evenly: with fewer, longer blocks the moments GEMM ``f_b^T g`` slows down (its
+#: contraction runs over the rows; float64, N = 1e5, K = 16, steady ms per iteration, blocks
+#: of 25000 rows against 100000 / 50000: D = 32 10.9 vs 14.6 / 14.6, D = 16 5.7 vs 6.7 / 5.9;
+#: D = 64 18.6 with 25000-row blocks, 18.8 with 14286, 21.4 with 7692; D = 32, 12500 rows
+#: 10.4).
+FEATURE_BLOCK_ROWS = 32768
+
+
+def feature_block_size(n_samples: int, n_columns: int, n_components: int,
+                       itemsize: int) -> int:
+    """Rows per block of :func:`feature_blocks` (see :data:`FEATURE_BLOCK_ROWS`)."""
+    rows = min(FEATURE_BLOCK_ROWS,
+               max(1024, FEATURE_CHUNK_BYTES // (itemsize * max(n_columns, n_components))))
+    return -(-n_samples // max(1, -(-n_samples // rows)))
+
+
+def moments_transposed(n_samples: int, n_columns: int, dtype, n_components: int = 0) -> bool:
+    """Whether a driver holds the features as :func:`feature_blocks` with their transposes (see
+    :data:`FEATURE_BLOCKS_MAX_BYTES`, :data:`FEATURE_BLOCKS_MIN_COMPONENTS_F32`)."""
     itemsize = jnp.dtype(dtype).itemsize
-    return (jnp.dtype(dtype) == jnp.float64
-            and n_samples * n_columns * itemsize <= FEATURE_MOMENTS_T_MAX_BYTES)
+    wide = (jnp.dtype(dtype) == jnp.float64
+            or n_components >= FEATURE_BLOCKS_MIN_COMPONENTS_F32)
+    return wide and n_samples * n_columns * itemsize <= FEATURE_BLOCKS_MAX_BYTES
 
 
 #: The chunk-pass modes (see :func:`_mode`) that can read :func:`feature_rows`.
@@ -712,6 +749,20 @@ FEATURE_CHUNK_BYTES = 32 * 2**20
 FEATURE_ONE_CHUNK_BYTES = 64 * 2**20
 
 
+def _write_features(f: Array, x: Array, start, covariance_type: str) -> Array:
+    """Rows ``start : start + len(x)`` of the features ``f`` (a buffer of ones) for the centred
+    samples ``x``, as two block writes: XLA:CPU emits the equivalent concatenate as a scalar
+    loop."""
+    if covariance_type == "full":
+        q = _packed_outer(x)
+    elif covariance_type == "spherical":
+        q = jnp.sum(x * x, axis=1, keepdims=True)
+    else:
+        q = x * x
+    f = jax.lax.dynamic_update_slice(f, q, (start, 0))
+    return jax.lax.dynamic_update_slice(f, x, (start, q.shape[1]))
+
+
 def feature_rows(X: Array, center: Array, covariance_type: str) -> Array:
     """The per-sample features of the log-densities, ``[q, x - c, 1]`` with ``q = (x - c)^2``
     (diagonal, ``D`` columns), ``|x - c|^2`` (spherical, one column) or the packed products
@@ -729,21 +780,26 @@ def feature_rows(X: Array, center: Array, covariance_type: str) -> Array:
     f = jnp.ones((n, nq + d + 1), X.dtype)
 
     def block(f, start, size):
-        # Block writes into a buffer of ones: XLA:CPU emits the equivalent concatenate as a
-        # scalar loop.
-        x = rows(X, start, size) - center
-        if covariance_type == "full":
-            q = _packed_outer(x)
-        elif covariance_type == "spherical":
-            q = jnp.sum(x * x, axis=1, keepdims=True)
-        else:
-            q = x * x
-        f = jax.lax.dynamic_update_slice(f, q, (start, 0))
-        return jax.lax.dynamic_update_slice(f, x, (start, nq))
+        return _write_features(f, rows(X, start, size) - center, start, covariance_type)
 
     # In blocks of about 16 MiB, so that building them needs no temporary of their size.
     chunk = max(256, DEFAULT_CHUNK_BYTES // (X.dtype.itemsize * (nq + d + 1)))
     return fold_chunks(block, f, n, chunk)
+
+def feature_blocks(X: Array, center: Array, covariance_type: str,
+                   block_size: int) -> tuple[Array, ...]:
+    """:func:`feature_rows` as a tuple of row blocks of ``block_size`` rows (the last may be
+    smaller), each a separate array: the pass reads them in an unrolled loop, so no block is
+    sliced (copied) out of the features at every iteration (see
+    :data:`FEATURE_BLOCKS_MAX_BYTES`; a driver hands their transposes as ``X_ft``)."""
+    n, d = X.shape
+    cols = _n_quadratic(covariance_type, d) + d + 1
+    out = []
+    for start in range(0, n, block_size):
+        size = min(block_size, n - start)
+        f = jnp.ones((size, cols), X.dtype)
+        out.append(_write_features(f, rows(X, start, size) - center, 0, covariance_type))
+    return tuple(out)
 
 
 def feature_chunk_size(n_samples: int, n_columns: int, n_components: int, itemsize: int) -> int:
@@ -848,6 +904,21 @@ def _chunk_pass(params: GMMParams, X: Array, sample_weight: Array | None, chunk_
         def take(start, size):
             return rows(X, start, size)
 
+    if isinstance(X_f, tuple) and mode in _FEATURE_MODES:
+        # Row blocks (feature_blocks), each with its transpose if X_ft is given: an unrolled
+        # loop over separate arrays, nothing sliced.
+        fts = X_ft if X_ft is not None and with_stats else (None,) * len(X_f)
+        lls, acc, start = [], None, 0
+        for f, ft in zip(X_f, fts):
+            size = f.shape[0]
+            ll, st = one((f, ft), rows(sample_weight, start, size))
+            lls.append(ll)
+            acc = st if acc is None else jax.tree_util.tree_map(jnp.add, acc, st)
+            start += size
+        if start != n:
+            raise ValueError(f"feature blocks cover {start} rows, X has {n}")
+        return jnp.concatenate(lls) if len(lls) > 1 else lls[0], acc, c
+
     if with_stats:
         _, acc0 = jax.eval_shape(lambda: one(take(0, 1), rows(sample_weight, 0, 1)))
         acc0 = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), acc0)
@@ -926,8 +997,11 @@ def e_step_stats(
         given with it), read by the diagonal, spherical and packed full pass instead of ``X``:
         the driver's form, faster than building the features in every chunk (see
         :func:`feature_rows`); chunks then default to :func:`feature_chunk_size`.
-      X_ft: optional ``X_f.T``, materialised once by the driver: the moments are then the GEMM
-        ``X_ft @ g`` (see :data:`FEATURE_MOMENTS_T_MAX_BYTES`). Read only with ``X_f``.
+        ``X_f`` may also be a tuple of row blocks, :func:`feature_blocks` (read block by
+        block, ``chunk_size`` unused).
+      X_ft: optional ``X_f.T`` (or, with blocks, the tuple of their transposes), materialised
+        once by the driver: the moments are then the GEMM ``X_ft @ g`` (see
+        :data:`FEATURE_BLOCKS_MAX_BYTES`). Read only with ``X_f``.
 
     Returns:
       ``(stats, log_likelihood)``: :class:`SuffStats` (moments about ``ref``) and the per-sample

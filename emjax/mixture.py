@@ -432,14 +432,18 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
 def pass_inputs(X: Array, center: Array, covariance_type: str, n_components: int) -> dict:
     """What a fast driver builds once per fit for its pass, as the ``X_t``, ``X_f`` and ``X_ft``
     arguments of :func:`make_model`: the features about ``center`` where
-    :func:`emjax.gmm.feature_pass` takes them (and their transpose where
-    :func:`emjax.gmm.moments_transposed` says so), else ``X^T`` for the transposed pass."""
+    :func:`emjax.gmm.feature_pass` takes them (as :func:`emjax.gmm.feature_blocks` with their
+    transposes where :func:`emjax.gmm.moments_transposed` says so), else ``X^T`` for the
+    transposed pass."""
     n, d = X.shape
-    xf = gmm.feature_rows(X, center, covariance_type) if gmm.feature_pass(
-        covariance_type, X.dtype, n, d, n_components) else None
-    xt = X.T if xf is None and gmm.transposed_pass(covariance_type) else None
-    xft = xf.T if xf is not None and gmm.moments_transposed(*xf.shape, X.dtype) else None
-    return dict(X_t=xt, X_f=xf, X_ft=xft)
+    if not gmm.feature_pass(covariance_type, X.dtype, n, d, n_components):
+        return dict(X_t=X.T if gmm.transposed_pass(covariance_type) else None)
+    cols = gmm._n_quadratic(covariance_type, d) + d + 1
+    if not gmm.moments_transposed(n, cols, X.dtype, n_components):
+        return dict(X_f=gmm.feature_rows(X, center, covariance_type))
+    size = gmm.feature_block_size(n, cols, n_components, X.dtype.itemsize)
+    xf = gmm.feature_blocks(X, center, covariance_type, size)
+    return dict(X_f=xf, X_ft=tuple(b.T for b in xf))
 
 
 #: XLA options of the fitting program: LLVM's optimisation level 1 instead of 2 compiles

@@ -77,11 +77,19 @@ def _both_paths(params, X, w, cov_type):
                                      sample_weight=w, chunk_size=chunk)
             new = gmm.params_from_stats(stats, covariance_type=cov_type)
             fast.append((stats, ll, dense, new, entry[4], chunked))
-            # with their transpose too: the moments as X_ft @ g (FEATURE_MOMENTS_T_MAX_BYTES)
+            # with their transpose too: the moments as X_ft @ g
             stats_t, ll_t = gmm.e_step_stats(params, X, w, chunk_size=chunk, center=c, X_f=xf,
                                              X_ft=xf.T)
             fast.append((stats_t, ll_t, dense, gmm.params_from_stats(
                 stats_t, covariance_type=cov_type), entry[4], chunked))
+            # as row blocks (the driver's form, FEATURE_BLOCKS_MAX_BYTES), with and without
+            # their transposes; blocks of `chunk` rows (the last smaller when it does not
+            # divide N), read block by block
+            blocks = gmm.feature_blocks(X, c, cov_type, chunk or N)
+            for xft in (tuple(b.T for b in blocks), None):
+                stats_b, ll_b = gmm.e_step_stats(params, X, w, center=c, X_f=blocks, X_ft=xft)
+                fast.append((stats_b, ll_b, dense, gmm.params_from_stats(
+                    stats_b, covariance_type=cov_type), entry[4], chunked))
     return ll_ref, ref_params, fast, given_t
 
 
@@ -115,6 +123,23 @@ def test_e_step_stats_equals_dense_path(cov_type, dtype):
         assert new.means.dtype == dtype
         for a, b in zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(ref_params)):
             np.testing.assert_allclose(a, b, rtol=10 * rtol, atol=10 * atol)
+
+
+def test_feature_block_size():
+    """Blocks of at most FEATURE_BLOCK_ROWS rows (and FEATURE_CHUNK_BYTES), split evenly, that
+    feature_blocks lays out to cover every row once, in order."""
+    rows = gmm.FEATURE_BLOCK_ROWS
+    assert gmm.feature_block_size(10_000, 33, 16, 8) == 10_000
+    assert gmm.feature_block_size(100_000, 129, 16, 8) == 25_000
+    for n, cols, k in ((100_000, 33, 16), (3 * rows + 1, 9, 2), (200_000, 153, 64)):
+        size = gmm.feature_block_size(n, cols, k, 8)
+        assert size <= rows and size * max(cols, k) * 8 <= gmm.FEATURE_CHUNK_BYTES
+        assert -(-n // size) == -(-n // min(rows, gmm.FEATURE_CHUNK_BYTES // (8 * max(cols, k))))
+    X = jnp.arange(14.0).reshape(7, 2)
+    blocks = gmm.feature_blocks(X, jnp.zeros(2), "diag", 3)
+    assert [b.shape for b in blocks] == [(3, 5), (3, 5), (1, 5)]
+    np.testing.assert_array_equal(jnp.concatenate(blocks),
+                                  gmm.feature_rows(X, jnp.zeros(2), "diag"))
 
 
 def test_feature_chunk_size():
@@ -153,10 +178,16 @@ def test_fast_driver_equals_dense_driver(cov_type):
                                      **inputs)
         return em.run(e, m, p0, (X, w), tol=0.0, max_iter=5, repair=r)
 
-    # as emjax.fit: small float64 features come with their transpose
-    assert gmm.moments_transposed(N, gmm.feature_rows(Xj, Xj[0], cov_type).shape[1], np.float64)
-    assert not gmm.moments_transposed(N, D, np.float32)
-    assert not gmm.moments_transposed(10**5, 33, np.float64)
+    # as emjax.fit: float64 features within FEATURE_BLOCKS_MAX_BYTES come as row blocks with
+    # their transposes (float32 only with many components)
+    cols = gmm.feature_rows(Xj, Xj[0], cov_type).shape[1]
+    assert gmm.moments_transposed(N, cols, np.float64)
+    assert not gmm.moments_transposed(N, D, np.float32, K)
+    assert gmm.moments_transposed(N, D, np.float32, 64)
+    assert gmm.moments_transposed(10**5, 33, np.float64)
+    assert not gmm.moments_transposed(10**6, 33, np.float64)
+    inputs = mixture.pass_inputs(Xj, Xj[0], cov_type, K)
+    assert isinstance(inputs["X_f"], tuple) and len(inputs["X_f"]) == len(inputs["X_ft"])
     a, b = run(params, Xj, wj, True), run(params, Xj, wj, False)
     assert int(a.n_iter) == int(b.n_iter) == 5
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
