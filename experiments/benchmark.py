@@ -459,7 +459,9 @@ def worker(args):
             print(json.dumps(row), flush=True)
         X = make_data(1000, 15, 5, dtype=dtype)
         for cov_type in args.cov_types:
-            r = bench_restarts(X, 5, cov_type, 1, libs, repeats=args.repeats)
+            # A few milliseconds each: more repeats, so that one slow run (the machine is
+            # shared) does not decide the median.
+            r = bench_restarts(X, 5, cov_type, 1, libs, repeats=max(args.repeats, 15))
             row = {"n": 1000, "d": 15, "k": 5, "cov_type": cov_type, "n_init": 1, "results": r}
             res["small"].append(row)
             print(json.dumps(row), flush=True)

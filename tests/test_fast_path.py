@@ -129,7 +129,8 @@ def test_feature_block_size():
     """Blocks of at most FEATURE_BLOCK_ROWS rows (and FEATURE_CHUNK_BYTES), split evenly, that
     feature_blocks lays out to cover every row once, in order."""
     rows = gmm.FEATURE_BLOCK_ROWS
-    assert gmm.feature_block_size(10_000, 33, 16, 8) == 10_000
+    assert gmm.feature_block_size(10_000, 33, 16, 8) == 5_000  # FEATURE_MIN_BLOCKS
+    assert gmm.feature_block_size(2_000, 33, 16, 8) == 2_000
     assert gmm.feature_block_size(100_000, 129, 16, 8) == 25_000
     for n, cols, k in ((100_000, 33, 16), (3 * rows + 1, 9, 2), (200_000, 153, 64)):
         size = gmm.feature_block_size(n, cols, k, 8)
