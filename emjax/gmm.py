@@ -483,8 +483,8 @@ FEATURE_MIN_BLOCK_ROWS = 1024
 def feature_block_size(n_samples: int, n_columns: int, n_components: int,
                        itemsize: int) -> int:
     """Rows per block of :func:`feature_blocks` (see :data:`FEATURE_BLOCK_ROWS`)."""
-    rows = min(FEATURE_BLOCK_ROWS,
-               max(1024, FEATURE_CHUNK_BYTES // (itemsize * max(n_columns, n_components))))
+    rows = min(FEATURE_BLOCK_ROWS, max(FEATURE_MIN_BLOCK_ROWS, FEATURE_CHUNK_BYTES // (
+        itemsize * max(n_columns, n_components))))
     n_blocks = max(1, -(-n_samples // rows))
     if n_samples >= 2 * FEATURE_MIN_BLOCK_ROWS:
         n_blocks = max(n_blocks, FEATURE_MIN_BLOCKS)
@@ -508,6 +508,11 @@ def _n_quadratic(covariance_type: str, d: int) -> int:
     return {"full": d * (d + 1) // 2, "spherical": 1}.get(covariance_type, d)
 
 
+def feature_row_columns(covariance_type: str, d: int) -> int:
+    """Columns of :func:`feature_rows`: ``[q, x - c, 1]``, ``nq + D + 1``."""
+    return _n_quadratic(covariance_type, d) + d + 1
+
+
 def feature_pass(covariance_type: str, dtype=jnp.float64, n_samples: int | None = None,
                  n_features: int | None = None, n_components: int | None = None) -> bool:
     """Whether a fit of this covariance type, dtype and size hands :func:`feature_rows` to the
@@ -518,7 +523,7 @@ def feature_pass(covariance_type: str, dtype=jnp.float64, n_samples: int | None 
         if n_samples is None or n_features is None or (
                 _mode("full", n_features, dtype, n_components) != "full"):
             return False
-        cols = _n_quadratic("full", n_features) + n_features + 1
+        cols = feature_row_columns("full", n_features)
         return n_samples * cols * jnp.dtype(dtype).itemsize <= FEATURE_ROWS_FULL_MAX_BYTES
     small = n_samples is not None and n_samples < FEATURE_ROWS_MIN_SAMPLES_F32
     return jnp.dtype(dtype) != jnp.float32 or not small
@@ -798,14 +803,15 @@ def feature_rows(X: Array, center: Array, covariance_type: str) -> Array:
     chunk = max(256, DEFAULT_CHUNK_BYTES // (X.dtype.itemsize * (nq + d + 1)))
     return fold_chunks(block, f, n, chunk)
 
+
 def feature_blocks(X: Array, center: Array, covariance_type: str,
                    block_size: int) -> tuple[Array, ...]:
     """:func:`feature_rows` as a tuple of row blocks of ``block_size`` rows (the last may be
     smaller), each a separate array: the pass reads them in an unrolled loop, so no block is
     sliced (copied) out of the features at every iteration (see
     :data:`FEATURE_BLOCKS_MAX_BYTES`; a driver hands their transposes as ``X_ft``)."""
-    n, d = X.shape
-    cols = _n_quadratic(covariance_type, d) + d + 1
+    cols = feature_row_columns(covariance_type, X.shape[1])
+    n = X.shape[0]
     out = []
     for start in range(0, n, block_size):
         size = min(block_size, n - start)
@@ -958,7 +964,7 @@ def pass_chunk_size(n_samples: int, n_features: int, n_components: int, covarian
     itemsize = jnp.dtype(dtype).itemsize
     mode = _mode(covariance_type, d, dtype, k)
     if features and mode in _FEATURE_MODES:
-        return feature_chunk_size(n, _n_quadratic(covariance_type, d) + d + 1, k, itemsize)
+        return feature_chunk_size(n, feature_row_columns(covariance_type, d), k, itemsize)
     if mode == "whitened" and n * 2 * (k + 1) * d * itemsize <= WHITENED_ONE_CHUNK_BYTES:
         return n
     return default_chunk_size(d, covariance_type, itemsize, k)

@@ -438,7 +438,7 @@ def pass_inputs(X: Array, center: Array, covariance_type: str, n_components: int
     n, d = X.shape
     if not gmm.feature_pass(covariance_type, X.dtype, n, d, n_components):
         return dict(X_t=X.T if gmm.transposed_pass(covariance_type) else None)
-    cols = gmm._n_quadratic(covariance_type, d) + d + 1
+    cols = gmm.feature_row_columns(covariance_type, d)
     if not gmm.moments_transposed(n, cols, X.dtype, n_components):
         return dict(X_f=gmm.feature_rows(X, center, covariance_type))
     size = gmm.feature_block_size(n, cols, n_components, X.dtype.itemsize)
