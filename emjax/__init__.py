@@ -1,51 +1,54 @@
-"""emjax: latent-variable models fitted by Expectation-Maximization in JAX."""
+"""emjax: latent-variable models fitted by Expectation-Maximization in JAX.
 
-from emjax import (
+Layout: :mod:`emjax.em` is the generic driver; :mod:`emjax.kmeans` and :mod:`emjax.progress` are
+shared infrastructure; :mod:`emjax.gmm` is the Gaussian mixture family and
+:mod:`emjax.failure_mode` the failure-mode mixture, each on that driver; :mod:`emjax.cli`,
+:mod:`emjax.plotting` and :mod:`emjax.datasets` are the application layer on top.
+"""
+
+from emjax import datasets, em, failure_mode, gmm, kmeans, progress
+from emjax.em import EMResult, describe_status
+from emjax.failure_mode import data as failure_data
+from emjax.gmm import (
+    GMMParams,
+    aic,
+    bic,
     covariance,
-    datasets,
     distributed,
-    em,
-    failure_data,
-    failure_mode,
+    e_step,
+    estimator,
+    fitting,
     gem,
-    gmm,
     io,
-    kmeans,
-    mixture,
+    log_prob,
+    m_step,
+    make_params,
+    n_parameters,
     objective,
-    progress,
+    predict,
+    predict_proba,
+    sample,
+    score_samples,
     selection,
     streaming,
 )
-from emjax.covariance import (
+from emjax.gmm.covariance import (
     DiagCovariance,
     FullCovariance,
     SphericalCovariance,
     TiedCovariance,
 )
-from emjax.em import EMResult, describe_status
-from emjax.gem import fit_gem
-from emjax.gmm import (
-    GMMParams,
-    aic,
-    bic,
-    e_step,
-    log_prob,
-    m_step,
-    make_params,
-    n_parameters,
-    predict,
-    predict_proba,
-    sample,
-    score_samples,
-)
-from emjax.io import load, save
-from emjax.mixture import FitResult, fit, init_params
-from emjax.objective import complete_data_log_likelihood
-from emjax.selection import GridResult, SelectionResult, fit_grid, select_model
-from emjax.sklearn import ConvergenceWarning, GaussianMixture, NotFittedError
+from emjax.gmm.estimator import ConvergenceWarning, GaussianMixture, NotFittedError
+from emjax.gmm.fitting import FitResult, fit, init_params
+from emjax.gmm.gem import fit_gem
+from emjax.gmm.io import load, save
+from emjax.gmm.objective import complete_data_log_likelihood
+from emjax.gmm.selection import GridResult, SelectionResult, fit_grid, select_model
 
 __version__ = "0.1.0"
+
+#: The modules' names before the package was split into model subpackages.
+mixture = fitting
 
 __all__ = [
     "ConvergenceWarning",
@@ -70,12 +73,14 @@ __all__ = [
     "distributed",
     "e_step",
     "em",
+    "estimator",
     "failure_data",
     "failure_mode",
     "fit",
     "fit_gem",
-    "gem",
     "fit_grid",
+    "fitting",
+    "gem",
     "gmm",
     "init_params",
     "io",

@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from emjax.covariance import COVARIANCE_TYPES, covariance_shape
+from emjax.gmm.covariance import COVARIANCE_TYPES, covariance_shape
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 

@@ -87,9 +87,10 @@ def run_fit(args, *, data_path: str, title: str) -> int:
     import jax
     import numpy as np
 
-    from emjax import datasets, gmm, io, selection
+    from emjax import datasets
     from emjax import progress as progress_lib
     from emjax.em import describe_status
+    from emjax.gmm import io, selection, steps
 
     if args.n_init < 1 or args.max_iter < 1:
         raise CLIError("--n-init and --max-iter must be >= 1")
@@ -132,7 +133,7 @@ def run_fit(args, *, data_path: str, title: str) -> int:
                 grids.append(selection.fit_grid(X, ks, covariance_type=ctype, **kwargs))
         sel = selection.choose(grids, args.criterion)
         rows = selection.summary_rows(sel)
-        labels = np.asarray(gmm.predict(sel.params, X))
+        labels = np.asarray(steps.predict(sel.params, X))
     print("\n".join(_format_rows(rows, args.criterion)))
     for i, g in enumerate(grids):
         shared = " (with the k-means initialisation shared by all types)" if i == 0 else ""
@@ -185,7 +186,8 @@ def enable_compile_cache(directory: str | None = None) -> str | None:
 def run_predict(args) -> int:
     import numpy as np
 
-    from emjax import datasets, gmm, io
+    from emjax import datasets
+    from emjax.gmm import io, steps
 
     if not os.path.exists(args.model):
         raise CLIError(f"no such model file: {args.model}")
@@ -207,8 +209,8 @@ def run_predict(args) -> int:
     dtype = meta["dtype"]
     X = table.X.astype(dtype)
     with _x64(dtype):
-        labels = np.asarray(gmm.predict(saved.params, X))
-        proba = np.asarray(gmm.predict_proba(saved.params, X))
+        labels = np.asarray(steps.predict(saved.params, X))
+        proba = np.asarray(steps.predict_proba(saved.params, X))
     k = proba.shape[1]
     with open(args.output, "w", newline="") as f:
         w = csv.writer(f)

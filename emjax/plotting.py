@@ -10,9 +10,8 @@ import os
 
 import numpy as np
 
-from emjax import covariance as cov_lib
-from emjax import gmm, selection
-from emjax.gmm import GMMParams
+from emjax.gmm import GMMParams, selection, steps
+from emjax.gmm import covariance as cov_lib
 
 _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf"]
@@ -98,7 +97,7 @@ def plot_clusters(X, params: GMMParams, *, feature_names: list | None = None):
     1- and 2-sigma covariance ellipses. ``D > 2``: projected on the first two principal axes of
     the data (means and covariances projected alike); ``D == 1``: the value against the index."""
     X = np.asarray(X, np.float64)
-    labels = np.asarray(gmm.predict(params, X))
+    labels = np.asarray(steps.predict(params, X))
     means = np.asarray(params.means, np.float64)
     k, d = means.shape
     covs = np.asarray(cov_lib.as_full(params.covariance, k, d), np.float64)

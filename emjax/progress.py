@@ -1,6 +1,6 @@
 """Progress of compiled EM loops: a host callback fed from inside the ``while_loop``, throttled.
 
-Pass :data:`callback` as ``callback=`` to :func:`emjax.fit`, :func:`emjax.selection.fit_grid` or
+Pass :data:`callback` as ``callback=`` to :func:`emjax.fit`, :func:`emjax.gmm.selection.fit_grid` or
 :func:`emjax.em.run`, and run the fit inside a :class:`ProgressBar`::
 
     with emjax.progress.ProgressBar("fit", n_lanes=8, max_iter=100):

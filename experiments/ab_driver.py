@@ -29,7 +29,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchmark as b  # noqa: E402
 
-from emjax import em, gmm, mixture  # noqa: E402
+from emjax import em, gmm  # noqa: E402
+from emjax.gmm import fitting, kernels  # noqa: E402
 
 
 def main():
@@ -50,9 +51,9 @@ def main():
     variants = [{} if v == "base" else dict(kv.split("=") for kv in v.split("+")) for v in names]
     def module(key):
         if "." not in key:
-            return gmm, key
+            return kernels, key
         mod, name = key.split(".", 1)
-        return importlib.import_module(f"emjax.{mod}"), name
+        return importlib.import_module(f"emjax.gmm.{mod}"), name
 
     def setting(key, val):
         setattr(*module(key), val)
@@ -79,8 +80,8 @@ def main():
                 # As emjax.fit's fast path: chunks centred at the data's mean, features (or X^T)
                 # built once per fit.
                 c = jnp.mean(X, 0)
-                e, m, r = mixture.make_model(ct, 1e-6, fast=True, center=c,
-                                             **mixture.pass_inputs(X, c, ct, k))
+                e, m, r = fitting.make_model(ct, 1e-6, fast=True, center=c,
+                                             **fitting.pass_inputs(X, c, ct, k))
                 return em.run(e, m, p, (X, None), tol=0.0, max_iter=T, repair=r).log_likelihood
 
             for t in (T, args.iters2) if args.iters2 else (T,):

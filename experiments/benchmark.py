@@ -201,7 +201,8 @@ def emjax_dense_runner(X, k, cov_type, p0, reg):
     import jax.numpy as jnp
 
     import emjax
-    from emjax import em, mixture
+    from emjax import em
+    from emjax.gmm import fitting
 
     dtype = X.dtype
     w, m, c = (jnp.asarray(a, dtype) for a in p0)
@@ -210,7 +211,7 @@ def emjax_dense_runner(X, k, cov_type, p0, reg):
 
     @functools.partial(jax.jit, static_argnames="t")
     def go(p, x, t):
-        e, mm, r = mixture.make_model(cov_type, reg, fast=False)
+        e, mm, r = fitting.make_model(cov_type, reg, fast=False)
         return em.run(e, mm, p, (x, None), tol=0.0, max_iter=t, repair=r)
 
     def run(t):

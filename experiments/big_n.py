@@ -45,7 +45,7 @@ threading.Thread(target=sampler, daemon=True).start()
 rss_start = rss_now()
 import jax, jax.numpy as jnp
 import emjax
-from emjax import mixture
+from emjax.gmm import fitting
 from benchmark import make_data
 jax.numpy.zeros(1).block_until_ready()  # the CPU client exists
 rss_imports = rss_now()
@@ -71,9 +71,9 @@ peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 during = [r for t, r in samples if t0 <= t <= t1]
 # The compiled program's own buffers (XLA's accounting), from a second compile of the same call.
 Xd = jax.device_put(X)
-aliased = mixture._shares_memory(Xd, X)
+aliased = fitting._shares_memory(Xd, X)
 p = kw.get("params_init")
-ma = mixture._fit_compiled.lower(
+ma = fitting._fit_compiled.lower(
     Xd, jax.random.key(0), None, None if p is None else p.weights,
     None if p is None else p.means, None if p is None else p.covariance,
     jnp.asarray(0.0, X.dtype), n_components=k, covariance_type="full", reg_covar=1e-6,

@@ -9,8 +9,8 @@ iterations and against wall time) and a table.
     PYTHONPATH=. python experiments/em_vs_adam.py --quick    # small smoke run
 
 Methods: closed-form EM (``emjax.em.run`` with the GMM's steps); generalised EM with the
-optax L-BFGS M-step (``emjax.gem``, 10 inner steps); Adam on the unconstrained coordinates of
-``emjax.gem`` (softmax logits, means, precision Cholesky with log diagonal) at three learning
+optax L-BFGS M-step (``emjax.gmm.gem``, 10 inner steps); Adam on the unconstrained coordinates of
+``emjax.gmm.gem`` (softmax logits, means, precision Cholesky with log diagonal) at three learning
 rates. Float64 throughout.
 """
 
@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from emjax import em, gem, gmm, mixture
+from emjax import em, gmm
+from emjax.gmm import fitting, gem
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -133,13 +134,13 @@ def main():
     lrs = (0.01, 0.03, 0.1)
     X, _ = make_data(jax.random.key(0), n, d, k)
     keys = jax.random.split(jax.random.key(1), restarts)
-    init = jax.vmap(lambda kk: mixture.init_params(kk, X, k, covariance_type="full",
+    init = jax.vmap(lambda kk: fitting.init_params(kk, X, k, covariance_type="full",
                                                    reg_covar=1e-6,
                                                    init_params="random_from_data"))
     params0 = init(keys)
 
     runs = {}
-    runs["EM (closed form)"] = run_em(mixture.make_model("full", 1e-6), params0, X, em_iters)
+    runs["EM (closed form)"] = run_em(fitting.make_model("full", 1e-6), params0, X, em_iters)
     runs["GEM (L-BFGS M-step, 10 steps)"] = run_em(gem.make_gem_model("full", 1e-6), params0, X,
                                                    gem_iters)
     for lr in lrs:

@@ -19,8 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from emjax import failure_data as fd
 from emjax import failure_mode as fm
+from emjax.failure_mode import data as fd
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "figures"
 COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]

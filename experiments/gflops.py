@@ -18,7 +18,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import benchmark as b
 
-from emjax import em, gmm, mixture
+from emjax import em, gmm
+from emjax.gmm import fitting
 
 N, D, K, T = 100_000, 16, 16, 20
 
@@ -30,7 +31,7 @@ def main():
 
     @jax.jit
     def loop(p, X):
-        e, mm, r = mixture.make_model("full", 1e-6, fast=True)
+        e, mm, r = fitting.make_model("full", 1e-6, fast=True)
         return em.run(e, mm, p, (X, None), tol=0.0, max_iter=T, repair=r).log_likelihood
 
     A = jnp.asarray(np.random.default_rng(0).normal(size=(2048, 2048)).astype(np.float32))

@@ -12,7 +12,7 @@ import numpy as np
 jax.config.update("jax_enable_x64", True)
 
 import emjax
-from emjax import selection
+from emjax.gmm import selection
 
 rng = np.random.default_rng(0)
 X64 = np.concatenate([rng.normal(size=(200, 3)), rng.normal(size=(150, 3)) * 0.7 + [5, 5, 0],
@@ -22,7 +22,7 @@ print(f"{'cov':>9} {'dtype':>7} {'max |d loglik|':>14} {'max |d mean|':>12} {'ma
       f"{'same n_iter':>11} {'grid s':>7} {'separate s':>10}")
 for dtype in (np.float64, np.float32):
     X = X64.astype(dtype)
-    for cov in emjax.covariance.COVARIANCE_TYPES:
+    for cov in emjax.gmm.covariance.COVARIANCE_TYPES:
         kw = dict(covariance_type=cov, n_init=3, tol=1e-6, max_iter=200, key=jax.random.key(1))
         t = time.perf_counter()
         grid = selection.fit_grid(X, KS, **kw)

@@ -8,7 +8,7 @@ On one machine (two CPU processes talking through gloo)::
 On a cluster, run the same command on every host with the coordinator's ``host:port`` and that
 host's rank (on Slurm, Open MPI or Cloud TPU, ``jax.distributed.initialize()`` with no arguments
 detects all three). Each process reads only its own rows (here: a slice of a generated data set;
-in practice, its own files), and every process gets the same fitted mixture.
+in practice, its own files), and every process gets the same fitted fitting.
 """
 
 import argparse
@@ -20,7 +20,9 @@ import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/experiments/", 1)[0])
 
-from emjax import distributed  # noqa: E402
+from emjax.gmm import (
+    distributed,  # noqa: E402
+    )
 
 
 def main():

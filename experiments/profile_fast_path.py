@@ -4,7 +4,7 @@
     PYTHONPATH=. python experiments/profile_fast_path.py --cov-type diag --dtype float64
     # -> experiments/results/profile_<cov>_<dtype>.json (or --out) and a Markdown table
 
-Runs ``T`` EM iterations of the fast model (``mixture.make_model(..., fast=True)`` inside
+Runs ``T`` EM iterations of the fast model (``fitting.make_model(..., fast=True)`` inside
 ``em.run``, as ``emjax.fit`` does) a few times under ``jax.profiler`` with a Perfetto trace, sums
 the duration of every XLA operation (thunk) by name, and maps each name to its op in the
 optimised HLO (so ``ynn_fusion.10`` reads as "dot f32[16384,136] = x @ E1"). The idle time
@@ -36,7 +36,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import benchmark as b  # noqa: E402
 
-from emjax import em, gmm, mixture  # noqa: E402
+from emjax import em, gmm  # noqa: E402
+from emjax.gmm import (
+    fitting,  # noqa: E402
+    kernels,
+)
 
 
 def hlo_ops(text: str) -> dict[str, str]:
@@ -82,8 +86,8 @@ def main():
         # As emjax.fit's fast path: chunks centred at the data's mean, the pass inputs
         # (features, or X^T) built once per fit.
         c = jnp.mean(X, 0)
-        e, mm, r = mixture.make_model(ct, 1e-6, fast=True, center=c,
-                                      **mixture.pass_inputs(X, c, ct, k))
+        e, mm, r = fitting.make_model(ct, 1e-6, fast=True, center=c,
+                                      **fitting.pass_inputs(X, c, ct, k))
         return em.run(e, mm, p, (X, None), tol=0.0, max_iter=T, repair=r).log_likelihood
 
     compiled = loop.lower(p0, X).compile()
@@ -127,7 +131,7 @@ def main():
                     key=lambda r: -(r["ms_per_iter"] + r["idle_after_ms_per_iter"]))
     accounted = sum(r["ms_per_iter"] for r in leaves)
     idle = sum(r["idle_after_ms_per_iter"] for r in leaves)
-    chunk = gmm.pass_chunk_size(n, d, k, ct, dt, gmm.feature_pass(ct, dt, n, d, k))
+    chunk = gmm.pass_chunk_size(n, d, k, ct, dt, kernels.feature_pass(ct, dt, n, d, k))
     out = {"n": n, "d": d, "k": k, "cov_type": ct, "dtype": args.dtype, "chunk_size": chunk,
            "wall_ms_per_iter": 1e3 * wall, "profiled_ops_ms_per_iter": accounted,
            "idle_ms_per_iter": idle,

@@ -19,7 +19,8 @@ import numpy as np
 jax.config.update("jax_enable_x64", True)
 
 import emjax
-from emjax import progress, selection
+from emjax import progress
+from emjax.gmm import selection
 
 
 def timed(fn, repeats, every):

@@ -1,4 +1,4 @@
-"""Scaling and streaming experiments for emjax.distributed / emjax.streaming.
+"""Scaling and streaming experiments for emjax.gmm.distributed / emjax.gmm.streaming.
 
     python experiments/scaling.py devices   # time per EM iteration vs number of devices
     python experiments/scaling.py stream    # exact streaming EM on a .npy file several times
@@ -52,7 +52,8 @@ def _mixture_data(n, d, k, seed=0, dtype=np.float32, spread=4.0):
 def devices(n=400_000, d=16, k=8, max_iter=10, repeats=3):
     import jax
 
-    from emjax import distributed, gmm
+    from emjax import gmm
+    from emjax.gmm import distributed
 
     X, centres = _mixture_data(n, d, k)
     p0 = gmm.make_params(np.full(k, 1.0 / k), centres + 0.5, np.tile(np.eye(d), (k, 1, 1)),
@@ -133,7 +134,7 @@ if mode == "np.load":  # the naive way, for contrast
         print(json.dumps({"np_load": "MemoryError: " + str(e)[:120]}))
     sys.exit(0)
 import jax
-from emjax import streaming
+from emjax.gmm import streaming
 times = []
 t0 = time.perf_counter()
 last = [t0]
@@ -218,15 +219,16 @@ def online(n=200_000, d=8, k=6, batch_size=1000, n_passes=3):
     import jax.numpy as jnp
 
     jax.config.update("jax_enable_x64", True)
-    from emjax import gmm, streaming
+    from emjax import gmm
+    from emjax.gmm import streaming
 
     # Overlapping clusters (centres ~ N(0, 1.2^2 I), unit noise): batch EM needs many passes.
     X, centres = _mixture_data(n, d, k, seed=2, dtype=np.float64, spread=1.2)
     # The usual start: k-means++ (no Lloyd steps) on a small subsample; the same for both.
-    from emjax import mixture
+    from emjax.gmm import fitting
 
     sub = jnp.asarray(X[np.random.default_rng(3).choice(n, 2000, replace=False)])
-    p0 = jax.jit(mixture.init_params, static_argnames=("n_components", "init_params"))(
+    p0 = jax.jit(fitting.init_params, static_argnames=("n_components", "init_params"))(
         jax.random.key(4), sub, k, init_params="k-means++")
     score = jax.jit(lambda p, x: jnp.mean(gmm.score_samples(p, x)))
     Xj = jnp.asarray(X)

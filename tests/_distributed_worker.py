@@ -23,7 +23,7 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tests._em_reference import COV_TYPES, MAX_ITER, N_ITER_FIXED, data, params_init  # noqa: E402, I001
 
-from emjax import distributed  # noqa: E402
+from emjax.gmm import distributed  # noqa: E402
 
 
 def flat(prefix, res):

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import emjax
-from emjax import cli, datasets, selection
+from emjax import cli, datasets
+from emjax.gmm import selection
 
 # The same static configuration as tests/test_selection.py's full grid (blobs, K 2-3, 2 restarts,
 # max_iter 60), so the library's compiled program is shared.

@@ -5,7 +5,7 @@ import io
 import numpy as np
 import pytest
 
-from emjax import failure_data as fd
+from emjax.failure_mode import data as fd
 
 
 def _to_csv(syn, rng, *, missing="", shuffle=True):

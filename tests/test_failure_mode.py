@@ -11,8 +11,8 @@ from scipy.interpolate import BSpline
 from scipy.optimize import linear_sum_assignment
 from scipy.special import logsumexp
 
-from emjax import failure_data as fd
 from emjax import failure_mode as fm
+from emjax.failure_mode import data as fd
 
 # One compiled program serves every L=300, N=60, K=3 fit below; K=2 and K=4 add one each.
 FIT_KW = dict(n_init=4, max_iter=400)

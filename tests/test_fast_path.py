@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from conftest import COV_TYPES, DTYPES
 
-from emjax import em, gmm, mixture
+from emjax import em, gmm
+from emjax.gmm import fitting, kernels
 
 N, D, K = 200, 3, 3
 CHUNKS = (50, 64, None)  # divides N, does not divide N, default (one chunk here)
@@ -34,7 +35,7 @@ def _problem(dtype, cov_type, offset=0.0, seed=0):
 
 def _numpy_log_prob(params, X):
     """Dense float64 ``log pi_k + log N(x | mu_k, Sigma_k)`` via explicit full covariances."""
-    from emjax import covariance as cov_lib
+    from emjax.gmm import covariance as cov_lib
 
     k, d = params.means.shape
     covs = np.asarray(cov_lib.as_full(params.covariance, k, d), np.float64)
@@ -128,14 +129,15 @@ def test_e_step_stats_equals_dense_path(cov_type, dtype):
 def test_feature_block_size():
     """Blocks of at most FEATURE_BLOCK_ROWS rows (and FEATURE_CHUNK_BYTES), split evenly, that
     feature_blocks lays out to cover every row once, in order."""
-    rows = gmm.FEATURE_BLOCK_ROWS
-    assert gmm.feature_block_size(10_000, 33, 16, 8) == 5_000  # FEATURE_MIN_BLOCKS
-    assert gmm.feature_block_size(2_000, 33, 16, 8) == 2_000
-    assert gmm.feature_block_size(100_000, 129, 16, 8) == 25_000
+    rows = kernels.FEATURE_BLOCK_ROWS
+    assert kernels.feature_block_size(10_000, 33, 16, 8) == 5_000  # FEATURE_MIN_BLOCKS
+    assert kernels.feature_block_size(2_000, 33, 16, 8) == 2_000
+    assert kernels.feature_block_size(100_000, 129, 16, 8) == 25_000
     for n, cols, k in ((100_000, 33, 16), (3 * rows + 1, 9, 2), (200_000, 153, 64)):
-        size = gmm.feature_block_size(n, cols, k, 8)
-        assert size <= rows and size * max(cols, k) * 8 <= gmm.FEATURE_CHUNK_BYTES
-        assert -(-n // size) == -(-n // min(rows, gmm.FEATURE_CHUNK_BYTES // (8 * max(cols, k))))
+        size = kernels.feature_block_size(n, cols, k, 8)
+        assert size <= rows and size * max(cols, k) * 8 <= kernels.FEATURE_CHUNK_BYTES
+        per_chunk = kernels.FEATURE_CHUNK_BYTES // (8 * max(cols, k))
+        assert -(-n // size) == -(-n // min(rows, per_chunk))
     X = jnp.arange(14.0).reshape(7, 2)
     blocks = gmm.feature_blocks(X, jnp.zeros(2), "diag", 3)
     assert [b.shape for b in blocks] == [(3, 5), (3, 5), (1, 5)]
@@ -146,15 +148,15 @@ def test_feature_block_size():
 def test_feature_chunk_size():
     """One block up to FEATURE_ONE_CHUNK_BYTES of features, else even chunks of about
     FEATURE_CHUNK_BYTES that cover every row (no remainder)."""
-    one = gmm.FEATURE_ONE_CHUNK_BYTES
-    assert gmm.feature_chunk_size(100_000, 65, 16, 8) == 100_000  # 52 MB
-    assert gmm.feature_chunk_size(one // 8 // 33, 33, 16, 8) == one // 8 // 33
+    one = kernels.FEATURE_ONE_CHUNK_BYTES
+    assert kernels.feature_chunk_size(100_000, 65, 16, 8) == 100_000  # 52 MB
+    assert kernels.feature_chunk_size(one // 8 // 33, 33, 16, 8) == one // 8 // 33
     for n, cols, k, size in [(100_000, 129, 16, 8), (10**6, 33, 16, 4), (10**6, 17, 64, 8),
                              (123_457, 129, 16, 8)]:
-        chunk = gmm.feature_chunk_size(n, cols, k, size)
+        chunk = kernels.feature_chunk_size(n, cols, k, size)
         n_chunks = -(-n // chunk)
         assert n_chunks > 1 and n_chunks * chunk - n < n_chunks
-        assert chunk * max(cols, k) * size <= 1.01 * gmm.FEATURE_CHUNK_BYTES
+        assert chunk * max(cols, k) * size <= 1.01 * kernels.FEATURE_CHUNK_BYTES
     # e_step_stats' default: the rule above with features, one whitened block within
     # WHITENED_ONE_CHUNK_BYTES (N = 1e5, D = 16, K = 2: 54 MB), else default_chunk_size
     assert gmm.pass_chunk_size(100_000, 16, 16, "diag", np.float64, True) == 100_000
@@ -174,20 +176,20 @@ def test_fast_driver_equals_dense_driver(cov_type):
     def run(p0, X, w, fast):
         c = jnp.mean(X, 0)
         # as emjax.fit, the features built once and read by every pass (X_f)
-        inputs = mixture.pass_inputs(X, c, cov_type, K) if fast else {}
-        e, m, r = mixture.make_model(cov_type, 1e-6, fast=fast, chunk_size=64, center=c,
+        inputs = fitting.pass_inputs(X, c, cov_type, K) if fast else {}
+        e, m, r = fitting.make_model(cov_type, 1e-6, fast=fast, chunk_size=64, center=c,
                                      **inputs)
         return em.run(e, m, p0, (X, w), tol=0.0, max_iter=5, repair=r)
 
     # as emjax.fit: float64 features within FEATURE_BLOCKS_MAX_BYTES come as row blocks with
     # their transposes (float32 only with many components)
     cols = gmm.feature_rows(Xj, Xj[0], cov_type).shape[1]
-    assert gmm.moments_transposed(N, cols, np.float64)
-    assert not gmm.moments_transposed(N, D, np.float32, K)
-    assert gmm.moments_transposed(N, D, np.float32, 64)
-    assert gmm.moments_transposed(10**5, 33, np.float64)
-    assert not gmm.moments_transposed(10**6, 33, np.float64)
-    inputs = mixture.pass_inputs(Xj, Xj[0], cov_type, K)
+    assert kernels.moments_transposed(N, cols, np.float64)
+    assert not kernels.moments_transposed(N, D, np.float32, K)
+    assert kernels.moments_transposed(N, D, np.float32, 64)
+    assert kernels.moments_transposed(10**5, 33, np.float64)
+    assert not kernels.moments_transposed(10**6, 33, np.float64)
+    inputs = fitting.pass_inputs(Xj, Xj[0], cov_type, K)
     assert isinstance(inputs["X_f"], tuple) and len(inputs["X_f"]) == len(inputs["X_ft"])
     a, b = run(params, Xj, wj, True), run(params, Xj, wj, False)
     assert int(a.n_iter) == int(b.n_iter) == 5
@@ -242,7 +244,7 @@ def test_packed_outer_products(dtype, d):
     D <= 48, a gather otherwise) give exactly ``x_i x_j``, ``i <= j``, in triu order."""
     x = np.random.default_rng(5).normal(size=(7, d)).astype(dtype)
     iu, ju = np.triu_indices(d)
-    got = gmm._packed_outer(jnp.asarray(x))
+    got = kernels._packed_outer(jnp.asarray(x))
     assert got.dtype == dtype
     np.testing.assert_array_equal(got, x[:, iu] * x[:, ju])
 
@@ -253,17 +255,17 @@ def test_whitened_full_path(monkeypatch, dtype):
     (``4 K <= D``) in both dtypes, take the whitened form (``x @ [U_1 ... U_K]`` and one GEMM
     for the weighted scatters): same statistics and log-likelihood as the dense reference. The
     thresholds are lowered so D = K = 3 takes it."""
-    assert gmm._mode("full", 49, jnp.float32) == "whitened"
-    assert gmm._mode("full", 48, jnp.float32) == "full"
-    assert gmm._mode("full", 64, jnp.float64) == "full"
+    assert kernels._mode("full", 49, jnp.float32) == "whitened"
+    assert kernels._mode("full", 48, jnp.float32) == "full"
+    assert kernels._mode("full", 64, jnp.float64) == "full"
     for dt in (jnp.float32, jnp.float64):
-        assert gmm._mode("full", 16, dt, 4) == "whitened"  # few components
-        assert gmm._mode("full", 16, dt, 5) == "full"
+        assert kernels._mode("full", 16, dt, 4) == "whitened"  # few components
+        assert kernels._mode("full", 16, dt, 5) == "full"
     monkeypatch.setattr(gmm, "SELECT_GEMM_MAX_FEATURES", 2)
     monkeypatch.setattr(gmm, "FEW_COMPONENTS_RATIO", 1)
     # chunks of 50 and 64 rows form the scatter as [g_k x]^T x, the one block as x^T [g_k x]
     monkeypatch.setattr(gmm, "WHITENED_SCATTER_T_MAX_ROWS", 64)
-    assert gmm._mode("full", D, dtype, K) == "whitened"
+    assert kernels._mode("full", D, dtype, K) == "whitened"
     X, Xj, wj, params = _problem(dtype, "full", offset=20.0, seed=6)
     rtol, atol = _tol(dtype)
 
@@ -322,8 +324,8 @@ def test_fast_path_fit_equals_sklearn(cov_type):
     rng = np.random.default_rng(3)
     k, d, n = 16, 16, 4200
     X = rng.normal(size=(k, d))[rng.integers(0, k, n)] * 3 + rng.normal(size=(n, d)) + 50.0
-    assert n * d * k >= mixture.FAST_PATH_MIN_SIZE
-    assert gmm.feature_pass(cov_type, np.float64, n, d, k)
+    assert n * d * k >= fitting.FAST_PATH_MIN_SIZE
+    assert kernels.feature_pass(cov_type, np.float64, n, d, k)
     w0 = np.full(k, 1.0 / k)
     m0 = X[rng.choice(n, k, replace=False)]
     c0 = {"full": np.broadcast_to(np.eye(d), (k, d, d)), "diag": np.ones((k, d)),

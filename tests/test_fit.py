@@ -7,7 +7,8 @@ import pytest
 from sklearn.mixture import GaussianMixture as SKGaussianMixture
 
 import emjax
-from emjax import em, mixture
+from emjax import em
+from emjax.gmm import fitting
 from tests.conftest import COV_TYPES, DTYPES
 
 
@@ -53,7 +54,7 @@ def test_vmapped_restarts_match_python_loop_and_are_deterministic(blobs, cov_typ
     # Each vmapped restart equals a separate single fit from the same initialisation.
     keys = jax.random.split(key, 3)
     for i in range(3):
-        p0 = mixture.init_params(keys[i], jnp.asarray(blobs - blobs.mean(0)), 3,
+        p0 = fitting.init_params(keys[i], jnp.asarray(blobs - blobs.mean(0)), 3,
                                  covariance_type=cov_type, init_params="random")
         p0 = p0._replace(means=p0.means + blobs.mean(0))
         single = emjax.fit(blobs, 3, params_init=p0, **kw)
@@ -82,13 +83,13 @@ def test_converged_flag_is_right_when_tol_is_met_on_the_last_iteration(blobs):
 
 
 def test_driver_compiles_once_per_configuration(blobs):
-    before = mixture.TRACE_COUNT["fit"]
+    before = fitting.TRACE_COUNT["fit"]
     for seed in range(3):
         emjax.fit(blobs, 2, key=jax.random.key(seed), covariance_type="tied", n_init=2,
                   tol=1e-3 * (seed + 1), max_iter=20)
-    assert mixture.TRACE_COUNT["fit"] - before == 1  # new data values, keys and tol: no retrace
+    assert fitting.TRACE_COUNT["fit"] - before == 1  # new data values, keys and tol: no retrace
     emjax.fit(blobs[:100], 2, covariance_type="tied", n_init=2, max_iter=20)
-    assert mixture.TRACE_COUNT["fit"] - before == 2  # a new shape compiles once more
+    assert fitting.TRACE_COUNT["fit"] - before == 2  # a new shape compiles once more
 
 
 @pytest.mark.parametrize("init", ["kmeans", "k-means++", "random", "random_from_data"])

@@ -8,8 +8,9 @@ import optax
 import pytest
 
 import emjax
-from emjax import em, gem, gmm
-from emjax import objective as obj
+from emjax import em, gmm
+from emjax.gmm import gem
+from emjax.gmm import objective as obj
 
 COV_TYPES = ("full", "tied", "diag", "spherical")
 
@@ -91,7 +92,7 @@ def test_gem_in_driver_is_monotone_and_ends_where_closed_form_em_ends(cov_type):
     start = gmm.m_step(jax.nn.softmax(jnp.asarray(rng.normal(size=(75, 3)) * 3.0), axis=1), X,
                        covariance_type=cov_type)
     e_gem, m_gem, _ = gem.make_gem_model(cov_type, 1e-6, n_steps=5)
-    e_cf, m_cf, _ = emjax.mixture.make_model(cov_type, 1e-6)
+    e_cf, m_cf, _ = emjax.gmm.fitting.make_model(cov_type, 1e-6)
 
     @jax.jit
     def both(p0, X):

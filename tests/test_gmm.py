@@ -9,8 +9,8 @@ from sklearn.mixture import GaussianMixture as SKGaussianMixture
 from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
 
 import emjax
-from emjax import covariance as cov_lib
 from emjax import gmm
+from emjax.gmm import covariance as cov_lib
 from tests.conftest import COV_TYPES, DTYPES, rtol_for
 
 
@@ -267,7 +267,8 @@ def test_driver_reports_regularised_covariance():
     import jax
     import jax.numpy as jnp
 
-    from emjax import em, mixture
+    from emjax import em
+    from emjax.gmm import fitting
 
     rng = np.random.default_rng(3)
     k, d = 2, 4
@@ -277,7 +278,7 @@ def test_driver_reports_regularised_covariance():
         nk = jnp.asarray([40.0, 60.0])
         ref = jnp.zeros((k, d))
         stats = gmm.SuffStats(nk, jnp.zeros((k, d)), nk[:, None, None] * jnp.asarray(covs), ref)
-        _, m_step, _ = mixture.make_model("full", 0.0)
+        _, m_step, _ = fitting.make_model("full", 0.0)
         out = m_step((stats, jnp.zeros(8)), (jnp.zeros((8, d)), None))
         assert isinstance(out, em.Flagged)
         assert bool(int(out.flags) & em.STATUS_REGULARISED) == indefinite

@@ -3,7 +3,7 @@
 Seeds: 001 (GMM EM by matrix derivatives, the ELBO/KL decomposition, pi with multiplier N),
 003 (the EM tutorial: Q, its derivatives, the ``2A - diag(A)`` symmetric forms, Lemmas 5.1-5.8),
 004 (the single-Gaussian MLE and its matrix identities). References are dense NumPy formulas;
-the objects under test are ``jax.grad`` of :mod:`emjax.objective` and the library's E/M-steps.
+the objects under test are ``jax.grad`` of :mod:`emjax.gmm.objective` and the library's E/M-steps.
 
 "Symmetric form" convention (seed 003): a symmetric ``A`` is a function of its free entries
 ``a_ij, i >= j`` (``a_ji`` is the same variable); ``df/da_ij`` is reported at ``(i, j)`` and
@@ -20,7 +20,7 @@ import pytest
 from scipy.stats import multivariate_normal
 
 from emjax import gmm
-from emjax import objective as obj
+from emjax.gmm import objective as obj
 
 COV_TYPES = ("full", "tied", "diag", "spherical")
 N, D, K = 24, 3, 3

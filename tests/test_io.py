@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import emjax
-from emjax import covariance as cov_lib
-from emjax import io
+from emjax.gmm import covariance as cov_lib
+from emjax.gmm import io
 from tests.conftest import COV_TYPES, DTYPES
 
 

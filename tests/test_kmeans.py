@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from emjax import gmm, kmeans, mixture
+from emjax import gmm, kmeans
+from emjax.gmm import fitting
 from tests.conftest import DTYPES
 
 N, D, K = 300, 3, 4
@@ -72,7 +73,7 @@ def test_chunked_init_params_equals_dense_m_step(dtype):
     for init, chunk, cov_type in cases:
         sw = jnp.asarray(w) if init == "kmeans" else None
         p = jax.jit(functools.partial(
-            mixture.init_params, n_components=K, covariance_type=cov_type, init_params=init,
+            fitting.init_params, n_components=K, covariance_type=cov_type, init_params=init,
             n_lloyd=3, chunk_size=chunk))(key, jnp.asarray(X), sample_weight=sw,
                                           center=jnp.asarray(c))
         if init == "random":
@@ -83,7 +84,7 @@ def test_chunked_init_params_equals_dense_m_step(dtype):
             resp = r / jnp.sum(r, axis=1, keepdims=True)
         else:
             # Centres from the same seeding (checked above), then a dense one-hot M-step.
-            resp = jax.jit(functools.partial(mixture.responsibilities_init, n_components=K,
+            resp = jax.jit(functools.partial(fitting.responsibilities_init, n_components=K,
                                              init_params=init, n_lloyd=3, chunk_size=N))(
                 key, Xc, sample_weight=sw)
         ref = jax.jit(functools.partial(gmm.m_step, covariance_type=cov_type))(
@@ -98,11 +99,11 @@ def test_single_block_init_is_the_dense_computation_and_vmaps():
     Xj = jnp.asarray(X)
     keys = jax.random.split(jax.random.key(3), 3)
     # One block covering X: bit for bit the dense M-step of the dense responsibilities.
-    p = mixture.init_params(keys[0], Xj, K)
-    ref = gmm.m_step(mixture.responsibilities_init(keys[0], Xj, K), Xj)
+    p = fitting.init_params(keys[0], Xj, K)
+    ref = gmm.m_step(fitting.responsibilities_init(keys[0], Xj, K), Xj)
     jax.tree_util.tree_map(np.testing.assert_array_equal, p, ref)
     # Vmapped over restart keys (as fit does), chunked: equal to one call per key.
-    init = jax.jit(lambda k: mixture.init_params(k, Xj, K, chunk_size=64))
+    init = jax.jit(lambda k: fitting.init_params(k, Xj, K, chunk_size=64))
     batched = jax.jit(jax.vmap(init))(keys)
     for i in range(3):
         one = init(keys[i])

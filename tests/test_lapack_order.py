@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from emjax import em, gem, gmm, mixture
+from emjax import em, gmm
 from emjax import failure_mode as fm
+from emjax.gmm import fitting, gem
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +79,7 @@ def test_em_iteration_orders_its_factorisations(cov_type):
     ps = jax.tree_util.tree_map(lambda a: jnp.stack([a, a]), params)
 
     def loop(p, X, fast):
-        e, m, r = mixture.make_model(cov_type, 1e-6, fast=fast)
+        e, m, r = fitting.make_model(cov_type, 1e-6, fast=fast)
         return em.run(e, m, p, (X, None), tol=0.0, max_iter=3, repair=r).log_likelihood
 
     for fast in (True, False):
@@ -89,7 +90,7 @@ def test_em_iteration_orders_its_factorisations(cov_type):
 
 def test_gem_gradient_orders_its_solves():
     """The optax M-step's change of variables (two triangular solves) with its gradient.
-    (``emjax.objective``, the dense reference of the gradient tests, is not covered: the
+    (``emjax.gmm.objective``, the dense reference of the gradient tests, is not covered: the
     backward pass of its solve and log-determinant has independent solves; see the README.)"""
     X, gamma, params = _gmm_problem("full")
     u0 = gem._relative_origin(params)
@@ -121,7 +122,7 @@ def test_failure_mode_posterior_orders_its_solves():
 SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     import emjax
-    from emjax import covariance as cov_lib
+    from emjax.gmm import covariance as cov_lib
 
     # 16 full covariances of dimension 64 in float32: 256 KiB per factorisation, which
     # jaxlib 0.10 splits over the thread pool (the size that hung emjax.fit).

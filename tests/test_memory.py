@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import emjax
-from emjax import mixture
+from emjax.gmm import fitting
 
 
 def _aligned_copy(a):
@@ -22,15 +22,15 @@ def test_fast_path_fit_starts_from_the_centred_init(monkeypatch):
     k, d = 16, 16
     X = (rng.normal(size=(k, d))[rng.integers(0, k, 4200)] * 3 + rng.normal(size=(4200, d))
          + 100.0).astype(np.float32)
-    assert X.shape[0] * d * k >= mixture.FAST_PATH_MIN_SIZE
+    assert X.shape[0] * d * k >= fitting.FAST_PATH_MIN_SIZE
     key = jax.random.key(5)
-    monkeypatch.setattr(mixture, "LARGE_DATA_BYTES", 0)  # also take the compile-first route
-    before = mixture.TRACE_COUNT["fit"]
+    monkeypatch.setattr(fitting, "LARGE_DATA_BYTES", 0)  # also take the compile-first route
+    before = fitting.TRACE_COUNT["fit"]
     res = emjax.fit(_aligned_copy(X), k, key=key, max_iter=2, tol=0.0)
-    assert mixture.TRACE_COUNT["fit"] - before == 1  # compiled once, not again by the call
+    assert fitting.TRACE_COUNT["fit"] - before == 1  # compiled once, not again by the call
     # The reference: the same restart key's initialisation on a centred copy, shifted back.
     shift = np.asarray(jnp.mean(jnp.asarray(X), 0))
-    p0 = mixture.init_params(jax.random.split(key, 1)[0], jnp.asarray(X - shift), k)
+    p0 = fitting.init_params(jax.random.split(key, 1)[0], jnp.asarray(X - shift), k)
     p0 = p0._replace(means=p0.means + shift)
     ref = emjax.fit(X, k, params_init=p0, max_iter=2, tol=0.0)
     np.testing.assert_allclose(res.log_likelihood, ref.log_likelihood, rtol=1e-5)
@@ -41,8 +41,8 @@ def test_aligned_input_is_used_in_place_and_never_changed():
     X = np.random.default_rng(1).normal(size=(500, 3))
     A = _aligned_copy(X)
     with jax.enable_x64(True):
-        assert mixture._shares_memory(jax.device_put(A), A)
-        assert not mixture._shares_memory(jax.device_put(A[1:]), A)
+        assert fitting._shares_memory(jax.device_put(A), A)
+        assert not fitting._shares_memory(jax.device_put(A[1:]), A)
         a = emjax.fit(A, 2, max_iter=5, key=jax.random.key(0))
         b = emjax.fit(X.copy(), 2, max_iter=5, key=jax.random.key(0))
     np.testing.assert_array_equal(A, X)

@@ -1,12 +1,12 @@
 """The model-selection grid (padded, masked components in one compiled call) against separate
-fits of each K with emjax.mixture.fit, with the same keys and initialisations."""
+fits of each K with emjax.gmm.fitting.fit, with the same keys and initialisations."""
 
 import jax
 import numpy as np
 import pytest
 
 import emjax
-from emjax import mixture, selection
+from emjax.gmm import fitting, selection
 from tests.conftest import rtol_for
 
 
@@ -17,7 +17,7 @@ def _compare_grid_to_separate_fits(X, ks, cov, key):
     rtol = rtol_for(dtype)
     assert grid.log_likelihood.dtype == dtype and grid.bic.shape == (len(ks), 2)
     for i, k in enumerate(ks):
-        ref = mixture.fit(X, k, **kw)
+        ref = fitting.fit(X, k, **kw)
         r = ref.restarts
         np.testing.assert_array_equal(grid.n_iter[i], np.asarray(r.n_iter))
         np.testing.assert_array_equal(grid.converged[i], np.asarray(r.converged))

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import emjax
-from emjax import em, streaming
+from emjax import em
+from emjax.gmm import streaming
 from tests._em_reference import N_ITER_FIXED, data, params_init, sklearn_reference
 from tests.conftest import COV_TYPES, DTYPES
 

@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp, xlogy
 
-from emjax import covariance as cov_lib
 from emjax._linalg import after
 from emjax.gmm import GMMParams
+from emjax.gmm import covariance as cov_lib
 
 Array = jax.Array
 

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from emjax.failure_mode import QUADRATIC, Basis, FMMData, FMMParams, make_data
+from emjax.failure_mode.model import QUADRATIC, Basis, FMMData, FMMParams, make_data
 
 
 class PaddedTable(NamedTuple):

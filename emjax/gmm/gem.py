@@ -20,10 +20,10 @@ import optax
 from jax.scipy.linalg import solve_triangular
 
 from emjax import _validation as v
-from emjax import covariance as cov_lib
-from emjax import em, gmm, mixture
+from emjax import em
 from emjax._linalg import after
-from emjax.gmm import GMMParams
+from emjax.gmm import GMMParams, fitting, steps
+from emjax.gmm import covariance as cov_lib
 
 Array = jax.Array
 
@@ -100,14 +100,14 @@ def expected_log_likelihood(
     *,
     reg_covar: float = 0.0,
 ) -> Array:
-    """Q of :func:`emjax.objective.complete_data_log_likelihood`, through the fast paths.
+    """Q of :func:`emjax.gmm.objective.complete_data_log_likelihood`, through the fast paths.
 
     Uses the precision Cholesky factors (:func:`emjax.gmm.component_log_prob`) and
     ``tr(Sigma_k^{-1}) = ||U_k||_F^2``, so no matrix is inverted; this is what the optax M-step
     differentiates. The dense module is its independent reference in the tests.
     """
     wg = gamma if sample_weight is None else gamma * sample_weight[:, None]
-    q = jnp.sum(wg * gmm.weighted_log_prob(params, X))
+    q = jnp.sum(wg * steps.weighted_log_prob(params, X))
     if reg_covar:
         pc = params.covariance.precisions_cholesky
         ctype = params.covariance_type
@@ -258,13 +258,13 @@ def make_gem_model(
 
     The E-step's statistics carry the current parameters (``(log_resp, ll, params)``) because a
     warm-started M-step needs them; ``repair`` is the closed-form model's re-seeding of empty
-    components (:func:`emjax.mixture.make_model`).
+    components (:func:`emjax.gmm.fitting.make_model`).
     """
-    _, _, base_repair = mixture.make_model(covariance_type, reg_covar)
+    _, _, base_repair = fitting.make_model(covariance_type, reg_covar)
 
     def e_step(params, data):
         X, w = data
-        log_resp, ll = gmm.e_step_full(params, X)
+        log_resp, ll = steps.e_step_full(params, X)
         mean_ll = jnp.mean(ll) if w is None else jnp.sum(w * ll) / jnp.sum(w)
         return (log_resp, ll, params), mean_ll
 
@@ -284,7 +284,7 @@ def make_gem_model(
     jax.jit,
     static_argnames=("n_components", "covariance_type", "reg_covar", "max_iter", "n_init",
                      "init_method", "optimizer", "n_steps"),
-    compiler_options=mixture.FIT_COMPILER_OPTIONS,
+    compiler_options=fitting.FIT_COMPILER_OPTIONS,
 )
 def _fit_gem_compiled(X, key, sample_weight, tol, *, n_components, covariance_type, reg_covar,
                       max_iter, n_init, init_method, optimizer, n_steps):
@@ -294,7 +294,7 @@ def _fit_gem_compiled(X, key, sample_weight, tol, *, n_components, covariance_ty
     Xc = X - shift
 
     def initial(k):
-        return mixture.init_params(k, Xc, n_components, covariance_type=covariance_type,
+        return fitting.init_params(k, Xc, n_components, covariance_type=covariance_type,
                                    reg_covar=reg_covar, init_params=init_method, sample_weight=w)
 
     params0 = jax.vmap(initial)(jax.random.split(key, n_init))
@@ -305,7 +305,7 @@ def _fit_gem_compiled(X, key, sample_weight, tol, *, n_components, covariance_ty
     res = res._replace(params=res.params._replace(means=res.params.means + shift))
     best = em.best_index(res.log_likelihood)
     b = em.select(res, best)
-    return mixture.FitResult(b.params, b.log_likelihood, b.n_iter, b.converged, b.status,
+    return fitting.FitResult(b.params, b.log_likelihood, b.n_iter, b.converged, b.status,
                              b.history, best, res)
 
 
@@ -329,7 +329,7 @@ def fit_gem(
     sample_weight=None,
     optimizer: optax.GradientTransformation | None = None,
     n_steps: int = 10,
-) -> mixture.FitResult:
+) -> fitting.FitResult:
     """Fit a Gaussian mixture by generalised EM (optax M-step) in one compiled program.
 
     Same initialisation, restarts, convergence rule and result as :func:`emjax.fit`; only the
@@ -345,7 +345,7 @@ def fit_gem(
       n_steps: optimiser updates per M-step.
 
     Returns:
-      :class:`emjax.mixture.FitResult`.
+      :class:`emjax.gmm.fitting.FitResult`.
 
     Raises:
       ValueError: as :func:`emjax.fit`, and for ``n_steps < 1``.

@@ -15,8 +15,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from emjax import covariance as cov_lib
 from emjax.gmm import GMMParams
+from emjax.gmm import covariance as cov_lib
 
 FORMAT = "emjax.gmm"
 FORMAT_VERSION = 1

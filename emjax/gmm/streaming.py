@@ -3,7 +3,7 @@ online EM (Cappé and Moulines, 2009) over mini-batches.
 
 Both are Python loops over chunks around small jitted functions (a file cannot be read inside
 ``jit``): per chunk, one compiled call computes the E-step and the additive sufficient statistics
-(:func:`emjax.distributed.block_stats`, built on :func:`emjax.gmm.e_step_full` and
+(:func:`emjax.gmm.distributed.block_stats`, built on :func:`emjax.gmm.e_step_full` and
 :func:`emjax.gmm.suff_stats`); chunks are padded to one shape with zero-weight rows, so each
 covariance type and dtype compiles once.
 """
@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from emjax import _validation as v
-from emjax import em, gmm, mixture
-from emjax.distributed import BlockStats, block_stats
-from emjax.gmm import GMMParams, SuffStats
+from emjax import em
+from emjax.gmm import GMMParams, SuffStats, fitting, steps
+from emjax.gmm.distributed import BlockStats, block_stats
 
 Array = jax.Array
 
@@ -152,11 +152,11 @@ def _accumulate(acc: BlockStats, params: GMMParams, X, w, shift, *, covariance_t
 @functools.partial(jax.jit, static_argnames=("covariance_type", "reg_covar", "empty_threshold"))
 def _update(acc: BlockStats, params: GMMParams, n_samples, *, covariance_type, reg_covar,
             empty_threshold):
-    """The M-step and repair of :func:`emjax.mixture.make_model`, from accumulated statistics."""
+    """The M-step and repair of :func:`fitting.make_model`, from accumulated statistics."""
     stats = SuffStats(acc.nk, acc.sx, acc.sxx, params.means)
-    new = gmm.params_from_stats(stats, covariance_type=covariance_type, reg_covar=reg_covar)
+    new = steps.params_from_stats(stats, covariance_type=covariance_type, reg_covar=reg_covar)
     mean_w = acc.w_sum / n_samples
-    new, flags = mixture.reseed(new, acc.nk < empty_threshold * mean_w, acc.cand_x,
+    new, flags = fitting.reseed(new, acc.nk < empty_threshold * mean_w, acc.cand_x,
                                 acc.cand_score, covariance_type=covariance_type)
     ll = acc.ll_sum / acc.w_sum
     finite = jnp.isfinite(ll) & em._all_finite(new)
@@ -215,7 +215,7 @@ def _initial(source, n_components, *, params_init, key, covariance_type, reg_cov
         return p, np.dtype(dtype)
     sample = v.as_data(_first_rows(source, init_size), "the first rows of source")
     k = v.check_n_components(n_components, sample.shape[0], sample.shape)
-    init = jax.jit(mixture.init_params, static_argnames=(
+    init = jax.jit(fitting.init_params, static_argnames=(
         "n_components", "covariance_type", "reg_covar", "init_params"))
     key = jax.random.key(0) if key is None else key
     shift = sample.mean(0)
@@ -379,7 +379,7 @@ def _online_step(s: SuffStats, params: GMMParams, X, w, shift, eta, *, covarianc
     s = _recentre(s, params.means)
     s = jax.tree_util.tree_map(lambda a, c: (1 - eta) * a + eta * c / b.w_sum, s, batch)
     s = s._replace(ref=params.means)
-    new = gmm.params_from_stats(s, covariance_type=covariance_type, reg_covar=reg_covar)
+    new = steps.params_from_stats(s, covariance_type=covariance_type, reg_covar=reg_covar)
     ok = em._all_finite(new)
     new = jax.tree_util.tree_map(lambda a, c: jnp.where(ok, a, c), new, params)
     return s, new, b.ll_sum / b.w_sum, ok

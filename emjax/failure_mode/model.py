@@ -636,7 +636,7 @@ def fit(
     """Fit the failure-mode mixture by (MAP-)EM: ``n_init`` restarts vmapped in one program.
 
     Args:
-      data: :class:`FMMData` (see :func:`make_data`, :func:`emjax.failure_data.load_long_table`).
+      data: :class:`FMMData` (see :func:`make_data`, :func:`.data.load_long_table`).
       n_components: number of failure modes ``K``.
       key: PRNG key for the initialisations (default ``jax.random.key(0)``).
       n_init: restarts, run in parallel (``jax.vmap``); the best objective wins.

@@ -251,11 +251,3 @@ def as_full(cov: Covariance, n_components: int, n_features: int) -> Array:
         return jax.vmap(jnp.diag)(c)
     return c[:, None, None] * jnp.eye(n_features, dtype=c.dtype)
 
-
-def mean_covariance(cov: Covariance) -> Covariance:
-    """Every component's covariance replaced by the average over components (tied: unchanged)."""
-    if isinstance(cov, TiedCovariance):
-        return cov
-    c = cov.covariances
-    avg = jnp.broadcast_to(jnp.mean(c, axis=0, keepdims=True), c.shape)
-    return from_covariances(covariance_type_of(cov), avg)

@@ -1,5 +1,5 @@
 """``emjax.GaussianMixture``: a scikit-learn-compatible estimator, a thin shell over
-:func:`emjax.mixture.fit` and the pure functions of :mod:`emjax.gmm`.
+:func:`emjax.gmm.fitting.fit` and the pure functions of :mod:`emjax.gmm`.
 
 scikit-learn is not needed at run time: ``get_params``/``set_params``/``clone`` conventions are
 implemented here.
@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from emjax import _validation as v
-from emjax import em, gmm, mixture
+from emjax import em
+from emjax.gmm import fitting, steps
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -149,12 +150,12 @@ class GaussianMixture:
         if warm and self.params_.means.shape != (k, Xa.shape[1]):
             raise ValueError(f"warm_start: fitted means have shape {self.params_.means.shape} "
                              f"but the new fit needs ({k}, {Xa.shape[1]})")
-        key = mixture.as_key(self.random_state)
+        key = fitting.as_key(self.random_state)
         with _precision_ctx(dtype):
             params_init = None
             if warm:
                 params_init = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), self.params_)
-            res = mixture.fit(
+            res = fitting.fit(
                 Xa, k, key=key, covariance_type=self.covariance_type, tol=self.tol,
                 reg_covar=self.reg_covar, max_iter=self.max_iter,
                 n_init=1 if warm else self.n_init, init_params=self.init_params,
@@ -228,7 +229,7 @@ class GaussianMixture:
 
     def score_samples(self, X):
         """Log-density of each sample, ``(n_samples,)``."""
-        return self._call(gmm.score_samples, X)
+        return self._call(steps.score_samples, X)
 
     def score(self, X, y=None):
         """Mean log-likelihood of ``X``."""
@@ -236,25 +237,25 @@ class GaussianMixture:
 
     def predict(self, X):
         """Component labels, ``(n_samples,)``."""
-        return self._call(gmm.predict, X)
+        return self._call(steps.predict, X)
 
     def predict_proba(self, X):
         """Component posterior probabilities, ``(n_samples, n_components)``."""
-        return self._call(gmm.predict_proba, X)
+        return self._call(steps.predict_proba, X)
 
     def sample(self, n_samples=1, random_state=None):
         """Draw samples: ``(X, labels)`` as NumPy arrays (labels sorted like scikit-learn's)."""
         self._check_fitted()
         n_samples = v.check_positive_int(n_samples, "n_samples")
-        key = mixture.as_key(self.random_state if random_state is None else random_state)
+        key = fitting.as_key(self.random_state if random_state is None else random_state)
         with _precision_ctx(self._dtype):
             params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, self._dtype), self.params_)
-            Xs, labels = gmm.sample(key, params, n_samples)
+            Xs, labels = steps.sample(key, params, n_samples)
         order = np.argsort(np.asarray(labels), kind="stable")
         return np.asarray(Xs)[order], np.asarray(labels)[order]
 
     def _n_parameters(self):
-        return gmm.n_parameters(self.covariance_type, self.n_components, self.n_features_in_)
+        return steps.n_parameters(self.covariance_type, self.n_components, self.n_features_in_)
 
     def bic(self, X):
         """Bayesian information criterion on ``X`` (lower is better)."""

@@ -39,8 +39,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from emjax import _validation as v
-from emjax import em, gmm, mixture
-from emjax.gmm import GMMParams, SuffStats
+from emjax import em
+from emjax.gmm import GMMParams, SuffStats, fitting, steps
 
 Array = jax.Array
 
@@ -90,11 +90,11 @@ def block_stats(params: GMMParams, X: Array, w: Array, *, covariance_type: str,
       covariance_type: static.
       n_candidates: static, ``<= n_rows``: how many re-seeding candidates to keep.
     """
-    log_resp, ll = gmm.e_step_full(params, X)
-    s = gmm.suff_stats(jnp.exp(log_resp), X, params.means, covariance_type=covariance_type,
+    log_resp, ll = steps.e_step_full(params, X)
+    s = steps.suff_stats(jnp.exp(log_resp), X, params.means, covariance_type=covariance_type,
                        sample_weight=w)
     score = jnp.where(w > 0, ll, jnp.inf)
-    idx = mixture.worst_explained(ll, w, n_candidates)  # ranked as emjax.mixture.reseed ranks
+    idx = fitting.worst_explained(ll, w, n_candidates)  # ranked as emjax.gmm.fitting.reseed ranks
     # where(): a zero-weight row must not turn the sum into NaN even if its ll is -inf.
     ll_sum = jnp.sum(jnp.where(w > 0, w * ll, 0.0))
     return BlockStats(s.nk, s.sx, s.sxx, ll_sum, jnp.sum(w), X[idx], score[idx])
@@ -108,8 +108,8 @@ def make_model(covariance_type: str, reg_covar: float, *, axis_name: str = DEFAU
     number of (unpadded) samples. ``e_step`` does one ``psum`` of the :class:`BlockStats`
     (candidates gathered into per-device slots, so the gather is part of the same all-reduce);
     ``m_step`` is :func:`emjax.gmm.params_from_stats`; ``repair`` is
-    :func:`emjax.mixture.reseed` on the gathered candidate pool, with the same emptiness rule as
-    :func:`emjax.mixture.make_model` (mass below ``empty_threshold`` times the mean weight).
+    :func:`emjax.gmm.fitting.reseed` on the gathered candidate pool, with the same emptiness rule as
+    :func:`emjax.gmm.fitting.make_model` (mass below ``empty_threshold`` times the mean weight).
     """
 
     def e_step(params, data):
@@ -127,13 +127,13 @@ def make_model(covariance_type: str, reg_covar: float, *, axis_name: str = DEFAU
         return (stats, w_sum, pool_x.reshape(-1, d), pool_s.reshape(-1)), ll_sum / w_sum
 
     def m_step(estats, data):
-        return mixture.m_step_from_stats(estats[0], covariance_type=covariance_type,
+        return fitting.m_step_from_stats(estats[0], covariance_type=covariance_type,
                                          reg_covar=reg_covar)
 
     def repair(params, estats, data):
         stats, w_sum, pool_x, pool_s = estats
         mean_w = w_sum / data[2].astype(w_sum.dtype)
-        return mixture.reseed(params, stats.nk < empty_threshold * mean_w, pool_x, pool_s,
+        return fitting.reseed(params, stats.nk < empty_threshold * mean_w, pool_x, pool_s,
                               covariance_type=covariance_type)
 
     return e_step, m_step, repair
@@ -221,7 +221,7 @@ def local_copy(tree):
     jax.jit,
     static_argnames=("mesh", "axis_name", "n_components", "covariance_type", "reg_covar",
                      "max_iter", "n_init", "init_method", "n_lloyd"),
-    compiler_options=mixture.FIT_COMPILER_OPTIONS,
+    compiler_options=fitting.FIT_COMPILER_OPTIONS,
 )
 def _fit_sharded(X, w, n_samples, key, params_init, tol, *, mesh, axis_name, n_components,
                  covariance_type, reg_covar, max_iter, n_init, init_method, n_lloyd):
@@ -229,7 +229,7 @@ def _fit_sharded(X, w, n_samples, key, params_init, tol, *, mesh, axis_name, n_c
     Xc = X - shift
     if params_init is None:
         # Once per fit: left to the SPMD partitioner (no hand-written collectives needed).
-        params0 = jax.vmap(lambda k: mixture.init_params(
+        params0 = jax.vmap(lambda k: fitting.init_params(
             k, Xc, n_components, covariance_type=covariance_type, reg_covar=reg_covar,
             init_params=init_method, sample_weight=w, n_lloyd=n_lloyd))(
             jax.random.split(key, n_init))
@@ -248,7 +248,7 @@ def _fit_sharded(X, w, n_samples, key, params_init, tol, *, mesh, axis_name, n_c
     res = res._replace(params=res.params._replace(means=res.params.means + shift))
     best = em.best_index(res.log_likelihood)
     b = em.select(res, best)
-    return mixture.FitResult(b.params, b.log_likelihood, b.n_iter, b.converged, b.status,
+    return fitting.FitResult(b.params, b.log_likelihood, b.n_iter, b.converged, b.status,
                              b.history, best, res)
 
 
@@ -268,7 +268,7 @@ def fit(
     params_init: GMMParams | None = None,
     sample_weight=None,
     n_lloyd: int = 10,
-) -> mixture.FitResult:
+) -> fitting.FitResult:
     """Fit a Gaussian mixture by data-parallel EM over the devices of ``mesh``.
 
     Same model, convergence rule, restarts, re-seeding and result as :func:`emjax.fit`; the
@@ -288,7 +288,7 @@ def fit(
       sample_weight: optional ``(n_local,)`` non-negative weights of this process's rows.
 
     Returns:
-      :class:`emjax.mixture.FitResult` whose arrays are readable in every process.
+      :class:`emjax.gmm.fitting.FitResult` whose arrays are readable in every process.
 
     Raises:
       ValueError: as :func:`emjax.fit`.

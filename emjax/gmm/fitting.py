@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from emjax import _validation as v
-from emjax import covariance as cov_lib
-from emjax import em, gmm, kmeans
+from emjax import em, kmeans
 from emjax._chunks import fold_chunks, rows
-from emjax.gmm import GMMParams
+from emjax.gmm import GMMParams, kernels, steps
+from emjax.gmm import covariance as cov_lib
 
 Array = jax.Array
 
@@ -120,16 +120,16 @@ def _stats_chunked(resp_of, X, sample_weight, center, *, n_components, covarianc
 
     def second(acc, start, size):
         g, x, ws = block(start, size)
-        st = gmm.suff_stats(g, x, ref, covariance_type=covariance_type, sample_weight=ws,
+        st = steps.suff_stats(g, x, ref, covariance_type=covariance_type, sample_weight=ws,
                             chunk_size=chunk_size)
         return acc[0] + st.nk, acc[1] + st.sx, acc[2] + st.sxx
 
-    zeros = jax.eval_shape(lambda: gmm.suff_stats(
+    zeros = jax.eval_shape(lambda: steps.suff_stats(
         resp_of(0, min(chunk_size, n)), X[: min(chunk_size, n)], ref,
         covariance_type=covariance_type))
     acc = tuple(jnp.zeros(a.shape, a.dtype) for a in zeros[:3])
     nk, sx, sxx = fold_chunks(second, acc, n, chunk_size)
-    return gmm.SuffStats(nk, sx, sxx, ref)
+    return steps.SuffStats(nk, sx, sxx, ref)
 
 
 def init_params(
@@ -165,7 +165,7 @@ def init_params(
     stats = init_stats(key, X, n_components, covariance_type=covariance_type,
                        init_params=init_params, sample_weight=sample_weight, n_lloyd=n_lloyd,
                        center=center, chunk_size=chunk_size)
-    return gmm.params_from_stats(stats, covariance_type=covariance_type, reg_covar=reg_covar)
+    return steps.params_from_stats(stats, covariance_type=covariance_type, reg_covar=reg_covar)
 
 
 def init_stats(
@@ -179,7 +179,7 @@ def init_stats(
     n_lloyd: int = 10,
     center: Array | None = None,
     chunk_size: int | None = None,
-) -> gmm.SuffStats:
+) -> steps.SuffStats:
     """The sufficient statistics of :func:`responsibilities_init` (arguments as in
     :func:`init_params`), whose M-step gives the initial parameters; computed in chunked passes
     without the ``(n_samples, n_components)`` responsibilities."""
@@ -264,7 +264,7 @@ def reseed_empty(params: GMMParams, log_resp: Array | None, ll: Array | None, X:
     """
     w = sample_weight
     if nk is None:
-        nk = gmm.responsibilities_mass(jnp.exp(log_resp), w)
+        nk = steps.responsibilities_mass(jnp.exp(log_resp), w)
     empty = empty_components(nk, w, empty_threshold)
 
     def fix(params):
@@ -336,11 +336,11 @@ def reseed(params: GMMParams, empty: Array, X: Array, score: Array, *, covarianc
     return out, jnp.where(any_empty, em.STATUS_RESEEDED, 0).astype(jnp.int32)
 
 
-def m_step_from_stats(stats: gmm.SuffStats, *, covariance_type: str,
+def m_step_from_stats(stats: steps.SuffStats, *, covariance_type: str,
                       reg_covar: float) -> em.Flagged:
     """The GMM M-step as the driver takes it: :func:`emjax.gmm.params_from_stats`, flagged with
     ``em.STATUS_REGULARISED`` when a covariance needed a jitter to be factorised."""
-    params, regularised = gmm.params_from_stats_checked(
+    params, regularised = steps.params_from_stats_checked(
         stats, covariance_type=covariance_type, reg_covar=reg_covar)
     return em.Flagged(params, jnp.where(regularised, em.STATUS_REGULARISED, 0))
 
@@ -355,9 +355,9 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
                X_f: Array | None = None, X_ft: Array | None = None):
     """The GMM as the driver sees it: ``(e_step, m_step, repair)`` over ``data = (X, w)``.
 
-    ``fast=True``: the E-step is :func:`emjax.gmm.e_step_stats`, one chunked pass
+    ``fast=True``: the E-step is :func:`kernels.e_step_stats`, one chunked pass
     over ``X`` that also accumulates the next M-step's sufficient statistics (``chunk_size``
-    rows at a time, default :func:`emjax.gmm.default_chunk_size`; each chunk is centred at
+    rows at a time, default :func:`kernels.default_chunk_size`; each chunk is centred at
     ``center``, default the mixture's mean), and the M-step is
     :func:`emjax.gmm.params_from_stats`; nothing of size ``(n_samples, n_components)`` is
     stored. ``fast=False``: the dense reference steps :func:`emjax.gmm.e_step_full` and
@@ -368,8 +368,8 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
     time and memory; small problems keep the dense steps.
 
     ``X_t``: optional ``X.T``, computed once by the caller outside the EM loop, for the fast
-    diagonal and spherical pass (:func:`emjax.gmm.e_step_stats`); without it each pass transposes.
-    ``X_f``: optional :func:`emjax.gmm.feature_rows` of ``X`` about ``center``, built once by the
+    diagonal and spherical pass (:func:`kernels.e_step_stats`); without it each pass transposes.
+    ``X_f``: optional :func:`kernels.feature_rows` of ``X`` about ``center``, built once by the
     caller: the diagonal, spherical and packed full pass then reads them (faster than building
     the features in every chunk, or reading ``X_t``); ``X_ft``: optionally their transpose,
     for the moments GEMM (:func:`pass_inputs` builds all three as ``emjax.fit`` does).
@@ -390,7 +390,7 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
     def e_step(params, data):
         X, w = data
         if use_fast(params, X):
-            stats, ll = gmm.e_step_stats(params, X, w, chunk_size=chunk_size, center=center,
+            stats, ll = kernels.e_step_stats(params, X, w, chunk_size=chunk_size, center=center,
                                          X_t=X_t, X_f=X_f, X_ft=X_ft)
             # The repair's candidates, not the (N,) log-likelihoods: the loop state carries
             # the E-step's statistics, and N floats there cost 2-3 copies of them in temporaries
@@ -403,23 +403,23 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
                     ll)
             else:
                 cand = worst_explained(ll, w, k)
-            return (stats, cand), gmm._mean(ll, w)
-        log_resp, ll = gmm.e_step_full(params, X)
-        return (log_resp, ll), gmm._mean(ll, w)
+            return (stats, cand), steps._mean(ll, w)
+        log_resp, ll = steps.e_step_full(params, X)
+        return (log_resp, ll), steps._mean(ll, w)
 
     def m_step(estats, data):
         stats = estats[0]
-        if not isinstance(stats, gmm.SuffStats):
+        if not isinstance(stats, steps.SuffStats):
             X, w = data
-            stats = gmm.m_step_stats(jnp.exp(stats), X, covariance_type=covariance_type,
+            stats = steps.m_step_stats(jnp.exp(stats), X, covariance_type=covariance_type,
                                      sample_weight=w)
         return m_step_from_stats(stats, covariance_type=covariance_type, reg_covar=reg_covar)
 
     def repair(params, estats, data):
         # Either E-step's statistics: (SuffStats, worst-explained rows) from the fast one, or
-        # (log_resp, ll) from the dense one (also from models built on this one, e.g. emjax.gem).
+        # (log_resp, ll) from the dense one (also from models built on this one, e.g. gmm.gem).
         X, w = data
-        if isinstance(estats[0], gmm.SuffStats):
+        if isinstance(estats[0], steps.SuffStats):
             return reseed_empty(params, None, None, X, w, nk=estats[0].nk,
                                 candidates=estats[1], covariance_type=covariance_type,
                                 empty_threshold=empty_threshold)
@@ -432,17 +432,17 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
 def pass_inputs(X: Array, center: Array, covariance_type: str, n_components: int) -> dict:
     """What a fast driver builds once per fit for its pass, as the ``X_t``, ``X_f`` and ``X_ft``
     arguments of :func:`make_model`: the features about ``center`` where
-    :func:`emjax.gmm.feature_pass` takes them (as :func:`emjax.gmm.feature_blocks` with their
-    transposes where :func:`emjax.gmm.moments_transposed` says so), else ``X^T`` for the
+    :func:`kernels.feature_pass` takes them (as :func:`kernels.feature_blocks` with their
+    transposes where :func:`kernels.moments_transposed` says so), else ``X^T`` for the
     transposed pass."""
     n, d = X.shape
-    if not gmm.feature_pass(covariance_type, X.dtype, n, d, n_components):
-        return dict(X_t=X.T if gmm.transposed_pass(covariance_type) else None)
-    cols = gmm.feature_row_columns(covariance_type, d)
-    if not gmm.moments_transposed(n, cols, X.dtype, n_components):
-        return dict(X_f=gmm.feature_rows(X, center, covariance_type))
-    size = gmm.feature_block_size(n, cols, n_components, X.dtype.itemsize)
-    xf = gmm.feature_blocks(X, center, covariance_type, size)
+    if not kernels.feature_pass(covariance_type, X.dtype, n, d, n_components):
+        return dict(X_t=X.T if kernels.transposed_pass(covariance_type) else None)
+    cols = kernels.feature_row_columns(covariance_type, d)
+    if not kernels.moments_transposed(n, cols, X.dtype, n_components):
+        return dict(X_f=kernels.feature_rows(X, center, covariance_type))
+    size = kernels.feature_block_size(n, cols, n_components, X.dtype.itemsize)
+    xf = kernels.feature_blocks(X, center, covariance_type, size)
     return dict(X_f=xf, X_ft=tuple(b.T for b in xf))
 
 

@@ -19,9 +19,9 @@ import numpy as np
 from jax.scipy.special import logsumexp
 
 from emjax import _validation as v
-from emjax import covariance as cov_lib
-from emjax import em, gmm, mixture
-from emjax.gmm import GMMParams
+from emjax import em
+from emjax.gmm import GMMParams, fitting, steps
+from emjax.gmm import covariance as cov_lib
 
 Array = jax.Array
 
@@ -120,7 +120,7 @@ def mask_params(params: GMMParams, active: Array) -> GMMParams:
 def make_masked_model(covariance_type: str, reg_covar: float, empty_threshold: float = 1e-3):
     """The padded, masked GMM as the driver sees it, over ``data = (X, w, active)``.
 
-    The same steps as :func:`emjax.mixture.make_model`, except that inactive components get
+    The same steps as :func:`fitting.make_model`, except that inactive components get
     log-weight ``-inf`` in the E-step (so responsibility exactly 0 and no part in any statistic),
     are reset to the padding values after the M-step, and are never re-seeded.
     """
@@ -128,10 +128,10 @@ def make_masked_model(covariance_type: str, reg_covar: float, empty_threshold: f
     def e_step(params, data):
         X, w, active = data
         log_w = jnp.log(jnp.where(active, params.weights, 1.0))
-        wlp = jnp.where(active[None, :], gmm.component_log_prob(params, X) + log_w[None, :],
+        wlp = jnp.where(active[None, :], steps.component_log_prob(params, X) + log_w[None, :],
                         -jnp.inf)
         ll = logsumexp(wlp, axis=1)
-        return (wlp - ll[:, None], ll), gmm._mean(ll, w)
+        return (wlp - ll[:, None], ll), steps._mean(ll, w)
 
     def m_step(estats, data):
         return masked_m_step(jnp.exp(estats[0]), data, covariance_type=covariance_type,
@@ -140,7 +140,7 @@ def make_masked_model(covariance_type: str, reg_covar: float, empty_threshold: f
     def repair(params, estats, data):
         X, w, active = data
         log_resp, ll = estats
-        return mixture.reseed_empty(params, log_resp, ll, X, w, covariance_type=covariance_type,
+        return fitting.reseed_empty(params, log_resp, ll, X, w, covariance_type=covariance_type,
                                     empty_threshold=empty_threshold, active=active)
 
     return e_step, m_step, repair
@@ -150,7 +150,7 @@ def masked_m_step(gamma: Array, data, *, covariance_type: str, reg_covar: float)
     """The M-step of the padded model from responsibilities ``gamma`` ``(n_samples, K_max)``
     (zero in inactive columns) over ``data = (X, w, active)``."""
     X, w, active = data
-    p = gmm.m_step(gamma, X, covariance_type=covariance_type, reg_covar=reg_covar,
+    p = steps.m_step(gamma, X, covariance_type=covariance_type, reg_covar=reg_covar,
                    sample_weight=w)
     return mask_params(p, active)
 
@@ -170,12 +170,12 @@ def _centre(X, w):
 
 
 @functools.partial(jax.jit, static_argnames=("n_components", "n_init", "init_method", "n_lloyd"),
-                   compiler_options=mixture.FIT_COMPILER_OPTIONS)
+                   compiler_options=fitting.FIT_COMPILER_OPTIONS)
 def _initial_responsibilities(X, key, sample_weight, *, n_components, n_init, init_method,
                               n_lloyd):
     """``(G, R, n_samples, K_max)`` initial responsibilities, zero in padded columns: for each K,
-    :func:`emjax.mixture.responsibilities_init` on the centred data with the restart keys of
-    :func:`emjax.mixture.fit`. It does not depend on the covariance type, so one compiled program
+    :func:`fitting.responsibilities_init` on the centred data with the restart keys of
+    :func:`fitting.fit`. It does not depend on the covariance type, so one compiled program
     serves every type (it is most of the grid's compile time: a k-means per K)."""
     TRACE_COUNT["init"] += 1
     w = sample_weight
@@ -185,7 +185,7 @@ def _initial_responsibilities(X, key, sample_weight, *, n_components, n_init, in
 
     def initial_resp(k):
         def one(rk):
-            return mixture.responsibilities_init(rk, Xc, k, init_method, w, n_lloyd)
+            return fitting.responsibilities_init(rk, Xc, k, init_method, w, n_lloyd)
         return jnp.pad(jax.vmap(one)(keys), ((0, 0), (0, 0), (0, k_max - k)))
 
     return jnp.stack([initial_resp(k) for k in n_components])
@@ -194,7 +194,7 @@ def _initial_responsibilities(X, key, sample_weight, *, n_components, n_init, in
 @functools.partial(
     jax.jit,
     static_argnames=("n_components", "covariance_type", "reg_covar", "max_iter", "callback"),
-    compiler_options=mixture.FIT_COMPILER_OPTIONS,  # as emjax.fit: the same rounding
+    compiler_options=fitting.FIT_COMPILER_OPTIONS,  # as emjax.fit: the same rounding
 )
 def _grid_compiled(X, resp0, sample_weight, tol, *, n_components, covariance_type, reg_covar,
                    max_iter, callback):
@@ -207,7 +207,7 @@ def _grid_compiled(X, resp0, sample_weight, tol, *, n_components, covariance_typ
     active = jnp.arange(k_max)[None, :] < ks[:, None]
     e_step, m_step, repair = make_masked_model(covariance_type, reg_covar)
 
-    # mixture.init_params = responsibilities + one M-step; here one vmapped masked M-step.
+    # fitting.init_params = responsibilities + one M-step; here one vmapped masked M-step.
     def init_m_step(g, act):
         return masked_m_step(g, (Xc, w, act), covariance_type=covariance_type,
                              reg_covar=reg_covar)
@@ -221,7 +221,7 @@ def _grid_compiled(X, resp0, sample_weight, tol, *, n_components, covariance_typ
     res = jax.vmap(per_grid_point)(params0, active)
     res = res._replace(params=res.params._replace(means=res.params.means + shift))
     n_eff = n if w is None else jnp.sum(w)
-    p = jnp.asarray([gmm.n_parameters(covariance_type, k, d) for k in n_components], X.dtype)
+    p = jnp.asarray([steps.n_parameters(covariance_type, k, d) for k in n_components], X.dtype)
     total = n_eff * res.log_likelihood
     bic = -2.0 * total + p[:, None] * jnp.log(jnp.asarray(n_eff, X.dtype))
     aic = -2.0 * total + 2.0 * p[:, None]
@@ -273,7 +273,7 @@ def fit_grid(
       n_components: an int ``K_max`` (the grid ``1..K_max``) or a sequence of ints.
       key: PRNG key (default ``jax.random.key(0)``); every grid point uses the same restart keys.
       covariance_type, tol, reg_covar, max_iter, n_init, init_params, sample_weight, n_lloyd:
-        as in :func:`emjax.mixture.fit`.
+        as in :func:`fitting.fit`.
       callback: optional ``callback(n_iter, log_likelihood, converged)`` traced into the loop
         (e.g. :func:`emjax.progress.make_callback`); it must be hashable (a static argument).
 
@@ -281,7 +281,7 @@ def fit_grid(
       :class:`GridResult` (NumPy arrays, except ``params``).
 
     Raises:
-      ValueError: on invalid data or hyper-parameters (see :func:`emjax.mixture.fit`) or when
+      ValueError: on invalid data or hyper-parameters (see :func:`fitting.fit`) or when
         ``max(n_components) > n_samples``.
     """
     Xa = v.as_data(X)
@@ -327,7 +327,7 @@ def fit_grid(
         history=np.asarray(r.history),
         bic=np.asarray(out.bic),
         aic=np.asarray(out.aic),
-        n_parameters=np.asarray([gmm.n_parameters(covariance_type, k, Xa.shape[1]) for k in ks]),
+        n_parameters=np.asarray([steps.n_parameters(covariance_type, k, Xa.shape[1]) for k in ks]),
         best_index=np.asarray(out.best_index),
         compile_seconds=compile_s,
         run_seconds=t2 - t1,

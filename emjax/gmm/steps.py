@@ -1,0 +1,332 @@
+"""Gaussian mixture model: parameters, the pure E- and M-steps, and model utilities.
+
+Nothing here is jitted, so the steps compose with ``jit``, ``vmap`` and ``grad``; the driver in
+:mod:`emjax.em` and the fitting API in :mod:`emjax.gmm.fitting` compile them. The fast chunked
+E-step is in :mod:`emjax.gmm.kernels`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import logsumexp
+
+from emjax._chunks import fold_chunks, rows
+from emjax.gmm import covariance as cov_lib
+from emjax.gmm.covariance import Covariance
+
+Array = jax.Array
+
+
+class GMMParams(NamedTuple):
+    """Parameters of a Gaussian mixture (a pytree).
+
+    Attributes:
+      weights: ``(n_components,)`` mixing proportions, summing to one.
+      means: ``(n_components, n_features)``.
+      covariance: one of :class:`~emjax.gmm.covariance.FullCovariance`, ``TiedCovariance``,
+        ``DiagCovariance``, ``SphericalCovariance``; its type is the covariance type.
+    """
+
+    weights: Array
+    means: Array
+    covariance: Covariance
+
+    @property
+    def covariance_type(self) -> str:
+        return cov_lib.covariance_type_of(self.covariance)
+
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[-2]
+
+    @property
+    def n_features(self) -> int:
+        return self.means.shape[-1]
+
+
+def make_params(weights, means, covariances, covariance_type: str) -> GMMParams:
+    """Build :class:`GMMParams` from scikit-learn-shaped weights, means and covariances."""
+    return GMMParams(
+        jnp.asarray(weights),
+        jnp.asarray(means),
+        cov_lib.from_covariances(covariance_type, covariances),
+    )
+
+
+def _shift(params: GMMParams) -> Array:
+    # A point near the data (weighted mean of the means): subtracting it from X and the means
+    # before the distance expansion keeps float32 digits when the data sits at a large offset.
+    return jax.lax.stop_gradient(params.weights @ params.means)
+
+
+def component_log_prob(params: GMMParams, X: Array) -> Array:
+    """``log N(x_n | mu_k, Sigma_k)``, shape ``(n_samples, n_components)``.
+
+    .. math:: \\log N = -\\tfrac{D}{2}\\log 2\\pi + \\log|U_k| - \\tfrac12 \\|U_k^T(x-\\mu_k)\\|^2
+    """
+    c = _shift(params)
+    d = X.shape[-1]
+    maha = cov_lib.mahalanobis_squared(params.covariance, X - c, params.means - c)
+    log_det = cov_lib.log_det_precision_cholesky(params.covariance, d)
+    return -0.5 * (d * math.log(2 * math.pi) + maha) + log_det
+
+
+def weighted_log_prob(params: GMMParams, X: Array) -> Array:
+    """``log pi_k + log N(x_n | mu_k, Sigma_k)``, shape ``(n_samples, n_components)``."""
+    return component_log_prob(params, X) + jnp.log(params.weights)[None, :]
+
+
+def _mean(values: Array, sample_weight: Array | None) -> Array:
+    if sample_weight is None:
+        return jnp.mean(values)
+    return jnp.sum(sample_weight * values) / jnp.sum(sample_weight)
+
+
+def e_step_full(params: GMMParams, X: Array) -> tuple[Array, Array]:
+    """Log-responsibilities ``(n_samples, n_components)`` and per-sample log-likelihood."""
+    wlp = weighted_log_prob(params, X)
+    ll = logsumexp(wlp, axis=1)
+    return wlp - ll[:, None], ll
+
+
+def e_step(
+    params: GMMParams, X: Array, sample_weight: Array | None = None
+) -> tuple[Array, Array]:
+    """E-step: responsibilities and the mean log-likelihood of ``X`` under ``params``.
+
+    .. math:: \\gamma_{nk} = \\exp\\big(\\log\\pi_k + \\log N(x_n|\\mu_k,\\Sigma_k)
+              - \\operatorname{logsumexp}_j(\\log\\pi_j + \\log N(x_n|\\mu_j,\\Sigma_j))\\big)
+
+    Args:
+      params: the mixture.
+      X: ``(n_samples, n_features)``.
+      sample_weight: optional ``(n_samples,)`` non-negative weights; the log-likelihood is then
+        their weighted mean.
+
+    Returns:
+      ``(gamma, log_likelihood)``: ``gamma`` is ``(n_samples, n_components)`` with rows summing to
+      one; ``log_likelihood`` is the (weighted) mean of ``log p(x_n)``.
+    """
+    log_resp, ll = e_step_full(params, X)
+    return jnp.exp(log_resp), _mean(ll, sample_weight)
+
+
+class SuffStats(NamedTuple):
+    """Sufficient statistics of the M-step, additive over samples (chunks, devices, passes).
+
+    Moments are taken about a per-component reference point ``ref`` (e.g. the previous means), so
+    ``Sigma = sxx / nk - d d^T`` with ``d = sx / nk`` small and no catastrophic cancellation.
+
+    Attributes:
+      nk: ``(n_components,)`` ``sum_n w_n gamma_nk``.
+      sx: ``(n_components, n_features)`` ``sum_n w_n gamma_nk (x_n - ref_k)``.
+      sxx: ``sum_n w_n gamma_nk (x_n - ref_k)(x_n - ref_k)^T`` reduced to what the covariance
+        type needs: full ``(K, D, D)``; tied ``(K, D, D)``; diag and spherical ``(K, D)`` (the
+        diagonal).
+      ref: ``(n_components, n_features)`` the reference points (not summed).
+    """
+
+    nk: Array
+    sx: Array
+    sxx: Array
+    ref: Array
+
+
+def _suff_stats_dense(gamma, X, ref, covariance_type, sample_weight):
+    if sample_weight is not None:
+        gamma = gamma * sample_weight[:, None]
+    nk = jnp.sum(gamma, axis=0)
+    sx = gamma.T @ X - nk[:, None] * ref
+    if covariance_type in ("full", "tied"):
+
+        def scatter(g, r):
+            diff = X - r
+            return (g[:, None] * diff).T @ diff
+
+        sxx = jax.vmap(scatter, in_axes=(1, 0))(gamma, ref)
+    else:
+        sxx = jnp.einsum("nk,knd->kd", gamma, jax.vmap(lambda r: jnp.square(X - r))(ref))
+    return nk, sx, sxx
+
+
+def suff_stats(
+    gamma: Array,
+    X: Array,
+    ref: Array,
+    *,
+    covariance_type: str = "full",
+    sample_weight: Array | None = None,
+    chunk_size: int | None = None,
+) -> SuffStats:
+    """Sufficient statistics of ``(gamma, X)`` about ``ref`` (see :class:`SuffStats`).
+
+    The per-component differences ``x_n - ref_k`` are formed ``chunk_size`` rows at a time
+    (static; default: chunks of about 2^20 elements of ``(K, chunk, D)``) and the statistics summed
+    over chunks, so memory stays O(chunk K D) whatever ``n_samples``.
+    """
+    n, d = X.shape
+    k = ref.shape[0]
+    if chunk_size is None:
+        chunk_size = max(256, 2**20 // max(1, k * d))
+
+    def part(acc, start, size):
+        st = _suff_stats_dense(rows(gamma, start, size), rows(X, start, size), ref,
+                               covariance_type, rows(sample_weight, start, size))
+        return jax.tree_util.tree_map(jnp.add, acc, st)
+
+    shapes = jax.eval_shape(lambda: _suff_stats_dense(gamma, X, ref, covariance_type,
+                                                      sample_weight))
+    acc = fold_chunks(part, jax.tree_util.tree_map(jnp.zeros_like, shapes), n, chunk_size)
+    return SuffStats(*acc, ref)
+
+
+def params_from_stats(stats: SuffStats, *, covariance_type: str = "full",
+                      reg_covar: float = 1e-6) -> GMMParams:
+    r"""The closed-form M-step from sufficient statistics.
+
+    .. math::
+       N_k = n_k + 10\epsilon,\ \pi_k = N_k/\sum_j N_j,\ d_k = s_{x,k}/N_k,\
+       \mu_k = r_k + d_k,\ \Sigma_k = S_{xx,k}/N_k - d_k d_k^T + r I
+    """
+    return params_from_stats_checked(stats, covariance_type=covariance_type,
+                                     reg_covar=reg_covar)[0]
+
+
+def params_from_stats_checked(stats: SuffStats, *, covariance_type: str = "full",
+                              reg_covar: float = 1e-6) -> tuple[GMMParams, Array]:
+    """:func:`params_from_stats`, and whether a covariance was not positive definite in the
+    working precision and got a jitter on its diagonal (a bool scalar; see
+    :func:`emjax.gmm.covariance.from_covariances_checked`)."""
+    dtype = stats.sx.dtype
+    nk = stats.nk + 10 * jnp.finfo(dtype).eps
+    delta = stats.sx / nk[:, None]
+    means = stats.ref + delta
+    d = stats.sx.shape[-1]
+    if covariance_type in ("full", "tied"):
+        eye = jnp.eye(d, dtype=dtype)
+        scatter = stats.sxx - nk[:, None, None] * delta[:, :, None] * delta[:, None, :]
+        if covariance_type == "full":
+            covs = scatter / nk[:, None, None] + reg_covar * eye
+        else:
+            covs = jnp.sum(scatter, 0) / jnp.sum(nk) + reg_covar * eye
+    else:
+        var = stats.sxx / nk[:, None] - delta * delta + reg_covar
+        covs = var if covariance_type == "diag" else jnp.mean(var, axis=1)
+    cov, regularised = cov_lib.from_covariances_checked(covariance_type, covs)
+    return GMMParams(nk / jnp.sum(nk), means, cov), regularised
+
+
+def m_step(
+    gamma: Array,
+    X: Array,
+    *,
+    covariance_type: str = "full",
+    reg_covar: float = 1e-6,
+    sample_weight: Array | None = None,
+) -> GMMParams:
+    r"""M-step: the closed-form maximiser of Q given responsibilities.
+
+    .. math::
+       N_k = \sum_n w_n\gamma_{nk} + 10\epsilon,\quad \pi_k = N_k / \sum_j N_j,\quad
+       \mu_k = \frac{1}{N_k}\sum_n w_n\gamma_{nk} x_n,\quad
+       \Sigma_k = \frac{1}{N_k}\sum_n w_n\gamma_{nk}(x_n-\mu_k)(x_n-\mu_k)^T + r I
+
+    The scatter is taken about the new means themselves (two passes over ``X``), so it is exact.
+
+    Args:
+      gamma: ``(n_samples, n_components)`` responsibilities.
+      X: ``(n_samples, n_features)``.
+      covariance_type: static; ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
+      reg_covar: static; added to the covariance diagonal.
+      sample_weight: optional ``(n_samples,)`` weights multiplying the responsibilities.
+    """
+    stats = m_step_stats(gamma, X, covariance_type=covariance_type, sample_weight=sample_weight)
+    return params_from_stats(stats, covariance_type=covariance_type, reg_covar=reg_covar)
+
+
+def m_step_stats(gamma: Array, X: Array, *, covariance_type: str = "full",
+                 sample_weight: Array | None = None) -> SuffStats:
+    """The statistics :func:`m_step` completes: moments about the new means themselves (a first
+    pass over ``X`` for the means, a second for the scatter about them)."""
+    g = gamma if sample_weight is None else gamma * sample_weight[:, None]
+    nk = jnp.sum(g, axis=0) + 10 * jnp.finfo(X.dtype).eps
+    ref = (g.T @ X) / nk[:, None]
+    return suff_stats(gamma, X, ref, covariance_type=covariance_type,
+                      sample_weight=sample_weight)
+
+
+def score_samples(params: GMMParams, X: Array) -> Array:
+    """``log p(x_n)`` for each sample, shape ``(n_samples,)``."""
+    return logsumexp(weighted_log_prob(params, X), axis=1)
+
+
+log_prob = score_samples
+
+
+def predict_proba(params: GMMParams, X: Array) -> Array:
+    """Posterior component probabilities ``(n_samples, n_components)``."""
+    return jnp.exp(e_step_full(params, X)[0])
+
+
+def predict(params: GMMParams, X: Array) -> Array:
+    """Most probable component of each sample, shape ``(n_samples,)``."""
+    return jnp.argmax(weighted_log_prob(params, X), axis=1)
+
+
+def sample(key: Array, params: GMMParams, n_samples: int) -> tuple[Array, Array]:
+    """Draw ``n_samples`` points: returns ``(X, labels)``.
+
+    Args:
+      key: a PRNG key.
+      params: the mixture.
+      n_samples: static number of samples.
+    """
+    k_label, k_noise = jax.random.split(key)
+    k, d = params.means.shape
+    dtype = params.means.dtype
+    labels = jax.random.categorical(k_label, jnp.log(params.weights), shape=(n_samples,))
+    z = jax.random.normal(k_noise, (n_samples, d), dtype=dtype)
+    cov = params.covariance
+    if isinstance(cov, (cov_lib.FullCovariance, cov_lib.TiedCovariance)):
+        chol = jnp.linalg.cholesky(cov_lib.as_full(cov, k, d))  # (K, D, D)
+        noise = jnp.einsum("nde,ne->nd", chol[labels], z)
+    elif isinstance(cov, cov_lib.DiagCovariance):
+        noise = z * jnp.sqrt(cov.covariances)[labels]
+    else:
+        noise = z * jnp.sqrt(cov.covariances)[labels][:, None]
+    return params.means[labels] + noise, labels
+
+
+def n_parameters(covariance_type: str, n_components: int, n_features: int) -> int:
+    """Number of free parameters (scikit-learn's ``_n_parameters``)."""
+    return (
+        cov_lib.n_covariance_parameters(covariance_type, n_components, n_features)
+        + n_components * n_features
+        + n_components
+        - 1
+    )
+
+
+def bic(params: GMMParams, X: Array) -> Array:
+    """Bayesian information criterion (lower is better): ``-2 log L + p log n``."""
+    n = X.shape[0]
+    p = n_parameters(params.covariance_type, params.n_components, params.n_features)
+    return -2.0 * jnp.sum(score_samples(params, X)) + p * math.log(n)
+
+
+def aic(params: GMMParams, X: Array) -> Array:
+    """Akaike information criterion (lower is better): ``-2 log L + 2 p``."""
+    p = n_parameters(params.covariance_type, params.n_components, params.n_features)
+    return -2.0 * jnp.sum(score_samples(params, X)) + 2 * p
+
+
+def responsibilities_mass(gamma: Array, sample_weight: Array | None = None) -> Array:
+    """``N_k = sum_n w_n gamma_nk``, shape ``(n_components,)``."""
+    if sample_weight is not None:
+        gamma = gamma * sample_weight[:, None]
+    return jnp.sum(gamma, axis=0)
+
