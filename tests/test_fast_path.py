@@ -261,10 +261,10 @@ def test_whitened_full_path(monkeypatch, dtype):
     for dt in (jnp.float32, jnp.float64):
         assert kernels._mode("full", 16, dt, 4) == "whitened"  # few components
         assert kernels._mode("full", 16, dt, 5) == "full"
-    monkeypatch.setattr(gmm, "SELECT_GEMM_MAX_FEATURES", 2)
-    monkeypatch.setattr(gmm, "FEW_COMPONENTS_RATIO", 1)
+    monkeypatch.setattr(kernels, "SELECT_GEMM_MAX_FEATURES", 2)
+    monkeypatch.setattr(kernels, "FEW_COMPONENTS_RATIO", 1)
     # chunks of 50 and 64 rows form the scatter as [g_k x]^T x, the one block as x^T [g_k x]
-    monkeypatch.setattr(gmm, "WHITENED_SCATTER_T_MAX_ROWS", 64)
+    monkeypatch.setattr(kernels, "WHITENED_SCATTER_T_MAX_ROWS", 64)
     assert kernels._mode("full", D, dtype, K) == "whitened"
     X, Xj, wj, params = _problem(dtype, "full", offset=20.0, seed=6)
     rtol, atol = _tol(dtype)
@@ -297,7 +297,7 @@ def test_row_major_diagonal_pass(monkeypatch, cov_type):
     _, Xj, wj, params = _problem(np.float64, cov_type, offset=5.0, seed=7)
     fused = jax.jit(functools.partial(gmm.e_step_stats, chunk_size=64))
     stats_t, ll_t = fused(params, Xj, wj)
-    monkeypatch.setattr(gmm, "TRANSPOSED_DIAGONAL", False)
+    monkeypatch.setattr(kernels, "TRANSPOSED_DIAGONAL", False)
     stats_r, ll_r = jax.jit(functools.partial(gmm.e_step_stats, chunk_size=64))(params, Xj, wj)
     np.testing.assert_allclose(ll_r, ll_t, rtol=1e-12, atol=1e-12)
     chex.assert_trees_all_close(gmm.params_from_stats(stats_r, covariance_type=cov_type),
@@ -356,7 +356,7 @@ def test_packed_pass_both_orientations(monkeypatch, dtype):
     rtol, atol = _tol(dtype)
     out = {}
     for flag in (True, False):
-        monkeypatch.setattr(gmm, "PACKED_TRANSPOSED", flag)
+        monkeypatch.setattr(kernels, "PACKED_TRANSPOSED", flag)
         run = jax.jit(lambda p, x, w: (gmm.e_step_stats(p, x, w, chunk_size=64),
                                        gmm.score_samples_chunked(p, x, chunk_size=64)))
         out[flag] = run(params, Xj, wj)
