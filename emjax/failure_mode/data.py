@@ -1,8 +1,8 @@
 """Data for the failure-mode mixture: a long-table loader and the seeded synthetic generator.
 
 The loader turns rows ``(unit, time, channel_1, ..., channel_C)`` with gaps into the padded layout
-of :mod:`emjax.failure_mode`; the generator is spec section 11 (easy / hard settings, irregular
-sampling, dropped entries, optional run-to-failure truncation).
+of :mod:`emjax.failure_mode`; the generator draws the synthetic fleets of docs/failure_mode.md
+(easy / hard settings, irregular sampling, dropped entries, optional run-to-failure truncation).
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def load_long_table(source, *, unit: str = "unit", time: str = "time",
 
 
 # --------------------------------------------------------------------------------------------
-# Synthetic generator (spec section 11)
+# Synthetic generator (docs/failure_mode.md, "The synthetic fleets")
 # --------------------------------------------------------------------------------------------
 
 #: Mode means ``(C=4, K=3, p=3)``: rows are channels ``s1, s2, s3, y``; columns modes 1..3.

@@ -7,7 +7,7 @@ expansion ``x_lc = Phi_lc T_lc + noise`` with ``T_lc ~ N(mu_ck, Sigma_ck)`` and 
 ``s2_ck``; channels are independent given the mode. EM (``e_step``/``m_step``, pure and unjitted,
 all in the ``p x p`` coefficient space through Cholesky factors) runs on the generic driver
 :mod:`emjax.em`; :func:`fit` vmaps the restarts in one compiled program. See
-``/work/shared/spec/failure-mode-mixture.md`` (sections 3-10) for the derivations.
+``docs/failure_mode.md`` for the model, its equations and the derivation of the steps.
 
 Shapes: ``L`` units, ``C`` channels, ``N`` padded observation slots, ``K`` modes, ``p`` basis
 functions. Ragged data is padded; padded or missing entries carry ``obs = 0`` and ``x = 0`` and
@@ -278,7 +278,7 @@ def data_from_arrays(tau: Array, x: Array, obs: Array, *, basis: Basis, t_scale=
 
 
 # --------------------------------------------------------------------------------------------
-# E-step (spec section 6: everything in p-space)
+# E-step (everything in p-space: docs/failure_mode.md, "E-step")
 # --------------------------------------------------------------------------------------------
 
 
@@ -416,7 +416,7 @@ def m_step(post: FMMPosterior, data: FMMData, *, prior: Prior | None = None,
        s^2_{ck} = \\sum_l \\gamma_{lk}[\\mathrm{RSS}_{lck} + \\mathrm{tr}(A_{lc} P_{lck})]
                   / \\sum_l \\gamma_{lk} n_{lc}.
 
-    With a :class:`Prior` the conjugate MAP forms of spec section 8 are used. ``cov_floor``
+    With a :class:`Prior` the conjugate MAP forms of docs/failure_mode.md are used. ``cov_floor``
     raises eigenvalues of ``Sigma`` to at least that value, ``noise_floor`` bounds ``s2`` below
     (both are exact constrained maximisers, so the objective still cannot fall).
     """
@@ -464,7 +464,7 @@ def ridge_coefficients(data: FMMData, ridge: float = 1e-3) -> Array:
 def init_params(key: Array, data: FMMData, n_components: int, *, init: str = "kmeans",
                 ridge: float = 1e-3, n_lloyd: int = 10, cov_floor: float = 1e-6,
                 noise_floor: float = 1e-6) -> FMMParams:
-    """Initial parameters (pure; vmappable over ``key``), spec section 8.
+    """Initial parameters (pure; vmappable over ``key``).
 
     Per-unit ridge coefficients, concatenated over channels and standardised, are clustered by
     k-means++ and ``n_lloyd`` Lloyd steps (``init="kmeans"``) or the units get random Dirichlet
@@ -642,7 +642,7 @@ def fit(
       n_init: restarts, run in parallel (``jax.vmap``); the best objective wins.
       max_iter: maximum EM iterations per restart (variance-component EM is slow: 200-500).
       tol: relative tolerance: stop when the objective changes by less than ``tol * |objective|``
-        (spec: ``1e-7``).
+        (default ``1e-7``).
       init: ``"kmeans"`` (ridge fits + k-means++) or ``"random"`` (Dirichlet responsibilities).
       ridge: ridge penalty of the per-unit initial fits.
       n_lloyd: Lloyd steps after k-means++.
@@ -736,7 +736,7 @@ def predict_path(params: FMMParams, data: FMMData, times: Array, *, basis: Basis
     """Predictive path of every channel at ``times`` (``(T,)`` or ``(L, T)``, original units).
 
     Per mode ``N(phi(t)^T m_lck, phi(t)^T P_lck phi(t) + s2_ck)``, mixed with the unit's mode
-    probabilities (spec section 10).
+    probabilities (docs/failure_mode.md, "in-service unit").
     """
     post = posterior(params, data)
     L = data.n.shape[0]
