@@ -411,17 +411,3 @@ def test_fit_validation():
     with pytest.raises(ValueError, match="basis kind"):
         fm.Basis("fourier")
 
-
-def test_driver_relative_tolerance():
-    """em.run's ``rtol`` (added for this model): stop once |change| < rtol |ll|."""
-    from emjax import em
-
-    e = lambda x, _: (x, 100.0 - x * x)  # ll_t = 100 - 4^-t from x0 = 1
-    m = lambda x, _: x / 2
-    ll = [100.0 - 4.0**-t for t in range(60)]
-    expected = next(t for t in range(1, 60) if abs(ll[t] - ll[t - 1]) < 1e-6 * abs(ll[t])) + 1
-    res = jax.jit(lambda x: em.run(e, m, x, None, tol=0.0, rtol=1e-6, max_iter=50))(1.0)
-    assert bool(res.converged) and int(res.n_iter) == expected
-    # Default rtol = 0 keeps the old absolute behaviour (tol = 0: never converges).
-    res = jax.jit(lambda x: em.run(e, m, x, None, tol=0.0, max_iter=50))(1.0)
-    assert not bool(res.converged) and int(res.n_iter) == 50

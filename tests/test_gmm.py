@@ -202,15 +202,6 @@ def test_sample_moments(cov_type):
         np.testing.assert_allclose(np.cov(pts.T), dense[j], atol=0.08)
 
 
-def test_precision_cholesky_round_trip():
-    rng = np.random.default_rng(7)
-    for cov_type in COV_TYPES:
-        _, _, c = random_params(rng, 3, 3, cov_type, np.float64)
-        a = cov_lib.from_covariances(cov_type, c)
-        b = cov_lib.from_precisions_cholesky(cov_type, a.precisions_cholesky)
-        np.testing.assert_allclose(b.covariances, c, rtol=1e-10)
-
-
 def _indefinite(rng, k, d, dtype):
     """``k`` symmetric ``d x d`` matrices with one eigenvalue of ``-0.3`` times the retry's
     jitter (a covariance of fewer samples than features, after rounding): not positive definite
