@@ -25,6 +25,7 @@ from emjax.gmm import (
     make_params,
     n_parameters,
     objective,
+    plan,
     predict,
     predict_proba,
     sample,
@@ -43,6 +44,7 @@ from emjax.gmm.fitting import FitResult, fit, init_params
 from emjax.gmm.gem import fit_gem
 from emjax.gmm.io import load, save
 from emjax.gmm.objective import complete_data_log_likelihood
+from emjax.gmm.plan import PassPlan, explain_plan, make_plan
 from emjax.gmm.selection import GridResult, SelectionResult, fit_grid, select_model
 
 __version__ = "0.1.0"
@@ -60,6 +62,7 @@ __all__ = [
     "GaussianMixture",
     "GridResult",
     "NotFittedError",
+    "PassPlan",
     "SelectionResult",
     "SphericalCovariance",
     "TiedCovariance",
@@ -74,6 +77,7 @@ __all__ = [
     "e_step",
     "em",
     "estimator",
+    "explain_plan",
     "failure_data",
     "failure_mode",
     "fit",
@@ -89,9 +93,11 @@ __all__ = [
     "log_prob",
     "m_step",
     "make_params",
+    "make_plan",
     "mixture",
     "n_parameters",
     "objective",
+    "plan",
     "predict",
     "predict_proba",
     "progress",

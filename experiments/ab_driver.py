@@ -1,23 +1,27 @@
-"""Interleaved in-process A/B of the fast EM driver under different ``emjax.gmm`` settings.
+"""Interleaved in-process A/B of the fused EM driver under different pass plans.
 
-    PYTHONPATH=. python experiments/ab_driver.py float64 base,FEATURE_ROWS=False \
+    PYTHONPATH=. python experiments/ab_driver.py float64 base,layout=\"transposed\" \
         100000,16,16,diag 10000,16,16,spherical
-    PYTHONPATH=. python experiments/ab_driver.py float32 base,FEATURE_ROWS_FULL_MAX_BYTES=0 \
+    PYTHONPATH=. python experiments/ab_driver.py float32 base,tuning.feature_rows_full_max_bytes=0 \
         100000,16,16,full
 
-Each variant sets module attributes of ``emjax.gmm`` (``NAME=value``, or ``module.NAME=value``
-for another ``emjax`` module, e.g. ``covariance.BLOCKED_INVERSE_MIN_FEATURES=10**9``; several
-joined by ``+``; ``base`` is the defaults) while its program is traced and compiled; the
-compiled programs then run in turn, ``rounds`` times, on the same data and start (the
-benchmark's). Prints ms per iteration (a run of ``T`` iterations plus the first E-step, divided
-by ``T + 1``) and the final log-likelihood of each variant. The per-iteration A/B figures quoted
-in ``emjax/`` and the README were measured with this script.
+Each variant is ``base`` (the plan :func:`emjax.make_plan` gives on this machine) or changes
+joined by ``+``: ``FIELD=value`` sets a :class:`emjax.PassPlan` field on the base plan (e.g.
+``chunk_size=4096``, ``materialise_transposes=False``, ``layout="rows"``), and
+``tuning.NAME=value`` plans the problem again from the backend's tuning table with one entry
+changed (e.g. ``tuning.feature_blocks_max_bytes=0``). Values are Python expressions. Every
+variant's program is compiled first; the compiled programs then run in turn, ``rounds`` times,
+on the same data and start (the benchmark's). Prints each variant's plan, its ms per iteration
+(a run of ``T`` iterations plus the first E-step, divided by ``T + 1``) and the final
+log-likelihood. The per-iteration A/B figures in docs/performance.md were measured with this
+script (then with module settings that the plan fields and tuning entries replace).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import dataclasses
+import functools
 import sys
 import time
 from pathlib import Path
@@ -31,6 +35,22 @@ import benchmark as b  # noqa: E402
 
 from emjax import em, gmm  # noqa: E402
 from emjax.gmm import fitting, kernels  # noqa: E402
+from emjax.gmm import plan as plan_lib  # noqa: E402
+
+
+def variant_plan(spec: dict, ct: str, dtype, n: int, d: int, k: int) -> plan_lib.PassPlan:
+    """The plan of one variant: the machine's plan, re-planned with changed tuning entries
+    (under a private backend name of the table), then with changed plan fields."""
+    backend = jax.default_backend()
+    tuned = {key[len("tuning."):]: eval(val) for key, val in spec.items()
+             if key.startswith("tuning.")}
+    if tuned:
+        name = f"{backend}+" + "+".join(f"{a}={b}" for a, b in sorted(tuned.items()))
+        plan_lib.TUNING[name] = plan_lib.tuning(backend)._replace(**tuned)
+        backend = name
+    plan = plan_lib.make_plan(ct, dtype, n, d, k, backend=backend)
+    fields = {key: eval(val) for key, val in spec.items() if not key.startswith("tuning.")}
+    return plan.replace(fused=True, **fields)
 
 
 def main():
@@ -48,17 +68,23 @@ def main():
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     names = args.variants.split(",")
-    variants = [{} if v == "base" else dict(kv.split("=") for kv in v.split("+")) for v in names]
-    def module(key):
-        if "." not in key:
-            return kernels, key
-        mod, name = key.split(".", 1)
-        return importlib.import_module(f"emjax.gmm.{mod}"), name
+    variants = [{} if v == "base" else dict(kv.split("=", 1) for kv in v.split("+"))
+                for v in names]
+    fields = {f.name for f in dataclasses.fields(plan_lib.PassPlan)}
+    for v in variants:
+        for key in v:
+            if not key.startswith("tuning.") and key not in fields:
+                raise SystemExit(f"unknown plan field {key!r}; fields: {sorted(fields)}")
 
-    def setting(key, val):
-        setattr(*module(key), val)
+    @functools.partial(jax.jit, static_argnames=("T", "plan"))
+    def loop(p, X, T, plan):
+        # As emjax.fit's fused pass: chunks centred at the data's mean, the plan's inputs
+        # (features, or X^T) built once per fit.
+        c = jnp.mean(X, 0)
+        e, m, r = fitting.make_model(plan.covariance_type, 1e-6, plan=plan, center=c,
+                                     inputs=kernels.prepare(plan, X, c))
+        return em.run(e, m, p, (X, None), tol=0.0, max_iter=T, repair=r).log_likelihood
 
-    defaults = {key: getattr(*module(key)) for v in variants for key in v}
     T = args.iters
     for cfg in args.configs:
         n, d, k, ct = cfg.split(",")
@@ -69,26 +95,11 @@ def main():
 
         fns = {}
         for name, v in zip(names, variants):
-            for key, val in defaults.items():
-                setting(key, val)
-            for key, val in v.items():
-                setting(key, type(defaults[key])(eval(val)))
-
-            # A new function per variant: JAX caches traces by function, so one shared
-            # function would be traced once, with the first variant's settings.
-            def loop(p, X, T):
-                # As emjax.fit's fast path: chunks centred at the data's mean, features (or X^T)
-                # built once per fit.
-                c = jnp.mean(X, 0)
-                e, m, r = fitting.make_model(ct, 1e-6, fast=True, center=c,
-                                             **fitting.pass_inputs(X, c, ct, k))
-                return em.run(e, m, p, (X, None), tol=0.0, max_iter=T, repair=r).log_likelihood
-
+            plan = variant_plan(v, ct, np.dtype(args.dtype), n, d, k)
+            print(f"{name}: {plan}", flush=True)
             for t in (T, args.iters2) if args.iters2 else (T,):
-                fns[name, t] = jax.jit(loop, static_argnums=2).lower(p0, X, t).compile()
+                fns[name, t] = loop.lower(p0, X, t, plan).compile()
                 fns[name, t](p0, X).block_until_ready()
-        for key, val in defaults.items():
-            setting(key, val)
         ts = {key: [] for key in fns}
         lls = {}
         for _ in range(args.rounds):

@@ -211,7 +211,7 @@ def emjax_dense_runner(X, k, cov_type, p0, reg):
 
     @functools.partial(jax.jit, static_argnames="t")
     def go(p, x, t):
-        e, mm, r = fitting.make_model(cov_type, reg, fast=False)
+        e, mm, r = fitting.make_model(cov_type, reg)  # no plan: the dense reference steps
         return em.run(e, mm, p, (x, None), tol=0.0, max_iter=t, repair=r)
 
     def run(t):

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from emjax import em, gmm
-from emjax.gmm import fitting, gem
+from emjax.gmm import fitting, gem, make_plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -140,7 +140,9 @@ def main():
     params0 = init(keys)
 
     runs = {}
-    runs["EM (closed form)"] = run_em(fitting.make_model("full", 1e-6), params0, X, em_iters)
+    plan = make_plan("full", X.dtype, n, d, k)
+    runs["EM (closed form)"] = run_em(fitting.make_model("full", 1e-6, plan=plan), params0, X,
+                                      em_iters)
     runs["GEM (L-BFGS M-step, 10 steps)"] = run_em(gem.make_gem_model("full", 1e-6), params0, X,
                                                    gem_iters)
     for lr in lrs:

@@ -19,7 +19,7 @@ sys.path.insert(0, str(HERE))
 import benchmark as b
 
 from emjax import em, gmm
-from emjax.gmm import fitting
+from emjax.gmm import fitting, make_plan
 
 N, D, K, T = 100_000, 16, 16, 20
 
@@ -31,7 +31,8 @@ def main():
 
     @jax.jit
     def loop(p, X):
-        e, mm, r = fitting.make_model("full", 1e-6, fast=True)
+        plan = make_plan("full", X.dtype, N, D, K).replace(fused=True)
+        e, mm, r = fitting.make_model("full", 1e-6, plan=plan)
         return em.run(e, mm, p, (X, None), tol=0.0, max_iter=T, repair=r).log_likelihood
 
     A = jnp.asarray(np.random.default_rng(0).normal(size=(2048, 2048)).astype(np.float32))

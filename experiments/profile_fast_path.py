@@ -4,20 +4,22 @@
     PYTHONPATH=. python experiments/profile_fast_path.py --cov-type diag --dtype float64
     # -> experiments/results/profile_<cov>_<dtype>.json (or --out) and a Markdown table
 
-Runs ``T`` EM iterations of the fast model (``fitting.make_model(..., fast=True)`` inside
-``em.run``, as ``emjax.fit`` does) a few times under ``jax.profiler`` with a Perfetto trace, sums
-the duration of every XLA operation (thunk) by name, and maps each name to its op in the
-optimised HLO (so ``ynn_fusion.10`` reads as "dot f32[16384,136] = x @ E1"). The idle time
-between operations is charged to the one that ended last: an operation that hands its work to
-another thread pool (an Eigen GEMM, a LAPACK call) can end its event early, and the rest of its
-cost is that idle time. Times are per EM iteration: ``total / (rounds * (T + 1))`` (``T``
-iterations, plus the E-step of the initial parameters before the loop).
+Runs ``T`` EM iterations of the fused model (``fitting.make_model(..., plan=make_plan(...))``
+inside ``em.run``, as ``emjax.fit`` does; the plan is printed and saved) a few times under
+``jax.profiler`` with a Perfetto trace, sums the duration of every XLA operation (thunk) by
+name, and maps each name to its op in the optimised HLO (so ``ynn_fusion.10`` reads as "dot
+f32[16384,136] = x @ E1"). The idle time between operations is charged to the one that ended
+last: an operation that hands its work to another thread pool (an Eigen GEMM, a LAPACK call)
+can end its event early, and the rest of its cost is that idle time. Times are per EM
+iteration: ``total / (rounds * (T + 1))`` (``T`` iterations, plus the E-step of the initial
+parameters before the loop).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import glob
 import gzip
 import json
@@ -37,10 +39,8 @@ sys.path.insert(0, str(HERE))
 import benchmark as b  # noqa: E402
 
 from emjax import em, gmm  # noqa: E402
-from emjax.gmm import (
-    fitting,  # noqa: E402
-    kernels,
-)
+from emjax.gmm import fitting, kernels  # noqa: E402
+from emjax.gmm.plan import describe, make_plan  # noqa: E402
 
 
 def hlo_ops(text: str) -> dict[str, str]:
@@ -80,14 +80,16 @@ def main():
     X = jnp.asarray(b.make_data(n, d, k, dtype=dt))
     w, m, c = b.initial_params(np.asarray(X[: min(n, 20000)]), k, ct)
     p0 = gmm.make_params(*(jnp.asarray(a, dt) for a in (w, m, c)), ct)
+    plan = make_plan(ct, dt, n, d, k).replace(fused=True)
+    print(describe(plan, n, d, k, dt))
 
     @jax.jit
     def loop(p, X):
-        # As emjax.fit's fast path: chunks centred at the data's mean, the pass inputs
+        # As emjax.fit's fused pass: chunks centred at the data's mean, the plan's inputs
         # (features, or X^T) built once per fit.
         c = jnp.mean(X, 0)
-        e, mm, r = fitting.make_model(ct, 1e-6, fast=True, center=c,
-                                      **fitting.pass_inputs(X, c, ct, k))
+        e, mm, r = fitting.make_model(ct, 1e-6, plan=plan, center=c,
+                                      inputs=kernels.prepare(plan, X, c))
         return em.run(e, mm, p, (X, None), tol=0.0, max_iter=T, repair=r).log_likelihood
 
     compiled = loop.lower(p0, X).compile()
@@ -131,8 +133,9 @@ def main():
                     key=lambda r: -(r["ms_per_iter"] + r["idle_after_ms_per_iter"]))
     accounted = sum(r["ms_per_iter"] for r in leaves)
     idle = sum(r["idle_after_ms_per_iter"] for r in leaves)
-    chunk = gmm.pass_chunk_size(n, d, k, ct, dt, kernels.feature_pass(ct, dt, n, d, k))
+    chunk = plan.chunk_size
     out = {"n": n, "d": d, "k": k, "cov_type": ct, "dtype": args.dtype, "chunk_size": chunk,
+           "plan": dataclasses.asdict(plan),
            "wall_ms_per_iter": 1e3 * wall, "profiled_ops_ms_per_iter": accounted,
            "idle_ms_per_iter": idle,
            "ops": leaves, "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -269,7 +269,8 @@ def test_driver_reports_regularised_covariance():
         nk = jnp.asarray([40.0, 60.0])
         ref = jnp.zeros((k, d))
         stats = gmm.SuffStats(nk, jnp.zeros((k, d)), nk[:, None, None] * jnp.asarray(covs), ref)
-        _, m_step, _ = fitting.make_model("full", 0.0)
+        plan = emjax.make_plan("full", np.float64, 8, d, k).replace(fused=True)
+        _, m_step, _ = fitting.make_model("full", 0.0, plan=plan)  # statistics in, as fused
         out = m_step((stats, jnp.zeros(8)), (jnp.zeros((8, d)), None))
         assert isinstance(out, em.Flagged)
         assert bool(int(out.flags) & em.STATUS_REGULARISED) == indefinite
@@ -287,8 +288,8 @@ def test_driver_reports_regularised_covariance():
 @pytest.mark.parametrize("d", (1, 5, 24, 33))
 def test_lower_triangular_inverse(dtype, d):
     """The level-wise block inverse against NumPy's, and its derivative against the identity
-    ``d inv(L) = -inv(L) dL inv(L)``; at ``d >= BLOCKED_INVERSE_MIN_FEATURES`` the precision
-    factors built with it equal scikit-learn's."""
+    ``d inv(L) = -inv(L) dL inv(L)``; the precision factors built with it (``blocked_inverse``)
+    equal scikit-learn's."""
     rng = np.random.default_rng(d)
     a = rng.normal(size=(2, 3 * d, d))
     cov = a.transpose(0, 2, 1) @ a / (3 * d) + 0.1 * np.eye(d)
@@ -303,7 +304,8 @@ def test_lower_triangular_inverse(dtype, d):
                          (jnp.asarray(dL, dtype),))
     np.testing.assert_allclose(tangent, -ref @ dL @ ref, rtol=10 * tol,
                                atol=10 * tol * np.abs(ref @ dL @ ref).max())
-    if d >= cov_lib.BLOCKED_INVERSE_MIN_FEATURES:
-        pc = cov_lib.from_covariances("full", jnp.asarray(cov, dtype)).precisions_cholesky
+    if d >= 24:
+        pc = cov_lib.from_covariances_checked("full", jnp.asarray(cov, dtype),
+                                              blocked_inverse=True)[0].precisions_cholesky
         np.testing.assert_allclose(pc, _compute_precision_cholesky(cov, "full"),
                                    rtol=10 * tol, atol=10 * tol)

@@ -17,7 +17,7 @@ import pytest
 
 from emjax import em, gmm
 from emjax import failure_mode as fm
-from emjax.gmm import fitting, gem
+from emjax.gmm import fitting, gem, make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +79,8 @@ def test_em_iteration_orders_its_factorisations(cov_type):
     ps = jax.tree_util.tree_map(lambda a: jnp.stack([a, a]), params)
 
     def loop(p, X, fast):
-        e, m, r = fitting.make_model(cov_type, 1e-6, fast=fast)
+        plan = make_plan(cov_type, X.dtype, *X.shape, p.means.shape[0]).replace(fused=fast)
+        e, m, r = fitting.make_model(cov_type, 1e-6, plan=plan)
         return em.run(e, m, p, (X, None), tol=0.0, max_iter=3, repair=r).log_likelihood
 
     for fast in (True, False):

@@ -22,7 +22,7 @@ def test_fast_path_fit_starts_from_the_centred_init(monkeypatch):
     k, d = 16, 16
     X = (rng.normal(size=(k, d))[rng.integers(0, k, 4200)] * 3 + rng.normal(size=(4200, d))
          + 100.0).astype(np.float32)
-    assert X.shape[0] * d * k >= fitting.FAST_PATH_MIN_SIZE
+    assert emjax.make_plan("full", X.dtype, X.shape[0], d, k).fused
     key = jax.random.key(5)
     monkeypatch.setattr(fitting, "LARGE_DATA_BYTES", 0)  # also take the compile-first route
     before = fitting.TRACE_COUNT["fit"]

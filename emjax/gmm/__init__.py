@@ -1,18 +1,19 @@
 """The Gaussian mixture family: parameters and covariances, the pure dense E- and M-steps, the
 fast chunked pass, the compiled fit, selection over K, generalised EM, the estimator and I/O.
 
-``emjax.gmm.<name>`` re-exports the pure steps and utilities of :mod:`emjax.gmm.steps` and the
-fast pass of :mod:`emjax.gmm.kernels`; the rest lives in its own module of this package.
+``emjax.gmm.<name>`` re-exports the pure steps and utilities of :mod:`emjax.gmm.steps`, the
+fused pass of :mod:`emjax.gmm.kernels` and its plan (:mod:`emjax.gmm.plan`); the rest lives in
+its own module of this package.
 """
 
 from emjax.gmm.kernels import (
-    default_chunk_size,
     e_step_stats,
     feature_blocks,
     feature_rows,
-    pass_chunk_size,
+    prepare,
     score_samples_chunked,
 )
+from emjax.gmm.plan import PassPlan, explain_plan, make_plan
 from emjax.gmm.steps import (
     GMMParams,
     SuffStats,
@@ -39,24 +40,26 @@ from emjax.gmm.steps import (
 
 __all__ = [
     "GMMParams",
+    "PassPlan",
     "SuffStats",
     "aic",
     "bic",
     "component_log_prob",
-    "default_chunk_size",
     "e_step",
     "e_step_full",
     "e_step_stats",
+    "explain_plan",
     "feature_blocks",
     "feature_rows",
     "log_prob",
     "m_step",
     "m_step_stats",
     "make_params",
+    "make_plan",
     "n_parameters",
     "params_from_stats",
     "params_from_stats_checked",
-    "pass_chunk_size",
+    "prepare",
     "predict",
     "predict_proba",
     "responsibilities_mass",

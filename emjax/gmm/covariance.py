@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
+from emjax.gmm import plan as plan_lib
+
 Array = jax.Array
 
 
@@ -90,7 +92,8 @@ def relative_jitter(dtype, n_features: int) -> float:
     return max(1e-6, 10.0 * n_features * float(jnp.finfo(dtype).eps))
 
 
-def _precision_cholesky_of_matrix(cov: Array) -> tuple[Array, Array]:
+def _precision_cholesky_of_matrix(cov: Array,
+                                  blocked_inverse: bool | None = None) -> tuple[Array, Array]:
     """Upper-triangular ``U`` with ``inv(cov) = U U^T`` for a batch of SPD matrices, and the
     jitter ``(..., 1, 1)`` that was added to the diagonal (0 where none was).
 
@@ -100,8 +103,14 @@ def _precision_cholesky_of_matrix(cov: Array) -> tuple[Array, Array]:
     :func:`relative_jitter` ``* mean(diag)`` (plus ``sqrt(tiny)``); this keeps every factor
     finite inside compiled code, where nothing can raise. A matrix further from definite than
     that keeps a non-finite factor (the EM driver then reports a non-finite step).
+
+    ``blocked_inverse``: invert the factor by :func:`lower_triangular_inverse` (batched matrix
+    products) rather than a triangular solve; default the backend's tuning
+    (:func:`emjax.gmm.plan.blocked_inverse_default`).
     """
     d = cov.shape[-1]
+    if blocked_inverse is None:
+        blocked_inverse = plan_lib.blocked_inverse_default(d)
     eye = jnp.eye(d, dtype=cov.dtype)
     chol = jnp.linalg.cholesky(cov)
     bad = ~jnp.all(jnp.isfinite(chol), axis=(-1, -2), keepdims=True)
@@ -111,20 +120,12 @@ def _precision_cholesky_of_matrix(cov: Array) -> tuple[Array, Array]:
     rel = relative_jitter(cov.dtype, d)
     jitter = jnp.where(bad, rel * jnp.abs(scale) + jnp.finfo(cov.dtype).tiny ** 0.5, 0.0)
     chol = jnp.where(bad, jnp.linalg.cholesky(cov + jitter * eye), chol)
-    if d >= BLOCKED_INVERSE_MIN_FEATURES:
+    if blocked_inverse:
         return jnp.swapaxes(lower_triangular_inverse(chol), -1, -2), jitter
     eye_b = jnp.broadcast_to(eye, cov.shape)
     return jnp.swapaxes(solve_triangular(chol, eye_b, lower=True), -1, -2), jitter
 
 
-#: From this many features the precision factors are inverted by :func:`lower_triangular_inverse`
-#: (batched matrix products) instead of LAPACK's triangular solve, which in the compiled EM loop
-#: cost far more than alone (driver, interleaved, N = 1e5, ms per iteration, blocked against
-#: LAPACK: float64 D = 32, K = 16 98 vs 133, K = 8 76 vs 105, D = 64 377 vs 416; float32 D = 32,
-#: K = 16 78 vs 108, K = 4 26 vs 38, D = 64 231 vs 258; equal at D = 24 and 28 and at D = 16,
-#: K = 64; alone, 16 factors of D = 32 take 0.16 ms either way). Below it LAPACK is kept: the
-#: small full fit (N = 1000, D = 15, K = 5) ran 0.23 against 0.26 ms per iteration with it.
-BLOCKED_INVERSE_MIN_FEATURES = 24
 
 
 def lower_triangular_inverse(L: Array) -> Array:
@@ -157,7 +158,8 @@ def lower_triangular_inverse(L: Array) -> Array:
     return inv[..., 0, :d, :d]
 
 
-def from_covariances_checked(covariance_type: str, covariances: Array) -> tuple[Covariance, Array]:
+def from_covariances_checked(covariance_type: str, covariances: Array, *,
+                             blocked_inverse: bool | None = None) -> tuple[Covariance, Array]:
     """:func:`from_covariances`, and whether any matrix had to be regularised (a bool scalar).
 
     A full or tied matrix that is not positive definite in the working precision is factorised
@@ -165,13 +167,14 @@ def from_covariances_checked(covariance_type: str, covariances: Array) -> tuple[
     ``covariances`` then hold that regularised matrix, the inverse of ``U U^T`` to rounding,
     rather than an indefinite matrix beside a finite factor. Diagonal and spherical
     variances are used as given (a non-positive variance gives a non-finite factor, which the
-    EM driver reports as a non-finite step).
+    EM driver reports as a non-finite step). ``blocked_inverse``: as in
+    :func:`_precision_cholesky_of_matrix`.
     """
     covariances = jnp.asarray(covariances)
     cls = COVARIANCE_CLASSES[covariance_type]
     if covariance_type in ("full", "tied"):
         covariances = _symmetrise(covariances)
-        pc, jitter = _precision_cholesky_of_matrix(covariances)
+        pc, jitter = _precision_cholesky_of_matrix(covariances, blocked_inverse)
         eye = jnp.eye(covariances.shape[-1], dtype=covariances.dtype)
         return cls(covariances + jitter * eye, pc), jnp.any(jitter > 0)
     return cls(covariances, jax.lax.rsqrt(covariances)), jnp.array(False)

@@ -19,6 +19,7 @@ from emjax import em, kmeans
 from emjax._chunks import fold_chunks, rows
 from emjax.gmm import GMMParams, kernels, steps
 from emjax.gmm import covariance as cov_lib
+from emjax.gmm import plan as plan_lib
 
 Array = jax.Array
 
@@ -217,15 +218,6 @@ def worst_explained(ll: Array, sample_weight: Array | None, k: int) -> Array:
     return jax.lax.top_k(-score.astype(jnp.float32), k)[1]
 
 
-#: Whether :func:`reseed_empty` and the fast E-step rank and gather the re-seeding candidates
-#: under a ``lax.cond`` on an empty component instead of at every iteration: XLA:CPU's
-#: ``top_k`` of the N log-likelihoods and the gather of the rows then run only when needed
-#: (driver, interleaved, float64, D = K = 16, ms per iteration, cond against always: N = 1e4
-#: diag 1.05 vs 1.08 and 1.11 vs 1.15 in two runs, spherical 0.89 vs 0.88; N = 1e5 D = 64
-#: diag 25.7 vs 25.8). A batched (vmapped) cond runs both branches, as before.
-RESEED_COND = True
-
-
 def empty_components(nk: Array, sample_weight: Array | None, empty_threshold: float) -> Array:
     """``(n_components,)`` bool: responsibility mass ``nk`` below ``empty_threshold`` times the
     mean sample weight (the components :func:`reseed_empty` re-seeds)."""
@@ -236,7 +228,8 @@ def empty_components(nk: Array, sample_weight: Array | None, empty_threshold: fl
 def reseed_empty(params: GMMParams, log_resp: Array | None, ll: Array | None, X: Array,
                  sample_weight: Array | None, *, covariance_type: str,
                  empty_threshold: float = 1e-3, active: Array | None = None,
-                 nk: Array | None = None, candidates: Array | None = None):
+                 nk: Array | None = None, candidates: Array | None = None,
+                 cond: bool = True):
     """Re-seed every (active) component whose responsibility mass is below the threshold.
 
     The responsibility mass is measured in units of the mean sample weight. A re-seeded
@@ -258,6 +251,8 @@ def reseed_empty(params: GMMParams, log_resp: Array | None, ll: Array | None, X:
         model selection); inactive ones are never re-seeded nor averaged, and keep weight 0.
       candidates: optional ``(n_components,)`` row indices of ``X``, worst-explained first
         (:func:`worst_explained`), used instead of ranking ``ll``.
+      cond: static; rank and gather the candidates under a ``lax.cond`` on an empty component
+        (only when needed; a batched cond runs both branches), else at every call.
 
     Returns:
       ``(params, flags)`` with ``flags = em.STATUS_RESEEDED`` if anything was re-seeded.
@@ -273,7 +268,7 @@ def reseed_empty(params: GMMParams, log_resp: Array | None, ll: Array | None, X:
         return reseed(params, empty, X[cand], jnp.arange(cand.shape[0], dtype=jnp.float32),
                       covariance_type=covariance_type, active=active)
 
-    if not RESEED_COND:
+    if not cond:
         return fix(params)
     # Ranked and gathered only when a component is empty (a batched cond runs both branches).
     live = empty if active is None else empty & active
@@ -337,42 +332,30 @@ def reseed(params: GMMParams, empty: Array, X: Array, score: Array, *, covarianc
 
 
 def m_step_from_stats(stats: steps.SuffStats, *, covariance_type: str,
-                      reg_covar: float) -> em.Flagged:
+                      reg_covar: float, blocked_inverse: bool | None = None) -> em.Flagged:
     """The GMM M-step as the driver takes it: :func:`emjax.gmm.params_from_stats`, flagged with
     ``em.STATUS_REGULARISED`` when a covariance needed a jitter to be factorised."""
     params, regularised = steps.params_from_stats_checked(
-        stats, covariance_type=covariance_type, reg_covar=reg_covar)
+        stats, covariance_type=covariance_type, reg_covar=reg_covar,
+        blocked_inverse=blocked_inverse)
     return em.Flagged(params, jnp.where(regularised, em.STATUS_REGULARISED, 0))
 
 
-#: ``n_samples * n_components * n_features`` from which :func:`make_model` takes the fast path.
-FAST_PATH_MIN_SIZE = 2**20
-
-
 def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 1e-3, *,
-               fast: bool | None = None, chunk_size: int | None = None,
-               center: Array | None = None, X_t: Array | None = None,
-               X_f: Array | None = None, X_ft: Array | None = None):
+               plan: plan_lib.PassPlan | None = None, center: Array | None = None,
+               inputs=None):
     """The GMM as the driver sees it: ``(e_step, m_step, repair)`` over ``data = (X, w)``.
 
-    ``fast=True``: the E-step is :func:`kernels.e_step_stats`, one chunked pass
-    over ``X`` that also accumulates the next M-step's sufficient statistics (``chunk_size``
-    rows at a time, default :func:`kernels.default_chunk_size`; each chunk is centred at
-    ``center``, default the mixture's mean), and the M-step is
+    The static ``plan`` (:func:`emjax.gmm.plan.make_plan`) chooses the steps. ``plan.fused``:
+    the E-step is :func:`kernels.e_step_stats`, one chunked pass over ``X`` as the plan lays
+    it out (each chunk centred at ``center``, default the mixture's mean) that also
+    accumulates the next M-step's sufficient statistics, and the M-step is
     :func:`emjax.gmm.params_from_stats`; nothing of size ``(n_samples, n_components)`` is
-    stored. ``fast=False``: the dense reference steps :func:`emjax.gmm.e_step_full` and
-    :func:`emjax.gmm.m_step` (exact two-pass M-step). ``fast=None`` (default) decides from the
-    data's static shape when the E-step is first traced: fast when
-    ``n_samples * n_components * n_features >= FAST_PATH_MIN_SIZE`` (2^20), where the
-    ``(n_samples, n_components, n_features)`` intermediates of the dense steps start to cost
-    time and memory; small problems keep the dense steps.
-
-    ``X_t``: optional ``X.T``, computed once by the caller outside the EM loop, for the fast
-    diagonal and spherical pass (:func:`kernels.e_step_stats`); without it each pass transposes.
-    ``X_f``: optional :func:`kernels.feature_rows` of ``X`` about ``center``, built once by the
-    caller: the diagonal, spherical and packed full pass then reads them (faster than building
-    the features in every chunk, or reading ``X_t``); ``X_ft``: optionally their transpose,
-    for the moments GEMM (:func:`pass_inputs` builds all three as ``emjax.fit`` does).
+    stored. ``inputs``: optional :func:`kernels.prepare` ``(plan, X, center)``, built once by
+    the caller outside the EM loop (``emjax.fit`` does); without it every pass builds them.
+    ``plan=None`` or not ``plan.fused``: the dense reference steps
+    :func:`emjax.gmm.e_step_full` and :func:`emjax.gmm.m_step` (exact two-pass M-step), whose
+    statistics are ``(log_resp, ll)``.
 
     The M-step reports ``em.STATUS_REGULARISED`` when a covariance was not positive definite in
     the working precision and was factorised with a jitter (:class:`emjax.em.Flagged`).
@@ -381,69 +364,48 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
     fell below ``empty_threshold`` (in units of the mean sample weight), reading the mass from
     the statistics and the worst-explained samples from the per-sample log-likelihoods.
     """
+    blocked = None if plan is None else plan.blocked_inverse
+    cond = True if plan is None else plan.reseed_cond
+    m_kw = dict(covariance_type=covariance_type, reg_covar=reg_covar, blocked_inverse=blocked)
+    r_kw = dict(covariance_type=covariance_type, empty_threshold=empty_threshold, cond=cond)
+    if plan is None or not plan.fused:
+        def dense_e_step(params, data):
+            log_resp, ll = steps.e_step_full(params, data[0])
+            return (log_resp, ll), steps._mean(ll, data[1])
 
-    def use_fast(params, X):
-        if fast is not None:
-            return fast
-        return X.shape[0] * X.shape[1] * params.means.shape[-2] >= FAST_PATH_MIN_SIZE
+        def dense_m_step(estats, data):
+            X, w = data
+            stats = steps.m_step_stats(jnp.exp(estats[0]), X, covariance_type=covariance_type,
+                                       sample_weight=w)
+            return m_step_from_stats(stats, **m_kw)
+
+        def dense_repair(params, estats, data):
+            return reseed_empty(params, estats[0], estats[1], *data, **r_kw)
+
+        return dense_e_step, dense_m_step, dense_repair
 
     def e_step(params, data):
         X, w = data
-        if use_fast(params, X):
-            stats, ll = kernels.e_step_stats(params, X, w, chunk_size=chunk_size, center=center,
-                                         X_t=X_t, X_f=X_f, X_ft=X_ft)
-            # The repair's candidates, not the (N,) log-likelihoods: the loop state carries
-            # the E-step's statistics, and N floats there cost 2-3 copies of them in temporaries
-            # (N = 1e7: 278 against 163 MiB).
-            k = params.means.shape[0]
-            if RESEED_COND:
-                cand = jax.lax.cond(
-                    jnp.any(empty_components(stats.nk, w, empty_threshold)),
-                    lambda ll: worst_explained(ll, w, k), lambda ll: jnp.zeros((k,), jnp.int32),
-                    ll)
-            else:
-                cand = worst_explained(ll, w, k)
-            return (stats, cand), steps._mean(ll, w)
-        log_resp, ll = steps.e_step_full(params, X)
-        return (log_resp, ll), steps._mean(ll, w)
+        stats, ll = kernels.e_step_stats(params, X, w, plan=plan, center=center, inputs=inputs)
+        # The repair's candidates, not the (N,) log-likelihoods: N floats in the loop state
+        # cost 2-3 copies of the statistics in temporaries.
+        k = params.means.shape[0]
+        if plan.reseed_cond:
+            cand = jax.lax.cond(
+                jnp.any(empty_components(stats.nk, w, empty_threshold)),
+                lambda ll: worst_explained(ll, w, k), lambda ll: jnp.zeros((k,), jnp.int32), ll)
+        else:
+            cand = worst_explained(ll, w, k)
+        return (stats, cand), steps._mean(ll, w)
 
     def m_step(estats, data):
-        stats = estats[0]
-        if not isinstance(stats, steps.SuffStats):
-            X, w = data
-            stats = steps.m_step_stats(jnp.exp(stats), X, covariance_type=covariance_type,
-                                     sample_weight=w)
-        return m_step_from_stats(stats, covariance_type=covariance_type, reg_covar=reg_covar)
+        return m_step_from_stats(estats[0], **m_kw)
 
     def repair(params, estats, data):
-        # Either E-step's statistics: (SuffStats, worst-explained rows) from the fast one, or
-        # (log_resp, ll) from the dense one (also from models built on this one, e.g. gmm.gem).
-        X, w = data
-        if isinstance(estats[0], steps.SuffStats):
-            return reseed_empty(params, None, None, X, w, nk=estats[0].nk,
-                                candidates=estats[1], covariance_type=covariance_type,
-                                empty_threshold=empty_threshold)
-        return reseed_empty(params, estats[0], estats[1], X, w, covariance_type=covariance_type,
-                            empty_threshold=empty_threshold)
+        return reseed_empty(params, None, None, *data, nk=estats[0].nk, candidates=estats[1],
+                            **r_kw)
 
     return e_step, m_step, repair
-
-
-def pass_inputs(X: Array, center: Array, covariance_type: str, n_components: int) -> dict:
-    """What a fast driver builds once per fit for its pass, as the ``X_t``, ``X_f`` and ``X_ft``
-    arguments of :func:`make_model`: the features about ``center`` where
-    :func:`kernels.feature_pass` takes them (as :func:`kernels.feature_blocks` with their
-    transposes where :func:`kernels.moments_transposed` says so), else ``X^T`` for the
-    transposed pass."""
-    n, d = X.shape
-    if not kernels.feature_pass(covariance_type, X.dtype, n, d, n_components):
-        return dict(X_t=X.T if kernels.transposed_pass(covariance_type) else None)
-    cols = kernels.feature_row_columns(covariance_type, d)
-    if not kernels.moments_transposed(n, cols, X.dtype, n_components):
-        return dict(X_f=kernels.feature_rows(X, center, covariance_type))
-    size = kernels.feature_block_size(n, cols, n_components, X.dtype.itemsize)
-    xf = kernels.feature_blocks(X, center, covariance_type, size)
-    return dict(X_f=xf, X_ft=tuple(b.T for b in xf))
 
 
 #: XLA options of the fitting program: LLVM's optimisation level 1 instead of 2 compiles
@@ -458,34 +420,31 @@ FIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
     jax.jit,
     static_argnames=(
         "n_components", "covariance_type", "reg_covar", "max_iter", "n_init", "init_method",
-        "n_lloyd", "callback",
+        "n_lloyd", "callback", "plan",
     ),
     compiler_options=FIT_COMPILER_OPTIONS,
 )
 def _fit_compiled(X, key, sample_weight, weights_init, means_init, precisions_init, tol, *,
                   n_components, covariance_type, reg_covar, max_iter, n_init, init_method,
-                  n_lloyd, callback):
+                  n_lloyd, callback, plan):
     TRACE_COUNT["fit"] += 1
     w = sample_weight
     shift = jnp.mean(X, 0) if w is None else (w @ X) / jnp.sum(w)
     keys = jax.random.split(key, n_init)
     # Fast path: initialisation and EM both run on X itself, each chunk centred at `shift` inside
     # the passes, so a large X is held once (no centred copy). Small problems centre a copy.
-    fast = X.shape[0] * X.shape[1] * n_components >= FAST_PATH_MIN_SIZE
+    fast = plan.fused
     Xc = None if fast else X - shift
 
     d = X.shape[1]
     overrides = any(a is not None for a in (weights_init, means_init, precisions_init))
     if fast:
-        # What every iteration's pass reads, built once here (pass_inputs): the features
-        # [q, x - shift, 1] for diagonal, spherical and (within a budget) packed full
-        # covariances, else X^T for the transposed pass.
-        e_step, m_step, repair = make_model(covariance_type, reg_covar, fast=True, center=shift,
-                                            **pass_inputs(X, shift, covariance_type,
-                                                          n_components))
+        # What every iteration's pass reads (X^T, or the features [q, x - shift, 1]), built once.
+        e_step, m_step, repair = make_model(covariance_type, reg_covar, plan=plan, center=shift,
+                                            inputs=kernels.prepare(plan, X, shift))
         data = (X, w)
     else:
-        e_step, m_step, repair = make_model(covariance_type, reg_covar, fast=False)
+        e_step, m_step, repair = make_model(covariance_type, reg_covar, plan=plan)
         data = (Xc, w)
     run = functools.partial(em.run_restarts, e_step, m_step, data=data, tol=tol,
                             max_iter=max_iter, repair=repair, callback=callback)
@@ -552,6 +511,7 @@ def fit(
     sample_weight=None,
     n_lloyd: int = 10,
     callback: Callable | None = None,
+    plan: plan_lib.PassPlan | None = None,
 ) -> FitResult:
     """Fit a Gaussian mixture by EM: ``n_init`` restarts in one compiled, vmapped program.
 
@@ -575,6 +535,9 @@ def fit(
       sample_weight: optional ``(n_samples,)`` non-negative weights.
       n_lloyd: Lloyd steps after k-means++ for ``init_params="kmeans"``.
       callback: optional ``callback(n_iter, log_likelihood, converged)`` traced into the loop.
+      plan: optional static :class:`emjax.gmm.plan.PassPlan` of the E-step pass (default
+        :func:`emjax.gmm.plan.make_plan` of this problem on the default backend; see
+        :func:`emjax.explain_plan`); any plan gives the same fit up to rounding.
 
     Returns:
       :class:`FitResult`.
@@ -623,11 +586,16 @@ def fit(
         means_init = jnp.asarray(v.check_means(means_init, k, d, dtype))
     if key is None:
         key = jax.random.key(0)
+    if plan is None:
+        plan = plan_lib.make_plan(covariance_type, dtype, n, d, k)
+    elif not isinstance(plan, plan_lib.PassPlan) or plan.covariance_type != covariance_type:
+        raise ValueError(f"plan must be a PassPlan for covariance_type={covariance_type!r}, "
+                         f"got {plan!r}")
     args = (key, None if w is None else jnp.asarray(w), weights_init, means_init, prec_cov,
             jnp.asarray(tol, dtype))
     static = dict(n_components=k, covariance_type=covariance_type, reg_covar=reg_covar,
                   max_iter=max_iter, n_init=n_init, init_method=init_method, n_lloyd=n_lloyd,
-                  callback=callback)
+                  callback=callback, plan=plan)
     if Xa.nbytes >= LARGE_DATA_BYTES:
         _compile_first(Xa, args, static)
     # On CPU, device_put uses a 64-byte-aligned NumPy buffer in place (no copy; JAX never writes

@@ -197,10 +197,12 @@ def params_from_stats(stats: SuffStats, *, covariance_type: str = "full",
 
 
 def params_from_stats_checked(stats: SuffStats, *, covariance_type: str = "full",
-                              reg_covar: float = 1e-6) -> tuple[GMMParams, Array]:
+                              reg_covar: float = 1e-6,
+                              blocked_inverse: bool | None = None) -> tuple[GMMParams, Array]:
     """:func:`params_from_stats`, and whether a covariance was not positive definite in the
     working precision and got a jitter on its diagonal (a bool scalar; see
-    :func:`emjax.gmm.covariance.from_covariances_checked`)."""
+    :func:`emjax.gmm.covariance.from_covariances_checked`, which also takes
+    ``blocked_inverse``)."""
     dtype = stats.sx.dtype
     nk = stats.nk + 10 * jnp.finfo(dtype).eps
     delta = stats.sx / nk[:, None]
@@ -216,7 +218,8 @@ def params_from_stats_checked(stats: SuffStats, *, covariance_type: str = "full"
     else:
         var = stats.sxx / nk[:, None] - delta * delta + reg_covar
         covs = var if covariance_type == "diag" else jnp.mean(var, axis=1)
-    cov, regularised = cov_lib.from_covariances_checked(covariance_type, covs)
+    cov, regularised = cov_lib.from_covariances_checked(covariance_type, covs,
+                                                        blocked_inverse=blocked_inverse)
     return GMMParams(nk / jnp.sum(nk), means, cov), regularised
 
 

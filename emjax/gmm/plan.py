@@ -1,0 +1,414 @@
+"""The static plan of the fused E-step pass: which layout, form, chunking and orientation runs
+for a given (covariance type, dtype, N, D, K, backend), from a tuning table keyed by backend.
+
+:func:`make_plan` is the one place the choice is made; the compiled fit takes the resulting
+:class:`PassPlan` as a static argument (part of jit's cache key) and :mod:`emjax.gmm.kernels`
+dispatches on its fields. :func:`explain_plan` prints it in words. Tuning measurements are in
+``docs/performance.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+#: How the log-densities are formed (see :mod:`emjax.gmm.kernels`).
+FORMS = ("packed", "whitened", "tied", "diag", "spherical")
+#: What the pass reads: row chunks of X, chunks of X^T, precomputed feature rows, or feature row
+#: blocks with their transposes.
+LAYOUTS = ("rows", "transposed", "features", "feature_blocks")
+#: How the packed outer products of a row chunk are built.
+PACKED_PRODUCTS = ("transposed", "select_gemm", "gather")
+#: How the whitened form's weighted scatter is contracted.
+WHITENED_SCATTERS = ("gx_x_materialised", "gx_x", "x_gx")
+
+_FORMS_OF = {"full": ("packed", "whitened"), "tied": ("tied",), "diag": ("diag",),
+             "spherical": ("spherical",)}
+_LAYOUTS_OF = {"packed": ("rows", "features", "feature_blocks"), "whitened": ("rows",),
+               "tied": ("rows",), "diag": LAYOUTS, "spherical": LAYOUTS}
+
+
+@dataclasses.dataclass(frozen=True)
+class PassPlan:
+    """How one fit's E-step pass runs. Frozen and hashable: a static argument of the compiled fit.
+
+    Attributes:
+      covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
+      fused: the fused chunked pass (E-step and the next M-step's statistics in one pass over
+        the data); ``False``: the dense reference steps (``(N, K)`` responsibilities).
+      form: how the log-densities are formed: ``"packed"`` (full: packed outer products
+        ``x_i x_j`` times the packed precisions), ``"whitened"`` (full: ``x @ [U_1 ... U_K]``),
+        ``"tied"``, ``"diag"``, ``"spherical"``.
+      layout: what the pass reads: ``"rows"`` (chunks of ``X``), ``"transposed"`` (chunks of
+        ``X^T``), ``"features"`` (feature rows ``[q(x), x - c, 1]`` built once per fit) or
+        ``"feature_blocks"`` (the same as separate row blocks with their transposes).
+      chunk_size: rows per chunk (per block for ``"feature_blocks"``).
+      materialise_transposes: contractions ``a^T b`` over the samples materialise ``a^T`` and
+        run a plain GEMM, rather than one ``dot_general`` over the leading axes.
+      packed_products: packed form on ``"rows"``/``"features"``: the products built from
+        ``x^T`` (``"transposed"``), by 0/1 selection GEMMs (``"select_gemm"``) or a gather.
+      whitened_scatter: whitened form: ``[g_k x]^T x`` with the transpose materialised,
+        ``[g_k x]^T x`` as one ``dot_general``, or ``x^T [g_k x]``.
+      reseed_cond: rank the re-seeding candidates under a ``lax.cond`` on an empty component
+        (else at every iteration).
+      blocked_inverse: the M-step inverts the Cholesky factors by batched block products
+        rather than a triangular solve.
+      backend: the backend whose tuning table produced the plan.
+    """
+
+    covariance_type: str
+    fused: bool = True
+    form: str = "diag"
+    layout: str = "rows"
+    chunk_size: int = 1024
+    materialise_transposes: bool = False
+    packed_products: str = "gather"
+    whitened_scatter: str = "gx_x"
+    reseed_cond: bool = True
+    blocked_inverse: bool = False
+    backend: str = "any"
+
+    def __post_init__(self):
+        if self.covariance_type not in _FORMS_OF:
+            raise ValueError(f"covariance_type must be one of {tuple(_FORMS_OF)}, "
+                             f"got {self.covariance_type!r}")
+        if self.form not in _FORMS_OF[self.covariance_type]:
+            raise ValueError(f"form {self.form!r} does not fit covariance_type "
+                             f"{self.covariance_type!r} (one of "
+                             f"{_FORMS_OF[self.covariance_type]})")
+        if self.layout not in _LAYOUTS_OF[self.form]:
+            raise ValueError(f"layout {self.layout!r} does not fit form {self.form!r} "
+                             f"(one of {_LAYOUTS_OF[self.form]})")
+        if self.packed_products not in PACKED_PRODUCTS:
+            raise ValueError(f"packed_products must be one of {PACKED_PRODUCTS}, "
+                             f"got {self.packed_products!r}")
+        if self.layout != "rows" and self.packed_products == "transposed":
+            raise ValueError("packed_products='transposed' applies to layout='rows' only")
+        if self.whitened_scatter not in WHITENED_SCATTERS:
+            raise ValueError(f"whitened_scatter must be one of {WHITENED_SCATTERS}, "
+                             f"got {self.whitened_scatter!r}")
+        if not (isinstance(self.chunk_size, (int, np.integer)) and self.chunk_size >= 1):
+            raise ValueError(f"chunk_size must be a positive int, got {self.chunk_size!r}")
+
+    def replace(self, **changes) -> PassPlan:
+        """A copy with ``changes`` (checked like a new plan)."""
+        return dataclasses.replace(self, **changes)
+
+
+class Tuning(NamedTuple):
+    """One backend's tuned constants (the reason for each is in ``docs/performance.md``)."""
+
+    fused_min_size: int  # n_samples * n_features * n_components from which the pass is fused
+    full_form: str  # "auto": packed unless few components or wide float32; else that form
+    few_components_ratio: int  # full: whitened when ratio * K <= D ("auto")
+    select_gemm_max_features: int  # float32 packed products by selection GEMMs up to this D
+    packed_transposed: bool  # packed form on rows builds its products from x^T
+    transposed_diagonal: bool  # diagonal/spherical read X^T in chunks
+    chunk_bytes: int  # budget of one rows-layout chunk's features
+    transposed_chunk_bytes: int  # budget of one transposed chunk (cache-sized)
+    power_of_two_chunks: bool  # rows chunks rounded down to 2^j in [256, 32768]
+    feature_rows: bool  # diagonal/spherical/packed read feature rows built once per fit
+    feature_rows_min_samples_f32: int  # float32 diagonal/spherical: feature rows from this N
+    feature_rows_full_max_bytes: int  # packed full: feature rows while they fit in this
+    feature_blocks_max_bytes: int  # features in row blocks with transposes up to this
+    feature_blocks_min_components_f32: int  # float32 takes the blocks from this many K
+    feature_block_rows: int  # rows per block at most
+    feature_min_blocks: int  # at least this many blocks (independent: one per core)
+    feature_min_block_rows: int  # of at least this many rows
+    feature_chunk_bytes: int  # budget of one feature-row chunk
+    feature_one_chunk_bytes: int  # features up to this are read in one chunk
+    whitened_one_chunk_bytes: int  # whitened intermediates up to this: one chunk
+    whitened_scatter_t_max_rows: int  # chunks up to this form [g_k x]^T x materialised
+    materialise_f64: bool  # float64 a^T b materialises a^T (float32 does not)
+    reseed_cond: bool
+    blocked_inverse_min_features: int  # blocked inverse of the Cholesky factors from this D
+
+
+#: The CPU tuning (XLA:CPU, 2-core AVX-512; docs/performance.md has the measurements).
+CPU = Tuning(
+    fused_min_size=2**20,
+    full_form="auto",
+    few_components_ratio=4,
+    select_gemm_max_features=48,
+    packed_transposed=True,
+    transposed_diagonal=True,
+    chunk_bytes=16 * 2**20,
+    transposed_chunk_bytes=256 * 2**10,
+    power_of_two_chunks=True,
+    feature_rows=True,
+    feature_rows_min_samples_f32=2**15,
+    feature_rows_full_max_bytes=2**28,
+    feature_blocks_max_bytes=192 * 2**20,
+    feature_blocks_min_components_f32=32,
+    feature_block_rows=32768,
+    feature_min_blocks=2,
+    feature_min_block_rows=1024,
+    feature_chunk_bytes=32 * 2**20,
+    feature_one_chunk_bytes=64 * 2**20,
+    whitened_one_chunk_bytes=128 * 2**20,
+    whitened_scatter_t_max_rows=4096,
+    materialise_f64=True,
+    reseed_cond=True,
+    blocked_inverse_min_features=24,
+)
+
+#: Unmeasured backends (GPU, TPU, others): the plain, batched, GEMM-shaped pass. Full
+#: covariances whitened (one ``(chunk, D) @ (D, K D)`` GEMM), everything on row chunks of a
+#: large budget, contractions as single ``dot_general``s, triangular solves from LAPACK-like
+#: kernels.
+PLAIN = Tuning(
+    fused_min_size=2**20,
+    full_form="whitened",
+    few_components_ratio=0,
+    select_gemm_max_features=0,
+    packed_transposed=False,
+    transposed_diagonal=False,
+    chunk_bytes=64 * 2**20,
+    transposed_chunk_bytes=0,
+    power_of_two_chunks=False,
+    feature_rows=False,
+    feature_rows_min_samples_f32=0,
+    feature_rows_full_max_bytes=0,
+    feature_blocks_max_bytes=0,
+    feature_blocks_min_components_f32=0,
+    feature_block_rows=0,
+    feature_min_blocks=1,
+    feature_min_block_rows=0,
+    feature_chunk_bytes=0,
+    feature_one_chunk_bytes=0,
+    whitened_one_chunk_bytes=0,
+    whitened_scatter_t_max_rows=0,
+    materialise_f64=False,
+    reseed_cond=True,
+    blocked_inverse_min_features=2**31,
+)
+
+#: The tuning table: ``jax.default_backend()`` -> :class:`Tuning`; anything else gets PLAIN.
+TUNING = {"cpu": CPU}
+
+
+def tuning(backend: str | None = None) -> Tuning:
+    """The :class:`Tuning` of ``backend`` (default ``jax.default_backend()``)."""
+    return TUNING.get(backend or jax.default_backend(), PLAIN)
+
+
+def n_quadratic(covariance_type: str, d: int) -> int:
+    """Columns of the quadratic features ``q(x)``: ``D(D+1)/2`` (full), 1 (spherical), else D."""
+    return {"full": d * (d + 1) // 2, "spherical": 1}.get(covariance_type, d)
+
+
+def feature_row_columns(covariance_type: str, d: int) -> int:
+    """Columns of the feature rows ``[q, x - c, 1]``: ``nq + D + 1``."""
+    return n_quadratic(covariance_type, d) + d + 1
+
+
+def blocked_inverse_default(n_features: int, backend: str | None = None) -> bool:
+    """Whether the M-step inverts Cholesky factors by block products, for callers without a
+    plan (the backend's :attr:`Tuning.blocked_inverse_min_features`)."""
+    return n_features >= tuning(backend).blocked_inverse_min_features
+
+
+def _form(t: Tuning, covariance_type: str, d: int, dtype: np.dtype, k: int) -> str:
+    if covariance_type != "full":
+        return covariance_type
+    if t.full_form != "auto":
+        return t.full_form
+    few = t.few_components_ratio * k <= d
+    wide_f32 = dtype == np.float32 and d > t.select_gemm_max_features
+    return "whitened" if few or wide_f32 else "packed"
+
+
+def _feature_layout(t: Tuning, form: str, covariance_type: str, n: int, d: int,
+                    dtype: np.dtype, k: int) -> str | None:
+    """``"features"``/``"feature_blocks"`` where the feature rows are built once per fit."""
+    if not t.feature_rows or form not in ("packed", "diag", "spherical"):
+        return None
+    cols = feature_row_columns(covariance_type, d)
+    if form == "packed":
+        if n * cols * dtype.itemsize > t.feature_rows_full_max_bytes:
+            return None
+    elif dtype == np.float32 and n < t.feature_rows_min_samples_f32:
+        return None
+    wide = dtype == np.float64 or k >= t.feature_blocks_min_components_f32
+    if wide and n * cols * dtype.itemsize <= t.feature_blocks_max_bytes:
+        return "feature_blocks"
+    return "features"
+
+
+def _even(n: int, rows: int) -> int:
+    """Rows per chunk when ``n`` is split evenly into chunks of at most ``rows``."""
+    n_chunks = max(1, -(-n // max(1, rows)))
+    return -(-n // n_chunks)
+
+
+def _chunk_size(t: Tuning, form: str, layout: str, covariance_type: str, n: int, d: int,
+                itemsize: int, k: int) -> int:
+    if layout in ("features", "feature_blocks"):
+        width = max(feature_row_columns(covariance_type, d), k)
+        if layout == "feature_blocks":
+            rows = min(t.feature_block_rows, max(t.feature_min_block_rows,
+                                                 t.feature_chunk_bytes // (itemsize * width)))
+            n_blocks = max(1, -(-n // rows))
+            if n >= 2 * t.feature_min_block_rows:
+                n_blocks = max(n_blocks, t.feature_min_blocks)
+            return -(-n // n_blocks)
+        if n * width * itemsize <= t.feature_one_chunk_bytes:
+            return n
+        return _even(n, max(1024, t.feature_chunk_bytes // (itemsize * width)))
+    if form == "whitened" and n * 2 * (k + 1) * d * itemsize <= t.whitened_one_chunk_bytes:
+        return n
+    if layout == "transposed":
+        rows = t.transposed_chunk_bytes // (itemsize * 2 * max(d, k))
+    elif t.power_of_two_chunks:
+        cols = d * (d + 1) // 2 + d if covariance_type == "full" else 2 * d
+        rows = t.chunk_bytes // (itemsize * cols)
+    else:
+        # The widest per-row intermediate of the form: features, K log-densities, K D whitened.
+        width = {"packed": d * (d + 1) // 2 + d, "whitened": 2 * (k + 1) * d}.get(form, 2 * d)
+        return min(n, _even(n, t.chunk_bytes // (itemsize * max(width, k))))
+    if t.power_of_two_chunks:
+        return int(2 ** int(math.log2(max(256, min(32768, rows)))))
+    return min(n, _even(n, rows))
+
+
+def make_plan(covariance_type: str, dtype, n_samples: int, n_features: int, n_components: int,
+              backend: str | None = None) -> PassPlan:
+    """The :class:`PassPlan` of a fit, from the tuning table of ``backend``.
+
+    Pure: the same arguments give the same plan. CPU takes its measured choices
+    (:data:`CPU`); any other backend (GPU, TPU, unknown) the plain batched GEMM pass
+    (:data:`PLAIN`).
+
+    Args:
+      covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
+      dtype: the data's dtype (float32 or float64).
+      n_samples, n_features, n_components: the problem's static sizes.
+      backend: ``"cpu"``, ``"gpu"``, ``"tpu"``, ... (default ``jax.default_backend()``).
+
+    Returns:
+      :class:`PassPlan`.
+    """
+    backend = backend or jax.default_backend()
+    t = tuning(backend)
+    dtype = np.dtype(dtype)
+    n, d, k = int(n_samples), int(n_features), int(n_components)
+    if covariance_type not in _FORMS_OF:
+        raise ValueError(f"covariance_type must be one of {tuple(_FORMS_OF)}, "
+                         f"got {covariance_type!r}")
+    form = _form(t, covariance_type, d, dtype, k)
+    layout = _feature_layout(t, form, covariance_type, n, d, dtype, k)
+    if layout is None:
+        diagonal = form in ("diag", "spherical")
+        layout = "transposed" if diagonal and t.transposed_diagonal else "rows"
+    chunk = _chunk_size(t, form, layout, covariance_type, n, d, dtype.itemsize, k)
+    if form == "packed" and layout == "rows" and t.packed_transposed:
+        products = "transposed"
+    elif dtype == np.float32 and d <= t.select_gemm_max_features:
+        products = "select_gemm"
+    else:
+        products = "gather"
+    materialise = t.materialise_f64 and dtype == np.float64
+    if form == "whitened" and chunk <= t.whitened_scatter_t_max_rows:
+        scatter = "gx_x_materialised"
+    elif form == "whitened" and t.whitened_scatter_t_max_rows > 0:
+        scatter = "x_gx"
+    else:
+        scatter = "gx_x"
+    return PassPlan(
+        covariance_type=covariance_type,
+        fused=n * d * k >= t.fused_min_size,
+        form=form,
+        layout=layout,
+        chunk_size=max(1, chunk),
+        materialise_transposes=materialise,
+        packed_products=products,
+        whitened_scatter=scatter,
+        reseed_cond=t.reseed_cond,
+        blocked_inverse=d >= t.blocked_inverse_min_features,
+        backend=backend,
+    )
+
+
+_FORM_WORDS = {
+    "packed": "packed outer products x_i x_j (i <= j) times the packed precisions: one GEMM "
+              "for the K log-densities, one for every moment",
+    "whitened": "whitened: one GEMM x @ [U_1 ... U_K] for every component at once, one GEMM "
+                "[g_1 x ... g_K x]^T x for the K scatters",
+    "tied": "tied: x whitened by the shared factor, one pooled scatter",
+    "diag": "diagonal: features [x^2, x] times the precisions, one GEMM each way",
+    "spherical": "spherical: features [|x|^2, x] times the precisions, one GEMM each way",
+}
+_LAYOUT_WORDS = {
+    "rows": "row chunks of X",
+    "transposed": "chunks of X^T (transposed once per fit)",
+    "features": "the feature rows [q(x), x - c, 1], built once per fit",
+    "feature_blocks": "the feature rows as separate row blocks with their transposes, built "
+                      "once per fit",
+}
+
+
+def describe(plan: PassPlan, n_samples: int | None = None, n_features: int | None = None,
+             n_components: int | None = None, dtype=None) -> str:
+    """A few lines saying what ``plan`` runs (with the problem's sizes when given)."""
+    head = f"PassPlan for covariance_type={plan.covariance_type!r}"
+    if n_samples is not None:
+        head += f", N={n_samples}, D={n_features}, K={n_components}"
+    if dtype is not None:
+        head += f", {np.dtype(dtype).name}"
+    head += f", backend {plan.backend!r}"
+    lines = [head]
+    if not plan.fused:
+        lines.append("  E-step: the dense reference steps ((N, K) responsibilities, then a "
+                     "two-pass M-step): the problem is small")
+    else:
+        lines.append(f"  E-step: fused chunked pass, {_FORM_WORDS[plan.form]}")
+        lines.append(f"  reads: {_LAYOUT_WORDS[plan.layout]}")
+        what = "rows per block" if plan.layout == "feature_blocks" else "rows per chunk"
+        chunks = ""
+        if n_samples:
+            chunks = f" ({-(-n_samples // plan.chunk_size)} chunk(s))"
+        lines.append(f"  {what}: {plan.chunk_size}{chunks}")
+        if plan.form == "packed" and plan.layout != "feature_blocks":
+            lines.append(f"  packed products: {plan.packed_products}")
+        if plan.form == "whitened":
+            lines.append(f"  whitened scatter: {plan.whitened_scatter}")
+        lines.append("  contractions over samples: " + (
+            "transpose materialised, plain GEMM" if plan.materialise_transposes
+            else "one dot_general"))
+    lines.append("  M-step inverse of the Cholesky factors: " + (
+        "blocked (batched GEMMs)" if plan.blocked_inverse else "triangular solve"))
+    lines.append("  re-seeding candidates ranked: " + (
+        "only when a component is empty (lax.cond)" if plan.reseed_cond else "every iteration"))
+    return "\n".join(lines)
+
+
+def explain_plan(n_samples: int, n_features: int, n_components: int, *,
+                 covariance_type: str = "full", dtype="float32",
+                 backend: str | None = None) -> str:
+    """Which path :func:`emjax.fit` runs for a problem, in words ("which path runs for me?").
+
+    Args:
+      n_samples, n_features, n_components: the problem's sizes.
+      covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
+      dtype: the data's dtype (``"float32"``, or ``"float64"`` with JAX's x64 mode).
+      backend: default ``jax.default_backend()``.
+
+    Returns:
+      A multi-line description of :func:`make_plan`'s plan (print it).
+
+    Examples:
+      >>> import emjax
+      >>> print(emjax.explain_plan(100_000, 16, 16, backend="gpu").splitlines()[1])
+      ... # doctest: +ELLIPSIS
+        E-step: fused chunked pass, whitened: ...
+    """
+    plan = make_plan(covariance_type, dtype, n_samples, n_features, n_components, backend)
+    return describe(plan, n_samples, n_features, n_components, dtype)
+
+
+__all__ = ["CPU", "PLAIN", "TUNING", "PassPlan", "Tuning", "describe", "explain_plan",
+           "make_plan", "tuning"]
