@@ -2,13 +2,16 @@
 
 Layout: :mod:`emjax.em` is the generic driver; :mod:`emjax.kmeans` and :mod:`emjax.progress` are
 shared infrastructure; :mod:`emjax.gmm` is the Gaussian mixture family and
-:mod:`emjax.failure_mode` the failure-mode mixture, each on that driver; :mod:`emjax.cli`,
-:mod:`emjax.plotting` and :mod:`emjax.datasets` are the application layer on top.
+:mod:`emjax.failure_mode` the failure-mode mixture, :mod:`emjax.families` mixtures of any
+component family (Bernoulli, categorical, Poisson, ..., products of them), each on that
+driver; :mod:`emjax.cli`, :mod:`emjax.plotting` and :mod:`emjax.datasets` are the application
+layer on top.
 """
 
-from emjax import datasets, em, failure_mode, gmm, kmeans, progress
+from emjax import datasets, em, failure_mode, families, gmm, kmeans, progress
 from emjax.em import EMResult, describe_status
 from emjax.failure_mode import data as failure_data
+from emjax.families.estimator import MixtureModel
 from emjax.gmm import (
     GMMParams,
     aic,
@@ -61,6 +64,7 @@ __all__ = [
     "GMMParams",
     "GaussianMixture",
     "GridResult",
+    "MixtureModel",
     "NotFittedError",
     "PassPlan",
     "SelectionResult",
@@ -80,6 +84,7 @@ __all__ = [
     "explain_plan",
     "failure_data",
     "failure_mode",
+    "families",
     "fit",
     "fit_gem",
     "fit_grid",

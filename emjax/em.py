@@ -28,12 +28,14 @@ STATUS_NONFINITE = 2  # a step produced NaN/inf; the fit stopped at the last fin
 STATUS_DECREASED = 4  # the monitored log-likelihood fell by more than round-off (not a re-seed)
 STATUS_REGULARISED = 8  # a covariance was not positive definite in the working precision and was
 #                         factorised with a jitter on its diagonal (stored with it)
+STATUS_FLOORED = 16  # a probability, rate, variance or shape hit its floor (emjax.families)
 
 STATUS_NAMES = {
     STATUS_RESEEDED: "reseeded",
     STATUS_NONFINITE: "non-finite step (stopped at last finite parameters)",
     STATUS_DECREASED: "log-likelihood decreased",
     STATUS_REGULARISED: "covariance not positive definite, regularised (increase reg_covar)",
+    STATUS_FLOORED: "a probability, rate, variance or shape was held at its floor",
 }
 
 
