@@ -98,6 +98,10 @@ def run_fit(args, *, data_path: str, title: str) -> int:
             and args.reg_covar >= 0):
         raise CLIError("--tol and --reg-covar must be finite and >= 0")
     ks = parse_components(args.n_components)
+    if getattr(args, "family", None):
+        from emjax.families.cli import run_family_fit
+
+        return run_family_fit(args, ks, data_path=data_path, title=title)
     types = selection.check_covariance_types(
         "all" if args.covariance_type == "all" else _columns_arg(args.covariance_type) or [])
     table = datasets.read_table(data_path, columns=_columns_arg(args.columns),
@@ -240,6 +244,10 @@ def _add_fit_options(p: argparse.ArgumentParser, *, output: str, covariance: str
     g.add_argument("--init", default="kmeans",
                    choices=["kmeans", "k-means++", "random", "random_from_data"],
                    help="initialisation (default kmeans)")
+    g.add_argument("--family", default=None, metavar="SPEC",
+                   help="fit a mixture of component families instead of Gaussians: column "
+                   "types 'gaussian,bernoulli,categorical,poisson,exponential,gamma' in order "
+                   "(or name:type), or 'auto' to infer and print them; NaN/empty = missing")
     g.add_argument("--criterion", default="bic", choices=["bic", "aic"],
                    help="chooses the model (default bic)")
     g.add_argument("--dtype", default="float64", choices=["float64", "float32"],

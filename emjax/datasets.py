@@ -161,7 +161,8 @@ def _read_parquet(path: str, columns) -> Table:
 
 
 def read_table(path: str, *, columns: Sequence[str] | None = None,
-               header: bool | None = None, min_rows: int = 2) -> Table:
+               header: bool | None = None, min_rows: int = 2,
+               allow_missing: bool = False) -> Table:
     """Read a numeric table: ``.npy``, ``.parquet``/``.pq`` (needs pyarrow), else CSV/TSV.
 
     Args:
@@ -170,6 +171,7 @@ def read_table(path: str, *, columns: Sequence[str] | None = None,
         selected may hold anything.
       header: CSV only; ``None`` detects a header (a first row with a non-numeric field).
       min_rows: fewer rows than this is an error.
+      allow_missing: keep missing entries as NaN (for models that marginalise them).
 
     Raises:
       DataError: missing file, ragged or non-numeric table, unknown column, NaN/missing values
@@ -192,7 +194,7 @@ def read_table(path: str, *, columns: Sequence[str] | None = None,
     X = table.X
     if X.shape[1] == 0:
         raise DataError(f"{path}: no columns selected")
-    bad = np.flatnonzero(~np.all(np.isfinite(X), axis=1))
+    bad = np.flatnonzero(~np.all(np.isfinite(X) | (allow_missing & np.isnan(X)), axis=1))
     if bad.size:
         shown = ", ".join(table.row_labels[i] for i in bad[:8]) + (", ..." if bad.size > 8 else "")
         raise DataError(f"{path}: NaN, infinite or missing values in {bad.size} row(s): {shown}")

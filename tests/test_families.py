@@ -16,6 +16,7 @@ from scipy import stats
 import emjax
 from emjax import em
 from emjax import families as F
+from emjax.families import io as fio
 
 RNG = np.random.default_rng(0)
 
@@ -416,4 +417,29 @@ def test_estimator_matches_functional_fit_and_round_trips(mixed_fit, tmp_path):
     np.testing.assert_array_equal(m2.score_samples(X), ll)
     with pytest.raises(ValueError, match="not an emjax families model"):
         (tmp_path / "junk.npz").write_bytes(b"junk")
-        emjax.families.io.load(tmp_path / "junk.npz")
+        fio.load(tmp_path / "junk.npz")
+
+
+def test_cli_fit_family(tmp_path, capsys):
+    from emjax import cli
+
+    rng = np.random.default_rng(7)
+    z = rng.random(60) < 0.5
+    lines = ["x,flag,region"] + [
+        f"{rng.normal(4.0 * zi):.6f},{'' if i == 3 else int(rng.random() < 0.2 + 0.6 * zi)},"
+        f"{rng.integers(0, 3)}" for i, zi in enumerate(z)]
+    data = tmp_path / "t.csv"
+    data.write_text("\n".join(lines) + "\n")
+    before = data.read_bytes()
+    args = ["fit", str(data), "-k", "2", "-n", "1", "--max-iter", "20", "--no-plots",
+            "--no-progress", "--no-compile-cache", "-o", str(tmp_path / "out")]
+    assert cli.main([*args, "--family", "auto"]) == 0
+    out = capsys.readouterr().out
+    assert "column types: x=gaussian, flag=bernoulli, region=categorical" in out
+    assert "1 missing entries" in out and "chosen K=2" in out
+    saved = fio.load(str(tmp_path / "out" / "model.npz"))
+    assert list(saved.family.families) == ["x", "flag", "region"]
+    assert saved.metadata["config"]["column_types"] == ["gaussian", "bernoulli", "categorical"]
+    assert data.read_bytes() == before
+    assert cli.main([*args, "--family", "gaussian,bernoulli"]) == 1
+    assert "gives 2 column types" in capsys.readouterr().err
