@@ -254,8 +254,7 @@ def run_restarts(
     """:func:`run` vmapped over a leading restart axis of ``params0_batched`` (and of
     ``estats0_batched``, if given); data is shared. One restart runs unbatched (its result gets
     the leading axis of length 1): a batch of one would turn every GEMM of the steps into a
-    batched one, which XLA:CPU runs more slowly (diagonal covariances, N = 1e5, D = K = 16,
-    float64: 13.1 against 8.6 ms per iteration)."""
+    batched one, which XLA:CPU runs more slowly (docs/performance.md)."""
 
     def one(p0, s0):
         return run(e_step, m_step, p0, data, tol=tol, max_iter=max_iter, repair=repair,

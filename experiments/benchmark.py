@@ -22,6 +22,7 @@ log-likelihood of every library's parameters is evaluated by one float64 NumPy s
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -147,6 +148,18 @@ def flops_per_iteration(cov_type, n, d, k):
 
 
 # ----------------------------------------------------------------------------- peak
+def _commit() -> str:
+    """The checkout's commit (``+dirty`` with uncommitted changes), for dating results."""
+    try:
+        run = functools.partial(subprocess.run, cwd=ROOT, capture_output=True, text=True,
+                                check=True)
+        head = run(["git", "rev-parse", "--short", "HEAD"]).stdout.strip()
+        dirty = run(["git", "status", "--porcelain", "--untracked-files=no"]).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def gemm_peak(dtype, n=2048, repeats=5):
     """Measured matrix-multiply peak in GFLOP/s: best of ``repeats`` (n x n) @ (n x n) products,
     with jax.numpy and with NumPy; the larger is the machine's peak."""
@@ -494,6 +507,7 @@ def main(argv=None):
     out = {
         "command": " ".join(["python", "experiments/benchmark.py", *(argv or sys.argv[1:])]),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": _commit(),
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version()},
         "versions": _versions(),

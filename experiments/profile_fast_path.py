@@ -139,6 +139,7 @@ def main():
            "wall_ms_per_iter": 1e3 * wall, "profiled_ops_ms_per_iter": accounted,
            "idle_ms_per_iter": idle,
            "ops": leaves, "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "commit": b._commit(),
            "jax": jax.__version__}
     path = Path(args.out) if args.out else HERE / "results" / f"profile_{ct}_{args.dtype}.json"
     path.write_text(json.dumps(out, indent=1))

@@ -213,7 +213,7 @@ def init_stats(
 def worst_explained(ll: Array, sample_weight: Array | None, k: int) -> Array:
     """Indices of the ``k`` samples of lowest log-likelihood (of positive weight): the
     re-seeding candidates. Ranked in float32: XLA:CPU's ``top_k`` is fast for float32 only
-    (float64 falls back to a full sort, ~17 ms per iteration at N = 1e5)."""
+    (float64 falls back to a full sort)."""
     score = ll if sample_weight is None else jnp.where(sample_weight > 0, ll, jnp.inf)
     return jax.lax.top_k(-score.astype(jnp.float32), k)[1]
 
@@ -408,11 +408,8 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
     return e_step, m_step, repair
 
 
-#: XLA options of the fitting program: LLVM's optimisation level 1 instead of 2 compiles
-#: 5-15 % faster with the same run time (N = 1e5, D = K = 16, ms per iteration, level 1 against
-#: 2: float32 full 24.3 vs 24.4, diag 8.2 vs 8.1; float64 full 44.0 vs 44.6, diag 13.5 vs 13.5;
-#: small full fit, float64: compile 1.35 vs 1.60 s, run 23.0 vs 23.3 ms). Level 0 compiles in
-#: 1.0 s but runs 2.3x slower.
+#: XLA options of the fitting program: LLVM's optimisation level 1 compiles faster than 2 with
+#: the same run time (docs/performance.md).
 FIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 

@@ -367,11 +367,12 @@ def describe(plan: PassPlan, n_samples: int | None = None, n_features: int | Non
     else:
         lines.append(f"  E-step: fused chunked pass, {_FORM_WORDS[plan.form]}")
         lines.append(f"  reads: {_LAYOUT_WORDS[plan.layout]}")
-        what = "rows per block" if plan.layout == "feature_blocks" else "rows per chunk"
+        unit = "block" if plan.layout == "feature_blocks" else "chunk"
         chunks = ""
         if n_samples:
-            chunks = f" ({-(-n_samples // plan.chunk_size)} chunk(s))"
-        lines.append(f"  {what}: {plan.chunk_size}{chunks}")
+            count = -(-n_samples // plan.chunk_size)
+            chunks = f" ({count} {unit}{'s' if count > 1 else ''})"
+        lines.append(f"  rows per {unit}: {plan.chunk_size}{chunks}")
         if plan.form == "packed" and plan.layout != "feature_blocks":
             lines.append(f"  packed products: {plan.packed_products}")
         if plan.form == "whitened":
