@@ -195,6 +195,10 @@ def run_predict(args) -> int:
 
     if not os.path.exists(args.model):
         raise CLIError(f"no such model file: {args.model}")
+    from emjax.families.cli import is_family_model, run_family_predict
+
+    if is_family_model(args.model):
+        return run_family_predict(args)
     saved = io.load(args.model)
     meta = saved.metadata
     d = meta["n_features"]

@@ -442,6 +442,11 @@ def test_cli_fit_family(tmp_path, capsys):
     saved = fio.load(str(tmp_path / "out" / "model.npz"))
     assert list(saved.family.families) == ["x", "flag", "region"]
     assert saved.metadata["config"]["column_types"] == ["gaussian", "bernoulli", "categorical"]
+    pred = tmp_path / "pred.csv"
+    assert cli.main(["predict", str(tmp_path / "out" / "model.npz"), str(data), "-o",
+                     str(pred)]) == 0
+    rows = pred.read_text().splitlines()
+    assert rows[0] == "label,p0,p1" and len(rows) == 61
     assert data.read_bytes() == before
     assert cli.main([*args, "--family", "gaussian,bernoulli"]) == 1
     assert "gives 2 column types" in capsys.readouterr().err
