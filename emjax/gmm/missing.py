@@ -1,0 +1,852 @@
+"""Gaussian mixtures with entries missing at random (NaN): EM on the observed-data likelihood
+(Ghahramani and Jordan, 1994) with exact marginals and conditional moments, and imputation.
+
+Each row ``n`` has observed coordinates ``o`` and missing ones ``m``. The E-step scores a row by
+``log N(x_o | mu_k[o], Sigma_k[o, o])``; the M-step adds the conditional moments of the missing
+entries, ``E[x_m | x_o, k] = mu_m + Sigma_mo Sigma_oo^-1 (x_o - mu_o)`` and
+``Cov[x_m | x_o, k] = Sigma_mm - Sigma_mo Sigma_oo^-1 Sigma_om``, to the sufficient statistics.
+
+Both are computed from the precision ``Lambda = Sigma^-1`` and its *missing* block only: with
+``r = x - mu`` set to zero on ``m``, ``b = (Lambda r)_m`` and ``A = Lambda_mm``,
+
+.. math::
+   \\log|\\Sigma_{oo}| = \\log|\\Sigma| + \\log|A|,\\quad
+   r_o^T\\Sigma_{oo}^{-1}r_o = r^T\\Lambda r - b^T A^{-1} b,\\quad
+   E[x_m] = \\mu_m - A^{-1} b,\\quad \\operatorname{Cov}[x_m] = A^{-1},
+
+so each (row, component) factorises a matrix of the size of its missing block, not of the
+observed one. Rows are sorted on the host into buckets by how many entries they miss (padded to
+a short ladder of sizes, :func:`slot_ladder`), so each bucket's factorisation has a static size
+and is unrolled into elementwise operations over a chunk of rows and all components (see
+docs/missing.md for why this beats grouping rows by missingness pattern). Diagonal and spherical
+covariances need no factorisation: every term is a GEMM of ``[x^2, x, observed]``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import logsumexp
+
+from emjax import _validation as v
+from emjax import em
+from emjax.gmm import covariance as cov_lib
+from emjax.gmm import fitting
+from emjax.gmm.steps import GMMParams, SuffStats
+
+Array = jax.Array
+
+MISSING_OPTIONS = ("error", "marginalize")
+
+#: Incremented each time a program of this module is traced (compiled); tests read it.
+TRACE_COUNT = {"fit": 0, "rows": 0}
+
+
+# ---------------------------------------------------------------------------------------------
+# Host-side layout
+
+
+class MissingData(NamedTuple):
+    """Data with holes, laid out for the compiled passes (a pytree; build with :func:`layout`).
+
+    Rows are sorted into buckets by their number of missing entries, each bucket padded to whole
+    chunks with rows of weight zero. ``N'`` is the padded number of rows.
+
+    Attributes:
+      x: ``(N', n_features)`` the data minus ``center``, zero at missing entries.
+      observed: ``(N', n_features)`` 1 where observed, 0 where missing (the data's dtype).
+      weight: ``(N',)`` sample weights; 0 on padding rows.
+      slots: one int32 array per bucket, ``(n_chunks, chunk_rows, n_slots)``: the missing
+        coordinates of each row, padded with -1 to the bucket's ``n_slots``. Buckets follow each
+        other in the rows of ``x``.
+      center: ``(n_features,)`` the (weighted) mean of the observed values of each column.
+      xo_t: ``(2 n_features, N')`` ``[x, observed]`` transposed, the shared operand of the
+        moments' GEMMs (XLA:CPU runs a transposed-operand GEMM far more slowly).
+    """
+
+    x: Array
+    observed: Array
+    weight: Array
+    slots: tuple
+    center: Array
+    xo_t: Array
+
+
+def slot_ladder(n_features: int) -> tuple:
+    """The bucket sizes (missing entries per row, padded up): 0-4 exactly, then 6, 8, 12, 16,
+    24, 32, ... below ``n_features`` (a row misses at most ``n_features - 1``)."""
+    top = max(n_features - 1, 0)
+    sizes = [0, 1, 2, 3, 4]
+    s = 4
+    while s < top:
+        s = s + s // 2 if (s & (s - 1)) == 0 else 1 << s.bit_length()
+        sizes.append(min(s, top))
+    return tuple(j for j in sizes if j <= top)
+
+
+def chunk_rows(n_components: int, n_features: int, n_slots: int, dtype) -> int:
+    """Rows per chunk of a bucket: its per-row intermediates, about ``K (3 D + 3 J^2)`` values,
+    within 2 MiB (cache-sized), at least 16 rows."""
+    per_row = n_components * (3 * n_features + 3 * n_slots * n_slots + 8)
+    return int(max(16, min(4096, (2 * 2**20) // (per_row * np.dtype(dtype).itemsize))))
+
+
+def check_missing(missing) -> str:
+    if missing not in MISSING_OPTIONS:
+        raise ValueError(f"missing must be one of {MISSING_OPTIONS}; got {missing!r}")
+    return missing
+
+
+def as_data_with_nan(X, name: str = "X", dtype=None, *, for_fit: bool = True) -> np.ndarray:
+    """``X`` as a 2-D float array whose non-finite entries are only NaN (missing); rejects
+    infinities, rows with nothing observed and (``for_fit``) columns never observed."""
+    try:
+        arr = np.asarray(X)
+    except Exception as exc:
+        raise ValueError(f"{name} could not be read as a numeric array: {exc}") from None
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
+    ):
+        raise ValueError(f"{name} must be numeric; got dtype {arr.dtype} with shape {arr.shape}")
+    if dtype is None:
+        dtype = np.float32 if arr.dtype == np.float32 else np.float64
+    if arr.ndim == 2:
+        arr = arr.astype(dtype, copy=False)
+        finite_or_nan = np.isfinite(arr) | np.isnan(arr)
+        if not finite_or_nan.all():
+            rows = np.flatnonzero(~finite_or_nan.all(axis=1))
+            raise ValueError(f"{name} of shape {arr.shape} contains infinity in {rows.size} "
+                             f"row(s): {', '.join(map(str, rows[:10]))}"
+                             + (", ..." if rows.size > 10 else ""))
+        clean = np.where(np.isnan(arr), 0, arr)
+        v.as_data(clean, name, dtype)  # shape checks
+        observed = ~np.isnan(arr)
+        empty_rows = np.flatnonzero(~observed.any(axis=1))
+        if empty_rows.size:
+            shown = ", ".join(map(str, empty_rows[:10])) + (", ..." if empty_rows.size > 10
+                                                             else "")
+            raise ValueError(f"{name} of shape {arr.shape} has {empty_rows.size} row(s) with "
+                             f"no observed value (all NaN): {shown}; drop them")
+        empty_cols = np.flatnonzero(~observed.any(axis=0))
+        if for_fit and empty_cols.size:
+            raise ValueError(f"{name} of shape {arr.shape} has column(s) never observed (all "
+                             f"NaN): {', '.join(map(str, empty_cols[:10]))}; drop them")
+        return arr
+    return v.as_data(arr, name, dtype)  # the usual shape errors
+
+
+def layout(X: np.ndarray, sample_weight: np.ndarray | None, n_components: int,
+           covariance_type: str = "full", chunk_size: int | None = None,
+           center: np.ndarray | None = None) -> tuple[MissingData, np.ndarray]:
+    """Sort the rows of ``X`` (NaN = missing, checked by :func:`as_data_with_nan`) into buckets
+    by their number of missing entries (host side, NumPy).
+
+    Args:
+      X: ``(n_samples, n_features)`` float32/float64 with NaN for missing entries.
+      sample_weight: optional ``(n_samples,)`` weights (checked by the caller).
+      n_components: sets the chunk size (:func:`chunk_rows`).
+      covariance_type: diagonal and spherical covariances need no slots (one bucket).
+      chunk_size: optional rows per chunk (all buckets).
+      center: optional ``(n_features,)`` centre (default: the weighted mean of the observed
+        values of each column).
+
+    Returns:
+      ``(data, rows)``: :class:`MissingData` (NumPy leaves) and ``rows`` ``(N',)``, the row of
+      ``X`` at each position (-1 on padding rows).
+    """
+    n, d = X.shape
+    dtype = X.dtype
+    obs = ~np.isnan(X)
+    w = np.ones(n, dtype) if sample_weight is None else np.asarray(sample_weight, dtype)
+    if center is None:
+        wo = obs * w[:, None]
+        center = np.where(obs, X, 0).astype(np.float64).T @ w / np.maximum(wo.sum(0), 1e-300)
+    center = np.asarray(center, dtype)
+    n_miss = d - obs.sum(1)
+    ladder = slot_ladder(d) if covariance_type in ("full", "tied") else (max(d - 1, 0),)
+    ladder_arr = np.asarray(ladder)
+    bucket_of = np.searchsorted(ladder_arr, n_miss) if covariance_type in ("full", "tied") \
+        else np.zeros(n, np.int64)
+    order = np.argsort(bucket_of, kind="stable")
+    xs, os_, ws, slots, rows = [], [], [], [], []
+    for b, j in enumerate(ladder):
+        idx = order[bucket_of[order] == b]
+        if idx.size == 0:
+            continue
+        j = j if covariance_type in ("full", "tied") else 0
+        c = chunk_size or chunk_rows(n_components, d, j, dtype)
+        c = int(min(c, idx.size))
+        n_chunks = -(-idx.size // c)
+        pad = n_chunks * c - idx.size
+        o_b = obs[idx]
+        x_b = np.where(o_b, X[idx] - center, 0).astype(dtype)
+        s_b = np.full((idx.size, j), -1, np.int32)
+        if j:
+            miss = ~o_b
+            # missing coordinates first, in increasing order; -1 pads
+            pos = np.cumsum(miss, axis=1) - 1
+            r_i, c_i = np.nonzero(miss)
+            s_b[r_i, pos[r_i, c_i]] = c_i
+        xs.append(np.concatenate([x_b, np.zeros((pad, d), dtype)]))
+        os_.append(np.concatenate([o_b.astype(dtype), np.ones((pad, d), dtype)]))
+        ws.append(np.concatenate([w[idx], np.zeros(pad, dtype)]))
+        slots.append(np.concatenate([s_b, np.full((pad, j), -1, np.int32)]).reshape(
+            n_chunks, c, j))
+        rows.append(np.concatenate([idx, np.full(pad, -1, np.int64)]))
+    x_all, o_all = np.concatenate(xs), np.concatenate(os_)
+    data = MissingData(x_all, o_all, np.concatenate(ws), tuple(slots), center,
+                       np.ascontiguousarray(np.concatenate([x_all, o_all], axis=1).T))
+    return data, np.concatenate(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# The missing blocks' factorisations, batched over (component, row): arrays (J, J, *batch)
+
+#: Blocks of at most this many missing entries are factorised by unrolled elementwise code (a
+#: few hundred operations at J = 6); larger ones by a loop over columns (compact programs:
+#: unrolled J = 8-12 blocks took most of a minute to compile at D = 16).
+UNROLL_MAX_SLOTS = 6
+
+
+class _Factor(NamedTuple):
+    logdet: Array  # (*batch) log|A|
+    z: Array  # (J, *batch) L^-1 b, so b^T A^-1 b = |z|^2
+    y: Array  # (J, *batch) A^-1 b
+    Li: Array | None  # (J, J, *batch) L^-1 (lower)
+    V: Array | None  # (J, J, *batch) A^-1
+
+
+def _factor_unrolled(A: Array, b: Array, floor: float, want: bool) -> _Factor:
+    J = A.shape[0]
+    L = [[None] * J for _ in range(J)]
+    inv_d = [None] * J
+    logdet = 0.0
+    for j in range(J):
+        s = A[j, j]
+        for p in range(j):
+            s = s - L[j][p] * L[j][p]
+        s = jnp.maximum(s, floor * A[j, j])
+        inv_d[j] = jax.lax.rsqrt(s)
+        L[j][j] = s * inv_d[j]
+        logdet = logdet + jnp.log(s)
+        for i in range(j + 1, J):
+            t = A[i, j]
+            for p in range(j):
+                t = t - L[i][p] * L[j][p]
+            L[i][j] = t * inv_d[j]
+    z = []
+    for i in range(J):
+        t = b[i]
+        for p in range(i):
+            t = t - L[i][p] * z[p]
+        z.append(t * inv_d[i])
+    y = [None] * J
+    for i in reversed(range(J)):
+        t = z[i]
+        for p in range(i + 1, J):
+            t = t - L[p][i] * y[p]
+        y[i] = t * inv_d[i]
+    logdet = jnp.broadcast_to(logdet, b.shape[1:])
+    if not want:
+        return _Factor(logdet, jnp.stack(z), jnp.stack(y), None, None)
+    Li = [[None] * J for _ in range(J)]
+    for j in range(J):
+        Li[j][j] = inv_d[j]
+        for i in range(j + 1, J):
+            t = L[i][j] * Li[j][j]
+            for p in range(j + 1, i):
+                t = t + L[i][p] * Li[p][j]
+            Li[i][j] = -t * inv_d[i]
+    V = [[None] * J for _ in range(J)]
+    for a in range(J):
+        for c in range(a + 1):
+            t = Li[a][a] * Li[a][c]
+            for i in range(a + 1, J):
+                t = t + Li[i][a] * Li[i][c]
+            V[a][c] = V[c][a] = t
+    zero = jnp.zeros_like(inv_d[0])
+    Li_arr = jnp.stack([jnp.stack([Li[i][j] if j <= i else zero for j in range(J)])
+                        for i in range(J)])
+    return _Factor(logdet, jnp.stack(z), jnp.stack(y), Li_arr, jnp.stack([jnp.stack(r)
+                                                                           for r in V]))
+
+
+def _factor_loop(A: Array, b: Array, floor: float, want: bool) -> _Factor:
+    """Right-looking Cholesky and the inverse factor by loops over columns (J^3 per matrix)."""
+    J = A.shape[0]
+    batch = A.shape[2:]
+    ex = (slice(None),) + (None,) * len(batch)
+    idx = jnp.arange(J)
+    diag0 = jnp.stack([A[j, j] for j in range(J)])
+
+    def chol_step(j, carry):
+        R, L = carry
+        s = jnp.maximum(R[j, j], floor * diag0[j])
+        d = jnp.sqrt(s)
+        col = jnp.where((idx > j)[ex], R[:, j] / d, 0.0)
+        col = jnp.where((idx == j)[ex], d, col)
+        return R - col[:, None] * col[None, :], L.at[:, j].set(col)
+
+    _, L = jax.lax.fori_loop(0, J, chol_step, (A, jnp.zeros_like(A)))
+    diag = jnp.stack([L[j, j] for j in range(J)])
+    logdet = 2.0 * jnp.sum(jnp.log(diag), axis=0)
+    eye = jnp.eye(J, dtype=A.dtype)
+
+    def inv_step(i, Li):
+        lrow = jnp.where((idx < i)[ex], L[i], 0.0)  # (J, *batch)
+        acc = jnp.sum(lrow[:, None] * Li, axis=0)  # (J, *batch)
+        return Li.at[i].set((eye[i][ex] - acc) / L[i, i])
+
+    Li = jax.lax.fori_loop(0, J, inv_step, jnp.zeros_like(A))
+    z = jnp.sum(Li * b[None], axis=1)
+    y = jnp.sum(Li * z[:, None], axis=0)
+    V = jnp.sum(Li[:, :, None] * Li[:, None, :], axis=0) if want else None
+    return _Factor(logdet, z, y, Li if want else None, V)
+
+
+def _factor(A, b, floor, want):
+    if A.shape[0] <= UNROLL_MAX_SLOTS:
+        return _factor_unrolled(A, b, floor, want)
+    return _factor_loop(A, b, floor, want)
+
+
+# ---------------------------------------------------------------------------------------------
+# One chunk: log-densities of the observed entries and the conditional moments
+
+
+class _Chunk(NamedTuple):
+    x: Array  # (c, D)
+    o: Array  # (c, D)
+    w: Array  # (c,)
+    s: Array  # (c, J) int32, -1 pads
+    xo_t: Array  # (2 D, c)
+
+
+class _Cond(NamedTuple):
+    log_prob: Array  # (c, K) log N(x_o | mu_k[o], Sigma_k[oo])
+    factor: _Factor | None  # of the missing blocks, batch (c, K) (tied: (c, 1)); y = -E[x_m] + mu_m
+
+
+def _residual(params: GMMParams, ch: _Chunk, cond: _Cond) -> Array:
+    """``E[x | x_o, k] - mu_k``, ``(c, K, D)``: ``x - mu_k`` on observed entries, ``-A^-1 b`` on
+    missing ones (diagonal and spherical: 0 on missing ones)."""
+    e = ch.o[:, None, :] * (ch.x[:, None, :] - params.means[None])
+    if cond.factor is not None:
+        for a, Za in enumerate(_slot_onehot(ch.s, ch.x.shape[1], ch.x.dtype)):
+            e = e - cond.factor.y[a][:, :, None] * Za[:, None, :]
+    return e
+
+
+def _precision(params: GMMParams) -> Array:
+    pc = params.covariance.precisions_cholesky
+    return pc @ jnp.swapaxes(pc, -1, -2)
+
+
+def _slot_onehot(s: Array, d: int, dtype) -> list:
+    """``J`` arrays ``(c, D)``: 1 at each valid slot's coordinate."""
+    return [(s[:, a, None] == jnp.arange(d)[None, :]).astype(dtype) for a in range(s.shape[1])]
+
+
+def _cond_matrix(params: GMMParams, ch: _Chunk, want_moments: bool) -> _Cond:
+    """Full and tied covariances: the observed marginal of each (row, component) and, with
+    ``want_moments``, the conditional mean residual and covariance of its missing block."""
+    x, o, s = ch.x, ch.o, ch.s
+    c, d = x.shape
+    means = params.means
+    k = means.shape[0]
+    dtype = x.dtype
+    tied = isinstance(params.covariance, cov_lib.TiedCovariance)
+    prec = _precision(params)  # (K, D, D) or (D, D)
+    hi = jax.lax.Precision.HIGHEST
+    r = x[:, None, :] - o[:, None, :] * means[None]  # (c, K, D), zero on missing entries
+    if tied:
+        g = jnp.dot(r.reshape(c * k, d), prec, precision=hi).reshape(c, k, d)
+    else:
+        # Lambda_k r = Lambda_k x - Lambda_k (o * mu_k): two plain GEMMs for all components
+        P = jnp.transpose(prec, (1, 0, 2)).reshape(d, k * d)
+        Q = jnp.transpose(means[:, :, None] * prec, (1, 0, 2)).reshape(d, k * d)
+        g = (jnp.dot(x, P, precision=hi) - jnp.dot(o, Q, precision=hi)).reshape(c, k, d)
+    quad = jnp.sum(r * g, axis=-1)  # (c, K) r^T Lambda r
+    J = s.shape[1]
+    log_det_u = cov_lib.log_det_precision_cholesky(params.covariance, d)
+    const = jnp.sum(o, axis=1)[:, None] * math.log(2 * math.pi)
+    if J == 0:
+        return _Cond(-0.5 * (const + quad) + log_det_u, None)
+    valid = s >= 0
+    sc = jnp.maximum(s, 0)
+    Z = _slot_onehot(s, d, dtype)
+    # b = (Lambda r)_m, (J, c, K), by one-hot reductions (XLA:CPU gathers are scalar loops)
+    b = jnp.stack([jnp.sum(g * Za[:, None, :], axis=-1) for Za in Z])
+    # A = Lambda_mm, (J, J, c, K) (tied: (J, J, c, 1)): rows of K values gathered by position;
+    # padded slots get an identity block
+    pair = (sc[:, :, None] * d + sc[:, None, :]).transpose(1, 2, 0)  # (J, J, c)
+    pvalid = (valid[:, :, None] & valid[:, None, :]).transpose(1, 2, 0)[..., None]
+    table = prec.reshape(d * d, 1) if tied else jnp.transpose(prec.reshape(k, d * d))
+    A = jnp.take(table, pair, axis=0)
+    A = jnp.where(pvalid, A, jnp.eye(J, dtype=dtype)[:, :, None, None])
+    floor = 10 * float(jnp.finfo(dtype).eps)
+    f = _factor(A, b, floor, want_moments)
+    lp = -0.5 * (const + f.logdet + quad - jnp.sum(f.z * f.z, axis=0)) + log_det_u
+    return _Cond(lp, f)
+
+
+def _log_prob_diag(params: GMMParams, ch: _Chunk) -> Array:
+    """Diagonal and spherical covariances: ``log N(x_o | ...)`` as one GEMM of ``[x^2, x, o]``."""
+    x, o = ch.x, ch.o
+    var = params.covariance.covariances
+    if var.ndim == 1:
+        var = jnp.broadcast_to(var[:, None], params.means.shape)
+    p = 1.0 / var
+    mu = params.means
+    const = mu * mu * p + jnp.log(var) + math.log(2 * math.pi)
+    w = jnp.concatenate([-0.5 * p, mu * p, -0.5 * const], axis=1)  # (K, 3D)
+    f = jnp.concatenate([x * x, x, o], axis=1)
+    return jnp.dot(f, w.T, precision=jax.lax.Precision.HIGHEST)
+
+
+def _chunk_log_prob(params: GMMParams, ch: _Chunk, want_moments: bool) -> _Cond:
+    if isinstance(params.covariance, (cov_lib.FullCovariance, cov_lib.TiedCovariance)):
+        return _cond_matrix(params, ch, want_moments)
+    return _Cond(_log_prob_diag(params, ch), None)
+
+
+def _chunk_stats(params: GMMParams, ch: _Chunk, cond: _Cond, gw: Array):
+    """``(nk, sx, sxx)`` of one chunk about the component means, from the weighted
+    responsibilities ``gw`` ``(c, K)``."""
+    x, o, s = ch.x, ch.o, ch.s
+    d = x.shape[1]
+    k = params.means.shape[0]
+    hi = jax.lax.Precision.HIGHEST
+    nk = jnp.sum(gw, axis=0)
+    if cond.factor is None and isinstance(params.covariance, (cov_lib.DiagCovariance,
+                                                              cov_lib.SphericalCovariance)):
+        var = params.covariance.covariances
+        var = jnp.broadcast_to(var[:, None], params.means.shape) if var.ndim == 1 else var
+        mu = params.means
+        G = jnp.dot(gw.T, jnp.concatenate([x * x, x, o], axis=1), precision=hi)  # (K, 3D)
+        g2, g1, go = G[:, :d], G[:, d:2 * d], G[:, 2 * d:]
+        sx = g1 - go * mu
+        sxx = g2 - 2.0 * g1 * mu + go * mu * mu + (nk[:, None] - go) * var
+        return nk, sx, sxx
+    # e = r + h: r = x - mu_k on observed entries (x is 0 on missing ones), h = -A^-1 b on
+    # missing ones. Every moment of r is a plain GEMM with the data as shared operand (a batched
+    # per-component product of (c, K, D) residuals is far slower on XLA:CPU); those of h are a
+    # GEMM with the data and a scatter of the J x J blocks.
+    c = gw.shape[0]
+    mu = params.means
+    gx = (gw[:, :, None] * x[:, None, :]).reshape(c, k * d)
+    go = (gw[:, :, None] * o[:, None, :]).reshape(c, k * d)
+    M = jnp.dot(ch.xo_t, jnp.concatenate([gx, go], axis=1), precision=hi)  # (2 D, 2 K D)
+    M = M.reshape(2, d, 2, k, d)
+    mxx = jnp.transpose(M[0, :, 0], (1, 0, 2))  # sum gw x_i x_j, (K, D, D)
+    mxo = jnp.transpose(M[0, :, 1], (1, 0, 2))  # sum gw x_i o_j
+    moo = jnp.transpose(M[1, :, 1], (1, 0, 2))
+    mum = mu[:, None, :] * mxo  # sum gw x_i o_j mu_j
+    sxx = mxx - mum - jnp.swapaxes(mum, 1, 2) + moo * mu[:, :, None] * mu[:, None, :]
+    sx = jnp.dot(gw.T, x, precision=hi) - jnp.dot(gw.T, o, precision=hi) * mu
+    J = s.shape[1]
+    if J:
+        f = cond.factor
+        Z = _slot_onehot(s, d, x.dtype)
+        h = [-f.y[a] for a in range(J)]  # (c, K) each, 0 on padded slots
+        H = sum((gw * h[a])[:, :, None] * Z[a][:, None, :] for a in range(J))  # (c, K, D)
+        sx = sx + jnp.sum(H, axis=0)
+        XH = jnp.dot(ch.xo_t, H.reshape(c, k * d), precision=hi).reshape(2, d, k, d)
+        cross = jnp.transpose(XH[0] - mu.T[:, :, None] * XH[1], (1, 0, 2))  # sum gw r_i h_j
+        sxx = sxx + cross + jnp.swapaxes(cross, 1, 2)
+        # + sum_n gw_nk (h h^T + Cov[x_m | x_o, k]) on the missing block's positions
+        valid = s >= 0
+        sc = jnp.maximum(s, 0)
+        pos = sc[:, :, None] * d + sc[:, None, :]
+        pos = jnp.where(valid[:, :, None] & valid[:, None, :], pos, d * d)  # d*d: discarded
+        hh = jnp.stack([jnp.stack([h[a] * h[b_] for b_ in range(J)]) for a in range(J)])
+        vals = ((f.V + hh) * gw[None, None]).reshape(-1, k)  # (J, J, c, K) rows
+        acc = jnp.zeros((d * d + 1, k), x.dtype).at[pos.transpose(1, 2, 0).reshape(-1)].add(vals)
+        sxx = sxx + jnp.transpose(acc[: d * d]).reshape(k, d, d)
+    return nk, sx, sxx
+
+
+def _chunks(data: MissingData):
+    """``(start, n_chunks, chunk_rows, slots)`` of each bucket."""
+    start = 0
+    out = []
+    for s in data.slots:
+        n_chunks, c = s.shape[0], s.shape[1]
+        out.append((start, n_chunks, c, s))
+        start += n_chunks * c
+    return out
+
+
+def _get_chunk(data: MissingData, slots: Array, start, i, c) -> _Chunk:
+    row = start + i * c
+    sl = functools.partial(jax.lax.dynamic_slice_in_dim, start_index=row, slice_size=c)
+    return _Chunk(sl(data.x), sl(data.observed), sl(data.weight),
+                  jax.lax.dynamic_index_in_dim(slots, i, keepdims=False),
+                  jax.lax.dynamic_slice_in_dim(data.xo_t, row, c, axis=1))
+
+
+def _fold(data: MissingData, fn, carry):
+    """``carry = fn(carry, chunk, row)`` over every chunk of every bucket."""
+    for start, n_chunks, c, slots in _chunks(data):
+        def body(i, cr, start=start, c=c, slots=slots):
+            return fn(cr, _get_chunk(data, slots, start, i, c), start + i * c)
+        if n_chunks == 1:
+            carry = body(0, carry)
+        else:
+            carry = jax.lax.fori_loop(0, n_chunks, body, carry)
+    return carry
+
+
+def e_step_stats(params: GMMParams, data: MissingData) -> tuple[SuffStats, Array]:
+    """The E-step on the observed entries fused with the next M-step's statistics.
+
+    Returns:
+      ``(stats, log_likelihood)``: :class:`~emjax.gmm.SuffStats` about the current means
+      (``ref = params.means``; the missing entries enter through their conditional means and
+      covariances), and ``log p(x_n,o)`` per row ``(N',)`` (padding rows included).
+    """
+    k, d = params.means.shape
+    dtype = data.x.dtype
+    full_scatter = isinstance(params.covariance, (cov_lib.FullCovariance,
+                                                  cov_lib.TiedCovariance))
+    sxx0 = jnp.zeros((k, d, d) if full_scatter else (k, d), dtype)
+    log_w = jnp.log(params.weights)
+
+    def fn(carry, ch, row):
+        nk, sx, sxx, ll = carry
+        cond = _chunk_log_prob(params, ch, True)
+        wlp = cond.log_prob + log_w[None, :]
+        lse = logsumexp(wlp, axis=1)
+        gw = jnp.exp(wlp - lse[:, None]) * ch.w[:, None]
+        a, b_, c_ = _chunk_stats(params, ch, cond, gw)
+        ll = jax.lax.dynamic_update_slice_in_dim(ll, lse, row, 0)
+        return nk + a, sx + b_, sxx + c_, ll
+
+    init = (jnp.zeros((k,), dtype), jnp.zeros((k, d), dtype), sxx0,
+            jnp.zeros(data.x.shape[:1], dtype))
+    nk, sx, sxx, ll = _fold(data, fn, init)
+    return SuffStats(nk, sx, sxx, params.means), ll
+
+
+def mean_log_likelihood(ll: Array, weight: Array) -> Array:
+    return jnp.sum(weight * ll) / jnp.sum(weight)
+
+
+def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 1e-3):
+    """The mixture with missing entries as :func:`emjax.em.run` sees it, over
+    ``data = MissingData``: ``(e_step, m_step, repair)``.
+
+    The E-step is :func:`e_step_stats` (the monitored value is the weighted mean observed-data
+    log-likelihood); the M-step is :func:`emjax.gmm.params_from_stats` flagged as in
+    :func:`emjax.fitting.m_step_from_stats`; ``repair`` re-seeds empty components at the
+    worst-explained rows, their missing entries at the column means.
+    """
+    def e_step(params, data):
+        stats, ll = e_step_stats(params, data)
+        k = params.means.shape[0]
+        w = data.weight
+        cand = jax.lax.cond(
+            jnp.any(fitting.empty_components(stats.nk, w, empty_threshold)),
+            lambda ll: fitting.worst_explained(ll, w, k), lambda ll: jnp.zeros((k,), jnp.int32),
+            ll)
+        return (stats, cand), mean_log_likelihood(ll, w)
+
+    def m_step(estats, data):
+        return fitting.m_step_from_stats(estats[0], covariance_type=covariance_type,
+                                         reg_covar=reg_covar)
+
+    def repair(params, estats, data):
+        return fitting.reseed_empty(params, None, None, data.x, data.weight, nk=estats[0].nk,
+                                    candidates=estats[1], covariance_type=covariance_type,
+                                    empty_threshold=empty_threshold)
+
+    return e_step, m_step, repair
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("n_components", "covariance_type", "reg_covar", "max_iter", "n_init",
+                     "init_method", "n_lloyd", "callback"),
+)
+def _fit_compiled(data, key, overrides, tol, *, n_components, covariance_type, reg_covar,
+                  max_iter, n_init, init_method, n_lloyd, callback):
+    TRACE_COUNT["fit"] += 1
+    k = n_components
+    d = data.x.shape[1]
+    dtype = data.x.dtype
+    keys = jax.random.split(key, n_init)
+    e_step, m_step, repair = make_model(covariance_type, reg_covar)
+    run = functools.partial(em.run_restarts, e_step, m_step, data=data, tol=tol,
+                            max_iter=max_iter, repair=repair, callback=callback)
+    init_kw = dict(covariance_type=covariance_type, init_params=init_method,
+                   sample_weight=data.weight, n_lloyd=n_lloyd)
+
+    def stats0(kk):
+        # k-means and the first M-step on the mean-imputed data (x is zero at missing entries)
+        return (fitting.init_stats(kk, data.x, k, **init_kw), jnp.zeros((k,), jnp.int32))
+
+    weights_init, means_init, cov_init = overrides
+    if any(a is not None for a in overrides):
+        def initial(kk):
+            p = m_step(stats0(kk), data).params
+            if weights_init is not None:
+                p = p._replace(weights=weights_init)
+            if means_init is not None:
+                p = p._replace(means=means_init - data.center)
+            if cov_init is not None:
+                p = p._replace(covariance=cov_init)
+            return p
+
+        res = run(jax.vmap(initial)(keys))
+    else:
+        cls = cov_lib.COVARIANCE_CLASSES[covariance_type]
+        shape = cov_lib.covariance_shape(covariance_type, k, d)
+        template = GMMParams(jnp.zeros((k,), dtype), jnp.zeros((k, d), dtype),
+                             cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)))
+        params0 = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (n_init,) + a.shape),
+                                         template)
+        res = run(params0, estats0_batched=jax.vmap(stats0)(keys))
+    res = res._replace(params=res.params._replace(means=res.params.means + data.center))
+    best = em.best_index(res.log_likelihood)
+    return res, best
+
+
+def fit(
+    X,
+    n_components: int,
+    *,
+    key: Array | None = None,
+    covariance_type: str = "full",
+    tol: float = 1e-3,
+    reg_covar: float = 1e-6,
+    max_iter: int = 100,
+    n_init: int = 1,
+    init_params: str = "kmeans",
+    weights_init=None,
+    means_init=None,
+    precisions_init=None,
+    params_init: GMMParams | None = None,
+    sample_weight=None,
+    n_lloyd: int = 10,
+    callback: Callable | None = None,
+    chunk_size: int | None = None,
+):
+    """Fit a Gaussian mixture to data with missing entries (NaN) by EM on the observed-data
+    likelihood: what ``emjax.fit(X, ..., missing="marginalize")`` runs when ``X`` has NaN.
+
+    Arguments as in :func:`emjax.fit` (``chunk_size``: optional rows per chunk of the passes).
+    The initialisation (``init_params``) runs on the mean-imputed data; EM then uses only the
+    observed entries. ``log_likelihood`` and ``history`` are the weighted mean observed-data
+    log-likelihood per row.
+
+    Returns:
+      :class:`emjax.gmm.fitting.FitResult`.
+
+    Raises:
+      ValueError: as :func:`emjax.fit`, and for infinities, rows with no observed value or
+        columns never observed.
+    """
+    Xa = as_data_with_nan(X)
+    v.check_x64(Xa.dtype)
+    n, d = Xa.shape
+    k = v.check_n_components(n_components, n, Xa.shape)
+    covariance_type, init_method, tol, reg_covar, max_iter, n_init = v.check_em_options(
+        covariance_type, init_params, tol, reg_covar, max_iter, n_init)
+    n_lloyd = v.check_positive_int(n_lloyd, "n_lloyd", minimum=0)
+    dtype = Xa.dtype
+    w = v.check_sample_weight(sample_weight, n, dtype)
+    cov_init = None
+    if params_init is not None:
+        if params_init.covariance_type != covariance_type:
+            raise ValueError(f"params_init has covariance type {params_init.covariance_type!r} "
+                             f"but covariance_type={covariance_type!r}")
+        weights_init = np.asarray(params_init.weights)
+        means_init = np.asarray(params_init.means)
+        cov_init = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params_init.covariance)
+    elif precisions_init is not None:
+        p = v.check_spd(precisions_init, covariance_type, k, d, dtype)
+        if covariance_type in ("full", "tied"):
+            pc = np.swapaxes(np.linalg.cholesky(p.astype(np.float64)), -1, -2)
+        else:
+            pc = np.sqrt(p)
+        cov_init = cov_lib.from_precisions_cholesky(covariance_type, jnp.asarray(pc, dtype))
+    if weights_init is not None:
+        weights_init = jnp.asarray(v.check_weights(weights_init, k, dtype))
+    if means_init is not None:
+        means_init = jnp.asarray(v.check_means(means_init, k, d, dtype))
+    if key is None:
+        key = jax.random.key(0)
+    elif isinstance(key, (int, np.integer)):
+        key = jax.random.key(int(key))
+    data, _ = layout(Xa, w, k, covariance_type, chunk_size)
+    data = jax.tree_util.tree_map(jnp.asarray, data)
+    res, best = _fit_compiled(
+        data, key, (weights_init, means_init, cov_init), jnp.asarray(tol, dtype),
+        n_components=k, covariance_type=covariance_type, reg_covar=reg_covar,
+        max_iter=max_iter, n_init=n_init, init_method=init_method, n_lloyd=n_lloyd,
+        callback=callback)
+    b = em.select(res, best)
+    return fitting.FitResult(b.params, b.log_likelihood, b.n_iter, b.converged, b.status,
+                             b.history, best, res)
+
+
+# ---------------------------------------------------------------------------------------------
+# Using a fitted model on rows with missing entries
+
+
+class RowResults(NamedTuple):
+    """Per-row outputs of :func:`row_results`, in the rows of ``X``.
+
+    Attributes:
+      weighted_log_prob: ``(n_samples, n_components)`` ``log pi_k + log N(x_o | ...)``.
+      imputed: ``(n_samples, n_features)`` ``X`` with every missing entry replaced by its
+        conditional mean under the mixture, ``sum_k gamma_nk E[x_m | x_o, k]``.
+      sampled: ``(n_samples, n_features)`` or None: ``X`` with the missing entries drawn from
+        their conditional distribution (a component from the posterior, then a Gaussian).
+    """
+
+    weighted_log_prob: Array
+    imputed: Array
+    sampled: Array | None
+
+
+@functools.partial(jax.jit, static_argnames=("sample",))
+def _rows_compiled(params: GMMParams, data: MissingData, key, *, sample: bool):
+    TRACE_COUNT["rows"] += 1
+    k, d = params.means.shape
+    n_rows = data.x.shape[0]
+    dtype = data.x.dtype
+    centred = params._replace(means=params.means - data.center)
+    log_w = jnp.log(params.weights)
+    matrix = isinstance(params.covariance, (cov_lib.FullCovariance, cov_lib.TiedCovariance))
+
+    def fn(carry, ch, row):
+        wlp_all, imp_all, smp_all = carry
+        cond = _chunk_log_prob(centred, ch, True)
+        wlp = cond.log_prob + log_w[None, :]
+        gamma = jax.nn.softmax(wlp, axis=1)
+        mu = centred.means
+        # E[x | x_o, k] in centred coordinates, (c, K, D)
+        cm = _residual(centred, ch, cond) + mu[None]
+        imp = jnp.einsum("nk,nkd->nd", gamma, cm)
+        out = (jax.lax.dynamic_update_slice_in_dim(wlp_all, wlp, row, 0),
+               jax.lax.dynamic_update_slice_in_dim(imp_all, imp, row, 0), smp_all)
+        if sample:
+            k1, k2 = jax.random.split(jax.random.fold_in(key, row))
+            z = jax.random.categorical(k1, wlp, axis=1)  # (c,)
+            c = ch.x.shape[0]
+            eps = jax.random.normal(k2, (c, d), dtype)
+            sel = jax.nn.one_hot(z, k, dtype=dtype)  # (c, K)
+            picked = jnp.sum(cm * sel[:, :, None], axis=1)
+            J = ch.s.shape[1]
+            if matrix and J:
+                # x_m = mean + L^-T eps (Cov = A^-1 = L^-T L^-1), for the drawn component
+                Li = cond.factor.Li
+                Li = jnp.sum(Li * sel[None, None], axis=3) if Li.shape[3] == k else Li[..., 0]
+                e_s = jnp.take_along_axis(eps, jnp.maximum(ch.s, 0), axis=1).T  # (J, c)
+                noise = jnp.sum(Li * e_s[:, None], axis=0)  # (J, c)
+                add = sum(noise[a][:, None] * Za
+                          for a, Za in enumerate(_slot_onehot(ch.s, d, dtype)))
+            elif matrix:
+                add = jnp.zeros((c, d), dtype)
+            else:
+                var = centred.covariance.covariances
+                var = jnp.broadcast_to(var[:, None], (k, d)) if var.ndim == 1 else var
+                add = eps * jnp.sqrt(var[z]) * (1 - ch.o)
+            smp = picked + add
+            out = out[:2] + (jax.lax.dynamic_update_slice_in_dim(smp_all, smp, row, 0),)
+        return out
+
+    init = (jnp.zeros((n_rows, k), dtype), jnp.zeros((n_rows, d), dtype),
+            jnp.zeros((n_rows, d), dtype) if sample else None)
+    wlp, imp, smp = _fold(data, fn, init)
+    return wlp, imp + data.center, None if smp is None else smp + data.center
+
+
+def row_results(params: GMMParams, X, *, key: Array | None = None) -> RowResults:
+    """Per-row log-probabilities, conditional-mean imputation and (with ``key``) conditional
+    samples of the rows of ``X`` (NaN = missing) under ``params``; one compiled pass."""
+    Xa = as_data_with_nan(X, dtype=np.dtype(params.means.dtype), for_fit=False)
+    n, d = Xa.shape
+    if d != params.means.shape[-1]:
+        raise ValueError(f"X has {d} features (shape {Xa.shape}) but the model has "
+                         f"{params.means.shape[-1]}")
+    data, rows = layout(Xa, None, params.means.shape[0], params.covariance_type,
+                        center=np.asarray(params.weights @ params.means, Xa.dtype))
+    data = jax.tree_util.tree_map(jnp.asarray, data)
+    sample = key is not None
+    if isinstance(key, (int, np.integer)):
+        key = jax.random.key(int(key))
+    wlp, imp, smp = _rows_compiled(params, data, key if sample else jax.random.key(0),
+                                   sample=sample)
+    keep = rows >= 0
+    order = np.argsort(rows[keep])
+    take = np.flatnonzero(keep)[order]
+
+    def back(a):
+        return None if a is None else jnp.asarray(a)[take]
+
+    obs = ~np.isnan(Xa)
+    imputed = jnp.where(obs, jnp.asarray(np.nan_to_num(Xa)), back(imp))
+    sampled = None if smp is None else jnp.where(obs, jnp.asarray(np.nan_to_num(Xa)),
+                                                 back(smp))
+    return RowResults(back(wlp), imputed, sampled)
+
+
+def score_samples(params: GMMParams, X) -> Array:
+    """``log p(x_n,o)``: each row's log-density of its observed entries, ``(n_samples,)``."""
+    return logsumexp(row_results(params, X).weighted_log_prob, axis=1)
+
+
+def predict_proba(params: GMMParams, X) -> Array:
+    """``p(z_n = k | x_n,o)``, ``(n_samples, n_components)``."""
+    return jax.nn.softmax(row_results(params, X).weighted_log_prob, axis=1)
+
+
+def predict(params: GMMParams, X) -> Array:
+    """The most probable component of each row given its observed entries."""
+    return jnp.argmax(row_results(params, X).weighted_log_prob, axis=1)
+
+
+def impute(params: GMMParams, X, *, key: Array | None = None) -> Array:
+    """``X`` with each missing entry (NaN) replaced by its conditional mean under the mixture,
+    ``E[x_m | x_o] = sum_k p(k | x_o) E[x_m | x_o, k]``; with a PRNG ``key``, by a draw from
+    the conditional distribution ``p(x_m | x_o)`` instead. Observed entries are returned as
+    given.
+
+    Examples:
+      >>> import numpy as np, emjax
+      >>> X = np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32)
+      >>> X[::7, 1] = np.nan
+      >>> res = emjax.fit(X, 2, missing="marginalize")
+      >>> bool(np.isnan(emjax.impute(res.params, X)).any())
+      False
+    """
+    rr = row_results(params, X, key=key)
+    return rr.imputed if key is None else rr.sampled
+
+
+__all__ = [
+    "MISSING_OPTIONS",
+    "MissingData",
+    "RowResults",
+    "e_step_stats",
+    "fit",
+    "impute",
+    "layout",
+    "make_model",
+    "predict",
+    "predict_proba",
+    "row_results",
+    "score_samples",
+]

@@ -1,0 +1,275 @@
+"""Missing entries (NaN) marginalised exactly: the E-step, the M-step and the observed-data
+log-likelihood against a per-row NumPy/SciPy reference written from the formulas, stationarity of
+the expected complete-data log-likelihood (jax.grad), monotone EM, and imputation."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.stats import multivariate_normal
+
+import emjax
+from emjax import gmm
+from emjax.gmm import missing as ms
+from emjax.gmm import objective as obj
+from tests.conftest import COV_TYPES
+
+N, D, K = 40, 4, 3
+REG = 1e-2
+
+
+def _spd(rng, d):
+    a = rng.normal(size=(d, d))
+    return a @ a.T / d + 0.5 * np.eye(d)
+
+
+def random_params(rng, cov_type, k=K, d=D):
+    weights = rng.dirichlet(np.full(k, 3.0))
+    means = rng.normal(size=(k, d)) * 1.5
+    covs = {
+        "full": lambda: np.stack([_spd(rng, d) for _ in range(k)]),
+        "tied": lambda: _spd(rng, d),
+        "diag": lambda: rng.uniform(0.5, 2.0, size=(k, d)),
+        "spherical": lambda: rng.uniform(0.5, 2.0, size=(k,)),
+    }[cov_type]()
+    return gmm.make_params(weights, means, covs, cov_type)
+
+
+def holes(rng, n=N, d=D, frac=0.3):
+    """Data with about ``frac`` of entries NaN, every row keeping one entry (of 0..d-1 missing,
+    so every bucket of the layout is exercised)."""
+    X = rng.normal(size=(n, d)) * 2.0 + 0.5
+    miss = rng.uniform(size=(n, d)) < frac
+    miss[np.arange(n), rng.integers(0, d, n)] = False
+    miss[:d, :] = np.arange(d)[None, :] < np.arange(d)[:, None]  # rows missing 0..d-1 entries
+    Xn = X.copy()
+    Xn[miss] = np.nan
+    return Xn
+
+
+# ------------------------------------------------------------------------- independent reference
+
+
+def ref_e_step(params, X):
+    """Per row and component: log pi_k + log N(x_o | mu_o, S_oo), the conditional mean of the
+    full vector and the conditional covariance embedded in (D, D) (SciPy, row by row)."""
+    k, d = params.means.shape
+    covs = np.asarray(obj.dense_covariances(params))
+    means = np.asarray(params.means)
+    wlp = np.zeros((len(X), k))
+    xhat = np.zeros((len(X), k, d))
+    cc = np.zeros((len(X), k, d, d))
+    for n, x in enumerate(X):
+        o = ~np.isnan(x)
+        m = ~o
+        for j in range(k):
+            S, mu = covs[j], means[j]
+            wlp[n, j] = np.log(params.weights[j]) + multivariate_normal(
+                mu[o], S[np.ix_(o, o)]).logpdf(x[o])
+            xh = x.copy()
+            if m.any():
+                B = S[np.ix_(m, o)] @ np.linalg.inv(S[np.ix_(o, o)])
+                xh[m] = mu[m] + B @ (x[o] - mu[o])
+                cc[n, j][np.ix_(m, m)] = S[np.ix_(m, m)] - B @ S[np.ix_(o, m)]
+            xhat[n, j] = xh
+    return wlp, xhat, cc
+
+
+def ref_m_step(params, X, w, cov_type, reg_covar):
+    """The M-step written out: weights, means and the four covariance types."""
+    wlp, xhat, cc = ref_e_step(params, X)
+    gamma = np.exp(wlp - np.logaddexp.reduce(wlp, axis=1, keepdims=True))
+    g = gamma * w[:, None]
+    nk = g.sum(0)
+    means = np.einsum("nk,nkd->kd", g, xhat) / nk[:, None]
+    diff = xhat - means[None]
+    S = (np.einsum("nk,nkd,nke->kde", g, diff, diff) + np.einsum("nk,nkde->kde", g, cc))
+    d = X.shape[1]
+    if cov_type == "full":
+        covs = S / nk[:, None, None] + reg_covar * np.eye(d)
+    elif cov_type == "tied":
+        covs = S.sum(0) / nk.sum() + reg_covar * np.eye(d)
+    elif cov_type == "diag":
+        covs = np.diagonal(S, axis1=1, axis2=2) / nk[:, None] + reg_covar
+    else:
+        covs = np.diagonal(S, axis1=1, axis2=2).mean(1) / nk + reg_covar
+    return nk / nk.sum(), means, covs, np.logaddexp.reduce(wlp, axis=1), gamma, xhat
+
+
+def _data(X, w, cov_type, k=K, chunk_size=None):
+    data, rows = ms.layout(X, w, k, cov_type, chunk_size)
+    return jax.tree_util.tree_map(jnp.asarray, data), rows
+
+
+@functools.partial(jax.jit, static_argnames=("cov_type", "reg"))
+def one_step(params, data, cov_type, reg):
+    """One compiled E-step and M-step: new parameters, mean and per-row log-likelihoods."""
+    e_step, m_step, _ = ms.make_model(cov_type, reg)
+    (stats, cand), mean_ll = e_step(params, data)
+    _, ll_rows = ms.e_step_stats(params, data)
+    return m_step((stats, cand), data).params, mean_ll, ll_rows
+
+
+# ------------------------------------------------------------------------------------------ tests
+
+
+@pytest.mark.parametrize("cov_type", COV_TYPES)
+def test_e_step_m_step_and_log_likelihood_match_reference(cov_type):
+    rng = np.random.default_rng(1)
+    X = holes(rng)
+    w = rng.uniform(0.5, 2.0, N)
+    params = random_params(rng, cov_type)
+    wts, means, covs, ll_ref, gamma_ref, xhat = ref_m_step(params, X, w, cov_type, REG)
+    # chunks of 3 rows: several chunks per bucket and padding rows
+    data, rows = _data(X, w, cov_type, chunk_size=3)
+    centred = params._replace(means=params.means - data.center)
+    new, mean_ll, ll_rows = one_step(centred, data, cov_type, REG)
+    keep = rows >= 0
+    ll = np.empty(N)
+    ll[rows[keep]] = np.asarray(ll_rows)[keep]
+    np.testing.assert_allclose(ll, ll_ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(float(mean_ll), np.sum(w * ll_ref) / np.sum(w), rtol=1e-10)
+    np.testing.assert_allclose(new.weights, wts, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(new.means + data.center, means, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(new.covariance.covariances, covs, rtol=1e-10, atol=1e-10)
+    # the model's per-row outputs: responsibilities and conditional-mean imputation
+    rr = ms.row_results(params, X)
+    np.testing.assert_allclose(jax.nn.softmax(rr.weighted_log_prob, axis=1), gamma_ref,
+                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(rr.imputed, np.einsum("nk,nkd->nd", gamma_ref, xhat),
+                               rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(ms.score_samples(params, X), ll_ref, rtol=1e-10)
+
+
+def expected_complete_ll(p, w, gamma, xhat, cc, reg_covar):
+    """Q = E[log p(x, z | theta)] over z and the missing entries, given the E-step's gamma,
+    conditional means and covariances: the complete-data Q at xhat plus -1/2 tr(P_k C_nk)."""
+    n, k, d = xhat.shape
+    covs = obj.dense_covariances(p)
+    q = 0.0
+    for j in range(k):
+        lp = obj.gaussian_log_density(xhat[:, j], p.means[j], covs[j])
+        tr = jnp.einsum("de,ned->n", jnp.linalg.inv(covs[j]), cc[:, j])
+        q = q + jnp.sum(w * gamma[:, j] * (jnp.log(p.weights[j]) + lp - 0.5 * tr))
+        q = q - 0.5 * reg_covar * jnp.sum(w * gamma[:, j]) * jnp.trace(jnp.linalg.inv(covs[j]))
+    return q
+
+
+@pytest.mark.parametrize("cov_type", COV_TYPES)
+def test_m_step_is_stationary_point_of_expected_complete_log_likelihood(cov_type):
+    """jax.grad of the Lagrangian of Q (expectation over z and the missing entries) is zero
+    at the M-step's output."""
+    rng = np.random.default_rng(1)  # the data of the test above (its compiled step)
+    X = holes(rng)
+    w = rng.uniform(0.5, 2.0, N)
+    params = random_params(np.random.default_rng(2), cov_type)
+    reg = REG
+    wlp, xhat, cc = ref_e_step(params, X)
+    gamma = np.exp(wlp - np.logaddexp.reduce(wlp, axis=1, keepdims=True))
+    data, _ = _data(X, w, cov_type, chunk_size=3)
+    centred = params._replace(means=params.means - data.center)
+    new = one_step(centred, data, cov_type, reg)[0]
+    new = new._replace(means=new.means + data.center)
+    total = float(np.sum(w))
+
+    def lagrangian(p):
+        q = expected_complete_ll(p, w, gamma, xhat, cc, reg)
+        return q - total * (jnp.sum(p.weights) - 1.0)
+
+    g = jax.grad(lagrangian)(new)
+    chex.assert_trees_all_close(g.weights, np.zeros(K), atol=1e-9 * total)
+    chex.assert_trees_all_close(g.means, np.zeros((K, D)), atol=1e-9 * total)
+    chex.assert_trees_all_close(g.covariance.covariances,
+                                np.zeros_like(new.covariance.covariances), atol=1e-9 * total)
+
+
+@pytest.mark.parametrize("cov_type, dtype", [("full", np.float64), ("diag", np.float64),
+                                             ("tied", np.float32)])
+def test_fit_is_monotone_and_keeps_dtype(cov_type, dtype):
+    rng = np.random.default_rng(3)
+    truth = np.array([[0.0, 0.0, 0.0, 0.0], [4.0, 4.0, 0.0, 1.0], [-3.0, 3.0, 2.0, -2.0]])
+    X = truth[np.arange(150) % 3] + rng.normal(size=(150, D))
+    X[rng.uniform(size=X.shape) < 0.25] = np.nan
+    X[np.isnan(X).all(1), 0] = 1.0
+    X = X.astype(dtype)
+    res = ms.fit(X, 3, covariance_type=cov_type, tol=0.0, max_iter=30, n_init=2,
+                            key=jax.random.key(0), sample_weight=rng.uniform(0.5, 2.0, 150))
+    assert res.params.means.dtype == dtype
+    assert int(res.status) & ~emjax.em.STATUS_RESEEDED == 0
+    h = np.asarray(res.restarts.history)
+    step = np.diff(h, axis=1)
+    slack = 1e-4 if dtype == np.float32 else 1e-10
+    assert np.all(step > -slack * np.abs(h[:, 1:])), step.min()
+    found = np.sort(np.asarray(res.params.means)[:, 0])
+    np.testing.assert_allclose(found, np.sort(truth[:, 0]), atol=0.6)
+
+
+def test_no_missing_equals_dense_steps():
+    """Without NaN the steps are today's dense E- and M-steps."""
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(N, D))
+    for cov_type in ("full", "diag"):
+        params = random_params(rng, cov_type)
+        data, rows = _data(X, None, cov_type)
+        centred = params._replace(means=params.means - data.center)
+        new, ll, _ = one_step(centred, data, cov_type, 1e-6)
+        gamma, ll_ref = gmm.e_step(params, jnp.asarray(X))
+        ref = gmm.m_step(gamma, jnp.asarray(X), covariance_type=cov_type, reg_covar=1e-6)
+        np.testing.assert_allclose(ll, ll_ref, rtol=1e-12)
+        np.testing.assert_allclose(new.means + data.center, ref.means, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(new.covariance.covariances, ref.covariance.covariances,
+                                   rtol=1e-10, atol=1e-12)
+
+
+def test_errors_name_the_problem():
+    X = np.ones((5, 3))
+    X[2] = np.nan
+    with pytest.raises(ValueError, match="no observed value"):
+        ms.fit(X, 1)
+    X = np.ones((5, 3))
+    X[:, 1] = np.nan
+    with pytest.raises(ValueError, match="never observed"):
+        ms.fit(X, 1)
+    X = np.ones((5, 3))
+    X[0, 0] = np.inf
+    with pytest.raises(ValueError, match="infinity"):
+        ms.fit(X, 1)
+
+
+def test_conditional_samples_have_the_conditional_moments():
+    """Draws for one row with a fixed component: mean and covariance of the missing block."""
+    rng = np.random.default_rng(5)
+    params = random_params(rng, "full", k=1, d=3)
+    x = np.array([[0.7, np.nan, np.nan]])
+    X = np.repeat(x, 4000, axis=0)
+    draws = np.asarray(ms.impute(params, X, key=jax.random.key(1)))[:, 1:]
+    _, xhat, cc = ref_e_step(params, x)
+    np.testing.assert_allclose(draws.mean(0), xhat[0, 0, 1:], atol=0.06)
+    np.testing.assert_allclose(np.cov(draws.T), cc[0, 0, 1:, 1:], atol=0.06)
+    np.testing.assert_array_equal(draws.shape, (4000, 2))
+
+
+@pytest.mark.parametrize("n_slots", [3, 8])
+def test_block_factorisations_match_numpy(n_slots):
+    """Unrolled (small blocks) and looped (large blocks) factorisations: log|A|, A^-1 b, A^-1."""
+    rng = np.random.default_rng(6)
+    batch = (2, 5)
+    a = rng.normal(size=batch + (n_slots, n_slots))
+    A = a @ np.swapaxes(a, -1, -2) + n_slots * np.eye(n_slots)
+    b = rng.normal(size=batch + (n_slots,))
+    At = jnp.asarray(np.moveaxis(A, (-2, -1), (0, 1)))
+    bt = jnp.asarray(np.moveaxis(b, -1, 0))
+    for fn in (ms._factor_unrolled, ms._factor_loop):
+        f = jax.jit(fn, static_argnums=(2, 3))(At, bt, 1e-14, True)
+        np.testing.assert_allclose(f.logdet, np.linalg.slogdet(A)[1], rtol=1e-12)
+        y = np.linalg.solve(A, b[..., None])[..., 0]
+        np.testing.assert_allclose(np.moveaxis(np.asarray(f.y), 0, -1), y, rtol=1e-10)
+        np.testing.assert_allclose(np.sum(np.asarray(f.z) ** 2, 0), np.sum(b * y, -1),
+                                   rtol=1e-10)
+        V = np.moveaxis(np.asarray(f.V), (0, 1), (-2, -1))
+        np.testing.assert_allclose(V, np.linalg.inv(A), rtol=1e-10, atol=1e-12)
+        Li = np.moveaxis(np.asarray(f.Li), (0, 1), (-2, -1))
+        np.testing.assert_allclose(np.swapaxes(Li, -1, -2) @ Li, np.linalg.inv(A), atol=1e-12)
