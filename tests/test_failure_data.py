@@ -35,8 +35,12 @@ def test_round_trip_through_a_long_table():
     a, b = table.to_data(t_scale=1.0), syn.to_data()
     for x, y in ((a.A, b.A), (a.b, b.b), (a.n, b.n)):
         np.testing.assert_allclose(x, np.asarray(y)[order], rtol=1e-12, atol=1e-12)
-    # "NA" cells are missing values too; unshuffled rows keep the units in order.
-    t2 = fd.load_long_table(io.StringIO(_to_csv(syn, rng, missing="NA", shuffle=False)))
+    # Units are sorted by id (non-numeric ids: as strings).
+    assert table.unit_ids == sorted(f"u{l}" for l in range(12))
+    # "NA" cells are missing values too; in order of appearance, unshuffled rows keep the units
+    # in order.
+    t2 = fd.load_long_table(io.StringIO(_to_csv(syn, rng, missing="NA", shuffle=False)),
+                            unit_order="appearance")
     assert t2.unit_ids == [f"u{l}" for l in range(12)]
     np.testing.assert_array_equal(t2.values, syn.values[:, :, :N])
 
@@ -44,10 +48,26 @@ def test_round_trip_through_a_long_table():
 def test_loader_reads_a_path_and_selects_channels(tmp_path):
     path = tmp_path / "t.tsv"
     path.write_text("time\tunit\tjunk\ty\n2\tB\t9\t0.5\n0\tA\tx\t1\n1\tA\t\t2\n")
-    t = fd.load_long_table(path, channels=["y"], delimiter="\t")
+    t = fd.load_long_table(path, channels=["y"], delimiter="\t", unit_order="appearance")
     assert t.unit_ids == ["B", "A"] and t.channels == ["y"]
     np.testing.assert_array_equal(t.times, [[2.0, np.nan], [0.0, 1.0]])
     np.testing.assert_array_equal(t.values[:, 0], [[0.5, np.nan], [1.0, 2.0]])
+    s = fd.load_long_table(path, channels=["y"], delimiter="\t")
+    assert s.unit_ids == ["A", "B"]
+    np.testing.assert_array_equal(s.times, t.times[::-1])
+
+
+def test_numeric_unit_ids_sort_as_numbers_and_cut_masks():
+    text = "unit,time,y\n10,0,1\n2,0,3\n10,1,2\n2,1,4\n2,2,5\n"
+    t = fd.load_long_table(io.StringIO(text))
+    assert t.unit_ids == ["2", "10"]
+    np.testing.assert_array_equal(t.values[:, 0], [[3, 4, 5], [1, 2, np.nan]])
+    # A cut per unit masks what comes after it (in-service units), whatever the time scale.
+    d = t.to_data(t_scale=2.0, cut=[1.0, 0.0])
+    np.testing.assert_array_equal(d.obs[:, 0], [[1, 1, 0], [1, 0, 0]])
+    np.testing.assert_allclose(d.tau[0], [0.0, 0.5, 1.0])
+    with pytest.raises(ValueError, match="unit_order"):
+        fd.load_long_table(io.StringIO(text), unit_order="first")
 
 
 @pytest.mark.parametrize("text, match", [

@@ -23,7 +23,9 @@ class PaddedTable(NamedTuple):
     """A long table in padded form.
 
     Attributes:
-      unit_ids: ``(L,)`` unit identifiers, in order of first appearance.
+      unit_ids: ``(L,)`` unit identifiers, in the loader's documented order: sorted (numerically
+        when every identifier reads as a number, so ``"2"`` comes before ``"10"``), or in order of
+        first appearance with ``unit_order="appearance"``.
       channels: ``(C,)`` channel names.
       times: ``(L, N)`` sorted times per unit, NaN in padded slots.
       values: ``(L, C, N)`` values, NaN where missing or padded.
@@ -34,9 +36,44 @@ class PaddedTable(NamedTuple):
     times: np.ndarray
     values: np.ndarray
 
-    def to_data(self, basis: Basis = QUADRATIC, t_scale=None) -> FMMData:
-        """:func:`emjax.failure_mode.make_data` on these arrays."""
-        return make_data(self.times, self.values, basis=basis, t_scale=t_scale)
+    def to_data(self, basis: Basis = QUADRATIC, t_scale=None, *, cut=None) -> FMMData:
+        """:func:`emjax.failure_mode.make_data` on these arrays.
+
+        Args:
+          basis: the basis.
+          t_scale: time scale (``tau = t / t_scale``). The default, ``None``, takes this
+            table's largest time, which is right for the table a model is fitted on and wrong
+            for new units: pass the fit's ``t_scale`` (or prepare new units with
+            :meth:`emjax.failure_mode.prognostics.PrognosticModel.prepare`, which does).
+          cut: ``()`` or ``(L,)`` times, in the table's units: entries after a unit's cut are
+            masked (an in-service unit observed up to ``cut``).
+        """
+        return make_data(self.times, self.values, observed_until(self.times, self.values, cut),
+                         basis=basis, t_scale=t_scale)
+
+
+def observed_until(times, values, cut=None) -> np.ndarray:
+    """Observation mask ``(L, C, N)``: finite values at times ``<= cut`` (``()`` or ``(L,)``,
+    ``None``: no cut)."""
+    values = np.asarray(values)
+    mask = np.isfinite(values)
+    if cut is None:
+        return mask
+    times = np.asarray(times, np.float64)
+    cut = np.broadcast_to(np.asarray(cut, np.float64), times.shape[:1])
+    with np.errstate(invalid="ignore"):
+        keep = np.isfinite(times) & (times <= cut[:, None])
+    return mask & keep[:, None, :]
+
+
+def _unit_sort_key(ids: list):
+    """Numeric order when every id reads as a number, else string order."""
+    try:
+        nums = [float(u) for u in ids]
+    except (TypeError, ValueError):
+        return lambda u: str(u)
+    lookup = dict(zip(ids, nums))
+    return lambda u: lookup[u]
 
 
 def _number(text: str, where: str, allow_missing: bool) -> float:
@@ -53,7 +90,7 @@ def _number(text: str, where: str, allow_missing: bool) -> float:
 
 def from_long_table(units: Sequence, times, values, channels: Sequence[str] | None = None,
                     *, row_labels: Sequence[str] | None = None,
-                    dtype=np.float64) -> PaddedTable:
+                    dtype=np.float64, unit_order: str = "sorted") -> PaddedTable:
     """Rows ``(unit, time, values[C])`` -> :class:`PaddedTable`.
 
     Args:
@@ -63,12 +100,16 @@ def from_long_table(units: Sequence, times, values, channels: Sequence[str] | No
       channels: optional ``C`` channel names (default ``x0, x1, ...``).
       row_labels: names of the rows for error messages (default ``row 0``, ``row 1``, ...).
       dtype: float dtype of the arrays.
+      unit_order: ``"sorted"`` (default: numerically when every id reads as a number, else as
+        strings) or ``"appearance"`` (order of first appearance in the rows).
 
     Raises:
       ValueError: naming the offending row, on mismatched lengths, an empty table, non-finite
         times, infinite values, a unit with two rows at the same time, or a unit without any
         observed value.
     """
+    if unit_order not in ("sorted", "appearance"):
+        raise ValueError(f"unit_order must be 'sorted' or 'appearance', got {unit_order!r}")
     units = list(units)
     times = np.asarray(times, dtype=np.float64)
     values = np.asarray(values, dtype=np.float64)
@@ -99,6 +140,8 @@ def from_long_table(units: Sequence, times, values, channels: Sequence[str] | No
     order: dict = {}
     for r, u in enumerate(units):
         order.setdefault(u, []).append(r)
+    if unit_order == "sorted":
+        order = {u: order[u] for u in sorted(order, key=_unit_sort_key(list(order)))}
     L = len(order)
     N = max(len(rows) for rows in order.values())
     out_t = np.full((L, N), np.nan, dtype)
@@ -122,7 +165,7 @@ def from_long_table(units: Sequence, times, values, channels: Sequence[str] | No
 
 def load_long_table(source, *, unit: str = "unit", time: str = "time",
                     channels: Sequence[str] | None = None, delimiter: str = ",",
-                    dtype=np.float64) -> PaddedTable:
+                    dtype=np.float64, unit_order: str = "sorted") -> PaddedTable:
     """Read a delimited text table with a header into a :class:`PaddedTable`.
 
     Empty cells (or ``nan``/``NA``) are missing values. Errors quote the file line.
@@ -133,6 +176,7 @@ def load_long_table(source, *, unit: str = "unit", time: str = "time",
       channels: the channel columns in order (default: every other column, in file order).
       delimiter: field separator (``","``; use ``"\\t"`` for TSV).
       dtype: float dtype of the arrays.
+      unit_order: ``"sorted"`` (default) or ``"appearance"``: see :func:`from_long_table`.
 
     Raises:
       ValueError: a missing column, a row with the wrong number of fields, an unparsable number,
@@ -176,7 +220,7 @@ def load_long_table(source, *, unit: str = "unit", time: str = "time",
     if not units:
         raise ValueError("the table has no rows (only a header)")
     return from_long_table(units, times, np.asarray(values, np.float64).reshape(len(units), -1),
-                           channels, row_labels=labels, dtype=dtype)
+                           channels, row_labels=labels, dtype=dtype, unit_order=unit_order)
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,4 +341,5 @@ def make_synthetic(seed: int, *, setting: str = "easy", n_units: int = 300,
 
 
 __all__ = ["EASY_MEANS", "EASY_NOISE_SD", "EASY_WEIGHTS", "PaddedTable", "Synthetic",
-           "from_long_table", "load_long_table", "make_synthetic", "true_params"]
+           "from_long_table", "load_long_table", "make_synthetic", "observed_until",
+           "true_params"]

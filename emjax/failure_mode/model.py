@@ -99,33 +99,55 @@ class Basis:
     """A hashable basis specification (static under jit).
 
     Attributes:
-      kind: ``"polynomial"`` or ``"bspline"``.
-      degree: polynomial degree (``p = degree + 1``) or spline degree.
+      kind: ``"polynomial"``, ``"bspline"``, ``"exponential"`` or ``"power"``.
+      degree: polynomial degree (``p = degree + 1``) or spline degree; for ``"exponential"`` and
+        ``"power"`` the degree of the polynomial part.
       n_interior_knots: B-splines only (``p = n_interior_knots + degree + 1``).
+      rate: ``"exponential"``: ``(1, tau, ..., tau^degree, exp(rate (tau - 1)))``; ``"power"``:
+        ``(1, tau, ..., tau^degree, tau^rate)`` (``p = degree + 2`` for both). These follow a
+        degradation that accelerates towards failure (the knee) and extrapolate beyond
+        ``tau = 1``, which clamped B-splines do not.
     """
 
     kind: str = "polynomial"
     degree: int = 2
     n_interior_knots: int = 0
+    rate: float = 0.0
 
     def __post_init__(self):
-        if self.kind not in ("polynomial", "bspline"):
-            raise ValueError(f"basis kind must be 'polynomial' or 'bspline', got {self.kind!r}")
+        if self.kind not in ("polynomial", "bspline", "exponential", "power"):
+            raise ValueError("basis kind must be 'polynomial', 'bspline', 'exponential' or "
+                             f"'power', got {self.kind!r}")
         if self.degree < 0 or self.n_interior_knots < 0:
             raise ValueError("basis degree and n_interior_knots must be non-negative")
+        if self.kind == "exponential" and not self.rate > 0:
+            raise ValueError(f"an exponential basis needs rate > 0, got {self.rate}")
+        if self.kind == "power" and not self.rate > self.degree:
+            raise ValueError(f"a power basis needs rate > degree = {self.degree}, got {self.rate}")
 
     @property
     def size(self) -> int:
         """Number of basis functions ``p``."""
         if self.kind == "polynomial":
             return self.degree + 1
-        return self.n_interior_knots + self.degree + 1
+        if self.kind == "bspline":
+            return self.n_interior_knots + self.degree + 1
+        return self.degree + 2
 
     def __call__(self, tau: Array) -> Array:
         """Evaluate at rescaled times ``tau`` ``(...)``: ``(..., p)``."""
         if self.kind == "polynomial":
             return polynomial_basis(tau, self.degree)
-        return bspline_basis(tau, self.n_interior_knots, self.degree)
+        if self.kind == "bspline":
+            return bspline_basis(tau, self.n_interior_knots, self.degree)
+        tau = jnp.asarray(tau)
+        if not jnp.issubdtype(tau.dtype, jnp.floating):
+            tau = tau.astype(jnp.result_type(float))
+        if self.kind == "exponential":
+            last = jnp.exp(self.rate * (tau - 1.0))
+        else:  # times before the origin are clipped: tau^rate is not real there
+            last = jnp.maximum(tau, 0.0) ** self.rate
+        return jnp.concatenate([polynomial_basis(tau, self.degree), last[..., None]], -1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -545,6 +567,8 @@ class FMMFitResult(NamedTuple):
       best_index: which restart was best.
       restarts: :class:`emjax.em.EMResult` of every restart, batched along axis 0.
       bic, icl: ``()`` criteria at ``params`` (lower is better).
+      responsibilities: ``(L, K)`` posterior mode probabilities ``gamma_lk`` of the training
+        units at ``params`` (rows in the order of the data's units).
     """
 
     params: FMMParams
@@ -558,6 +582,7 @@ class FMMFitResult(NamedTuple):
     restarts: em.EMResult
     bic: Array
     icl: Array
+    responsibilities: Array
 
 
 def n_parameters(n_components: int, n_channels: int, n_basis: int) -> int:
@@ -613,7 +638,7 @@ def _fit_compiled(data, key, rtol, prior, params_init, *, n_components, max_iter
     ll = jnp.sum(post.log_lik)
     crit = _criteria(ll, post.log_resp, b.params, data)
     return FMMFitResult(b.params, ll, b.log_likelihood, b.n_iter, b.converged, b.status,
-                        b.history, best, res, *crit)
+                        b.history, best, res, *crit, jnp.exp(post.log_resp))
 
 
 def fit(
@@ -731,13 +756,27 @@ class PathPrediction(NamedTuple):
     proba: Array
 
 
+def _check_basis(basis: Basis, data: FMMData) -> None:
+    """A basis of another size than the one the data were prepared with is a user error."""
+    if not isinstance(basis, Basis):
+        raise ValueError(f"basis must be a Basis, got {type(basis).__name__}")
+    if basis.size != data.design.shape[-1]:
+        raise ValueError(f"basis {basis} has {basis.size} functions but the data were prepared "
+                         f"with {data.design.shape[-1]} (design {data.design.shape}): pass the "
+                         "basis the data were made with (a PrognosticModel carries it)")
+
+
 def predict_path(params: FMMParams, data: FMMData, times: Array, *, basis: Basis,
                  include_noise: bool = True) -> PathPrediction:
-    """Predictive path of every channel at ``times`` (``(T,)`` or ``(L, T)``, original units).
+    """Predictive path of every channel at ``times`` (``(T,)`` or ``(L, T)``).
+
+    ``times`` are in the data's original time units: they are divided by ``data.t_scale``
+    inside. ``basis`` must be the one ``data`` was prepared with (checked by size).
 
     Per mode ``N(phi(t)^T m_lck, phi(t)^T P_lck phi(t) + s2_ck)``, mixed with the unit's mode
     probabilities (docs/failure_mode.md, "in-service unit").
     """
+    _check_basis(basis, data)
     post = posterior(params, data)
     L = data.n.shape[0]
     times = jnp.asarray(times, data.x.dtype)
@@ -755,24 +794,35 @@ def predict_path(params: FMMParams, data: FMMData, times: Array, *, basis: Basis
 
 
 def _rul_grid(data, t_now, horizon, n_grid):
+    """``(t_now (L,), grid (L, n_grid))``: ``n_grid`` equal steps in ``(t_now, horizon]``, per
+    unit (``t_now`` and ``horizon`` are ``()`` or ``(L,)``, original time units)."""
     L = data.n.shape[0]
     t_now = jnp.broadcast_to(jnp.asarray(t_now, data.x.dtype), (L,))
+    horizon = jnp.broadcast_to(jnp.asarray(horizon, data.x.dtype), (L,))
     frac = jnp.linspace(0.0, 1.0, n_grid + 1, dtype=data.x.dtype)[1:]
     return t_now, t_now[:, None] + frac[None] * (horizon - t_now)[:, None]  # (L, G)
 
 
 def failure_time_samples(key: Array, params: FMMParams, data: FMMData, t_now, *, basis: Basis,
-                         threshold: float, horizon: float, channel: int = -1,
+                         threshold: float, horizon, channel: int = -1,
                          n_samples: int = 1000, n_grid: int = 200) -> Array:
     """Monte Carlo failure times ``(L, n_samples)``: ``k ~ gamma``, ``T ~ N(m, P)`` of
     ``channel`` (default the last, ``y``), then the first grid time in ``(t_now, horizon]``
     with ``phi(t)^T T >= threshold``; ``inf`` where the path does not cross by ``horizon``.
 
+    Only the random effects and the mode are sampled (a fixed ``threshold`` on the latent
+    path): :class:`~emjax.failure_mode.prognostics.PrognosticModel` adds the spread of the
+    failure level and the observation noise.
+
     Args:
-      t_now: ``()`` or ``(L,)`` current times (the data should stop there).
-      horizon: the end of the search grid (original time units).
-      n_grid: grid points between ``t_now`` and ``horizon`` (resolution of the answer).
+      t_now: ``()`` or ``(L,)`` current times in original time units (the data should stop
+        there).
+      threshold: failure level, in the units of the data's channel (as prepared).
+      horizon: ``()`` or ``(L,)`` end of the search grid, original time units.
+      n_grid: grid points between ``t_now`` and ``horizon``: the answer's resolution is
+        ``(horizon - t_now) / n_grid``.
     """
+    _check_basis(basis, data)
     post = posterior(params, data)
     t_now, grid = _rul_grid(data, t_now, horizon, n_grid)
     phi = basis(grid / data.t_scale).astype(data.x.dtype)  # (L, G, p)
@@ -796,13 +846,22 @@ def failure_time_samples(key: Array, params: FMMParams, data: FMMData, t_now, *,
 
 
 def failure_cdf(params: FMMParams, data: FMMData, t_now, *, basis: Basis, threshold: float,
-                horizon: float, channel: int = -1, n_grid: int = 200) -> tuple[Array, Array]:
+                horizon, channel: int = -1, n_grid: int = 1000) -> tuple[Array, Array]:
     """Closed-form approximation (monotone paths) ``P(T_f <= t)`` on a grid:
     ``sum_k gamma_k [1 - Phi((D - phi^T m) / sqrt(phi^T P phi))]``.
 
+    A fixed ``threshold`` on the latent path, not conditioned on survival up to ``t_now``: see
+    :class:`~emjax.failure_mode.prognostics.PrognosticModel` for calibrated failure-time
+    distributions.
+
+    Args:
+      t_now, horizon: ``()`` or ``(L,)``, original time units (divided by ``data.t_scale``
+        inside).
+
     Returns:
-      ``(grid, cdf)``, both ``(L, n_grid)``.
+      ``(grid, cdf)``, both ``(L, n_grid)``; ``grid`` in original time units.
     """
+    _check_basis(basis, data)
     post = posterior(params, data)
     t_now, grid = _rul_grid(data, t_now, horizon, n_grid)
     phi = basis(grid / data.t_scale).astype(data.x.dtype)
@@ -814,12 +873,19 @@ def failure_cdf(params: FMMParams, data: FMMData, t_now, *, basis: Basis, thresh
 
 
 def rul_point(params: FMMParams, data: FMMData, t_now, *, basis: Basis, threshold: float,
-              horizon: float, channel: int = -1, n_grid: int = 200) -> Array:
-    """Median remaining useful life ``(L,)`` from :func:`failure_cdf` (first grid time with
-    CDF >= 1/2, minus ``t_now``; ``inf`` when the median lies beyond ``horizon``)."""
+              horizon, channel: int = -1, n_grid: int = 1000) -> Array:
+    """Median remaining useful life ``(L,)`` from :func:`failure_cdf`: the first grid time
+    with CDF >= 1/2, minus ``t_now``; ``inf`` when the median lies beyond ``horizon``.
+
+    ``t_now`` and ``horizon`` (``()`` or ``(L,)``) and the returned remaining life are in the
+    data's original time units (``data.t_scale`` is applied inside); the resolution is
+    ``(horizon - t_now) / n_grid``. For quantiles and intervals that include the spread of the
+    failure level and the observation noise, use
+    :class:`~emjax.failure_mode.prognostics.PrognosticModel`.
+    """
     grid, cdf = failure_cdf(params, data, t_now, basis=basis, threshold=threshold,
                             horizon=horizon, channel=channel, n_grid=n_grid)
-    t_now = grid[:, 0] - (grid[:, 1] - grid[:, 0])
+    t_now = jnp.broadcast_to(jnp.asarray(t_now, data.x.dtype), grid.shape[:1])
     hit = cdf >= 0.5
     t = jnp.take_along_axis(grid, jnp.argmax(hit, -1)[:, None], -1)[:, 0]
     return jnp.where(jnp.any(hit, -1), t - t_now, jnp.inf)
@@ -857,6 +923,31 @@ def match_labels(true_labels, pred_labels, n_components: int | None = None):
     return np.asarray(best_perm), best / max(len(t), 1)
 
 
+class ModeMatch(NamedTuple):
+    """Result of :func:`match_modes`: the mapping in both directions, named.
+
+    Attributes:
+      fitted_to_true: ``(K,)`` ``fitted_to_true[k_fitted] = k_true``.
+      true_to_fitted: ``(K,)`` the inverse, ``true_to_fitted[k_true] = k_fitted``.
+      accuracy: fraction of units whose mapped fitted label equals the true one.
+    """
+
+    fitted_to_true: np.ndarray
+    true_to_fitted: np.ndarray
+    accuracy: float
+
+
+def match_modes(true_labels, fitted_labels, n_components: int | None = None) -> ModeMatch:
+    """Best one-to-one relabelling of fitted modes onto true ones (brute force, ``K <= 8``).
+
+    Use ``result.fitted_to_true[pred]`` to express predictions in true labels, and
+    ``permute_modes(params, result.fitted_to_true)`` to reorder fitted parameters into the true
+    modes' order.
+    """
+    perm, acc = match_labels(true_labels, fitted_labels, n_components)
+    return ModeMatch(perm, np.argsort(perm), acc)
+
+
 def permute_modes(params: FMMParams, perm) -> FMMParams:
     """Reorder modes so that new mode ``perm[k]`` is old mode ``k`` (``perm`` from
     :func:`match_labels`)."""
@@ -866,10 +957,11 @@ def permute_modes(params: FMMParams, perm) -> FMMParams:
 
 
 __all__ = [
-    "QUADRATIC", "Basis", "FMMData", "FMMFitResult", "FMMParams", "FMMPosterior", "PathPrediction",
-    "Prior",
+    "QUADRATIC", "Basis", "FMMData", "FMMFitResult", "FMMParams", "FMMPosterior", "ModeMatch",
+    "PathPrediction", "Prior",
     "bic", "bspline_basis", "data_from_arrays", "e_step", "failure_cdf", "failure_time_samples",
     "fit", "icl", "init_params", "log_prior", "m_step", "make_data", "make_model", "match_labels",
+    "match_modes",
     "n_parameters", "permute_modes", "polynomial_basis", "posterior", "predict", "predict_path",
     "predict_proba", "q_function", "ridge_coefficients", "rul_point",
 ]

@@ -1,0 +1,179 @@
+"""Prognostics: calibration of remaining-life forecasts on a synthetic fleet whose failure times are
+known, the one-object model (time scale, standardisation, save/load), quantiles, new bases."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from emjax.failure_mode import model as fm
+from emjax.failure_mode import prognostics as pg
+
+# Truth of the synthetic fleet (user's units: cycles and a sensor reading around 40).
+T0 = 200.0  # cycles per unit of the generator's rescaled time
+MEAN = np.array([0.0, 1.0, 2.0])  # quadratic path in tau = t / T0: increasing on [0, 2]
+SD = np.array([0.15, 0.2, 0.3])
+NOISE = 0.08
+LEVEL, LEVEL_SD = 2.0, 0.15
+
+
+def fleet(seed, n_units, step=4.0):
+    """Run-to-failure units observed every ``step`` cycles, in sensor units ``40 + 0.5 * path``;
+    a unit fails at the first observation where its noise-free path has reached its own level
+    (its last observation, as in C-MAPSS)."""
+    rng = np.random.default_rng(seed)
+    coef = MEAN + SD * rng.standard_normal((n_units, 3))
+    level = LEVEL + LEVEL_SD * rng.standard_normal(n_units)
+    t = np.arange(0.0, 2 * T0, step)
+    basis = np.stack([(t / T0) ** j for j in range(3)])
+    path = coef @ basis
+    last = np.argmax(path >= level[:, None], 1)
+    noisy = 40.0 + 0.5 * (path + NOISE * rng.standard_normal(path.shape))
+    N = last.max() + 1
+    keep = np.arange(N)[None] <= last[:, None]
+    times = np.where(keep, t[None, :N], np.nan)
+    values = np.where(keep, noisy[:, :N], np.nan)[:, None]
+    return times, values, t[last]
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    times, values, fail = fleet(0, 150)
+    res = pg.fit_prognostic(times, values, channels=["s"], basis=fm.QUADRATIC, n_components=1,
+                            failure_on="latent", n_init=1, max_iter=300)
+    return res, (times, values, fail)
+
+
+def test_level_estimated_from_end_of_life(fitted):
+    res, (times, values, fail) = fitted
+    f = res.model.failure
+    # True level 40 + 0.5 * 2.0 = 41 with spread 0.5 * 0.15 = 0.075 (sensor units).
+    assert abs(f.level - 41.0) < 0.03 and 0.05 < f.level_sd < 0.1, f
+    assert f.channel == 0 and f.direction == 1
+    assert res.end_of_life_levels.shape == (150,)
+    assert res.result.responsibilities.shape == (150, 1)
+
+
+def test_intervals_cover_true_failure_times(fitted):
+    """Nominal 80 % intervals hold 75-85 % of true failures of new units cut at random points;
+    the median forecast is unbiased within its noise."""
+    res, _ = fitted
+    times, values, fail = fleet(1, 400)
+    rng = np.random.default_rng(2)
+    t_now = np.floor(fail * rng.uniform(0.2, 0.9, len(fail)))
+    fc = res.model.forecast((times, values), cut=t_now)
+    true = fail - t_now
+    lo, hi = fc.rul_interval(0.8)
+    cover = np.mean((lo <= true) & (true <= hi))
+    assert 0.75 <= cover <= 0.85, cover
+    lo, hi = fc.rul_interval(0.5)
+    assert 0.43 <= np.mean((lo <= true) & (true <= hi)) <= 0.57
+    # The median is early as often as late; the predictive mean is unbiased on average.
+    n = len(true)
+    assert abs(np.mean(fc.rul_median() > true) - 0.5) < 3 * 0.5 / np.sqrt(n)
+    err = fc.rul_mean() - true
+    assert abs(err.mean()) < 3 * err.std() / np.sqrt(n), (err.mean(), err.std())
+    # Without the spread of the failure level the same intervals are overconfident.
+    narrow = dataclasses.replace(res.model, failure=dataclasses.replace(res.model.failure,
+                                                                        level_sd=0.0))
+    lo, hi = narrow.forecast((times, values), cut=t_now).rul_interval(0.8)
+    assert np.mean((lo <= true) & (true <= hi)) < cover - 0.05
+
+
+def test_new_units_get_the_training_scale_and_standardisation(fitted, tmp_path):
+    res, (times, values, _) = fitted
+    model = res.model
+    assert model.t_scale == np.nanmax(times)
+    # A subset with a shorter longest life: same tau and standardised values as in training.
+    data = model.prepare(times[:3], values[:3])
+    full = model.prepare(times, values)
+    np.testing.assert_allclose(data.tau, np.asarray(full.tau)[:3, :data.tau.shape[1]])
+    np.testing.assert_allclose(float(data.t_scale), model.t_scale)
+    z = (values[0, 0, 0] - model.center[0]) / model.scale[0]
+    np.testing.assert_allclose(float(data.x[0, 0, 0]), z)
+    # Data prepared another way is refused, not silently rescaled.
+    with pytest.raises(ValueError, match="not prepared by this model"):
+        model.forecast(fm.make_data(times[:3], values[:3]))
+    # Save / load: same forecast; the write goes through a temporary file and leaves none.
+    path = model.save(tmp_path / "model")
+    back = pg.PrognosticModel.load(path)
+    assert back.basis == model.basis and back.failure == model.failure
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]
+    a = model.forecast((times[:5], values[:5]), cut=60.0)
+    b = back.forecast((times[:5], values[:5]), cut=60.0)
+    np.testing.assert_array_equal(a.cdf, b.cdf)
+    np.testing.assert_array_equal(a.t_now, np.full(5, 60.0))
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not an emjax prognostic model"):
+        pg.PrognosticModel.load(tmp_path / "bad.npz")
+
+
+def test_forecast_quantiles_match_a_known_distribution():
+    t = np.linspace(10.0, 110.0, 2001)
+    cdf = norm.cdf(t, 60.0, 10.0)
+    cdf = (cdf - cdf[0]) / (1 - cdf[0])
+    fc = pg.FailureForecast(np.array([10.0]), t[None], cdf[None], np.ones((1, 1)))
+    q = np.array([0.1, 0.5, 0.9])
+    # Conditional on survival to t = 10, which is 5 s.d. below the mean: the plain quantiles.
+    np.testing.assert_allclose(fc.failure_time_quantile(q)[0], norm.ppf(q, 60.0, 10.0),
+                               atol=0.01)
+    np.testing.assert_allclose(fc.rul_median(), [50.0], atol=0.01)
+    lo, hi = fc.rul_interval(0.8)
+    np.testing.assert_allclose([lo[0], hi[0]], norm.ppf([0.1, 0.9], 60.0, 10.0) - 10.0,
+                               atol=0.01)
+    np.testing.assert_allclose(fc.cdf_at(70.0), norm.cdf(1.0), atol=1e-4)
+    # Probability left beyond the horizon: an infinite quantile, not the last grid point.
+    short = pg.FailureForecast(np.array([10.0]), t[None, :1000], cdf[None, :1000], np.ones((1, 1)))
+    assert np.isinf(short.rul_quantile(0.9)[0]) and np.isfinite(short.rul_quantile(0.1)[0])
+
+
+def test_decreasing_failure_channel_mirrors_increasing(fitted):
+    res, (times, values, _) = fitted
+    model = res.model
+    flipped = pg.PrognosticModel(
+        model.params._replace(means=-model.params.means), model.basis, model.t_scale,
+        -model.center, model.scale,
+        pg.FailureDefinition(0, -1, -model.failure.level, model.failure.level_sd, "latent"),
+        model.channels)
+    a = model.forecast((times[:5], values[:5]), cut=60.0)
+    b = flipped.forecast((times[:5], -values[:5]), cut=60.0)
+    np.testing.assert_allclose(a.cdf, b.cdf, atol=1e-12)
+
+
+def test_new_bases_and_api_guards():
+    tau = np.linspace(0, 1.3, 7)
+    e = fm.Basis("exponential", 1, rate=3.0)
+    np.testing.assert_allclose(e(tau), np.stack([tau**0, tau, np.exp(3.0 * (tau - 1))], -1))
+    p = fm.Basis("power", 1, rate=4.0)
+    np.testing.assert_allclose(p(tau), np.stack([tau**0, tau, tau**4], -1))
+    assert e.size == p.size == 3
+    with pytest.raises(ValueError, match="rate"):
+        fm.Basis("exponential", 1)
+    with pytest.raises(ValueError, match="rate > degree"):
+        fm.Basis("power", 2, rate=2.0)
+    # A basis of another size than the data's is refused by the old prediction helpers.
+    data = fm.make_data(np.array([[0.0, 1.0, 2.0]]), np.array([[[0.0, 1.0, 3.0]]]))
+    params = fm.FMMParams(np.ones(1), np.zeros((1, 1, 3)), np.eye(3)[None, None],
+                          np.ones((1, 1)))
+    with pytest.raises(ValueError, match="has 4 functions but the data were prepared with 3"):
+        fm.rul_point(params, data, 2.0, basis=fm.Basis("polynomial", 3), threshold=1.0,
+                     horizon=5.0)
+    # Per-unit horizons.
+    two = fm.make_data(np.array([[0.0, 1.0], [0.0, 1.0]]), np.array([[[0.0, 1.0]], [[0.0, 1.0]]]),
+                       t_scale=1.0)
+    cdf = jax.jit(fm.failure_cdf, static_argnames=("basis", "n_grid"))
+    grid, _ = cdf(params, two, 1.0, basis=fm.QUADRATIC, threshold=1.0,
+                  horizon=np.array([2.0, 5.0]), n_grid=4)
+    np.testing.assert_allclose(grid[:, -1], [2.0, 5.0])
+
+
+def test_match_modes_names_its_direction():
+    true = np.array([0, 0, 1, 1, 2, 2, 2])
+    fitted = np.array([2, 2, 0, 0, 1, 1, 0])
+    m = fm.match_modes(true, fitted, 3)
+    np.testing.assert_array_equal(m.fitted_to_true, [1, 2, 0])
+    np.testing.assert_array_equal(m.true_to_fitted, [2, 0, 1])
+    np.testing.assert_array_equal(m.fitted_to_true[fitted][:6], true[:6])
+    assert m.accuracy == pytest.approx(6 / 7)
