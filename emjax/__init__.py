@@ -26,6 +26,7 @@ from emjax.gmm import (
     log_prob,
     m_step,
     make_params,
+    missing,
     n_parameters,
     objective,
     plan,
@@ -46,6 +47,7 @@ from emjax.gmm.estimator import ConvergenceWarning, GaussianMixture, NotFittedEr
 from emjax.gmm.fitting import FitResult, fit, init_params
 from emjax.gmm.gem import fit_gem
 from emjax.gmm.io import load, save
+from emjax.gmm.missing import impute
 from emjax.gmm.objective import complete_data_log_likelihood
 from emjax.gmm.plan import PassPlan, explain_plan, make_plan
 from emjax.gmm.selection import GridResult, SelectionResult, fit_grid, select_model
@@ -91,6 +93,7 @@ __all__ = [
     "fitting",
     "gem",
     "gmm",
+    "impute",
     "init_params",
     "io",
     "kmeans",
@@ -99,6 +102,7 @@ __all__ = [
     "m_step",
     "make_params",
     "make_plan",
+    "missing",
     "mixture",
     "n_parameters",
     "objective",

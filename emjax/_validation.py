@@ -11,8 +11,14 @@ from emjax.gmm.covariance import COVARIANCE_TYPES, covariance_shape
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 
 
-def as_data(X, name: str = "X", dtype=None) -> np.ndarray:
-    """``X`` as a finite 2-D float array (float32 kept, everything else float64); never mutated."""
+#: Appended to the NaN error of the Gaussian-mixture entry points (the opt-in that handles it).
+MISSING_HINT = ("; to fit data with missing entries (NaN) by marginalising them, pass "
+                "missing='marginalize'")
+
+
+def as_data(X, name: str = "X", dtype=None, nan_hint: str = "") -> np.ndarray:
+    """``X`` as a finite 2-D float array (float32 kept, everything else float64); never mutated.
+    ``nan_hint`` is appended to the error for NaN entries."""
     try:
         arr = np.asarray(X)
     except Exception as exc:  # ragged nested lists etc.
@@ -37,8 +43,10 @@ def as_data(X, name: str = "X", dtype=None) -> np.ndarray:
     if bad.any():
         rows = np.flatnonzero(bad)
         shown = ", ".join(map(str, rows[:10])) + (", ..." if rows.size > 10 else "")
+        hint = nan_hint if np.isnan(arr).any() else ""
         raise ValueError(
-            f"{name} of shape {arr.shape} contains NaN or infinity in {rows.size} row(s): {shown}"
+            f"{name} of shape {arr.shape} contains NaN or infinity in {rows.size} row(s): "
+            f"{shown}{hint}"
         )
     return arr
 

@@ -18,6 +18,7 @@ import numpy as np
 from emjax import _validation as v
 from emjax import em
 from emjax.gmm import fitting, steps
+from emjax.gmm import missing as missing_lib
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -46,6 +47,11 @@ class GaussianMixture:
     ``status_`` (0 when nothing degenerated; see :func:`emjax.em.describe_status`),
     ``lower_bounds_`` / ``n_iters_`` / ``statuses_`` (every restart), ``history_``.
 
+    ``missing="marginalize"`` fits data with NaN entries (missing at random) by marginalising
+    them (:mod:`emjax.gmm.missing`); the fitted model then scores, predicts and gives
+    responsibilities for rows with NaN from their observed entries, and :meth:`impute` fills
+    them in. With the default ``missing="error"`` NaN is an error.
+
     Examples:
       >>> import numpy as np, emjax
       >>> X = np.random.default_rng(0).normal(size=(300, 2))
@@ -71,6 +77,7 @@ class GaussianMixture:
         warm_start=False,
         verbose=0,
         verbose_interval=10,
+        missing="error",
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -86,6 +93,7 @@ class GaussianMixture:
         self.warm_start = warm_start
         self.verbose = verbose
         self.verbose_interval = verbose_interval
+        self.missing = missing
 
     # -- scikit-learn estimator protocol -------------------------------------------------------
     @classmethod
@@ -140,7 +148,7 @@ class GaussianMixture:
         return self._fit(X, sample_weight).predict(X)
 
     def _fit(self, X, sample_weight):
-        Xa = v.as_data(X)
+        Xa = self._as_array(X)
         dtype = Xa.dtype
         v.check_covariance_type(self.covariance_type)
         k = v.check_n_components(self.n_components, Xa.shape[0], Xa.shape)
@@ -162,7 +170,7 @@ class GaussianMixture:
                 weights_init=None if warm else self.weights_init,
                 means_init=None if warm else self.means_init,
                 precisions_init=None if warm else self.precisions_init,
-                params_init=params_init, sample_weight=sample_weight,
+                params_init=params_init, sample_weight=sample_weight, missing=self.missing,
             )
             res = jax.device_get(res)
         self._dtype = dtype
@@ -213,23 +221,31 @@ class GaussianMixture:
         return self
 
     # -- using the model -----------------------------------------------------------------------
+    def _as_array(self, X, dtype=None, for_fit=True):
+        if missing_lib.marginalizes(X, self.missing):
+            return missing_lib.as_data_with_nan(X, dtype=dtype, for_fit=for_fit)
+        return v.as_data(X, dtype=dtype, nan_hint=v.MISSING_HINT)
+
     def _data(self, X):
         self._check_fitted()
-        Xa = v.as_data(X, dtype=self._dtype)
+        Xa = self._as_array(X, dtype=self._dtype, for_fit=False)
         if Xa.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {Xa.shape[1]} features (shape {Xa.shape}) but the model "
                              f"was fitted with {self.n_features_in_}")
         return Xa
 
-    def _call(self, fn, X):
+    def _call(self, fn, X, nan_fn=None):
         Xa = self._data(X)
         with _precision_ctx(self._dtype):
             params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, self._dtype), self.params_)
+            if nan_fn is not None and np.isnan(Xa).any():
+                return np.asarray(nan_fn(params, Xa))
             return np.asarray(fn(params, jnp.asarray(Xa)))
 
     def score_samples(self, X):
-        """Log-density of each sample, ``(n_samples,)``."""
-        return self._call(steps.score_samples, X)
+        """Log-density of each sample, ``(n_samples,)`` (with ``missing="marginalize"``, of
+        each row's observed entries)."""
+        return self._call(steps.score_samples, X, missing_lib.score_samples)
 
     def score(self, X, y=None):
         """Mean log-likelihood of ``X``."""
@@ -237,11 +253,27 @@ class GaussianMixture:
 
     def predict(self, X):
         """Component labels, ``(n_samples,)``."""
-        return self._call(steps.predict, X)
+        return self._call(steps.predict, X, missing_lib.predict)
 
     def predict_proba(self, X):
         """Component posterior probabilities, ``(n_samples, n_components)``."""
-        return self._call(steps.predict_proba, X)
+        return self._call(steps.predict_proba, X, missing_lib.predict_proba)
+
+    def impute(self, X, sample=False, random_state=None):
+        """``X`` with each NaN replaced by its conditional mean given the row's observed entries
+        under the fitted mixture; ``sample=True``: by a draw from that conditional distribution
+        (seeded by ``random_state``, default the estimator's). See :func:`emjax.impute`."""
+        self._check_fitted()
+        Xa = missing_lib.as_data_with_nan(X, dtype=self._dtype, for_fit=False)
+        if Xa.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {Xa.shape[1]} features (shape {Xa.shape}) but the model "
+                             f"was fitted with {self.n_features_in_}")
+        key = None
+        if sample:
+            key = fitting.as_key(self.random_state if random_state is None else random_state)
+        with _precision_ctx(self._dtype):
+            params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, self._dtype), self.params_)
+            return np.asarray(missing_lib.impute(params, Xa, key=key))
 
     def sample(self, n_samples=1, random_state=None):
         """Draw samples: ``(X, labels)`` as NumPy arrays (labels sorted like scikit-learn's)."""

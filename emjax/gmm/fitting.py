@@ -509,6 +509,7 @@ def fit(
     n_lloyd: int = 10,
     callback: Callable | None = None,
     plan: plan_lib.PassPlan | None = None,
+    missing: str = "error",
 ) -> FitResult:
     """Fit a Gaussian mixture by EM: ``n_init`` restarts in one compiled, vmapped program.
 
@@ -535,6 +536,9 @@ def fit(
       plan: optional static :class:`emjax.gmm.plan.PassPlan` of the E-step pass (default
         :func:`emjax.gmm.plan.make_plan` of this problem on the default backend; see
         :func:`emjax.explain_plan`); any plan gives the same fit up to rounding.
+      missing: ``"error"`` (default): NaN in ``X`` is an error. ``"marginalize"``: NaN entries
+        are missing at random and marginalised exactly (:func:`emjax.gmm.missing.fit`; the
+        log-likelihood is the observed-data one); without NaN the fit is the usual one.
 
     Returns:
       :class:`FitResult`.
@@ -550,7 +554,17 @@ def fit(
       >>> res.params.means.shape
       (2, 2)
     """
-    Xa = v.as_data(X)
+    if missing != "error":
+        from emjax.gmm import missing as missing_lib  # opt-in: NaN entries marginalised
+
+        if missing_lib.marginalizes(X, missing):
+            return missing_lib.fit(
+                X, n_components, key=key, covariance_type=covariance_type, tol=tol,
+                reg_covar=reg_covar, max_iter=max_iter, n_init=n_init, init_params=init_params,
+                weights_init=weights_init, means_init=means_init,
+                precisions_init=precisions_init, params_init=params_init,
+                sample_weight=sample_weight, n_lloyd=n_lloyd, callback=callback)
+    Xa = v.as_data(X, nan_hint=v.MISSING_HINT)
     v.check_x64(Xa.dtype)
     n, d = Xa.shape
     k = v.check_n_components(n_components, n, Xa.shape)

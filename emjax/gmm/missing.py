@@ -103,6 +103,21 @@ def check_missing(missing) -> str:
     return missing
 
 
+def has_nan(X) -> bool:
+    """Whether ``X`` (anything array-like) is a float array with a NaN entry."""
+    try:
+        arr = np.asarray(X)
+    except Exception:
+        return False
+    return bool(np.issubdtype(arr.dtype, np.floating) and np.isnan(arr).any())
+
+
+def marginalizes(X, missing) -> bool:
+    """Whether ``missing`` (checked) asks for marginalisation and ``X`` has NaN to marginalise:
+    then the NaN-aware fit runs; otherwise the usual one (NaN in it then raise as usual)."""
+    return check_missing(missing) == "marginalize" and has_nan(X)
+
+
 def as_data_with_nan(X, name: str = "X", dtype=None, *, for_fit: bool = True) -> np.ndarray:
     """``X`` as a 2-D float array whose non-finite entries are only NaN (missing); rejects
     infinities, rows with nothing observed and (``for_fit``) columns never observed."""
