@@ -411,3 +411,23 @@ def test_fit_validation():
     with pytest.raises(ValueError, match="basis kind"):
         fm.Basis("fourier")
 
+
+
+def test_prognostic_intervals_with_uncertain_modes_are_calibrated(easy):
+    """The fitted K = 3 model as a PrognosticModel with the generator's threshold (y = 2.5 on the
+    noise-free path): new units seen for 10-30 % of their life, when the mode is still uncertain,
+    get 80 % intervals that hold 75-85 % of their true failure times."""
+    from emjax.failure_mode import prognostics as pg
+
+    _, _, res = easy
+    model = pg.PrognosticModel(res.params, fm.QUADRATIC, 1.0, np.zeros(4), np.ones(4),
+                               pg.FailureDefinition(3, 1, 2.5, 0.0, "latent"))
+    new = fd.make_synthetic(11, n_units=200, run_to_failure=True, horizon=(2.0, 2.0))
+    ok = np.isfinite(new.failure_time)
+    fail = new.failure_time[ok]
+    t_now = fail * np.random.default_rng(11).uniform(0.1, 0.3, ok.sum())
+    fc = model.forecast((new.times[ok], new.values[ok]), cut=t_now, horizon=t_now + 3.0)
+    assert np.mean(fc.proba.max(1)) < 0.9  # the mode is not settled yet
+    lo, hi = fc.rul_interval(0.8)
+    true = fail - t_now
+    assert 0.75 <= np.mean((lo <= true) & (true <= hi)) <= 0.85
