@@ -15,7 +15,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import logsumexp
 
 from emjax import em
 
@@ -167,8 +166,12 @@ def make_model(family: Family):
     def e_step(params: MixtureParams, data):
         X, w = data
         wlp = weighted_log_prob(family, params, X)
-        ll = logsumexp(wlp, axis=1)
-        rw = jnp.exp(wlp - ll[:, None])
+        # one exp per entry serves both the log-likelihood and the responsibilities
+        top = jax.lax.stop_gradient(jnp.max(wlp, axis=1, keepdims=True))
+        e = jnp.exp(wlp - top)
+        total = jnp.sum(e, axis=1)
+        ll = top[:, 0] + jnp.log(total)
+        rw = e / total[:, None]
         if w is not None:
             rw = rw * w[:, None]
         stats = family.stats(params.components, X, rw)
