@@ -104,8 +104,16 @@ def run_fit(args, *, data_path: str, title: str) -> int:
         return run_family_fit(args, ks, data_path=data_path, title=title)
     types = selection.check_covariance_types(
         "all" if args.covariance_type == "all" else _columns_arg(args.covariance_type) or [])
-    table = datasets.read_table(data_path, columns=_columns_arg(args.columns),
-                                header=args.header, min_rows=max(max(ks), 2))
+    marginalize = getattr(args, "missing", "error") == "marginalize"
+    try:
+        table = datasets.read_table(data_path, columns=_columns_arg(args.columns),
+                                    header=args.header, min_rows=max(max(ks), 2),
+                                    allow_missing=marginalize)
+    except ValueError as exc:
+        if marginalize or "missing values in" not in str(exc):
+            raise
+        raise CLIError(f"{exc}; pass --missing marginalize to marginalise missing entries "
+                       "(missing at random)") from None
     out_dir = args.output
     os.makedirs(out_dir, exist_ok=True)
     if args.compile_cache:
@@ -121,6 +129,13 @@ def run_fit(args, *, data_path: str, title: str) -> int:
                   dtype=args.dtype, data=os.path.abspath(data_path), columns=table.columns)
     kwargs = dict(key=jax.random.key(args.seed), n_init=args.n_init, tol=args.tol,
                   reg_covar=args.reg_covar, max_iter=args.max_iter, init_params=args.init)
+    if marginalize:
+        from emjax.gmm import missing as missing_lib
+
+        kwargs["missing"] = "marginalize"
+        config["missing"] = "marginalize"
+        print(f"missing entries: {int(np.isnan(X).sum())} of {X.size} "
+              f"({100 * float(np.isnan(X).mean()):.1f} %), marginalised")
     grids = []
     with _x64(args.dtype):
         for ctype in types:
@@ -137,7 +152,11 @@ def run_fit(args, *, data_path: str, title: str) -> int:
                 grids.append(selection.fit_grid(X, ks, covariance_type=ctype, **kwargs))
         sel = selection.choose(grids, args.criterion)
         rows = selection.summary_rows(sel)
-        labels = np.asarray(steps.predict(sel.params, X))
+        if marginalize and np.isnan(X).any():
+            labels = np.asarray(missing_lib.predict(sel.params, X))
+            X = np.asarray(missing_lib.impute(sel.params, X))  # the figures show imputed rows
+        else:
+            labels = np.asarray(steps.predict(sel.params, X))
     print("\n".join(_format_rows(rows, args.criterion)))
     for i, g in enumerate(grids):
         shared = " (with the k-means initialisation shared by all types)" if i == 0 else ""
@@ -254,6 +273,9 @@ def _add_fit_options(p: argparse.ArgumentParser, *, output: str, covariance: str
                    "(or name:type), or 'auto' to infer and print them; NaN/empty = missing")
     g.add_argument("--criterion", default="bic", choices=["bic", "aic"],
                    help="chooses the model (default bic)")
+    g.add_argument("--missing", default="error", choices=["error", "marginalize"],
+                   help="NaN/empty entries: an error (default), or missing at random and "
+                   "marginalised exactly (figures show them imputed)")
     g.add_argument("--dtype", default="float64", choices=["float64", "float32"],
                    help="precision of the fit (default float64)")
     o = p.add_argument_group("output")

@@ -305,3 +305,32 @@ def test_api_opt_in_error_message_and_estimator():
     gamma = gm.predict_proba(Xn)
     np.testing.assert_allclose(filled[~obs], (gamma @ gm.means_)[~obs], rtol=1e-10)
     assert np.isfinite(gm.impute(Xn, sample=True)).all()
+
+
+def test_cli_and_selection_with_missing_entries(tmp_path, capsys):
+    """`emjax fit data.csv --missing marginalize` chooses K by BIC on the observed-data
+    log-likelihood; without the flag the error names it."""
+    from emjax import cli
+
+    rng = np.random.default_rng(9)
+    X = np.concatenate([rng.normal(size=(50, 2)), rng.normal(size=(50, 2)) + 6.0])
+    X[rng.uniform(size=X.shape) < 0.15] = np.nan
+    X[np.isnan(X).all(1), 0] = 0.0
+    path = tmp_path / "holes.csv"
+    path.write_text("a,b\n" + "\n".join(",".join("" if np.isnan(v) else f"{v:.6f}" for v in r)
+                                        for r in X) + "\n")
+    assert cli.main(["fit", str(path), "-k", "2", "-c", "diag", "--no-plots",
+                     "--no-progress"]) == 1
+    assert "--missing marginalize" in capsys.readouterr().err
+    out = tmp_path / "out"
+    assert cli.main(["fit", str(path), "-k", "1-2", "-c", "diag", "-n", "1", "--missing",
+                     "marginalize", "--no-plots", "--no-progress", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "K=2 by BIC" in text and (out / "model.npz").exists()
+    with jax.enable_x64(True):
+        grid = emjax.fit_grid(X, [1, 2], covariance_type="diag", missing="marginalize")
+        one = emjax.fit(X, 2, covariance_type="diag", missing="marginalize")
+    np.testing.assert_allclose(grid.log_likelihood[1, 0], one.log_likelihood, rtol=1e-12)
+    ll = float(np.sum(ms.score_samples(one.params, X)))
+    p = gmm.n_parameters("diag", 2, 2)
+    np.testing.assert_allclose(grid.bic[1, 0], -2 * ll + p * np.log(100), rtol=1e-10)

@@ -257,6 +257,7 @@ def fit_grid(
     sample_weight=None,
     n_lloyd: int = 10,
     callback: Callable | None = None,
+    missing: str = "error",
 ) -> GridResult:
     """Fit every ``n_components`` of a grid x ``n_init`` restarts in one compiled EM call.
 
@@ -276,6 +277,9 @@ def fit_grid(
         as in :func:`fitting.fit`.
       callback: optional ``callback(n_iter, log_likelihood, converged)`` traced into the loop
         (e.g. :func:`emjax.progress.make_callback`); it must be hashable (a static argument).
+      missing: ``"marginalize"``: NaN entries are marginalised (one
+        :func:`emjax.gmm.missing.fit` per ``K``; BIC/AIC from the observed-data
+        log-likelihood); default ``"error"``.
 
     Returns:
       :class:`GridResult` (NumPy arrays, except ``params``).
@@ -284,7 +288,15 @@ def fit_grid(
       ValueError: on invalid data or hyper-parameters (see :func:`fitting.fit`) or when
         ``max(n_components) > n_samples``.
     """
-    Xa = v.as_data(X)
+    if missing != "error":
+        from emjax.gmm import missing as missing_lib  # opt-in: NaN entries marginalised
+
+        if missing_lib.marginalizes(X, missing):
+            return missing_lib.fit_grid(
+                X, n_components, key=key, covariance_type=covariance_type, tol=tol,
+                reg_covar=reg_covar, max_iter=max_iter, n_init=n_init, init_params=init_params,
+                sample_weight=sample_weight, n_lloyd=n_lloyd, callback=callback)
+    Xa = v.as_data(X, nan_hint=v.MISSING_HINT)
     v.check_x64(Xa.dtype)
     n, _ = Xa.shape
     ks = _check_grid(n_components)
