@@ -160,6 +160,11 @@ def test_new_bases_and_api_guards():
     with pytest.raises(ValueError, match="has 4 functions but the data were prepared with 3"):
         fm.rul_point(params, data, 2.0, basis=fm.Basis("polynomial", 3), threshold=1.0,
                      horizon=5.0)
+    # Same size, other values (exponential rates 3 and 4): refused too when data are concrete.
+    exp_data = fm.make_data(np.array([[0.0, 1.0, 2.0]]), np.array([[[0.0, 1.0, 3.0]]]), basis=e)
+    with pytest.raises(ValueError, match="not the basis the data were prepared with"):
+        fm.rul_point(params, exp_data, 2.0, basis=fm.Basis("exponential", 1, rate=4.0),
+                     threshold=1.0, horizon=5.0)
     # Per-unit horizons.
     two = fm.make_data(np.array([[0.0, 1.0], [0.0, 1.0]]), np.array([[[0.0, 1.0]], [[0.0, 1.0]]]),
                        t_scale=1.0)

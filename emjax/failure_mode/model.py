@@ -757,13 +757,23 @@ class PathPrediction(NamedTuple):
 
 
 def _check_basis(basis: Basis, data: FMMData) -> None:
-    """A basis of another size than the one the data were prepared with is a user error."""
+    """Predicting with another basis than the one the data were prepared with is a user error:
+    caught by size always, and by value when the data are concrete (not traced under jit)."""
     if not isinstance(basis, Basis):
         raise ValueError(f"basis must be a Basis, got {type(basis).__name__}")
     if basis.size != data.design.shape[-1]:
         raise ValueError(f"basis {basis} has {basis.size} functions but the data were prepared "
                          f"with {data.design.shape[-1]} (design {data.design.shape}): pass the "
                          "basis the data were made with (a PrognosticModel carries it)")
+    if isinstance(data.tau, jax.core.Tracer) or isinstance(data.design, jax.core.Tracer):
+        return
+    tau, design = np.asarray(data.tau), np.asarray(data.design)
+    again = np.asarray(basis(jnp.asarray(tau)), design.dtype)
+    tol = 1e-4 if design.dtype == np.float32 else 1e-9
+    if not np.allclose(again, design, rtol=tol, atol=tol):
+        raise ValueError(f"basis {basis} is not the basis the data were prepared with (same size "
+                         f"{basis.size}, other values): pass that basis (a PrognosticModel "
+                         "carries it)")
 
 
 def predict_path(params: FMMParams, data: FMMData, times: Array, *, basis: Basis,
