@@ -179,6 +179,8 @@ def run_cv(table, lives, cuts, folds):
             add(name, f, fc.rul_median(), true, fc)
             if name.startswith("mixture"):
                 add("mixture, predictive mean as the point forecast", f, fc.rul_mean(), true)
+                sure = model.forecast((ct, cv), cut=t_now, fails_by_horizon=True)
+                add("mixture, every unit fails by the horizon", f, sure.rul_median(), true, sure)
             if name.startswith("quadratic"):
                 latent = dataclasses.replace(
                     model, failure=dataclasses.replace(model.failure, on="latent"))

@@ -129,6 +129,16 @@ def test_forecast_quantiles_match_a_known_distribution():
     assert np.isinf(short.rul_quantile(0.9)[0]) and np.isfinite(short.rul_quantile(0.1)[0])
 
 
+def test_fails_by_horizon_renormalises_to_the_grid(fitted):
+    res, (times, values, _) = fitted
+    a = res.model.forecast((times[:5], values[:5]), cut=60.0, horizon=160.0)
+    b = res.model.forecast((times[:5], values[:5]), cut=60.0, horizon=160.0,
+                           fails_by_horizon=True)
+    assert np.all(a.cdf[:, -1] < 1 - 1e-3)  # a short horizon leaves probability beyond it
+    np.testing.assert_allclose(b.cdf, a.cdf / a.cdf[:, -1:], rtol=1e-12)
+    np.testing.assert_allclose(b.cdf[:, -1], 1.0)
+
+
 def test_decreasing_failure_channel_mirrors_increasing(fitted):
     res, (times, values, _) = fitted
     model = res.model

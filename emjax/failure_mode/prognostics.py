@@ -242,8 +242,8 @@ class PrognosticModel:
         self._check(data)
         return np.asarray(jnp.exp(posterior(self.params, data).log_resp))
 
-    def forecast(self, data, t_now=None, *, horizon=None, cut=None,
-                 n_grid: int = 2000) -> FailureForecast:
+    def forecast(self, data, t_now=None, *, horizon=None, cut=None, n_grid: int = 2000,
+                 fails_by_horizon: bool = False) -> FailureForecast:
         """Failure-time distribution of each unit given that it is alive at ``t_now``.
 
         Per mode ``k`` the failure channel's path at ``t`` is ``N(phi(t)^T m_k, phi(t)^T P_k
@@ -262,6 +262,11 @@ class PrognosticModel:
           cut: when ``data`` is raw, drop entries after ``cut`` (``()`` or ``(L,)``).
           n_grid: grid points per unit (resolution ``(horizon - t_now) / (n_grid - 1)``;
             quantiles are interpolated between them).
+          fails_by_horizon: assume every unit fails before its horizon (as every training unit
+            of a run-to-failure fleet did): the distribution is renormalised to the grid,
+            ``P(T_f <= t | t_now < T_f <= horizon)``. Gaussian random effects give some paths
+            that never reach the level; without this, that probability is left beyond the
+            horizon (``inf`` quantiles).
 
         Returns:
           :class:`FailureForecast`.
@@ -296,8 +301,12 @@ class PrognosticModel:
             jnp.asarray(level, dt), jnp.asarray(level_var, dt), jnp.asarray(f.direction, dt),
             basis=self.basis, channel=int(c), n_grid=int(n_grid),
             include_noise=f.on == "observed")
-        return FailureForecast(t_now.copy(), np.asarray(grid, np.float64),
-                               np.asarray(cdf, np.float64), np.asarray(gamma))
+        cdf = np.asarray(cdf, np.float64)
+        if fails_by_horizon:
+            last = cdf[:, -1:]
+            cdf = np.where(last > 0, cdf / np.where(last > 0, last, 1.0), cdf)
+        return FailureForecast(t_now.copy(), np.asarray(grid, np.float64), cdf,
+                               np.asarray(gamma))
 
     # ----------------------------------------------------------------------------------------
 
