@@ -80,7 +80,11 @@ def plan_ab_block() -> str:
         out.append(f"| {r['tree']} | {r['run']} | {r['dtype']} | {r['emjax_ms']:.1f} | "
                    f"{r['sklearn_ms']:.1f} | {r['sklearn_ms'] / r['emjax_ms']:.1f}x |")
     for dt, s in res.get("summary", {}).items():
-        out.append(f"\n{dt}: {s}")
+        out.append(f"\n{dt}: {s}.")
+    if "hlo" in res:
+        h = res["hlo"]
+        out.append(f"\nThe compiled fit's program itself is unchanged: {h['command']}, identical "
+                   f"before and after for " + "; ".join(h["identical"]) + f" ({h['note']}).")
     return "\n".join(out)
 
 

@@ -193,7 +193,8 @@ def _row_chunk(c: Array, form: _Form, plan: PassPlan, with_stats: bool):
             xw = x if w is None else x * w[:, None]
             return ll, (nk, _tdot(g, x, mat), _tdot(xw, x, mat))
         if plan.form == "whitened":
-            return ll, (nk, _tdot(g, x, mat), _whitened_scatter(g, x, plan))
+            sxx = _whitened_scatter(g, x, plan)
+            return ll, (nk, _tdot(g, x, mat), sxx)
         if plan.form == "packed" and plan.packed_products == "transposed":
             return ll, (nk, _tdot(g, x, mat), _dot_t(q, g))
         return ll, (nk, _tdot(g, x, mat), _tdot(g, q, mat))
