@@ -254,7 +254,7 @@ def test_conditional_samples_have_the_conditional_moments():
 
 @pytest.mark.parametrize("n_slots", [3, 8])
 def test_block_factorisations_match_numpy(n_slots):
-    """Unrolled (small blocks) and looped (large blocks) factorisations: log|A|, A^-1 b, A^-1."""
+    """Unrolled (small blocks) and LAPACK (large blocks) factorisations: log|A|, A^-1 b, A^-1."""
     rng = np.random.default_rng(6)
     batch = (2, 5)
     a = rng.normal(size=batch + (n_slots, n_slots))
@@ -262,7 +262,7 @@ def test_block_factorisations_match_numpy(n_slots):
     b = rng.normal(size=batch + (n_slots,))
     At = jnp.asarray(np.moveaxis(A, (-2, -1), (0, 1)))
     bt = jnp.asarray(np.moveaxis(b, -1, 0))
-    for fn in (ms._factor_unrolled, ms._factor_loop):
+    for fn in (ms._factor_unrolled, ms._factor_lapack):
         f = jax.jit(fn, static_argnums=(2, 3))(At, bt, 1e-14, True)
         np.testing.assert_allclose(f.logdet, np.linalg.slogdet(A)[1], rtol=1e-12)
         y = np.linalg.solve(A, b[..., None])[..., 0]

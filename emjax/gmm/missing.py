@@ -17,7 +17,8 @@ Both are computed from the precision ``Lambda = Sigma^-1`` and its *missing* blo
 so each (row, component) factorises a matrix of the size of its missing block, not of the
 observed one. Rows are sorted on the host into buckets by how many entries they miss (padded to
 a short ladder of sizes, :func:`slot_ladder`), so each bucket's factorisation has a static size
-and is unrolled into elementwise operations over a chunk of rows and all components (see
+and is unrolled into elementwise operations over a chunk of rows and all components (LAPACK
+above :data:`UNROLL_MAX_SLOTS`) (see
 docs/missing.md for why this beats grouping rows by missingness pattern). Diagonal and spherical
 covariances need no factorisation: every term is a GEMM of ``[x^2, x, observed]``.
 """
@@ -32,10 +33,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import logsumexp
 
 from emjax import _validation as v
 from emjax import em
+from emjax._linalg import after
 from emjax.gmm import covariance as cov_lib
 from emjax.gmm import fitting
 from emjax.gmm.steps import GMMParams, SuffStats
@@ -224,8 +227,8 @@ def layout(X: np.ndarray, sample_weight: np.ndarray | None, n_components: int,
 # The missing blocks' factorisations, batched over (component, row): arrays (J, J, *batch)
 
 #: Blocks of at most this many missing entries are factorised by unrolled elementwise code (a
-#: few hundred operations at J = 6); larger ones by a loop over columns (compact programs:
-#: unrolled J = 8-12 blocks took most of a minute to compile at D = 16).
+#: few hundred operations at J = 6); larger ones by batched LAPACK calls, which compile in a
+#: fraction of the time of unrolled J >= 8 code and run as fast (see docs/missing.md).
 UNROLL_MAX_SLOTS = 6
 
 
@@ -292,43 +295,31 @@ def _factor_unrolled(A: Array, b: Array, floor: float, want: bool) -> _Factor:
                                                                            for r in V]))
 
 
-def _factor_loop(A: Array, b: Array, floor: float, want: bool) -> _Factor:
-    """Right-looking Cholesky and the inverse factor by loops over columns (J^3 per matrix)."""
+def _factor_lapack(A: Array, b: Array, floor: float, want: bool) -> _Factor:
+    """Batched LAPACK Cholesky and triangular inverse (rows with many missing entries)."""
     J = A.shape[0]
     batch = A.shape[2:]
-    ex = (slice(None),) + (None,) * len(batch)
-    idx = jnp.arange(J)
-    diag0 = jnp.stack([A[j, j] for j in range(J)])
+    M = jnp.moveaxis(A.reshape(J, J, -1), -1, 0)  # (B, J, J)
+    L = jnp.linalg.cholesky(M)
+    eye = jnp.broadcast_to(jnp.eye(J, dtype=A.dtype), M.shape)
+    Li = solve_triangular(L, after(eye, L), lower=True)  # after: no LAPACK call beside another
+    bb = jnp.moveaxis(b.reshape(J, -1), -1, 0)  # (B, J)
+    z = jnp.einsum("bij,bj->bi", Li, bb)
+    y = jnp.einsum("bij,bi->bj", Li, z)
+    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=1, axis2=2)), axis=1)
 
-    def chol_step(j, carry):
-        R, L = carry
-        s = jnp.maximum(R[j, j], floor * diag0[j])
-        d = jnp.sqrt(s)
-        col = jnp.where((idx > j)[ex], R[:, j] / d, 0.0)
-        col = jnp.where((idx == j)[ex], d, col)
-        return R - col[:, None] * col[None, :], L.at[:, j].set(col)
+    def back(a, lead):  # (B, *lead) -> (*lead, *batch)
+        return jnp.moveaxis(a, 0, -1).reshape(lead + batch)
 
-    _, L = jax.lax.fori_loop(0, J, chol_step, (A, jnp.zeros_like(A)))
-    diag = jnp.stack([L[j, j] for j in range(J)])
-    logdet = 2.0 * jnp.sum(jnp.log(diag), axis=0)
-    eye = jnp.eye(J, dtype=A.dtype)
-
-    def inv_step(i, Li):
-        lrow = jnp.where((idx < i)[ex], L[i], 0.0)  # (J, *batch)
-        acc = jnp.sum(lrow[:, None] * Li, axis=0)  # (J, *batch)
-        return Li.at[i].set((eye[i][ex] - acc) / L[i, i])
-
-    Li = jax.lax.fori_loop(0, J, inv_step, jnp.zeros_like(A))
-    z = jnp.sum(Li * b[None], axis=1)
-    y = jnp.sum(Li * z[:, None], axis=0)
-    V = jnp.sum(Li[:, :, None] * Li[:, None, :], axis=0) if want else None
-    return _Factor(logdet, z, y, Li if want else None, V)
+    V = jnp.einsum("bij,bik->bjk", Li, Li) if want else None
+    return _Factor(back(logdet, ()), back(z, (J,)), back(y, (J,)),
+                   back(Li, (J, J)) if want else None, back(V, (J, J)) if want else None)
 
 
 def _factor(A, b, floor, want):
     if A.shape[0] <= UNROLL_MAX_SLOTS:
         return _factor_unrolled(A, b, floor, want)
-    return _factor_loop(A, b, floor, want)
+    return _factor_lapack(A, b, floor, want)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -510,7 +501,10 @@ def _fold(data: MissingData, fn, carry):
     """``carry = fn(carry, chunk, row)`` over every chunk of every bucket."""
     for start, n_chunks, c, slots in _chunks(data):
         def body(i, cr, start=start, c=c, slots=slots):
-            return fn(cr, _get_chunk(data, slots, start, i, c), start + i * c)
+            ch = _get_chunk(data, slots, start, i, c)
+            # each chunk after the previous one: no two LAPACK calls at once (emjax._linalg)
+            ch = ch._replace(x=after(ch.x, jax.tree_util.tree_leaves(cr)[0]))
+            return fn(cr, ch, start + i * c)
         if n_chunks == 1:
             carry = body(0, carry)
         else:
