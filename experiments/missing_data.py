@@ -214,6 +214,7 @@ def figure(rows, path):
 
     syn = [r for r in rows if r["data"] == "synthetic"]
     names = list(dict.fromkeys(r["method"] for r in syn))
+    colour = {n: f"C{i}" for i, n in enumerate(names)}
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, key, label in zip(axes, ("mean_error", "heldout_loglik", "impute_rmse"),
                               ("RMS error of the means", "held-out log-likelihood per row",
@@ -222,7 +223,7 @@ def figure(rows, path):
             pts = [(r["missing"], r[key]) for r in syn if r["method"] == name
                    and r[key] is not None]
             if pts:
-                ax.plot(*zip(*pts), "o-", label=name)
+                ax.plot(*zip(*pts), "o-", label=name, color=colour[name])
         ax.set_xlabel("fraction of entries missing")
         ax.set_title(label, fontsize=10)
     axes[0].set_yscale("log")
@@ -241,7 +242,12 @@ def main():
     ap.add_argument("--speed-n", type=int, default=100000)
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-recovery", action="store_true")
+    ap.add_argument("--figure-only", action="store_true", help="redraw from the results JSON")
     args = ap.parse_args()
+    if args.figure_only:
+        rows = json.loads((HERE / "results" / "missing_data.json").read_text())["recovery"]
+        figure(rows, ROOT / "docs" / "figures" / "missing_data.png")
+        return
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=ROOT).stdout.strip()
     out = dict(command="PYTHONPATH=. python experiments/missing_data.py " + " ".join(
