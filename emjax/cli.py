@@ -222,12 +222,16 @@ def run_predict(args) -> int:
     meta = saved.metadata
     d = meta["n_features"]
     columns = _columns_arg(args.columns)
-    table = datasets.read_table(args.data, columns=columns, header=args.header, min_rows=1)
+    # a model fitted with --missing marginalize labels rows with holes from their observed entries
+    marginalize = (getattr(args, "missing", None) == "marginalize"
+                   or meta.get("config", {}).get("missing") == "marginalize")
+    table = datasets.read_table(args.data, columns=columns, header=args.header, min_rows=1,
+                                allow_missing=marginalize)
     if columns is None and table.X.shape[1] != d:
         fitted = meta.get("config", {}).get("columns")
         if fitted and set(fitted) <= set(table.columns):
             table = datasets.read_table(args.data, columns=fitted, header=args.header,
-                                        min_rows=1)
+                                        min_rows=1, allow_missing=marginalize)
     if table.X.shape[1] != d:
         raise CLIError(f"{args.data} has {table.X.shape[1]} columns but the model was fitted on "
                        f"{d}; choose them with --columns")
@@ -236,8 +240,14 @@ def run_predict(args) -> int:
     dtype = meta["dtype"]
     X = table.X.astype(dtype)
     with _x64(dtype):
-        labels = np.asarray(steps.predict(saved.params, X))
-        proba = np.asarray(steps.predict_proba(saved.params, X))
+        if np.isnan(X).any():
+            from emjax.gmm import missing as missing_lib
+
+            proba = np.asarray(missing_lib.predict_proba(saved.params, X))
+            labels = np.argmax(proba, axis=1)
+        else:
+            labels = np.asarray(steps.predict(saved.params, X))
+            proba = np.asarray(steps.predict_proba(saved.params, X))
     k = proba.shape[1]
     with open(args.output, "w", newline="") as f:
         w = csv.writer(f)
@@ -315,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_table_options(p)
     p.add_argument("-o", "--output", default="predictions.csv",
                    help="CSV to write: label, p0, p1, ... (default predictions.csv)")
+    p.add_argument("--missing", default=None, choices=["error", "marginalize"],
+                   help="NaN/empty entries: marginalised if the model was fitted with "
+                   "--missing marginalize or this says so, else an error")
     p = sub.add_parser("demo", help="'emjax fit' on the bundled default data set")
     _add_fit_options(p, output="emjax-demo", covariance="all")
     p.set_defaults(columns=None, header=None)

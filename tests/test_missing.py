@@ -325,6 +325,10 @@ def test_cli_and_selection_with_missing_entries(tmp_path, capsys):
                      "marginalize", "--no-plots", "--no-progress", "-o", str(out)]) == 0
     text = capsys.readouterr().out
     assert "K=2 by BIC" in text and (out / "model.npz").exists()
+    pred = tmp_path / "pred.csv"
+    assert cli.main(["predict", str(out / "model.npz"), str(path), "-o", str(pred)]) == 0
+    labels = np.loadtxt(pred, delimiter=",", skiprows=1)[:, 0]
+    assert len(labels) == 100 and len(set(labels[:50]) & set(labels[50:])) == 0
     with jax.enable_x64(True):
         grid = emjax.fit_grid(X, [1, 2], covariance_type="diag", missing="marginalize")
         one = emjax.fit(X, 2, covariance_type="diag", missing="marginalize")
