@@ -166,3 +166,89 @@ def check_x64(dtype) -> None:
             "True), wrap the call in `with jax.enable_x64(True):`, pass float32 data, or use "
             "emjax.GaussianMixture (which does this for you)"
         )
+
+
+def is_traced(*trees) -> bool:
+    """Whether any leaf of ``trees`` is a JAX tracer (the call is inside ``jit``/``vmap``/...)."""
+    import jax
+
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(trees))
+
+
+def check_model_x64(params, what: str = "the model") -> None:
+    """A float64 model needs JAX's x64 mode: say how to get it rather than computing in float32."""
+    import jax
+
+    leaves = jax.tree_util.tree_leaves(params)
+    if not jax.config.jax_enable_x64 and any(np.dtype(a.dtype) == np.float64 for a in leaves):
+        raise ValueError(
+            f"{what} is float64 but JAX's x64 mode is off, so it would be evaluated in float32: "
+            "call jax.config.update('jax_enable_x64', True), wrap the call in "
+            "`with jax.enable_x64(True):`, or cast the model to float32 first"
+        )
+
+
+def check_params(params) -> tuple:
+    """``(n_components, n_features)`` of a concrete :class:`~emjax.gmm.GMMParams`, its shapes
+    checked against each other."""
+    from emjax.gmm.covariance import COVARIANCE_CLASSES
+
+    if not (hasattr(params, "weights") and hasattr(params, "means")
+            and type(getattr(params, "covariance", None)) in COVARIANCE_CLASSES.values()):
+        raise ValueError(f"params must be emjax.GMMParams; got {type(params).__name__}")
+    means_shape = np.shape(params.means)
+    if len(means_shape) != 2:
+        raise ValueError(f"params.means must be (n_components, n_features); got {means_shape}")
+    k, d = means_shape
+    ctype = params.covariance_type
+    expected = covariance_shape(ctype, k, d)
+    for name, a in (("weights", params.weights), ("covariances", params.covariance.covariances),
+                    ("precisions_cholesky", params.covariance.precisions_cholesky)):
+        shape = (k,) if name == "weights" else expected
+        if np.shape(a) != shape:
+            raise ValueError(f"params.{name} has shape {np.shape(a)}; a {ctype!r} mixture with "
+                             f"means {means_shape} needs {shape}")
+    return k, d
+
+
+def check_model_data(params, X, name: str = "X"):
+    """``X`` checked against the mixture ``params`` when both are concrete (the functional API).
+
+    Inside ``jit``/``vmap``/``grad`` (any tracer among them) nothing is checked and ``X`` is
+    returned as given: traced code cannot raise. Otherwise: ``params`` consistent, a float64
+    model only with x64 on, ``X`` a finite real 2-D array with the model's number of features.
+    Returns ``X`` (a NumPy array unless it was a JAX array).
+    """
+    import jax
+
+    if is_traced(params, X):
+        return X
+    _, d = check_params(params)
+    check_model_x64(params)
+    Xa = as_data(X, name)
+    if Xa.shape[1] != d:
+        raise ValueError(f"{name} has {Xa.shape[1]} features (shape {Xa.shape}) but the model "
+                         f"has {d} (means {tuple(np.shape(params.means))})")
+    return X if isinstance(X, jax.Array) else Xa
+
+
+#: ``reg_covar`` above this fraction of a feature's variance dominates that feature's
+#: covariances (the ridge is not small any more): clusters can merge without any error.
+REG_COVAR_MAX_FRACTION = 0.01
+
+
+def reg_covar_problem(X: np.ndarray, reg_covar: float, name: str = "reg_covar") -> str | None:
+    """A message if ``reg_covar`` exceeds :data:`REG_COVAR_MAX_FRACTION` of the smallest
+    non-zero feature variance of ``X`` (constant features are what the ridge is for), else None.
+    """
+    var = np.var(X, axis=0, dtype=np.float64)
+    nonzero = np.flatnonzero(var > 0)
+    if reg_covar <= 0 or nonzero.size == 0:
+        return None
+    j = nonzero[np.argmin(var[nonzero])]
+    if reg_covar <= REG_COVAR_MAX_FRACTION * var[j]:
+        return None
+    return (f"{name}={reg_covar:g} is more than {REG_COVAR_MAX_FRACTION:.0%} of the smallest "
+            f"feature variance of the data ({var[j]:.3g}, feature {j}), so it dominates the "
+            f"covariances and can merge clusters: standardise the features "
+            f"((X - mean) / std) or lower {name}")

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -447,7 +448,14 @@ def _fit_compiled(X, key, sample_weight, weights_init, means_init, precisions_in
                             max_iter=max_iter, repair=repair, callback=callback)
     init_kw = dict(covariance_type=covariance_type, init_params=init_method, sample_weight=w,
                    n_lloyd=n_lloyd)
-    if overrides:
+    if all(a is not None for a in (weights_init, means_init, precisions_init)):
+        # A complete start: no initialisation is computed (nor compiled) only to be replaced.
+        given = GMMParams(weights_init, means_init if fast else means_init - shift,
+                          precisions_init)
+        params0 = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (n_init,) + a.shape),
+                                         given)
+        res = run(params0)
+    elif overrides:
         def initial(k):
             p = init_params(k, X if fast else Xc, n_components, reg_covar=reg_covar,
                             center=shift if fast else None, **init_kw)
@@ -520,7 +528,8 @@ def fit(
     Args:
       X: ``(n_samples, n_features)`` data.
       n_components: number of mixture components.
-      key: PRNG key for initialisation (default ``jax.random.key(0)``).
+      key: PRNG key for initialisation (``jax.random.key(seed)``), or an int seed in
+        ``[0, 2**32)``; default ``jax.random.key(0)``.
       covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
       tol: stop when the mean log-likelihood changes by less than this (``0``: run ``max_iter``).
       reg_covar: non-negative regularisation added to covariance diagonals.
@@ -571,6 +580,9 @@ def fit(
     covariance_type, init_method, tol, reg_covar, max_iter, n_init = v.check_em_options(
         covariance_type, init_params, tol, reg_covar, max_iter, n_init)
     n_lloyd = v.check_positive_int(n_lloyd, "n_lloyd", minimum=0)
+    scale_problem = v.reg_covar_problem(Xa, reg_covar)
+    if scale_problem:
+        warnings.warn(scale_problem, stacklevel=2)
     dtype = Xa.dtype
     w = v.check_sample_weight(sample_weight, n, dtype)
     if params_init is not None:
@@ -587,7 +599,7 @@ def fit(
         if precisions_init is not None:
             p = v.check_spd(precisions_init, covariance_type, k, d, dtype)
             if covariance_type in ("full", "tied"):
-                pc = np.swapaxes(np.linalg.cholesky(p.astype(np.float64)), -1, -2)
+                pc = upper_cholesky(p.astype(np.float64))
             else:
                 pc = np.sqrt(p)
             prec_cov = cov_lib.from_precisions_cholesky(covariance_type, jnp.asarray(pc, dtype))
@@ -595,8 +607,7 @@ def fit(
         weights_init = jnp.asarray(v.check_weights(weights_init, k, dtype))
     if means_init is not None:
         means_init = jnp.asarray(v.check_means(means_init, k, d, dtype))
-    if key is None:
-        key = jax.random.key(0)
+    key = _check_key(key)
     if plan is None:
         plan = plan_lib.make_plan(covariance_type, dtype, n, d, k)
     elif not isinstance(plan, plan_lib.PassPlan) or plan.covariance_type != covariance_type:
@@ -663,12 +674,47 @@ def _shares_memory(x: Array, a: np.ndarray) -> bool:
         return False
 
 
+def upper_cholesky(precisions: np.ndarray) -> np.ndarray:
+    """Upper-triangular ``U`` with ``precisions = U U^T`` (scikit-learn's orientation of
+    ``precisions_cholesky_``) for a batch ``(..., d, d)`` of SPD matrices.
+
+    With ``J`` the order-reversing permutation, ``J P J = L L^T`` (``L`` lower) gives
+    ``U = J L J``: no inverse is formed, so the factor is as accurate as the Cholesky itself.
+    """
+    flipped = np.linalg.cholesky(precisions[..., ::-1, ::-1])
+    return np.ascontiguousarray(flipped[..., ::-1, ::-1])
+
+
+def _check_key(key: Any) -> Array:
+    """``key`` as a PRNG key: ``None`` (key 0), an int seed (as ``random_state``) or a key."""
+    if key is None:
+        return jax.random.key(0)
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        return as_key(key)
+    if isinstance(key, jax.Array):
+        is_typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+        if (is_typed and key.shape == ()) or (key.dtype == jnp.uint32 and key.shape == (2,)):
+            return key
+    raise ValueError(
+        "key must be a single JAX PRNG key (jax.random.key(seed)) or an int seed; got "
+        f"{type(key).__name__}" + (f" of shape {key.shape} and dtype {key.dtype}"
+                                  if hasattr(key, "shape") else ""))
+
+
+#: Integer seeds are those NumPy's ``RandomState`` and scikit-learn accept.
+MAX_SEED = 2**32
+
+
 def as_key(random_state: Any) -> Array:
     """A PRNG key from ``None``, an int, a ``numpy`` Generator/RandomState, or a JAX key."""
     if random_state is None:
         seed = int(np.random.default_rng().integers(0, 2**31 - 1))
     elif isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
         seed = int(random_state)
+        if not 0 <= seed < MAX_SEED:
+            # Outside it, jax.random.key overflows or (x64 off) folds the seed onto another.
+            raise ValueError(f"an integer seed (random_state, key, --seed) must be in "
+                             f"[0, 2**32); got {seed}")
     elif isinstance(random_state, np.random.RandomState):
         seed = int(random_state.randint(0, 2**31 - 1))
     elif isinstance(random_state, np.random.Generator):

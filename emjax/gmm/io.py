@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import datetime
 import json
+import numbers
 import os
+import zipfile
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from emjax._files import atomic_write
 from emjax.gmm import GMMParams
 from emjax.gmm import covariance as cov_lib
 
@@ -51,7 +54,12 @@ def _jsonable(value: Any) -> Any:
 
 def save(path: str, params: GMMParams, *, config: dict | None = None) -> str:
     """Write ``params`` (and ``config``, any JSON-able dict) to ``path`` (``.npz`` appended if
-    missing). Returns the path written."""
+    missing). Returns the path written.
+
+    The file is written whole or not at all: to a temporary file in the same directory, which
+    then replaces ``path`` (``os.replace``), so a failed save leaves a previous model intact.
+    A symlink at ``path`` is replaced by the new file; the file it pointed to is not written.
+    """
     from emjax import __version__
 
     if not isinstance(params, GMMParams):
@@ -73,45 +81,156 @@ def save(path: str, params: GMMParams, *, config: dict | None = None) -> str:
         "dtype": str(arrays["means"].dtype),
         "config": _jsonable(config or {}),
     }
-    if not str(path).endswith(".npz"):
+    path = os.fspath(path)
+    if not path.endswith(".npz"):
         path = f"{path}.npz"
-    np.savez(path, metadata=np.asarray(json.dumps(metadata, indent=1)), **arrays)
-    return str(path)
+    if os.path.isdir(path):
+        raise ValueError(f"cannot save the model to {path}: it is a directory")
+    with atomic_write(path, "wb") as f:
+        np.savez(f, metadata=np.asarray(json.dumps(metadata, indent=1)), **arrays)
+    return path
+
+
+class _Invalid(Exception):
+    """A problem with a model file's contents (reported by :func:`load` with the path)."""
+
+
+def _check(cond: bool, problem: str) -> None:
+    if not cond:
+        raise _Invalid(problem)
+
+
+def _read_npz(path: str) -> dict:
+    try:
+        f = np.load(path, allow_pickle=False)
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+        raise _Invalid(f"it cannot be read as an .npz archive ({type(exc).__name__}: {exc})") \
+            from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise _Invalid(f"it holds a single {type(f).__name__} (an .npy file?), not an .npz "
+                       f"archive written by emjax.save")
+    try:
+        with f:
+            return {name: f[name] for name in f.files}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, KeyError) as exc:
+        raise _Invalid(f"it is damaged or truncated ({type(exc).__name__}: {exc})") from None
+
+
+def _metadata(contents: dict) -> dict:
+    missing = [n for n in ("metadata",) + _ARRAYS if n not in contents]
+    _check(not missing, f"it lacks {', '.join(missing)} (it holds {sorted(contents)})")
+    raw = contents["metadata"]
+    _check(raw.shape == () and raw.dtype.kind == "U", "metadata is not a JSON string")
+    try:
+        metadata = json.loads(str(raw[()]))
+    except ValueError:
+        raise _Invalid("metadata is not valid JSON") from None
+    _check(isinstance(metadata, dict),
+           f"metadata is a JSON {type(metadata).__name__}, not an object")
+    _check(metadata.get("format") == FORMAT, f"format is {metadata.get('format')!r}, "
+           f"not {FORMAT!r}")
+    version = metadata.get("format_version")
+    _check(isinstance(version, int) and not isinstance(version, bool) and version >= 1,
+           f"format_version {version!r} is not a positive integer")
+    _check(version <= FORMAT_VERSION, f"format version {version} is newer than this emjax "
+           f"reads ({FORMAT_VERSION}): upgrade emjax")
+    ctype = metadata.get("covariance_type")
+    _check(isinstance(ctype, str) and ctype in cov_lib.COVARIANCE_TYPES,
+           f"covariance_type {ctype!r} is not one of {cov_lib.COVARIANCE_TYPES}")
+    return metadata
+
+
+def _tolerance(dtype) -> float:
+    return 100 * float(np.finfo(dtype).eps)
+
+
+def _check_arrays(arrays: dict, metadata: dict) -> None:
+    for name, a in arrays.items():
+        _check(a.dtype in (np.float32, np.float64),
+               f"{name} has dtype {a.dtype}; expected float32 or float64")
+    dtypes = {str(a.dtype) for a in arrays.values()}
+    _check(len(dtypes) == 1, f"the arrays mix dtypes {sorted(dtypes)}")
+    dtype = arrays["means"].dtype
+    _check(metadata.get("dtype", str(dtype)) == str(dtype),
+           f"metadata dtype {metadata.get('dtype')!r} but the arrays are {dtype}")
+    means = arrays["means"]
+    _check(means.ndim == 2 and min(means.shape) >= 1,
+           f"means has shape {means.shape}; expected (n_components, n_features)")
+    k, d = means.shape
+    for key, value in (("n_components", k), ("n_features", d)):
+        meta = metadata.get(key, value)
+        _check(isinstance(meta, numbers.Integral) and meta == value,
+               f"metadata {key} = {meta!r} but means has shape {means.shape}")
+    ctype = metadata["covariance_type"]
+    shapes = {"weights": (k,), "means": (k, d),
+              "covariances": cov_lib.covariance_shape(ctype, k, d),
+              "precisions_cholesky": cov_lib.covariance_shape(ctype, k, d)}
+    for name, shape in shapes.items():
+        _check(arrays[name].shape == shape, f"{name} has shape {arrays[name].shape}; a "
+               f"{ctype!r} mixture of {k} components in {d} dimensions needs {shape}")
+    for name, a in arrays.items():
+        _check(bool(np.all(np.isfinite(a))), f"{name} contains NaN or infinity")
+    w = arrays["weights"].astype(np.float64)
+    _check(bool(np.all(w >= 0)) and abs(w.sum() - 1) <= k * _tolerance(dtype),
+           f"weights are not on the simplex (min {w.min():.3g}, sum {w.sum()!r})")
+    _check_covariance(arrays["covariances"].astype(np.float64),
+                      arrays["precisions_cholesky"].astype(np.float64), ctype, d, dtype)
+
+
+def _check_covariance(cov: np.ndarray, pc: np.ndarray, ctype: str, d: int, dtype) -> None:
+    tol = _tolerance(dtype)
+    if ctype in ("diag", "spherical"):
+        _check(bool(np.all(cov > 0)), "covariances are not all positive")
+        _check(bool(np.all(pc > 0)), "precisions_cholesky are not all positive")
+        err = np.max(np.abs(pc * pc * cov - 1.0))
+        _check(err <= tol, f"precisions_cholesky do not match the covariances "
+               f"(max |U^2 C - 1| = {err:.3g})")
+        return
+    cov = cov.reshape(-1, d, d)
+    pc = pc.reshape(-1, d, d)
+    asym = np.max(np.abs(cov - np.swapaxes(cov, -1, -2)), axis=(-1, -2))
+    scale = np.max(np.abs(cov), axis=(-1, -2))
+    _check(bool(np.all(asym <= tol * scale)), "covariances are not symmetric")
+    eig = np.linalg.eigvalsh(cov)
+    _check(bool(np.all(eig[:, 0] > 0)), "covariances are not positive definite "
+           f"(smallest eigenvalue {eig[:, 0].min():.3g})")
+    lower = np.max(np.abs(np.tril(pc, -1)), axis=(-1, -2))
+    _check(bool(np.all(lower <= tol * np.max(np.abs(pc), axis=(-1, -2)))),
+           "precisions_cholesky are not upper triangular")
+    _check(bool(np.all(np.diagonal(pc, axis1=-2, axis2=-1) > 0)),
+           "precisions_cholesky have non-positive diagonal entries")
+    # U^T C U = I for U U^T = inv(C); rounding grows with the condition number.
+    resid = np.max(np.abs(np.swapaxes(pc, -1, -2) @ cov @ pc - np.eye(d)), axis=(-1, -2))
+    bound = 1e3 * d * float(np.finfo(dtype).eps) * eig[:, -1] / eig[:, 0]
+    worst = int(np.argmax(resid / bound))
+    _check(bool(np.all(resid <= bound)), f"precisions_cholesky do not match the covariances "
+           f"(max |U^T C U - I| = {resid[worst]:.3g} for matrix {worst})")
 
 
 def load(path: str) -> SavedModel:
-    """Read a model written by :func:`save`.
+    """Read a model written by :func:`save`, after checking all of it.
+
+    The checks: an ``.npz`` archive with ``metadata`` and the four arrays; JSON metadata of
+    this format and a version this emjax reads, a known covariance type; float32 or float64
+    arrays of one dtype with the shapes of the mixture the metadata describes; finite values;
+    weights on the simplex; symmetric positive definite (or positive) covariances; precision
+    factors upper triangular and consistent with the covariances.
 
     Raises:
       FileNotFoundError: if ``path`` does not exist.
-      ValueError: if it is not an emjax model file or its arrays do not match the metadata.
+      ValueError: naming ``path`` and the first problem found, for anything else.
     """
+    path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such model file: {path}")
     try:
-        with np.load(path, allow_pickle=False) as f:
-            contents = {name: f[name] for name in f.files}
-    except (OSError, EOFError, ValueError) as exc:  # not an .npz, truncated, pickled
-        raise ValueError(f"{path} is not an emjax model file ({exc})") from None
-    if not isinstance(contents, dict) or "metadata" not in contents \
-            or not set(_ARRAYS) <= set(contents):
-        raise ValueError(f"{path} is not an emjax model file (it has arrays "
-                         f"{sorted(contents)})")
-    try:
-        metadata = json.loads(str(contents["metadata"][()]))
-    except ValueError:
-        raise ValueError(f"{path} is not an emjax model file (unreadable metadata)") from None
-    arrays = {name: contents[name] for name in _ARRAYS}
-    if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an emjax model file (format {metadata.get('format')!r})")
-    if metadata.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path} has format version {metadata['format_version']}; this emjax "
-                         f"reads up to {FORMAT_VERSION}")
+        _check(not os.path.isdir(path), "it is a directory")
+        contents = _read_npz(path)
+        metadata = _metadata(contents)
+        arrays = {name: contents[name] for name in _ARRAYS}
+        _check_arrays(arrays, metadata)
+    except _Invalid as exc:
+        raise ValueError(f"{path}: not an emjax model file: {exc}") from None
     ctype = metadata["covariance_type"]
-    k, d = arrays["means"].shape
-    expected = cov_lib.covariance_shape(ctype, k, d)
-    if arrays["covariances"].shape != expected or arrays["weights"].shape != (k,):
-        raise ValueError(f"{path}: arrays do not match a {ctype!r} mixture of {k} components in "
-                         f"{d} dimensions (covariances {arrays['covariances'].shape})")
     cov = cov_lib.COVARIANCE_CLASSES[ctype](arrays["covariances"], arrays["precisions_cholesky"])
     return SavedModel(GMMParams(arrays["weights"], arrays["means"], cov), metadata)

@@ -12,8 +12,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import logsumexp
 
+from emjax import _validation as v
 from emjax._chunks import fold_chunks, rows
 from emjax.gmm import covariance as cov_lib
 from emjax.gmm.covariance import Covariance
@@ -110,7 +112,16 @@ def e_step(
     Returns:
       ``(gamma, log_likelihood)``: ``gamma`` is ``(n_samples, n_components)`` with rows summing to
       one; ``log_likelihood`` is the (weighted) mean of ``log p(x_n)``.
+
+    Raises:
+      ValueError: called outside ``jit``, on mis-shaped or non-finite ``X`` or weights, a
+        ``params`` whose shapes disagree, or a float64 model with JAX's x64 mode off (see
+        :func:`emjax._validation.check_model_data`). Inside ``jit``/``vmap``/``grad`` nothing is
+        checked.
     """
+    X = v.check_model_data(params, X)
+    if sample_weight is not None and not v.is_traced(params, X, sample_weight):
+        sample_weight = v.check_sample_weight(sample_weight, X.shape[0], np.float64)
     log_resp, ll = e_step_full(params, X)
     return jnp.exp(log_resp), _mean(ll, sample_weight)
 
@@ -263,7 +274,12 @@ def m_step_stats(gamma: Array, X: Array, *, covariance_type: str = "full",
 
 
 def score_samples(params: GMMParams, X: Array) -> Array:
-    """``log p(x_n)`` for each sample, shape ``(n_samples,)``."""
+    """``log p(x_n)`` for each sample, shape ``(n_samples,)``.
+
+    Checked when called outside ``jit`` (see :func:`emjax._validation.check_model_data`);
+    inside ``jit``/``vmap``/``grad`` nothing is checked.
+    """
+    X = v.check_model_data(params, X)
     return logsumexp(weighted_log_prob(params, X), axis=1)
 
 
@@ -271,12 +287,22 @@ log_prob = score_samples
 
 
 def predict_proba(params: GMMParams, X: Array) -> Array:
-    """Posterior component probabilities ``(n_samples, n_components)``."""
+    """Posterior component probabilities ``(n_samples, n_components)``.
+
+    Checked when called outside ``jit`` (see :func:`emjax._validation.check_model_data`);
+    inside ``jit``/``vmap``/``grad`` nothing is checked.
+    """
+    X = v.check_model_data(params, X)
     return jnp.exp(e_step_full(params, X)[0])
 
 
 def predict(params: GMMParams, X: Array) -> Array:
-    """Most probable component of each sample, shape ``(n_samples,)``."""
+    """Most probable component of each sample, shape ``(n_samples,)``.
+
+    Checked when called outside ``jit`` (see :func:`emjax._validation.check_model_data`);
+    inside ``jit``/``vmap``/``grad`` nothing is checked.
+    """
+    X = v.check_model_data(params, X)
     return jnp.argmax(weighted_log_prob(params, X), axis=1)
 
 
@@ -288,6 +314,9 @@ def sample(key: Array, params: GMMParams, n_samples: int) -> tuple[Array, Array]
       params: the mixture.
       n_samples: static number of samples.
     """
+    if not v.is_traced(key, params):
+        v.check_params(params)
+        v.check_model_x64(params)
     k_label, k_noise = jax.random.split(key)
     k, d = params.means.shape
     dtype = params.means.dtype
@@ -315,14 +344,24 @@ def n_parameters(covariance_type: str, n_components: int, n_features: int) -> in
 
 
 def bic(params: GMMParams, X: Array) -> Array:
-    """Bayesian information criterion (lower is better): ``-2 log L + p log n``."""
+    """Bayesian information criterion (lower is better): ``-2 log L + p log n``.
+
+    Checked when called outside ``jit`` (see :func:`emjax._validation.check_model_data`);
+    inside ``jit``/``vmap``/``grad`` nothing is checked.
+    """
+    X = v.check_model_data(params, X)
     n = X.shape[0]
     p = n_parameters(params.covariance_type, params.n_components, params.n_features)
     return -2.0 * jnp.sum(score_samples(params, X)) + p * math.log(n)
 
 
 def aic(params: GMMParams, X: Array) -> Array:
-    """Akaike information criterion (lower is better): ``-2 log L + 2 p``."""
+    """Akaike information criterion (lower is better): ``-2 log L + 2 p``.
+
+    Checked when called outside ``jit`` (see :func:`emjax._validation.check_model_data`);
+    inside ``jit``/``vmap``/``grad`` nothing is checked.
+    """
+    X = v.check_model_data(params, X)
     p = n_parameters(params.covariance_type, params.n_components, params.n_features)
     return -2.0 * jnp.sum(score_samples(params, X)) + 2 * p
 

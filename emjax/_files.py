@@ -1,0 +1,57 @@
+"""Writing files safely: whole or not at all, never through a symlink, never over an input."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+
+
+def _new_file_mode(path: str) -> int:
+    """The permission bits ``open(path, "w")`` would give: an existing regular file's own, else
+    ``0o666`` less the umask (a temporary file starts at ``0o600``)."""
+    try:
+        st = os.lstat(path)
+        if not os.path.islink(path):
+            return st.st_mode & 0o777
+    except FileNotFoundError:
+        pass
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "wb", **open_kwargs):
+    """Open a temporary file beside ``path`` for writing; on success it replaces ``path``.
+
+    ``os.replace`` swaps the directory entry in one step, so readers see the old file or the
+    new one, never a partial one, and a failure leaves ``path`` as it was and no temporary file
+    behind. A symlink at ``path`` is replaced by the new file; its target is not written.
+
+    Yields:
+      The open file object (text or binary, per ``mode``).
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                               dir=directory)
+    try:
+        with os.fdopen(fd, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _new_file_mode(path))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether paths ``a`` and ``b`` name the same existing file (through links, ``..``, case)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
