@@ -4,8 +4,10 @@
     emjax predict MODEL DATA [-o predictions.csv]                 labels and probabilities
     emjax demo                                                    ``fit`` on the bundled data
 
-Every problem with the input is one line on stderr (``emjax: error: ...``) and exit status 1;
-input files are only read.
+Every problem with the input is one line on stderr (``emjax: error: ...``) and exit status 1.
+Input files are only read; an output is never written over an input, an existing output is
+replaced only with ``--force``, and every output is written whole or not at all (a temporary
+file in the same directory, then ``os.replace``).
 """
 
 from __future__ import annotations
@@ -21,28 +23,67 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 
 
+#: The largest number of components a grid may ask for (checked before the grid is built).
+MAX_COMPONENTS = 1000
+
+#: Fewer samples than this per free parameter of a grid point prints a warning.
+MIN_SAMPLES_PER_PARAMETER = 3
+
+
 class CLIError(Exception):
     """An error reported as one line, without a traceback."""
 
 
-def parse_components(text: str) -> tuple:
-    """``"3"`` -> ``(3,)``; ``"1-6"`` -> ``(1, ..., 6)``; ``"2,4,6"`` -> ``(2, 4, 6)``."""
+def strict_int(text: str) -> int:
+    """An integer written with digits only (``int`` would also take ``1_000`` and spaces)."""
+    t = str(text).strip()
+    if not (t.lstrip("+-").isdigit() and t.lstrip("+-").isascii()):
+        raise ValueError(f"invalid integer {text!r}")
+    return int(t)
+
+
+def strict_float(text: str) -> float:
+    """A number as ``float`` reads it, except digit separators (``1_000``), which are rejected."""
+    if "_" in str(text):
+        raise ValueError(f"invalid number {text!r} (digit separators '_' are not accepted)")
+    return float(text)
+
+
+def _arg_type(parse, what: str):
+    def convert(text):
+        try:
+            return parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {what}: {text!r}") from None
+    convert.__name__ = what
+    return convert
+
+
+def parse_components(text: str, max_components: int = MAX_COMPONENTS) -> tuple:
+    """``"3"`` -> ``(3,)``; ``"1-6"`` -> ``(1, ..., 6)``; ``"2,4,6"`` -> ``(2, 4, 6)``.
+
+    Every K must be in ``[1, max_components]``; that is checked before a range is expanded.
+    """
     out = []
     try:
         for part in str(text).split(","):
             part = part.strip()
             if "-" in part:
-                lo, hi = (int(x) for x in part.split("-", 1))
+                lo, hi = (strict_int(x) for x in part.split("-", 1))
                 if lo > hi:
                     raise ValueError
+                if lo < 1 or hi > max_components:
+                    raise CLIError(f"bad --n-components {text!r}: components must be between 1 "
+                                   f"and {max_components}")
                 out.extend(range(lo, hi + 1))
             else:
-                out.append(int(part))
+                out.append(strict_int(part))
     except ValueError:
         raise CLIError(f"bad --n-components {text!r}: give K, a range like 1-6, or a list "
                        f"like 2,4,6") from None
-    if not out or min(out) < 1:
-        raise CLIError(f"bad --n-components {text!r}: components must be >= 1")
+    if not out or min(out) < 1 or max(out) > max_components:
+        raise CLIError(f"bad --n-components {text!r}: components must be between 1 and "
+                       f"{max_components}")
     return tuple(sorted(set(out)))
 
 
@@ -52,8 +93,51 @@ def _x64(dtype: str):
     return jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
 
 
-def _columns_arg(text: str | None):
-    return None if not text else [c for c in text.split(",") if c.strip()]
+def _columns_arg(text: str | None, option: str = "--columns"):
+    if not text:
+        return None
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    seen = set()
+    for c in names:
+        if c in seen:
+            raise CLIError(f"{option} names {c!r} twice; give each once")
+        seen.add(c)
+    return names
+
+
+def check_outputs(outputs: list, inputs: list, force: bool) -> None:
+    """Refuse to write over an input (ever) or over an existing output (unless ``force``)."""
+    from emjax._files import same_file
+
+    for out in outputs:
+        for inp in inputs:
+            if same_file(out, inp):
+                raise CLIError(f"refusing to write {out}: it is the input {inp}; choose another "
+                               f"output (-o)")
+        if os.path.isdir(out):
+            raise CLIError(f"cannot write {out}: it is a directory; choose another output (-o)")
+        if os.path.lexists(out) and not force:
+            raise CLIError(f"{out} exists; pass --force to overwrite it, or choose another "
+                           f"output (-o)")
+
+
+def _warn(message: str) -> None:
+    print(f"emjax: warning: {message}", file=sys.stderr)
+
+
+def _few_samples(n: int, d: int, ks: tuple, types: tuple) -> str | None:
+    from emjax.gmm import n_parameters
+
+    low = []
+    for ctype in types:
+        bad = [k for k in ks if n < MIN_SAMPLES_PER_PARAMETER * n_parameters(ctype, k, d)]
+        if bad:
+            low.append(f"{ctype} K >= {min(bad)}")
+    if not low:
+        return None
+    return (f"fewer than {MIN_SAMPLES_PER_PARAMETER} samples ({n} rows) per free parameter for "
+            f"{', '.join(low)}: those fits are poorly determined and their BIC/AIC unreliable; "
+            f"use fewer components, a simpler covariance type or more data")
 
 
 def _format_rows(rows: list, criterion: str) -> list:
@@ -74,9 +158,11 @@ def _format_rows(rows: list, criterion: str) -> list:
 
 
 def _write_summary_csv(path: str, rows: list) -> None:
+    from emjax._files import atomic_write
+
     keys = ["covariance_type", "n_components", "bic", "aic", "log_likelihood", "bic_min",
             "bic_max", "converged", "n_init", "n_iter", "status", "chosen", "seconds"]
-    with open(path, "w", newline="") as f:
+    with atomic_write(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         for r in rows:
@@ -84,13 +170,13 @@ def _write_summary_csv(path: str, rows: list) -> None:
 
 
 def run_fit(args, *, data_path: str, title: str) -> int:
-    import jax
     import numpy as np
 
-    from emjax import datasets
+    from emjax import _validation, datasets
     from emjax import progress as progress_lib
     from emjax.em import describe_status
     from emjax.gmm import io, selection, steps
+    from emjax.plotting import FIGURE_NAMES
 
     if args.n_init < 1 or args.max_iter < 1:
         raise CLIError("--n-init and --max-iter must be >= 1")
@@ -103,7 +189,15 @@ def run_fit(args, *, data_path: str, title: str) -> int:
 
         return run_family_fit(args, ks, data_path=data_path, title=title)
     types = selection.check_covariance_types(
-        "all" if args.covariance_type == "all" else _columns_arg(args.covariance_type) or [])
+        "all" if args.covariance_type == "all"
+        else _columns_arg(args.covariance_type, "--covariance-type") or [])
+    out_dir = args.output
+    model_file = os.path.join(out_dir, "model.npz")
+    summary_file = os.path.join(out_dir, "selection.csv")
+    outputs = [model_file, summary_file]
+    if args.plots:
+        outputs += [os.path.join(args.figures or out_dir, name) for name in FIGURE_NAMES]
+    check_outputs(outputs, [data_path], args.force)
     marginalize = getattr(args, "missing", "error") == "marginalize"
     try:
         table = datasets.read_table(data_path, columns=_columns_arg(args.columns),
@@ -114,12 +208,14 @@ def run_fit(args, *, data_path: str, title: str) -> int:
             raise
         raise CLIError(f"{exc}; pass --missing marginalize to marginalise missing entries "
                        "(missing at random)") from None
-    out_dir = args.output
-    os.makedirs(out_dir, exist_ok=True)
     if args.compile_cache:
         enable_compile_cache()
     X = table.X.astype(args.dtype)
     n, d = X.shape
+    for problem in (_validation.reg_covar_problem(X, args.reg_covar, "--reg-covar"),
+                    _few_samples(n, d, ks, types)):
+        if problem:
+            _warn(problem)
     print(f"{title}: {data_path}: {n} rows x {d} columns ({', '.join(table.columns)}), "
           f"{args.dtype}; K = {selection._grid_label(ks)}; covariance {', '.join(types)}; "
           f"{args.n_init} restarts each")
@@ -127,7 +223,9 @@ def run_fit(args, *, data_path: str, title: str) -> int:
                   seed=args.seed, tol=args.tol, reg_covar=args.reg_covar,
                   max_iter=args.max_iter, init_params=args.init, criterion=args.criterion,
                   dtype=args.dtype, data=os.path.abspath(data_path), columns=table.columns)
-    kwargs = dict(key=jax.random.key(args.seed), n_init=args.n_init, tol=args.tol,
+    from emjax.gmm.fitting import as_key
+
+    kwargs = dict(key=as_key(args.seed), n_init=args.n_init, tol=args.tol,
                   reg_covar=args.reg_covar, max_iter=args.max_iter, init_params=args.init)
     if marginalize:
         from emjax.gmm import missing as missing_lib
@@ -172,9 +270,10 @@ def run_fit(args, *, data_path: str, title: str) -> int:
           f"{np.round(np.asarray(sel.params.weights, np.float64), 3).tolist()}; "
           f"points per component {counts.tolist()}")
     config["selection"] = rows
-    model_path = io.save(os.path.join(out_dir, "model.npz"), sel.params, config=config)
-    _write_summary_csv(os.path.join(out_dir, "selection.csv"), rows)
-    print(f"wrote {model_path} and {os.path.join(out_dir, 'selection.csv')}")
+    os.makedirs(out_dir, exist_ok=True)
+    model_path = io.save(model_file, sel.params, config=config)
+    _write_summary_csv(summary_file, rows)
+    print(f"wrote {model_path} and {summary_file}")
     if args.plots:
         fig_dir = args.figures or out_dir
         try:
@@ -210,10 +309,12 @@ def run_predict(args) -> int:
     import numpy as np
 
     from emjax import datasets
+    from emjax._files import atomic_write
     from emjax.gmm import io, steps
 
     if not os.path.exists(args.model):
         raise CLIError(f"no such model file: {args.model}")
+    check_outputs([args.output], [args.data, args.model], args.force)
     from emjax.families.cli import is_family_model, run_family_predict
 
     if is_family_model(args.model):
@@ -235,8 +336,6 @@ def run_predict(args) -> int:
     if table.X.shape[1] != d:
         raise CLIError(f"{args.data} has {table.X.shape[1]} columns but the model was fitted on "
                        f"{d}; choose them with --columns")
-    if os.path.abspath(args.output) == os.path.abspath(args.data):
-        raise CLIError("--output must not be the input file")
     dtype = meta["dtype"]
     X = table.X.astype(dtype)
     with _x64(dtype):
@@ -249,7 +348,7 @@ def run_predict(args) -> int:
             labels = np.asarray(steps.predict(saved.params, X))
             proba = np.asarray(steps.predict_proba(saved.params, X))
     k = proba.shape[1]
-    with open(args.output, "w", newline="") as f:
+    with atomic_write(args.output, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["label"] + [f"p{j}" for j in range(k)])
         for lab, p in zip(labels, proba):
@@ -267,13 +366,13 @@ def _add_fit_options(p: argparse.ArgumentParser, *, output: str, covariance: str
     g.add_argument("-c", "--covariance-type", default=covariance, metavar="TYPES",
                    help=f"full, tied, diag, spherical, a comma list, or 'all' "
                    f"(default {covariance})")
-    g.add_argument("-n", "--n-init", "--restarts", type=int, default=4, dest="n_init",
+    g.add_argument("-n", "--n-init", "--restarts", type=_INT, default=4, dest="n_init",
                    help="random restarts per grid point (default 4)")
-    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    g.add_argument("--tol", type=float, default=1e-3,
+    g.add_argument("--seed", type=_INT, default=0, help="random seed in [0, 2**32) (default 0)")
+    g.add_argument("--tol", type=_FLOAT, default=1e-3,
                    help="convergence threshold on the mean log-likelihood (default 1e-3)")
-    g.add_argument("--max-iter", type=int, default=200, help="EM iterations at most (200)")
-    g.add_argument("--reg-covar", type=float, default=1e-6, help="covariance ridge (1e-6)")
+    g.add_argument("--max-iter", type=_INT, default=200, help="EM iterations at most (200)")
+    g.add_argument("--reg-covar", type=_FLOAT, default=1e-6, help="covariance ridge (1e-6)")
     g.add_argument("--init", default="kmeans",
                    choices=["kmeans", "k-means++", "random", "random_from_data"],
                    help="initialisation (default kmeans)")
@@ -293,11 +392,21 @@ def _add_fit_options(p: argparse.ArgumentParser, *, output: str, covariance: str
                    help=f"directory for model.npz, selection.csv and figures (default {output})")
     o.add_argument("--figures", default=None, metavar="DIR",
                    help="directory for the figures (default: the output directory)")
+    _add_force_option(o)
     o.add_argument("--no-plots", dest="plots", action="store_false", help="write no figures")
     o.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar on stderr")
     o.add_argument("--no-compile-cache", dest="compile_cache", action="store_false",
                    help="do not keep compiled programs in ~/.cache/emjax/xla between runs")
+
+
+_INT = _arg_type(strict_int, "integer")
+_FLOAT = _arg_type(strict_float, "number")
+
+
+def _add_force_option(p) -> None:
+    p.add_argument("--force", action="store_true",
+                   help="overwrite existing output files (inputs are never overwritten)")
 
 
 def _add_table_options(p: argparse.ArgumentParser) -> None:
@@ -314,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emjax", description="Gaussian mixtures by EM in JAX: choose K and the covariance "
         "type by BIC/AIC over a grid fitted in one compiled call per covariance type.")
+    from emjax import __version__
+
+    parser.add_argument("--version", action="version", version=f"emjax {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("fit", help="fit a grid of mixtures to a table and keep the best")
     p.add_argument("data", help="CSV/TSV (header detected), .npy, or .parquet (needs pyarrow)")
@@ -328,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--missing", default=None, choices=["error", "marginalize"],
                    help="NaN/empty entries: marginalised if the model was fitted with "
                    "--missing marginalize or this says so, else an error")
+    _add_force_option(p)
     p = sub.add_parser("demo", help="'emjax fit' on the bundled default data set")
     _add_fit_options(p, output="emjax-demo", covariance="all")
     p.set_defaults(columns=None, header=None)

@@ -45,9 +45,17 @@ def load_default() -> np.ndarray:
     return np.loadtxt(default_path(), delimiter=",", skiprows=1)
 
 
+def parse_number(text: str) -> float:
+    """``float(text)``, except that digit separators (``1_000``), which ``float`` accepts and a
+    spreadsheet or another reader would not, are a ``ValueError``."""
+    if "_" in text:
+        raise ValueError(f"digit separator in {text!r}")
+    return float(text)
+
+
 def _is_number(text: str) -> bool:
     try:
-        float(text)
+        parse_number(text)
     except ValueError:
         return False
     return True
@@ -68,12 +76,19 @@ def _select(names: list, columns: Sequence[str] | None, path: str) -> list:
     for c in columns:
         c = str(c).strip()
         if c in names:
-            out.append(names.index(c))
+            if names.count(c) > 1:
+                raise DataError(f"{path}: the header names column {c!r} more than once; rename "
+                                f"it or select columns by 0-based index")
+            i = names.index(c)
         elif c.lstrip("-").isdigit() and -len(names) <= int(c) < len(names):
-            out.append(int(c) % len(names))
+            i = int(c) % len(names)
         else:
             raise DataError(f"{path}: no column {c!r} (columns: {', '.join(names)}; "
                             f"give names or 0-based indices)")
+        if i in out:
+            raise DataError(f"{path}: column {names[i]!r} is selected twice (as {c!r}); "
+                            f"give each column once")
+        out.append(i)
     return out
 
 
@@ -108,11 +123,12 @@ def _read_csv(path: str, columns, header: bool | None) -> Table:
         for j, c in enumerate(idx):
             x = fields[c]
             try:
-                X[i, j] = float(x)
+                X[i, j] = parse_number(x)
             except ValueError:
                 if x.lower() not in MISSING:
+                    hint = " (digit separators '_' are not accepted)" if "_" in x else ""
                     raise DataError(f"{path}: non-numeric value {x!r} at line {lineno}, column "
-                                    f"{names[c]!r}") from None
+                                    f"{names[c]!r}{hint}") from None
                 X[i, j] = np.nan
     return Table(X, [names[c] for c in idx], [f"line {lineno}" for lineno, _ in rows])
 

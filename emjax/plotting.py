@@ -145,19 +145,26 @@ def plot_clusters(X, params: GMMParams, *, feature_names: list | None = None):
     return fig
 
 
+#: The files :func:`save_figures` writes.
+FIGURE_NAMES = ("criteria.png", "traces.png", "clusters.png")
+
+
 def save_figures(sel: selection.SelectionResult, X, directory: str, *,
                  feature_names: list | None = None, dpi: int = 90) -> list:
-    """Write ``criteria.png``, ``traces.png`` and ``clusters.png`` to ``directory``; returns the
+    """Write :data:`FIGURE_NAMES` to ``directory`` (each whole or not at all); returns the
     paths."""
+    from emjax._files import atomic_write
+
     os.makedirs(directory, exist_ok=True)
-    figs = {
-        "criteria.png": plot_criteria(sel),
-        "traces.png": plot_traces(sel),
-        "clusters.png": plot_clusters(X, sel.params, feature_names=feature_names),
-    }
+    figs = dict(zip(FIGURE_NAMES, (
+        plot_criteria(sel),
+        plot_traces(sel),
+        plot_clusters(X, sel.params, feature_names=feature_names),
+    )))
     paths = []
     for name, fig in figs.items():
         path = os.path.join(directory, name)
-        fig.savefig(path, dpi=dpi)
+        with atomic_write(path, "wb") as f:
+            fig.savefig(f, dpi=dpi, format="png")
         paths.append(path)
     return paths

@@ -83,6 +83,8 @@ def _number(text: str, where: str, allow_missing: bool) -> float:
             return math.nan
         raise ValueError(f"{where}: a value is required, got {text!r}")
     try:
+        if "_" in s:  # float() takes digit separators; other readers do not
+            raise ValueError
         return float(s)
     except ValueError:
         raise ValueError(f"{where}: cannot parse {text!r} as a number") from None
@@ -164,34 +166,64 @@ def from_long_table(units: Sequence, times, values, channels: Sequence[str] | No
 
 
 def load_long_table(source, *, unit: str = "unit", time: str = "time",
-                    channels: Sequence[str] | None = None, delimiter: str = ",",
+                    channels: Sequence[str] | None = None, delimiter: str | None = None,
                     dtype=np.float64, unit_order: str = "sorted") -> PaddedTable:
-    """Read a delimited text table with a header into a :class:`PaddedTable`.
+    """Read a delimited UTF-8 text table with a header into a :class:`PaddedTable`.
 
-    Empty cells (or ``nan``/``NA``) are missing values. Errors quote the file line.
+    Empty cells (or ``nan``/``NA``) are missing values. Errors quote the file line (and the
+    file, for a path).
 
     Args:
       source: a path or a file-like object (text).
       unit, time: names of the unit and time columns.
       channels: the channel columns in order (default: every other column, in file order).
-      delimiter: field separator (``","``; use ``"\\t"`` for TSV).
+      delimiter: field separator; default: detected from the header line as ``emjax fit``
+        does (the first of ``,``, tab, ``;`` in it).
       dtype: float dtype of the arrays.
       unit_order: ``"sorted"`` (default) or ``"appearance"``: see :func:`from_long_table`.
 
     Raises:
-      ValueError: a missing column, a row with the wrong number of fields, an unparsable number,
-        a missing time, plus everything :func:`from_long_table` checks.
+      ValueError: a directory or a file that is not UTF-8 text, duplicate header names, a
+        missing column, a row with the wrong number of fields, an unparsable number, a missing
+        time, plus everything :func:`from_long_table` checks.
     """
+    where = ""
     if isinstance(source, (str, os.PathLike)):
-        with open(source, newline="") as fh:
-            text = fh.read()
+        where = f"{os.fspath(source)}: "
+        if os.path.isdir(source):
+            raise ValueError(f"{where}is a directory, not a table file")
+        try:
+            # utf-8-sig: a byte-order mark (as spreadsheets write) is not part of the header
+            with open(source, newline="", encoding="utf-8-sig") as fh:
+                text = fh.read()
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{where}not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                             f"offset {exc.start}); re-save it as UTF-8") from None
     else:
         text = source.read()
+        if isinstance(text, bytes):
+            raise ValueError("source must be opened in text mode (open(path, encoding='utf-8'))")
+    text = text.removeprefix("\ufeff")
+    try:
+        return _parse_long_table(text, unit, time, channels, delimiter, dtype, unit_order)
+    except ValueError as exc:
+        raise ValueError(f"{where}{exc}") from None
+
+
+def _parse_long_table(text: str, unit: str, time: str, channels, delimiter, dtype,
+                      unit_order):
+    if delimiter is None:
+        first = next((ln for ln in text.splitlines() if ln.strip()), "")
+        delimiter = next((d for d in (",", "\t", ";") if d in first), ",")
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
         raise ValueError("the table is empty (no header line)") from None
+    dup = sorted({h for h in header if header.count(h) > 1})
+    if dup:
+        raise ValueError(f"the header names column {dup[0]!r} {header.count(dup[0])} times "
+                         f"(header {header}); give every column its own name")
     for col in (unit, time):
         if col not in header:
             raise ValueError(f"column {col!r} not in header {header}")
