@@ -197,7 +197,6 @@ def run_fit(args, *, data_path: str, title: str) -> int:
     outputs = [model_file, summary_file]
     if args.plots:
         outputs += [os.path.join(args.figures or out_dir, name) for name in FIGURE_NAMES]
-    check_outputs(outputs, [data_path], args.force)
     marginalize = getattr(args, "missing", "error") == "marginalize"
     try:
         table = datasets.read_table(data_path, columns=_columns_arg(args.columns),
@@ -208,6 +207,7 @@ def run_fit(args, *, data_path: str, title: str) -> int:
             raise
         raise CLIError(f"{exc}; pass --missing marginalize to marginalise missing entries "
                        "(missing at random)") from None
+    check_outputs(outputs, [data_path], args.force)  # after the data's errors, before fitting
     if args.compile_cache:
         enable_compile_cache()
     X = table.X.astype(args.dtype)

@@ -71,6 +71,9 @@ def run_family_fit(args, ks: tuple, *, data_path: str, title: str) -> int:
     print(f"{title}: {data_path}: {X.shape[0]} rows x {X.shape[1]} columns, {args.dtype}, "
           f"{int(np.isnan(X).sum())} missing entries; {args.n_init} restarts per K")
     print("column types: " + ", ".join(f"{n}={t}" for n, t in zip(table.columns, types)))
+    from emjax.cli import check_outputs
+
+    check_outputs([os.path.join(args.output, "model.npz")], [data_path], args.force)
     os.makedirs(args.output, exist_ok=True)
     rows, best = [], None
     with _x64(args.dtype):
