@@ -237,11 +237,29 @@ def check_model_data(params, X, name: str = "X"):
 REG_COVAR_MAX_FRACTION = 0.01
 
 
+def feature_variances(X: np.ndarray, block_rows: int = 65536) -> np.ndarray:
+    """Per-feature variance of ``X`` (float64, NaN ignored), in row blocks about the first
+    finite row: no temporary the size of ``X`` (``np.var`` would make one)."""
+    n, d = X.shape
+    finite_rows = np.flatnonzero(np.all(np.isfinite(X[: min(n, block_rows)]), axis=1))
+    ref = X[finite_rows[0]].astype(np.float64) if finite_rows.size else np.zeros(d)
+    count, s1, s2 = np.zeros(d), np.zeros(d), np.zeros(d)
+    for start in range(0, n, block_rows):
+        x = X[start:start + block_rows].astype(np.float64) - ref
+        ok = np.isfinite(x)
+        x = np.where(ok, x, 0.0)
+        count += ok.sum(0)
+        s1 += x.sum(0)
+        s2 += (x * x).sum(0)
+    mean = s1 / np.maximum(count, 1)
+    return np.maximum(s2 / np.maximum(count, 1) - mean * mean, 0.0)
+
+
 def reg_covar_problem(X: np.ndarray, reg_covar: float, name: str = "reg_covar") -> str | None:
     """A message if ``reg_covar`` exceeds :data:`REG_COVAR_MAX_FRACTION` of the smallest
     non-zero feature variance of ``X`` (constant features are what the ridge is for), else None.
     """
-    var = np.var(X, axis=0, dtype=np.float64)
+    var = feature_variances(X)
     nonzero = np.flatnonzero(var > 0)
     if reg_covar <= 0 or nonzero.size == 0:
         return None
