@@ -1,6 +1,10 @@
 """Tests run with JAX's x64 mode on, so float64 cases are real float64; float32 cases pass
 float32 arrays and assert that float32 comes back."""
 
+import ctypes
+import ctypes.util
+import gc
+
 import jax
 import numpy as np
 import pytest
@@ -9,6 +13,25 @@ jax.config.update("jax_enable_x64", True)
 
 COV_TYPES = ("full", "tied", "diag", "spherical")
 DTYPES = (np.float32, np.float64)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop every compiled program after each test module: a module shares programs between its
+    own tests, and without this every module's executables stay resident to the end of the run."""
+    yield
+    jax.clear_caches()
+    gc.collect()
+    _trim_heap()
+
+
+def _trim_heap():
+    """Hand freed heap pages back to the system (glibc keeps them otherwise), so the run's
+    resident memory is one module's, not the sum of every module's peaks."""
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def rtol_for(dtype):

@@ -26,6 +26,7 @@ def _write_csv(path, X, header="a,b,c"):
     return path
 
 
+@pytest.mark.slow
 def test_fit_and_predict_end_to_end(tmp_path, blobs, capsys):
     data = _write_csv(tmp_path / "data.csv", blobs)
     before = _sha(data)

@@ -23,6 +23,8 @@ from tests._em_reference import (
     sklearn_reference,
 )
 
+pytestmark = pytest.mark.slow  # subprocesses with their own JAX start-up
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "_distributed_worker.py")
 

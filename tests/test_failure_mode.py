@@ -211,6 +211,7 @@ def easy():
     return syn, data, res
 
 
+@pytest.mark.slow
 def test_log_likelihood_is_monotone(easy):
     _, _, res = easy
     hist = np.asarray(res.restarts.history)
@@ -223,6 +224,7 @@ def test_log_likelihood_is_monotone(easy):
     assert np.all(np.asarray(res.restarts.status) == 0)
 
 
+@pytest.mark.slow
 def test_easy_setting_recovery(easy):
     syn, data, res = easy
     assert bool(res.converged)
@@ -241,6 +243,7 @@ def test_easy_setting_recovery(easy):
     assert np.array_equal(cols[np.argsort(rows)], perm)
 
 
+@pytest.mark.slow
 def test_bic_picks_true_number_of_modes(easy):
     _, data, res3 = easy
     bics = {3: float(res3.bic)}
@@ -253,6 +256,7 @@ def test_bic_picks_true_number_of_modes(easy):
     assert res3.icl >= res3.bic
 
 
+@pytest.mark.slow
 def test_hard_setting_accuracy(easy):
     syn = fd.make_synthetic(7, setting="hard")
     data = syn.to_data()
@@ -319,6 +323,7 @@ def test_predict_path_matches_dense_conditional():
             np.testing.assert_allclose(pred.var[l, c], mix_var, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.slow
 def test_rul_monte_carlo_matches_closed_form_and_truth(easy):
     """Single-mode, monotone increasing y paths: the MC failure-time distribution equals the
     closed form P(T_f <= t) = P(phi(t)^T T >= D); on the fitted model the median RUL of

@@ -284,6 +284,12 @@ def test_driver_reports_regularised_covariance():
             assert "regularised" in emjax.describe_status(int(res.status))
 
 
+# Jitted: one program per shape instead of the recursion's many eagerly dispatched operations.
+_inverse_jvp = jax.jit(lambda L, dL: jax.jvp(cov_lib.lower_triangular_inverse, (L,), (dL,)))
+_blocked_precisions_cholesky = jax.jit(lambda c: cov_lib.from_covariances_checked(
+    "full", c, blocked_inverse=True)[0].precisions_cholesky)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("d", (1, 5, 24, 33))
 def test_lower_triangular_inverse(dtype, d):
@@ -294,18 +300,16 @@ def test_lower_triangular_inverse(dtype, d):
     a = rng.normal(size=(2, 3 * d, d))
     cov = a.transpose(0, 2, 1) @ a / (3 * d) + 0.1 * np.eye(d)
     L = np.linalg.cholesky(cov)
-    got = np.asarray(cov_lib.lower_triangular_inverse(jnp.asarray(L, dtype)), np.float64)
+    dL = np.tril(rng.normal(size=L.shape))
+    got, tangent = _inverse_jvp(jnp.asarray(L, dtype), jnp.asarray(dL, dtype))
+    got = np.asarray(got, np.float64)
     ref = np.linalg.inv(L)
     tol = 1e-4 if dtype == np.float32 else 1e-11
     np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max())
     assert np.all(np.triu(got, 1) == 0)
-    dL = np.tril(rng.normal(size=L.shape))
-    _, tangent = jax.jvp(cov_lib.lower_triangular_inverse, (jnp.asarray(L, dtype),),
-                         (jnp.asarray(dL, dtype),))
     np.testing.assert_allclose(tangent, -ref @ dL @ ref, rtol=10 * tol,
                                atol=10 * tol * np.abs(ref @ dL @ ref).max())
     if d >= 24:
-        pc = cov_lib.from_covariances_checked("full", jnp.asarray(cov, dtype),
-                                              blocked_inverse=True)[0].precisions_cholesky
+        pc = _blocked_precisions_cholesky(jnp.asarray(cov, dtype))
         np.testing.assert_allclose(pc, _compute_precision_cholesky(cov, "full"),
                                    rtol=10 * tol, atol=10 * tol)

@@ -15,6 +15,12 @@ from tests.conftest import DTYPES
 N, D, K = 300, 3, 4
 CHUNKS = (100, 64)  # divides N / leaves a remainder block
 
+# Jitted: one program per configuration instead of many eagerly dispatched operations.
+kmeans_plusplus = jax.jit(kmeans.kmeans_plusplus, static_argnums=2,
+                          static_argnames=("chunk_size",))
+lloyd = jax.jit(kmeans.lloyd, static_argnums=2, static_argnames=("chunk_size",))
+assign = jax.jit(kmeans.assign, static_argnames=("chunk_size",))
+
 
 def _data(dtype, offset=0.0):
     rng = np.random.default_rng(0)
@@ -45,53 +51,53 @@ def test_chunked_kmeans_equals_dense_reference(dtype, chunk):
     for sw in (None, jnp.asarray(w)):
         # k-means++ on X with the centre subtracted inside the blocks = on a centred copy in one
         # block (the dense (n, trials) form).
-        cen, idx = kmeans.kmeans_plusplus(key, jnp.asarray(X), K, sw, center=jnp.asarray(c),
-                                          chunk_size=chunk)
-        cen0, idx0 = kmeans.kmeans_plusplus(key, Xc, K, sw, chunk_size=N)
+        cen, idx = kmeans_plusplus(key, jnp.asarray(X), K, sw, center=jnp.asarray(c),
+                                   chunk_size=chunk)
+        cen0, idx0 = kmeans_plusplus(key, Xc, K, sw, chunk_size=N)
         np.testing.assert_array_equal(idx, idx0)
         assert len(set(np.asarray(idx).tolist())) == K
         np.testing.assert_allclose(cen, np.asarray(Xc)[np.asarray(idx)], rtol=tol, atol=tol)
         assert cen.dtype == dtype
         # Lloyd against NumPy's.
         ww = np.ones(N) if sw is None else w
-        lc = kmeans.lloyd(jnp.asarray(X), cen0, 5, sw, center=jnp.asarray(c), chunk_size=chunk)
+        lc = lloyd(jnp.asarray(X), cen0, 5, sw, center=jnp.asarray(c), chunk_size=chunk)
         np.testing.assert_allclose(lc, _np_lloyd(Xc, cen0, 5, ww), rtol=tol, atol=tol * 10)
-        lab = kmeans.assign(jnp.asarray(X), lc, center=jnp.asarray(c), chunk_size=chunk)
+        lab = assign(jnp.asarray(X), lc, center=jnp.asarray(c), chunk_size=chunk)
         np.testing.assert_array_equal(
             lab, np.argmin(((np.asarray(Xc)[:, None] - np.asarray(lc)[None]) ** 2).sum(-1), 1))
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_chunked_init_params_equals_dense_m_step(dtype):
+# Each initialisation in one dtype (both dtypes covered): every case is its own compiled program.
+@pytest.mark.parametrize("init, chunk, cov_type, dtype", [
+    ("kmeans", 100, "full", np.float64), ("k-means++", 64, "diag", np.float32),
+    ("random_from_data", 100, "tied", np.float64), ("random", 64, "full", np.float32)])
+def test_chunked_init_params_equals_dense_m_step(init, chunk, cov_type, dtype):
     X, w = _data(dtype)
     c = X.mean(0)
     Xc = jnp.asarray(X - c)
     key = jax.random.key(2)
     tol = 2e-4 if dtype == np.float32 else 1e-9
-    cases = [("kmeans", 100, "full"), ("k-means++", 64, "diag"), ("random_from_data", 100, "tied"),
-             ("random", 64, "full")]
-    for init, chunk, cov_type in cases:
-        sw = jnp.asarray(w) if init == "kmeans" else None
-        p = jax.jit(functools.partial(
-            fitting.init_params, n_components=K, covariance_type=cov_type, init_params=init,
-            n_lloyd=3, chunk_size=chunk))(key, jnp.asarray(X), sample_weight=sw,
-                                          center=jnp.asarray(c))
-        if init == "random":
-            # The dense responsibilities built from the same per-block draws.
-            blocks = [jax.random.uniform(jax.random.fold_in(key, i), (min(chunk, N - s), K),
-                                         dtype) for i, s in enumerate(range(0, N, chunk))]
-            r = jnp.concatenate(blocks)
-            resp = r / jnp.sum(r, axis=1, keepdims=True)
-        else:
-            # Centres from the same seeding (checked above), then a dense one-hot M-step.
-            resp = jax.jit(functools.partial(fitting.responsibilities_init, n_components=K,
-                                             init_params=init, n_lloyd=3, chunk_size=N))(
-                key, Xc, sample_weight=sw)
-        ref = jax.jit(functools.partial(gmm.m_step, covariance_type=cov_type))(
-            resp, Xc, sample_weight=sw)
-        assert p.means.dtype == dtype
-        jax.tree_util.tree_map(
-            lambda a, b: np.testing.assert_allclose(a, b, rtol=tol, atol=tol), p, ref)
+    sw = jnp.asarray(w) if init == "kmeans" else None
+    p = jax.jit(functools.partial(
+        fitting.init_params, n_components=K, covariance_type=cov_type, init_params=init,
+        n_lloyd=3, chunk_size=chunk))(key, jnp.asarray(X), sample_weight=sw,
+                                      center=jnp.asarray(c))
+    if init == "random":
+        # The dense responsibilities built from the same per-block draws.
+        blocks = [jax.random.uniform(jax.random.fold_in(key, i), (min(chunk, N - s), K),
+                                     dtype) for i, s in enumerate(range(0, N, chunk))]
+        r = jnp.concatenate(blocks)
+        resp = r / jnp.sum(r, axis=1, keepdims=True)
+    else:
+        # Centres from the same seeding (checked above), then a dense one-hot M-step.
+        resp = jax.jit(functools.partial(fitting.responsibilities_init, n_components=K,
+                                         init_params=init, n_lloyd=3, chunk_size=N))(
+            key, Xc, sample_weight=sw)
+    ref = jax.jit(functools.partial(gmm.m_step, covariance_type=cov_type))(
+        resp, Xc, sample_weight=sw)
+    assert p.means.dtype == dtype
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=tol, atol=tol), p, ref)
 
 
 def test_single_block_init_is_the_dense_computation_and_vmaps():

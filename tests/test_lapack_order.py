@@ -147,6 +147,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_large_factorisations_do_not_hang():
     """The size that hung: runs to the end (a regression fails by timeout, not by hanging)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}

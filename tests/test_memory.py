@@ -4,6 +4,7 @@ before the data is put on the device, and a 64-byte-aligned input used in place,
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import emjax
 from emjax.gmm import fitting
@@ -17,6 +18,7 @@ def _aligned_copy(a):
     return out
 
 
+@pytest.mark.slow
 def test_fast_path_fit_starts_from_the_centred_init(monkeypatch):
     rng = np.random.default_rng(0)
     k, d = 16, 16
