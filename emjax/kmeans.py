@@ -48,6 +48,26 @@ def _draw(u: Array, p: Array) -> Array:
     return jnp.sum(cum[None, :] <= r[:, None], axis=1).astype(jnp.int32)
 
 
+def sample_rows(key: Array, n_samples: int, n_draws: int, sample_weight: Array | None = None,
+                dtype=jnp.float32) -> Array:
+    """``n_draws`` distinct row indices, drawn one after another with probability proportional
+    to ``sample_weight`` among the rows not drawn yet (uniform without weights).
+
+    One uniform per draw through :func:`_draw`, so rows of zero weight appended to the data
+    (padding) change nothing: the same key draws the same rows.
+    """
+    u = jax.random.uniform(key, (n_draws,), dtype)
+    avail = jnp.ones((n_samples,), dtype) if sample_weight is None else sample_weight.astype(dtype)
+
+    def body(j, carry):
+        idx, avail = carry
+        i = _draw(jax.lax.dynamic_slice_in_dim(u, j, 1), avail)[0]
+        return idx.at[j].set(i), avail.at[i].set(0)
+
+    idx, _ = jax.lax.fori_loop(0, n_draws, body, (jnp.zeros((n_draws,), jnp.int32), avail))
+    return idx
+
+
 def kmeans_plusplus(
     key: Array,
     X: Array,

@@ -260,9 +260,10 @@ def test_bic_picks_true_number_of_modes(easy):
 def test_hard_setting_accuracy(easy):
     syn = fd.make_synthetic(7, setting="hard")
     data = syn.to_data()
-    before = fm.TRACE_COUNT["fit"]
+    before = fm.model._fit_compiled._cache_size()
     res = fm.fit(data, 3, key=jax.random.key(0), **FIT_KW)
-    assert fm.TRACE_COUNT["fit"] == before  # same shapes: the compiled program is reused
+    # Same shapes: the compiled program is reused.
+    assert fm.model._fit_compiled._cache_size() == before
     _, acc = fm.match_labels(syn.labels, np.asarray(predict(res.params, data)), 3)
     assert acc >= 0.9
 

@@ -84,13 +84,14 @@ def test_converged_flag_is_right_when_tol_is_met_on_the_last_iteration(blobs):
 
 
 def test_driver_compiles_once_per_configuration(blobs):
-    before = fitting.TRACE_COUNT["fit"]
+    before = fitting._fit_compiled._cache_size()
     for seed in range(3):
         emjax.fit(blobs, 2, key=jax.random.key(seed), covariance_type="tied", n_init=2,
                   tol=1e-3 * (seed + 1), max_iter=20)
-    assert fitting.TRACE_COUNT["fit"] - before == 1  # new data values, keys and tol: no retrace
+    # New data values, keys and tol: no retrace.
+    assert fitting._fit_compiled._cache_size() - before == 1
     emjax.fit(blobs[:100], 2, covariance_type="tied", n_init=2, max_iter=20)
-    assert fitting.TRACE_COUNT["fit"] - before == 2  # a new shape compiles once more
+    assert fitting._fit_compiled._cache_size() - before == 2  # a new size class compiles once
 
 
 @pytest.mark.parametrize("init", ["kmeans", "k-means++", "random", "random_from_data"])

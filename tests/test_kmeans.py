@@ -83,10 +83,9 @@ def test_chunked_init_params_equals_dense_m_step(init, chunk, cov_type, dtype):
         n_lloyd=3, chunk_size=chunk))(key, jnp.asarray(X), sample_weight=sw,
                                       center=jnp.asarray(c))
     if init == "random":
-        # The dense responsibilities built from the same per-block draws.
-        blocks = [jax.random.uniform(jax.random.fold_in(key, i), (min(chunk, N - s), K),
-                                     dtype) for i, s in enumerate(range(0, N, chunk))]
-        r = jnp.concatenate(blocks)
+        # The dense responsibilities built from the same per-row draws.
+        r = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i), (K,), dtype))(
+            jnp.arange(N))
         resp = r / jnp.sum(r, axis=1, keepdims=True)
     else:
         # Centres from the same seeding (checked above), then a dense one-hot M-step.

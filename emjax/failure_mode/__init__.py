@@ -5,7 +5,6 @@ and calibrated remaining-life forecasts)."""
 
 from emjax.failure_mode import data, prognostics
 from emjax.failure_mode.model import *  # noqa: F403
-from emjax.failure_mode.model import TRACE_COUNT  # noqa: F401  (read by tests)
 from emjax.failure_mode.model import __all__ as _model_all
 from emjax.failure_mode.prognostics import (
     FailureDefinition,

@@ -38,9 +38,6 @@ from emjax._linalg import after
 
 Array = jax.Array
 
-#: Incremented each time the fitting program is traced (compiled); tests read it.
-TRACE_COUNT = {"fit": 0}
-
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -619,7 +616,6 @@ def icl(params: FMMParams, data: FMMData) -> Array:
 )
 def _fit_compiled(data, key, rtol, prior, params_init, *, n_components, max_iter, n_init, init,
                   ridge, n_lloyd, cov_floor, noise_floor, min_mass):
-    TRACE_COUNT["fit"] += 1
     if params_init is None:
         keys = jax.random.split(key, n_init)
         params0 = jax.vmap(lambda k: init_params(

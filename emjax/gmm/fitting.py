@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -23,10 +24,6 @@ from emjax.gmm import covariance as cov_lib
 from emjax.gmm import plan as plan_lib
 
 Array = jax.Array
-
-#: Incremented each time the fitting program is traced (compiled); tests read it.
-TRACE_COUNT = {"fit": 0}
-
 
 class FitResult(NamedTuple):
     """Result of :func:`fit`.
@@ -49,13 +46,23 @@ class FitResult(NamedTuple):
     restarts: em.EMResult
 
 
+def uniform_responsibilities(key: Array, start, size: int, n_components: int, dtype) -> Array:
+    """Random responsibilities of rows ``start : start + size``: row ``i`` normalises uniforms
+    drawn from ``fold_in(key, i)``, so a row's draw depends on neither the number of rows
+    (padding) nor the chunking."""
+    def row(i):
+        r = jax.random.uniform(jax.random.fold_in(key, i), (n_components,), dtype)
+        return r / jnp.sum(r)
+
+    return jax.vmap(row)(start + jnp.arange(size))
+
+
 def _init_centers(key, X, n_components, init_params, sample_weight, n_lloyd, center,
                   chunk_size):
     """Centres of the hard initialisations, in the coordinates of ``X - center``."""
     n = X.shape[0]
     if init_params == "random_from_data":
-        p = None if sample_weight is None else sample_weight / jnp.sum(sample_weight)
-        idx = jax.random.choice(key, n, (n_components,), replace=False, p=p)
+        idx = kmeans.sample_rows(key, n, n_components, sample_weight, X.dtype)
         return X[idx] if center is None else X[idx] - center
     centers, _ = kmeans.kmeans_plusplus(key, X, n_components, sample_weight, center=center,
                                         chunk_size=chunk_size)
@@ -86,8 +93,7 @@ def responsibilities_init(
     """
     n = X.shape[0]
     if init_params == "random":
-        r = jax.random.uniform(key, (n, n_components), X.dtype)
-        return r / jnp.sum(r, axis=1, keepdims=True)
+        return uniform_responsibilities(key, 0, n, n_components, X.dtype)
     centers = _init_centers(key, X, n_components, init_params, sample_weight, n_lloyd, center,
                             chunk_size)
     labels = kmeans.assign(X, centers, center=center, chunk_size=chunk_size)
@@ -152,9 +158,8 @@ def init_params(
 
     Memory is O(n_samples + chunk_size * n_components * n_features) on top of ``X``: the
     responsibilities are never stored whole. The hard initialisations recompute each block's
-    nearest centre in both passes of the M-step; ``"random"`` draws each block's
-    responsibilities from ``jax.random.fold_in(key, block_index)`` (from ``key`` itself when one
-    block covers ``X``, as :func:`responsibilities_init` does).
+    nearest centre in both passes of the M-step; ``"random"`` draws row ``i``'s
+    responsibilities from ``jax.random.fold_in(key, i)``, as :func:`responsibilities_init` does.
 
     Args:
       key, X, n_components, covariance_type, reg_covar, init_params, sample_weight, n_lloyd:
@@ -191,12 +196,8 @@ def init_stats(
     m_chunk = chunk_size if chunk_size is not None else max(256, 2**20 // max(1, k * d))
     m_chunk = int(min(m_chunk, n))
     if init_params == "random":
-        single = n <= m_chunk
-
         def resp_of(start, size):
-            kk = key if single else jax.random.fold_in(key, start // m_chunk)
-            r = jax.random.uniform(kk, (size, k), dtype)
-            return r / jnp.sum(r, axis=1, keepdims=True)
+            return uniform_responsibilities(key, start, size, k, dtype)
     else:
         centers = _init_centers(key, X, k, init_params, sample_weight, n_lloyd, center,
                                 chunk_size)
@@ -221,8 +222,12 @@ def worst_explained(ll: Array, sample_weight: Array | None, k: int) -> Array:
 
 def empty_components(nk: Array, sample_weight: Array | None, empty_threshold: float) -> Array:
     """``(n_components,)`` bool: responsibility mass ``nk`` below ``empty_threshold`` times the
-    mean sample weight (the components :func:`reseed_empty` re-seeds)."""
-    mean_w = 1.0 if sample_weight is None else jnp.mean(sample_weight)
+    mean positive sample weight (the components :func:`reseed_empty` re-seeds); rows of zero
+    weight (padding) do not count."""
+    if sample_weight is None:
+        mean_w = 1.0
+    else:
+        mean_w = jnp.sum(sample_weight) / jnp.maximum(jnp.sum(sample_weight > 0), 1)
     return nk < empty_threshold * mean_w
 
 
@@ -414,18 +419,9 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
 FIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "n_components", "covariance_type", "reg_covar", "max_iter", "n_init", "init_method",
-        "n_lloyd", "callback", "plan",
-    ),
-    compiler_options=FIT_COMPILER_OPTIONS,
-)
-def _fit_compiled(X, key, sample_weight, weights_init, means_init, precisions_init, tol, *,
-                  n_components, covariance_type, reg_covar, max_iter, n_init, init_method,
-                  n_lloyd, callback, plan):
-    TRACE_COUNT["fit"] += 1
+def _fit_program(X, key, sample_weight, weights_init, means_init, precisions_init, tol, *,
+                 n_components, covariance_type, reg_covar, max_iter, n_init, init_method,
+                 n_lloyd, callback, plan):
     w = sample_weight
     shift = jnp.mean(X, 0) if w is None else (w @ X) / jnp.sum(w)
     keys = jax.random.split(key, n_init)
@@ -496,6 +492,14 @@ def _fit_compiled(X, key, sample_weight, weights_init, means_init, precisions_in
     b = em.select(res, best)
     return FitResult(b.params, b.log_likelihood, b.n_iter, b.converged, b.status, b.history,
                      best, res)
+
+
+_FIT_STATIC = ("n_components", "covariance_type", "reg_covar", "max_iter", "n_init",
+               "init_method", "n_lloyd", "callback", "plan")
+_fit_compiled = jax.jit(_fit_program, static_argnames=_FIT_STATIC,
+                        compiler_options=FIT_COMPILER_OPTIONS)
+# Inside a caller's trace: a nested jit may not carry compiler options.
+_fit_nested = jax.jit(_fit_program, static_argnames=_FIT_STATIC)
 
 
 def fit(
@@ -573,6 +577,14 @@ def fit(
                 weights_init=weights_init, means_init=means_init,
                 precisions_init=precisions_init, params_init=params_init,
                 sample_weight=sample_weight, n_lloyd=n_lloyd, callback=callback)
+    if v.is_traced(X, key, sample_weight, weights_init, means_init, precisions_init,
+                   params_init):
+        return _fit_traced(X, n_components, key=key, covariance_type=covariance_type, tol=tol,
+                           reg_covar=reg_covar, max_iter=max_iter, n_init=n_init,
+                           init_params=init_params, weights_init=weights_init,
+                           means_init=means_init, precisions_init=precisions_init,
+                           params_init=params_init, sample_weight=sample_weight,
+                           n_lloyd=n_lloyd, callback=callback, plan=plan)
     Xa = v.as_data(X, nan_hint=v.MISSING_HINT)
     v.check_x64(Xa.dtype)
     n, d = Xa.shape
@@ -608,8 +620,12 @@ def fit(
     if means_init is not None:
         means_init = jnp.asarray(v.check_means(means_init, k, d, dtype))
     key = _check_key(key)
-    if plan is None:
-        plan = plan_lib.make_plan(covariance_type, dtype, n, d, k)
+    n_rows = padded_rows(n, Xa.nbytes // n)
+    if n_rows is not None:
+        # Zero-weight rows up to the size class: fits of nearby sizes share one program.
+        Xa, w = pad_rows(Xa, w, n_rows)
+    if plan is None:  # planned for the rows the program runs on
+        plan = plan_lib.make_plan(covariance_type, dtype, Xa.shape[0], d, k)
     elif not isinstance(plan, plan_lib.PassPlan) or plan.covariance_type != covariance_type:
         raise ValueError(f"plan must be a PassPlan for covariance_type={covariance_type!r}, "
                          f"got {plan!r}")
@@ -618,6 +634,7 @@ def fit(
     static = dict(n_components=k, covariance_type=covariance_type, reg_covar=reg_covar,
                   max_iter=max_iter, n_init=n_init, init_method=init_method, n_lloyd=n_lloyd,
                   callback=callback, plan=plan)
+    _bound_programs(Xa.shape, dtype, args, static)
     if Xa.nbytes >= LARGE_DATA_BYTES:
         _compile_first(Xa, args, static)
     # On CPU, device_put uses a 64-byte-aligned NumPy buffer in place (no copy; JAX never writes
@@ -629,6 +646,129 @@ def fit(
         # caller's array cannot reach a running fit.
         jax.block_until_ready(res)
     return res
+
+
+def _fit_traced(X, n_components, *, key, covariance_type, tol, reg_covar, max_iter, n_init,
+                init_params, weights_init, means_init, precisions_init, params_init,
+                sample_weight, n_lloyd, callback, plan) -> FitResult:
+    """:func:`fit` inside a trace (``jax.jit``, ``jax.vmap``): the checks that need only shapes
+    and static options, then the compiled fit inlined into the caller's program (no padding,
+    nothing raised on values)."""
+    X = jnp.asarray(X)
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"X must be a non-empty 2-D array of shape (n_samples, n_features); "
+                         f"got shape {X.shape}")
+    if not jnp.issubdtype(X.dtype, jnp.floating):
+        X = X.astype(jnp.result_type(float))
+    n, d = X.shape
+    dtype = X.dtype
+    k = v.check_n_components(n_components, n, X.shape)
+    covariance_type, init_method, tol, reg_covar, max_iter, n_init = v.check_em_options(
+        covariance_type, init_params, tol, reg_covar, max_iter, n_init)
+    n_lloyd = v.check_positive_int(n_lloyd, "n_lloyd", minimum=0)
+    w = None
+    if sample_weight is not None:
+        w = jnp.asarray(sample_weight, dtype)
+        if w.shape != (n,):
+            raise ValueError(f"sample_weight must have shape ({n},); got {w.shape}")
+    shape = cov_lib.covariance_shape(covariance_type, k, d)
+    prec_cov = None
+    if params_init is not None:
+        if params_init.covariance_type != covariance_type:
+            raise ValueError(f"params_init has covariance type {params_init.covariance_type!r} "
+                             f"but covariance_type={covariance_type!r}")
+        weights_init, means_init = params_init.weights, params_init.means
+        prec_cov = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params_init.covariance)
+    elif precisions_init is not None:
+        p = jnp.asarray(precisions_init, dtype)
+        if p.shape != shape:
+            raise ValueError(f"precisions_init for covariance_type={covariance_type!r} must have "
+                             f"shape {shape}; got {p.shape}")
+        if covariance_type in ("full", "tied"):
+            pc = jnp.swapaxes(jnp.linalg.cholesky(p), -1, -2)
+        else:
+            pc = jnp.sqrt(p)
+        prec_cov = cov_lib.from_precisions_cholesky(covariance_type, pc)
+    for name, a, want in (("weights_init", weights_init, (k,)),
+                          ("means_init", means_init, (k, d))):
+        if a is not None and jnp.shape(a) != want:
+            raise ValueError(f"{name} must have shape {want}; got {jnp.shape(a)}")
+    if weights_init is not None:
+        weights_init = jnp.asarray(weights_init, dtype)
+    if means_init is not None:
+        means_init = jnp.asarray(means_init, dtype)
+    key = _check_key(key)
+    if plan is None:
+        plan = plan_lib.make_plan(covariance_type, dtype, n, d, k)
+    return _fit_nested(X, key, w, weights_init, means_init, prec_cov, jnp.asarray(tol, dtype),
+                         n_components=k, covariance_type=covariance_type, reg_covar=reg_covar,
+                         max_iter=max_iter, n_init=n_init, init_method=init_method,
+                         n_lloyd=n_lloyd, callback=callback, plan=plan)
+
+
+#: Row counts are padded up to the next of this many size classes per doubling.
+SIZE_CLASSES_PER_OCTAVE = 4
+
+
+def size_class(n: int) -> int:
+    """The smallest size class ``>= n``: at least 64, else ``2^(j / 4)`` rounded up to a
+    multiple of 8 (so at most 19 % padding rows)."""
+    n = int(n)
+    if n <= 64:
+        return 64
+    j = math.ceil(SIZE_CLASSES_PER_OCTAVE * math.log2(n)) - 1
+    while True:
+        c = -(-math.ceil(2.0 ** (j / SIZE_CLASSES_PER_OCTAVE)) // 8) * 8
+        if c >= n:
+            return c
+        j += 1
+
+
+def padded_rows(n: int, row_bytes: int) -> int | None:
+    """Rows a fit of ``n`` rows runs on: its :func:`size_class`, or None (as given) when the
+    padded copy would reach ``LARGE_DATA_BYTES`` (large data is fitted in place)."""
+    c = size_class(n)
+    return None if c * row_bytes >= LARGE_DATA_BYTES else c
+
+
+def pad_rows(X: np.ndarray, sample_weight: np.ndarray | None, n_rows: int):
+    """``(X, sample_weight)`` with rows appended up to ``n_rows``: copies of the first row, of
+    weight 0, so they add nothing to any statistic (and their log-likelihood is finite). The
+    weights are always explicit (ones when not given), so every size of a class runs the same
+    program."""
+    n = X.shape[0]
+    wp = np.zeros((n_rows,), X.dtype)
+    wp[:n] = 1.0 if sample_weight is None else sample_weight
+    if n_rows == n:
+        return X, wp
+    Xp = np.empty((n_rows, X.shape[1]), X.dtype)
+    Xp[:n] = X
+    Xp[n:] = X[0]
+    return Xp, wp
+
+
+#: Compiled fitting programs kept in memory; beyond it the cache is cleared (the disk cache,
+#: when on, still has them).
+MAX_PROGRAMS = 64
+
+_PROGRAMS: dict = {}
+
+
+def _bound_programs(shape, dtype, args: tuple, static: dict) -> None:
+    """Clear the fitting programs' in-memory cache when a new one would exceed
+    :data:`MAX_PROGRAMS`, so a long-running process holds a bounded number of them."""
+    try:
+        sig = (shape, np.dtype(dtype).str, tuple(a is None for a in args),
+               tuple(sorted(static.items(), key=lambda kv: kv[0])))
+        hash(sig)
+    except TypeError:
+        return
+    if sig in _PROGRAMS:
+        return
+    if len(_PROGRAMS) >= MAX_PROGRAMS:
+        _fit_compiled.clear_cache()
+        _PROGRAMS.clear()
+    _PROGRAMS[sig] = None
 
 
 #: Data of at least this many bytes is fitted by a program compiled before the data is put on the

@@ -39,9 +39,6 @@ __all__ = [
     "to_unconstrained",
 ]
 
-#: Incremented each time :func:`fit_gem`'s program is traced (compiled); tests read it.
-TRACE_COUNT = {"fit_gem": 0}
-
 
 class GMMUnconstrained(NamedTuple):
     """Unconstrained coordinates of a mixture (a pytree).
@@ -288,7 +285,6 @@ def make_gem_model(
 )
 def _fit_gem_compiled(X, key, sample_weight, tol, *, n_components, covariance_type, reg_covar,
                       max_iter, n_init, init_method, optimizer, n_steps):
-    TRACE_COUNT["fit_gem"] += 1
     w = sample_weight
     shift = jnp.mean(X, 0) if w is None else (w @ X) / jnp.sum(w)
     Xc = X - shift

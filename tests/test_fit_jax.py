@@ -1,0 +1,112 @@
+"""Fits as JAX functions (under jit and vmap) and row padding to size classes: a padded fit, a
+traced fit and a vmapped ragged batch each equal the plain fit of the same rows."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import emjax
+from emjax import kmeans
+from emjax.gmm import fitting
+
+
+def _data(n, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    lab = np.arange(n) % 3
+    X = rng.normal(size=(n, 2)) * (0.5 + 0.3 * lab)[:, None] + np.array([[0, 0], [4, 0], [0, 4]])[
+        lab]
+    return X.astype(dtype)
+
+
+KW = dict(n_init=2, tol=1e-6, max_iter=40)
+
+
+@pytest.mark.parametrize("dtype, init", [(np.float32, "kmeans"), (np.float64, "kmeans"),
+                                         (np.float64, "random"), (np.float64, "random_from_data")])
+def test_padded_fit_equals_the_unpadded_traced_fit(dtype, init):
+    X = _data(101, dtype=dtype)  # padded to the size class 104
+    assert fitting.size_class(101) > 101
+    key = jax.random.key(3)
+    kw = dict(KW, covariance_type="full", init_params=init)
+    padded = emjax.fit(X, 3, key=key, **kw)
+    # Under jit the fit runs on exactly the rows given (no padding).
+    exact = jax.jit(lambda X, k: emjax.fit(X, 3, key=k, **kw))(jnp.asarray(X), key)
+    assert int(padded.n_iter) == int(exact.n_iter)
+    assert padded.params.means.dtype == dtype
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(padded.log_likelihood, exact.log_likelihood, **tol)
+    for a, b in zip(jax.tree_util.tree_leaves(padded.params),
+                    jax.tree_util.tree_leaves(exact.params)):
+        np.testing.assert_allclose(a, b, **tol)
+
+
+def test_row_counts_of_one_size_class_share_one_program():
+    before = fitting._fit_compiled._cache_size()
+    classes = {fitting.size_class(n) for n in range(90, 97)}
+    assert len(classes) == 1
+    for n in range(90, 97):
+        res = emjax.fit(_data(n, seed=n), 3, covariance_type="diag", **KW)
+        assert np.isfinite(float(res.log_likelihood))
+    assert fitting._fit_compiled._cache_size() - before == 1
+
+
+def test_size_classes_cover_every_count_with_bounded_padding():
+    for n in list(range(1, 3000)) + [10**5, 10**6 + 7]:
+        c = fitting.size_class(n)
+        assert c >= n and c % 8 == 0
+        assert c <= max(64, 1.2 * n + 8)
+    assert len({fitting.size_class(n) for n in range(65, 2**14)}) <= 4 * 8 + 1
+
+
+def test_zero_weight_rows_are_never_drawn():
+    n, pad = 30, 34
+    X = jnp.asarray(_data(n + pad, seed=1))
+    w = jnp.concatenate([jnp.ones(n), jnp.zeros(pad)])
+    keys = jax.random.split(jax.random.key(0), 64)
+
+    @jax.jit
+    def draws(X, w):
+        pp = jax.vmap(lambda k: kmeans.kmeans_plusplus(k, X, 5, w)[1])(keys)
+        rows = jax.vmap(lambda k: kmeans.sample_rows(k, X.shape[0], 5, w))(keys)
+        return pp, rows
+
+    pp, rows = draws(X, w)
+    assert int(jnp.max(pp)) < n and int(jnp.max(rows)) < n
+    assert all(len(set(r)) == 5 for r in np.asarray(rows).tolist())
+    # Padding appended to the data draws the same rows.
+    pp0, rows0 = draws(X[:n], w[:n])
+    np.testing.assert_array_equal(pp, pp0)
+    np.testing.assert_array_equal(rows, rows0)
+
+
+def test_vmapped_ragged_batch_equals_each_data_set_fitted_alone():
+    sizes = [70, 96, 81]
+    n_max = max(sizes)
+    Xs = np.zeros((len(sizes), n_max, 2))
+    W = np.zeros((len(sizes), n_max))
+    for b, n in enumerate(sizes):
+        Xs[b, :n] = _data(n, seed=10 + b)
+        W[b, :n] = 1.0
+    keys = jax.random.split(jax.random.key(0), len(sizes))
+    batched = jax.jit(jax.vmap(lambda X, w, k: emjax.fit(X, 3, key=k, sample_weight=w, **KW)))(
+        Xs, W, keys)
+    assert batched.params.means.shape == (len(sizes), 3, 2)
+    for b, n in enumerate(sizes):
+        alone = emjax.fit(Xs[b, :n], 3, key=keys[b], **KW)
+        assert int(alone.n_iter) == int(batched.n_iter[b])
+        np.testing.assert_allclose(alone.log_likelihood, batched.log_likelihood[b], rtol=1e-12)
+        np.testing.assert_allclose(alone.params.means, batched.params.means[b], rtol=1e-10,
+                                   atol=1e-10)
+
+
+def test_traced_fit_checks_shapes_and_options():
+    f = jax.jit(lambda X: emjax.fit(X, 3, **KW).log_likelihood)
+    with pytest.raises(ValueError, match="2-D"):
+        f(jnp.zeros((10,)))
+    with pytest.raises(ValueError, match="n_components"):
+        f(jnp.zeros((2, 2)))
+    with pytest.raises(ValueError, match="sample_weight"):
+        jax.jit(lambda X: emjax.fit(X, 2, sample_weight=jnp.ones(3), **KW))(jnp.zeros((5, 2)))
+    with pytest.raises(ValueError, match="covariance_type"):
+        jax.jit(lambda X: emjax.fit(X, 2, covariance_type="round"))(jnp.zeros((5, 2)))
