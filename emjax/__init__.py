@@ -9,6 +9,7 @@ layer on top.
 """
 
 from emjax import datasets, em, failure_mode, families, gmm, kmeans, progress
+from emjax._compile_cache import enable_disk_cache
 from emjax.em import EMResult, describe_status
 from emjax.failure_mode import data as failure_data
 from emjax.families.estimator import MixtureModel
@@ -82,6 +83,7 @@ __all__ = [
     "distributed",
     "e_step",
     "em",
+    "enable_disk_cache",
     "estimator",
     "explain_plan",
     "failure_data",

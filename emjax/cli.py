@@ -288,21 +288,10 @@ def run_fit(args, *, data_path: str, title: str) -> int:
 
 
 def enable_compile_cache(directory: str | None = None) -> str | None:
-    """Keep compiled programs on disk between runs (JAX's persistent compilation cache), so a
-    second ``emjax`` run on data of the same shape skips XLA compilation. The directory is
-    ``$EMJAX_CACHE_DIR``, else ``$XDG_CACHE_HOME/emjax/xla``, else ``~/.cache/emjax/xla``."""
-    import jax
+    """Keep compiled programs on disk between runs (:func:`emjax.enable_disk_cache`)."""
+    from emjax._compile_cache import enable_disk_cache
 
-    if directory is None:
-        directory = os.environ.get("EMJAX_CACHE_DIR") or os.path.join(
-            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-            "emjax", "xla")
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError:
-        return None  # a read-only home: run without the cache
-    jax.config.update("jax_compilation_cache_dir", directory)
-    return directory
+    return enable_disk_cache(directory)
 
 
 def run_predict(args) -> int:

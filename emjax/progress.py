@@ -11,11 +11,14 @@ at once (a ``custom_vmap`` rule batches it), not once per lane, and only every `
 iterations (a ``lax.cond`` on the device: the first throttle) and the bar redraws at most every
 ``interval`` seconds (the second). It only reads the loop state, so results are unchanged;
 outside a :class:`ProgressBar` it does nothing on the host. :func:`make_callback` returns one
-object per ``every``, so compiled programs that use it are cached.
+object per ``every``, so compiled programs that use it are cached in memory; on CPU the host call
+is a registered XLA FFI target rather than a Python callback, so they are also kept in JAX's
+persistent (disk) cache when that is on (:func:`emjax.enable_disk_cache`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import sys
 import time
@@ -36,6 +39,110 @@ def _host_update(n_iter, log_likelihood, converged) -> None:
         _ACTIVE[-1].update(np.asarray(n_iter), np.asarray(log_likelihood), np.asarray(converged))
 
 
+# -- the host call as an XLA FFI target ------------------------------------------------------
+# A Python callback (jax.debug.callback, io_callback) is baked into the executable, which then
+# cannot be kept in JAX's persistent (disk) cache. On CPU the report is instead a custom call to
+# a named FFI target registered in every process (a ctypes function reading the XLA FFI call
+# frame), so the compiled program names only the target and is cacheable like any other.
+
+
+class _ExtensionBase(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_size_t), ("type", ctypes.c_int),
+                ("next", ctypes.c_void_p)]
+
+
+class _ApiVersion(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_size_t), ("extension_start", ctypes.c_void_p),
+                ("major_version", ctypes.c_int), ("minor_version", ctypes.c_int)]
+
+
+class _Metadata(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_size_t), ("api_version", _ApiVersion),
+                ("traits", ctypes.c_uint32)]
+
+
+class _MetadataExtension(ctypes.Structure):
+    _fields_ = [("extension_base", _ExtensionBase), ("metadata", ctypes.POINTER(_Metadata))]
+
+
+class _Args(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_size_t), ("extension_start", ctypes.c_void_p),
+                ("size", ctypes.c_int64), ("types", ctypes.c_void_p),
+                ("args", ctypes.POINTER(ctypes.c_void_p))]
+
+
+class _CallFrame(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_size_t),
+                ("extension_start", ctypes.POINTER(_ExtensionBase)),
+                ("api", ctypes.c_void_p), ("ctx", ctypes.c_void_p), ("stage", ctypes.c_int),
+                ("args", _Args)]
+
+
+class _Buffer(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_size_t), ("extension_start", ctypes.c_void_p),
+                ("dtype", ctypes.c_int), ("data", ctypes.c_void_p), ("rank", ctypes.c_int64),
+                ("dims", ctypes.POINTER(ctypes.c_int64))]
+
+
+_FFI_TARGET = "emjax_progress_report"
+_FFI_API_VERSION = (0, 3)  # the XLA FFI C API this handler's structures follow
+_METADATA_EXTENSION = 1
+
+
+_CTYPES = {4: ctypes.c_int32, 11: ctypes.c_float, 12: ctypes.c_double}  # XLA's S32, F32, F64
+
+
+def _buffer(ptr) -> np.ndarray:
+    b = ctypes.cast(ptr, ctypes.POINTER(_Buffer)).contents
+    ctype = _CTYPES[b.dtype]
+    shape = tuple(int(b.dims[i]) for i in range(b.rank))
+    size = int(np.prod(shape)) if shape else 1
+    flat = np.ctypeslib.as_array(ctypes.cast(b.data, ctypes.POINTER(ctype)), (size,))
+    return flat.reshape(shape).copy()
+
+
+def _ffi_handler(frame_ptr):
+    frame = ctypes.cast(frame_ptr, ctypes.POINTER(_CallFrame)).contents
+    if frame.extension_start and frame.extension_start.contents.type == _METADATA_EXTENSION:
+        # XLA asks which FFI version the handler speaks (at registration and compilation).
+        ext = ctypes.cast(frame.extension_start, ctypes.POINTER(_MetadataExtension)).contents
+        meta = ext.metadata.contents
+        meta.api_version.major_version, meta.api_version.minor_version = _FFI_API_VERSION
+        meta.traits = 0
+        return None
+    try:
+        args = frame.args.args
+        _host_update(_buffer(args[0]), _buffer(args[1]), _buffer(args[2]).astype(bool))
+    except Exception:  # a progress bar must never break a fit
+        pass
+    return None
+
+
+_HANDLER = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p)(_ffi_handler)
+_FFI_REGISTERED: list = []
+
+
+def _ffi_target() -> bool:
+    """Register the CPU target once per process; False where it cannot be (then the report is
+    a ``jax.debug.callback``, whose programs are not kept on disk)."""
+    if not _FFI_REGISTERED:
+        try:
+            jax.ffi.register_ffi_target(_FFI_TARGET, jax.ffi.pycapsule(_HANDLER), platform="cpu")
+            _FFI_REGISTERED.append(True)
+        except Exception:
+            _FFI_REGISTERED.append(False)
+    return _FFI_REGISTERED[0]
+
+
+def _host_call(n_iter, log_likelihood, converged) -> None:
+    if jax.default_backend() == "cpu" and _ffi_target():
+        jax.ffi.ffi_call(_FFI_TARGET, (), has_side_effect=True)(
+            jnp.asarray(n_iter, jnp.int32), jnp.asarray(log_likelihood),
+            jnp.asarray(converged, jnp.int32))
+    else:
+        jax.debug.callback(_host_update, n_iter, log_likelihood, converged)
+
+
 def _make_report(every: int):
     @custom_vmap
     def report(n_iter, log_likelihood, converged):
@@ -45,7 +152,7 @@ def _make_report(every: int):
         due = (jnp.max(n_iter) > 0) & ((jnp.max(n_iter) % every == 0) | jnp.all(converged))
 
         def call():
-            jax.debug.callback(_host_update, n_iter, log_likelihood, converged)
+            _host_call(n_iter, log_likelihood, converged)
 
         jax.lax.cond(due, call, lambda: None)
         return jnp.int32(0)  # custom_vmap needs an output; nobody reads it

@@ -110,3 +110,15 @@ def test_traced_fit_checks_shapes_and_options():
         jax.jit(lambda X: emjax.fit(X, 2, sample_weight=jnp.ones(3), **KW))(jnp.zeros((5, 2)))
     with pytest.raises(ValueError, match="covariance_type"):
         jax.jit(lambda X: emjax.fit(X, 2, covariance_type="round"))(jnp.zeros((5, 2)))
+
+
+def test_failure_mode_fit_under_jit_equals_the_plain_fit():
+    from emjax import failure_mode as fm
+    from emjax.failure_mode import data as fd
+
+    data = fd.make_synthetic(3, setting="easy").to_data()
+    kw = dict(n_init=1, max_iter=5)
+    plain = fm.fit(data, 2, key=jax.random.key(0), **kw)
+    traced = jax.jit(lambda d, k: fm.fit(d, 2, key=k, **kw))(data, jax.random.key(0))
+    np.testing.assert_allclose(plain.log_likelihood, traced.log_likelihood, rtol=1e-12)
+    np.testing.assert_allclose(plain.params.means, traced.params.means, rtol=1e-9, atol=1e-12)

@@ -76,3 +76,33 @@ def test_progress_bar_text_and_throttle():
     text = bar.text()
     assert "iter  100/100" in text and "loglik    -1.2500" in text
     assert "converged 3/4" in text and "[##########]" in text  # 3 converged + 1 at max_iter
+
+
+_CACHED_RUN = """
+import io, os, sys
+import jax, numpy as np
+import emjax
+from emjax import progress
+emjax.enable_disk_cache(sys.argv[1])
+X = np.random.default_rng(0).normal(size=(40, 2)).astype(np.float32)
+bar = progress.ProgressBar("fit", n_lanes=2, max_iter=12, stream=io.StringIO())
+with bar:
+    res = emjax.fit(X, 2, n_init=2, max_iter=12, tol=0.0, callback=progress.make_callback(4))
+    jax.block_until_ready(res)
+print(bar.n_updates, bar.last[0])
+"""
+
+
+def test_programs_with_the_progress_callback_are_kept_on_disk(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    cache = str(tmp_path / "xla")
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    runs = [subprocess.run([sys.executable, "-c", _CACHED_RUN, cache], capture_output=True,
+                           text=True, env=env, check=True) for _ in range(2)]
+    assert any(f.startswith("jit__fit_program") for f in os.listdir(cache))
+    for r in runs:  # the bar is fed from the fresh program and from the one read from disk
+        updates, last = map(int, r.stdout.split())
+        assert updates >= 3 and last == 12

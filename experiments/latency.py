@@ -1,0 +1,181 @@
+"""Latency of the fits a user does not wait for, against scikit-learn in the same run.
+
+Parts (``--parts``, default all):
+  first    first fit (1000 x 5, K = 3, full, float64) in a fresh process: empty, then warm disk
+           cache (emjax.enable_disk_cache in a temporary directory); scikit-learn likewise.
+  rows     40 fits with distinct row counts 701..740 (D = 5, K = 3, full) in one warm process:
+           median time per fit and RSS growth, emjax and scikit-learn.
+  vmap     1000 data sets of 200 x 2 (K = 3) in one jitted, vmapped call against a loop of
+           scikit-learn fits; checks a few results against the data set fitted alone.
+  real     the 64 real-data fits (iris, wine, breast cancer, digits; K in 2, 3, 5, 8; four
+           covariance types; n_init = 5): total time and mean log-likelihood difference.
+
+Writes ``experiments/results/latency.json``. Usage::
+
+    PYTHONPATH=. python experiments/latency.py [--parts first,rows,vmap,real]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+_FIRST = """
+import sys, time
+t0 = time.perf_counter()
+import numpy as np
+lib = sys.argv[1]
+X = np.random.default_rng(0).normal(size=(1000, 5))
+if lib == "emjax":
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    import emjax
+    if len(sys.argv) > 2:
+        emjax.enable_disk_cache(sys.argv[2])
+    t1 = time.perf_counter()
+    jax.block_until_ready(emjax.fit(X, 3, covariance_type="full"))
+else:
+    from sklearn.mixture import GaussianMixture
+    t1 = time.perf_counter()
+    GaussianMixture(3, covariance_type="full").fit(X)
+t2 = time.perf_counter()
+print(t1 - t0, t2 - t1)
+"""
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def part_first() -> dict:
+    out = {}
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    with tempfile.TemporaryDirectory() as cache:
+        for name, argv in (("emjax_empty_cache", ["emjax", cache]),
+                           ("emjax_warm_cache", ["emjax", cache]),
+                           ("sklearn", ["sklearn"])):
+            r = subprocess.run([sys.executable, "-c", _FIRST, *argv], capture_output=True,
+                               text=True, env=env, check=True)
+            imp, fit = map(float, r.stdout.split())
+            out[name] = dict(import_s=imp, fit_s=fit)
+    return out
+
+
+def part_rows() -> dict:
+    import jax
+    import numpy as np
+    from sklearn.mixture import GaussianMixture
+
+    import emjax
+
+    jax.config.update("jax_enable_x64", True)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(800, 5))
+    emjax.fit(X[:700], 3)  # warm process: the library and one program loaded
+    rss0 = _rss_mib()
+    times = []
+    for n in range(701, 741):
+        t = time.perf_counter()
+        jax.block_until_ready(emjax.fit(X[:n], 3))
+        times.append(time.perf_counter() - t)
+    rss1 = _rss_mib()
+    sk = []
+    for n in range(701, 741):
+        t = time.perf_counter()
+        GaussianMixture(3).fit(X[:n])
+        sk.append(time.perf_counter() - t)
+    return dict(emjax_median_s=float(np.median(times)), emjax_max_s=float(np.max(times)),
+                sklearn_median_s=float(np.median(sk)), rss_growth_mib=rss1 - rss0,
+                n_fits=len(times))
+
+
+def part_vmap(n_sets: int = 1000) -> dict:
+    import jax
+    import numpy as np
+    from sklearn.mixture import GaussianMixture
+
+    import emjax
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]])
+    Xs = (rng.normal(size=(n_sets, 200, 2)) + centres[rng.integers(0, 3, (n_sets, 200))])
+    Xs = Xs.astype(np.float32)
+    keys = jax.random.split(jax.random.key(0), n_sets)
+    f = jax.jit(jax.vmap(lambda X, k: emjax.fit(X, 3, key=k)))
+    t = time.perf_counter()
+    res = jax.block_until_ready(f(Xs, keys))
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    res = jax.block_until_ready(f(Xs, keys))
+    warm = time.perf_counter() - t
+    diffs = []
+    for b in range(0, n_sets, n_sets // 5):
+        alone = jax.jit(lambda X, k: emjax.fit(X, 3, key=k))(Xs[b], keys[b])
+        diffs.append(abs(float(alone.log_likelihood) - float(res.log_likelihood[b])))
+    t = time.perf_counter()
+    for b in range(n_sets):
+        GaussianMixture(3).fit(Xs[b])
+    sk = time.perf_counter() - t
+    return dict(n_sets=n_sets, emjax_first_call_s=first, emjax_warm_call_s=warm,
+                sklearn_loop_s=sk, speedup_warm=sk / warm, speedup_first=sk / first,
+                max_abs_ll_diff_vs_alone=max(diffs))
+
+
+def part_real() -> dict:
+    import jax
+    import numpy as np
+    from sklearn import datasets
+    from sklearn.mixture import GaussianMixture
+
+    import emjax
+
+    jax.config.update("jax_enable_x64", True)
+    sets = dict(iris=datasets.load_iris().data, wine=datasets.load_wine().data,
+                breast_cancer=datasets.load_breast_cancer().data,
+                digits=datasets.load_digits().data)
+    te = ts = 0.0
+    diffs = []
+    for X in sets.values():
+        X = X.astype(np.float64)
+        for ct in ("full", "tied", "diag", "spherical"):
+            for k in (2, 3, 5, 8):
+                t = time.perf_counter()
+                r = jax.block_until_ready(emjax.fit(X, k, covariance_type=ct, n_init=5))
+                te += time.perf_counter() - t
+                t = time.perf_counter()
+                g = GaussianMixture(k, covariance_type=ct, n_init=5, random_state=0).fit(X)
+                ts += time.perf_counter() - t
+                diffs.append(float(r.log_likelihood) - g.score(X))
+    return dict(emjax_total_s=te, sklearn_total_s=ts, ratio=te / ts,
+                mean_ll_diff=float(np.mean(diffs)), min_ll_diff=float(np.min(diffs)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--parts", default="first,rows,vmap,real")
+    ap.add_argument("--out", default="experiments/results/latency.json")
+    args = ap.parse_args()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    results = dict(command="PYTHONPATH=. python experiments/latency.py --parts " + args.parts,
+                   commit=commit, load_average=os.getloadavg())
+    for part in args.parts.split(","):
+        results[part] = globals()[f"part_{part}"]()
+        print(part, json.dumps(results[part], indent=1), flush=True)
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(tmp, args.out)
+
+
+if __name__ == "__main__":
+    main()
