@@ -1,4 +1,4 @@
-"""Subprocess side of tests/test_distributed.py (JAX must be configured before it is imported).
+"""Subprocess side of tests/gmm/test_distributed.py (JAX must be configured before it is imported).
 
     python _distributed_worker.py devices OUT.npz           # 4 forced host devices, one process
     python _distributed_worker.py process OUT.npz PORT RANK  # one of two jax.distributed processes

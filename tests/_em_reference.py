@@ -1,5 +1,5 @@
-"""Data, starting points and the scikit-learn reference shared by tests/test_distributed.py, its
-subprocess worker and tests/test_streaming.py."""
+"""Data, starting points and the scikit-learn reference shared by tests/gmm/test_distributed.py, its
+subprocess worker and tests/gmm/test_streaming.py."""
 
 import warnings
 

@@ -10,8 +10,8 @@ import emjax
 from emjax import cli, datasets
 from emjax.gmm import selection
 
-# The same static configuration as tests/test_selection.py's full grid (blobs, K 2-3, 2 restarts,
-# max_iter 60), so the library's compiled program is shared.
+# The static configuration of tests/gmm/test_selection.py's full grid (blobs, K 2-3, 2 restarts,
+# max_iter 60): the CLI run and the library's reference below share one compiled program.
 FIT_ARGS = ["-k", "2-3", "-c", "full", "-n", "2", "--max-iter", "60", "--tol", "1e-9",
             "--seed", "0", "--no-compile-cache"]
 

@@ -25,7 +25,7 @@ from tests._em_reference import (
 
 pytestmark = pytest.mark.slow  # subprocesses with their own JAX start-up
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKER = os.path.join(ROOT, "tests", "_distributed_worker.py")
 
 

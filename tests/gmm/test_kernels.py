@@ -8,12 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import COV_TYPES, DTYPES
 
 import emjax
 from emjax import em, gmm
 from emjax.gmm import PassPlan, fitting, kernels, make_plan
 from emjax.gmm import plan as plan_lib
+from tests.conftest import COV_TYPES, DTYPES
 
 N, D, K = 200, 3, 3
 
