@@ -10,6 +10,7 @@ layer on top.
 
 from emjax import datasets, em, failure_mode, families, gmm, kmeans, progress
 from emjax._compile_cache import enable_disk_cache
+from emjax._version import __version__
 from emjax.em import EMResult, describe_status
 from emjax.failure_mode import data as failure_data
 from emjax.families.estimator import MixtureModel
@@ -52,8 +53,6 @@ from emjax.gmm.missing import impute
 from emjax.gmm.objective import complete_data_log_likelihood
 from emjax.gmm.plan import PassPlan, explain_plan, make_plan
 from emjax.gmm.selection import GridResult, SelectionResult, fit_grid, select_model
-
-__version__ = "0.1.0"
 
 #: The modules' names before the package was split into model subpackages.
 mixture = fitting

@@ -173,7 +173,7 @@ def make_callback(every: int = 10):
     every ``every`` iterations (of the furthest lane) and when every lane has converged.
 
     The same ``every`` returns the same object, so jitted programs taking it as a static argument
-    are reused. One host call costs about 0.5 ms on a CPU (``experiments/progress_overhead.py``);
+    are reused. A host call is not free (``experiments/progress_overhead.py`` measures it), so
     :func:`every_for` picks ``every`` from the problem size.
     """
     every = int(every)
@@ -188,9 +188,10 @@ def make_callback(every: int = 10):
 
 
 def every_for(n_samples: int, n_features: int, n_components: int, n_lanes: int) -> int:
-    """Iterations between host calls so that a host call (~0.5 ms) costs well under 5% of the
-    EM work between two calls (about ``n * K * D (D + 1) / 2`` multiply-adds per lane and
-    iteration, with a floor for the fixed per-iteration cost): between 1 and 50."""
+    """Iterations between host calls so that a host call (a fixed cost, measured by
+    ``experiments/progress_overhead.py``) stays well under 5% of the EM work between two calls
+    (about ``n * K * D (D + 1) / 2`` multiply-adds per lane and iteration, with a floor for the
+    fixed per-iteration cost): between 1 and 50."""
     work = n_samples * n_components * n_features * (n_features + 1) / 2 * n_lanes
     return int(min(50, max(1, round(2e7 / max(work, 1.0)))))
 

@@ -8,7 +8,7 @@ On one machine (two CPU processes talking through gloo)::
 On a cluster, run the same command on every host with the coordinator's ``host:port`` and that
 host's rank (on Slurm, Open MPI or Cloud TPU, ``jax.distributed.initialize()`` with no arguments
 detects all three). Each process reads only its own rows (here: a slice of a generated data set;
-in practice, its own files), and every process gets the same fitted fitting.
+in practice, its own files), and every process gets the same fitted mixture.
 """
 
 import argparse

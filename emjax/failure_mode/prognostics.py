@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from emjax._version import __version__
 from emjax.failure_mode.data import PaddedTable, observed_until
 from emjax.failure_mode.model import (
     Basis,
@@ -313,8 +314,6 @@ class PrognosticModel:
     def save(self, path) -> str:
         """Write the model to ``path`` (``.npz`` appended if missing) atomically: a temporary
         file in the same directory, then ``os.replace``. Returns the path written."""
-        from emjax import __version__
-
         path = str(path)
         if not path.endswith(".npz"):
             path = f"{path}.npz"

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from emjax._version import __version__
 from emjax.families import expfam, gaussian, product
 from emjax.families.base import Family, MixtureParams, init_params
 
@@ -77,7 +78,6 @@ def _template(family: Family, n_components: int, dtype) -> MixtureParams:
 def save(path: str, family: Family, params: MixtureParams, *, config: dict | None = None) -> str:
     """Write a fitted mixture (``family`` bound, e.g. ``FitResult.family``) to ``path``
     (``.npz`` appended if missing), atomically. Returns the path written."""
-    from emjax import __version__
     from emjax.gmm.io import _jsonable
 
     leaves = [np.asarray(a) for a in jax.tree_util.tree_leaves(params)]

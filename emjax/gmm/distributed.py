@@ -40,7 +40,9 @@ from jax.sharding import PartitionSpec as P
 
 from emjax import _validation as v
 from emjax import em
-from emjax.gmm import GMMParams, SuffStats, fitting, steps
+from emjax.gmm import GMMParams, SuffStats, fitting
+from emjax.gmm.blocks import BlockStats, block_stats
+from emjax.gmm.reseed import reseed
 
 Array = jax.Array
 
@@ -58,48 +60,6 @@ __all__ = [
 ]
 
 
-class BlockStats(NamedTuple):
-    """Additive statistics of one block of samples (a device's shard, a chunk of a file).
-
-    Attributes:
-      nk, sx, sxx: the fields of :class:`emjax.gmm.SuffStats` about ``params.means``.
-      ll_sum: ``()`` ``sum_n w_n log p(x_n)``.
-      w_sum: ``()`` ``sum_n w_n``.
-      cand_x: ``(n_candidates, n_features)`` the block's worst-explained rows (lowest
-        ``log p(x_n)`` among rows of positive weight), candidates for re-seeding empty components.
-      cand_score: ``(n_candidates,)`` their ``log p(x_n)`` (``+inf`` for zero-weight rows).
-    """
-
-    nk: Array
-    sx: Array
-    sxx: Array
-    ll_sum: Array
-    w_sum: Array
-    cand_x: Array
-    cand_score: Array
-
-
-def block_stats(params: GMMParams, X: Array, w: Array, *, covariance_type: str,
-                n_candidates: int) -> BlockStats:
-    """E-step and sufficient statistics of one block (pure, unjitted).
-
-    Args:
-      params: the current mixture; statistics are taken about ``params.means``.
-      X: ``(n_rows, n_features)``; rows of zero weight (padding) contribute nothing.
-      w: ``(n_rows,)`` sample weights.
-      covariance_type: static.
-      n_candidates: static, ``<= n_rows``: how many re-seeding candidates to keep.
-    """
-    log_resp, ll = steps.e_step_full(params, X)
-    s = steps.suff_stats(jnp.exp(log_resp), X, params.means, covariance_type=covariance_type,
-                       sample_weight=w)
-    score = jnp.where(w > 0, ll, jnp.inf)
-    idx = fitting.worst_explained(ll, w, n_candidates)  # ranked as emjax.gmm.fitting.reseed ranks
-    # where(): a zero-weight row must not turn the sum into NaN even if its ll is -inf.
-    ll_sum = jnp.sum(jnp.where(w > 0, w * ll, 0.0))
-    return BlockStats(s.nk, s.sx, s.sxx, ll_sum, jnp.sum(w), X[idx], score[idx])
-
-
 def make_model(covariance_type: str, reg_covar: float, *, axis_name: str = DEFAULT_AXIS,
                n_devices: int, empty_threshold: float = 1e-3):
     """The sharded GMM as the driver sees it, for use inside ``shard_map`` over ``axis_name``.
@@ -108,7 +68,7 @@ def make_model(covariance_type: str, reg_covar: float, *, axis_name: str = DEFAU
     number of (unpadded) samples. ``e_step`` does one ``psum`` of the :class:`BlockStats`
     (candidates gathered into per-device slots, so the gather is part of the same all-reduce);
     ``m_step`` is :func:`emjax.gmm.params_from_stats`; ``repair`` is
-    :func:`emjax.gmm.fitting.reseed` on the gathered candidate pool, with the same emptiness rule as
+    :func:`emjax.gmm.reseed.reseed` on the gathered candidate pool, with the same emptiness rule as
     :func:`emjax.gmm.fitting.make_model` (mass below ``empty_threshold`` times the mean weight).
     """
 
@@ -133,7 +93,7 @@ def make_model(covariance_type: str, reg_covar: float, *, axis_name: str = DEFAU
     def repair(params, estats, data):
         stats, w_sum, pool_x, pool_s = estats
         mean_w = w_sum / data[2].astype(w_sum.dtype)
-        return fitting.reseed(params, stats.nk < empty_threshold * mean_w, pool_x, pool_s,
+        return reseed(params, stats.nk < empty_threshold * mean_w, pool_x, pool_s,
                               covariance_type=covariance_type)
 
     return e_step, m_step, repair

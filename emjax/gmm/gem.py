@@ -24,6 +24,7 @@ from emjax import em
 from emjax._linalg import after
 from emjax.gmm import GMMParams, fitting, steps
 from emjax.gmm import covariance as cov_lib
+from emjax.gmm import reseed as reseed_lib
 
 Array = jax.Array
 
@@ -255,9 +256,9 @@ def make_gem_model(
 
     The E-step's statistics carry the current parameters (``(log_resp, ll, params)``) because a
     warm-started M-step needs them; ``repair`` is the closed-form model's re-seeding of empty
-    components (:func:`emjax.gmm.fitting.make_model`).
+    components (:func:`emjax.gmm.reseed.dense_repair`).
     """
-    _, _, base_repair = fitting.make_model(covariance_type, reg_covar)
+    base_repair = reseed_lib.dense_repair(covariance_type)
 
     def e_step(params, data):
         X, w = data

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from emjax._files import atomic_write
+from emjax._version import __version__
 from emjax.gmm import GMMParams
 from emjax.gmm import covariance as cov_lib
 
@@ -60,8 +61,6 @@ def save(path: str, params: GMMParams, *, config: dict | None = None) -> str:
     then replaces ``path`` (``os.replace``), so a failed save leaves a previous model intact.
     A symlink at ``path`` is replaced by the new file; the file it pointed to is not written.
     """
-    from emjax import __version__
-
     if not isinstance(params, GMMParams):
         raise ValueError(f"params must be emjax.GMMParams; got {type(params).__name__}")
     arrays = {

@@ -41,6 +41,7 @@ from emjax import em
 from emjax._linalg import after
 from emjax.gmm import covariance as cov_lib
 from emjax.gmm import fitting
+from emjax.gmm import reseed as reseed_lib
 from emjax.gmm.steps import GMMParams, SuffStats
 
 Array = jax.Array
@@ -561,8 +562,8 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
         k = params.means.shape[0]
         w = data.weight
         cand = jax.lax.cond(
-            jnp.any(fitting.empty_components(stats.nk, w, empty_threshold)),
-            lambda ll: fitting.worst_explained(ll, w, k), lambda ll: jnp.zeros((k,), jnp.int32),
+            jnp.any(reseed_lib.empty_components(stats.nk, w, empty_threshold)),
+            lambda ll: reseed_lib.worst_explained(ll, w, k), lambda ll: jnp.zeros((k,), jnp.int32),
             ll)
         return (stats, cand), mean_log_likelihood(ll, w)
 
@@ -571,7 +572,7 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
                                          reg_covar=reg_covar)
 
     def repair(params, estats, data):
-        return fitting.reseed_empty(params, None, None, data.x, data.weight, nk=estats[0].nk,
+        return reseed_lib.reseed_empty(params, None, None, data.x, data.weight, nk=estats[0].nk,
                                     candidates=estats[1], covariance_type=covariance_type,
                                     empty_threshold=empty_threshold)
 

@@ -22,6 +22,7 @@ from emjax import _validation as v
 from emjax import em
 from emjax.gmm import GMMParams, fitting, steps
 from emjax.gmm import covariance as cov_lib
+from emjax.gmm import reseed as reseed_lib
 
 Array = jax.Array
 
@@ -137,7 +138,7 @@ def make_masked_model(covariance_type: str, reg_covar: float, empty_threshold: f
     def repair(params, estats, data):
         X, w, active = data
         log_resp, ll = estats
-        return fitting.reseed_empty(params, log_resp, ll, X, w, covariance_type=covariance_type,
+        return reseed_lib.reseed_empty(params, log_resp, ll, X, w, covariance_type=covariance_type,
                                     empty_threshold=empty_threshold, active=active)
 
     return e_step, m_step, repair

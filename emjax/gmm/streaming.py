@@ -3,7 +3,7 @@ online EM (Cappé and Moulines, 2009) over mini-batches.
 
 Both are Python loops over chunks around small jitted functions (a file cannot be read inside
 ``jit``): per chunk, one compiled call computes the E-step and the additive sufficient statistics
-(:func:`emjax.gmm.distributed.block_stats`, built on :func:`emjax.gmm.e_step_full` and
+(:func:`emjax.gmm.blocks.block_stats`, built on :func:`emjax.gmm.e_step_full` and
 :func:`emjax.gmm.suff_stats`); chunks are padded to one shape with zero-weight rows, so each
 covariance type and dtype compiles once.
 """
@@ -23,7 +23,8 @@ import numpy as np
 from emjax import _validation as v
 from emjax import em
 from emjax.gmm import GMMParams, SuffStats, fitting, steps
-from emjax.gmm.distributed import BlockStats, block_stats
+from emjax.gmm.blocks import BlockStats, block_stats
+from emjax.gmm.reseed import reseed
 
 Array = jax.Array
 
@@ -156,7 +157,7 @@ def _update(acc: BlockStats, params: GMMParams, n_samples, *, covariance_type, r
     stats = SuffStats(acc.nk, acc.sx, acc.sxx, params.means)
     new = steps.params_from_stats(stats, covariance_type=covariance_type, reg_covar=reg_covar)
     mean_w = acc.w_sum / n_samples
-    new, flags = fitting.reseed(new, acc.nk < empty_threshold * mean_w, acc.cand_x,
+    new, flags = reseed(new, acc.nk < empty_threshold * mean_w, acc.cand_x,
                                 acc.cand_score, covariance_type=covariance_type)
     ll = acc.ll_sum / acc.w_sum
     finite = jnp.isfinite(ll) & em._all_finite(new)
