@@ -21,7 +21,6 @@ from emjax.gmm import (
     covariance,
     distributed,
     e_step,
-    estimator,
     fitting,
     gem,
     io,
@@ -45,7 +44,6 @@ from emjax.gmm.covariance import (
     SphericalCovariance,
     TiedCovariance,
 )
-from emjax.gmm.estimator import ConvergenceWarning, GaussianMixture, NotFittedError
 from emjax.gmm.fitting import FitResult, fit, init_params
 from emjax.gmm.gem import fit_gem
 from emjax.gmm.io import load, save
@@ -56,6 +54,25 @@ from emjax.gmm.selection import GridResult, SelectionResult, fit_grid, select_mo
 
 #: The modules' names before the package was split into model subpackages.
 mixture = fitting
+
+# The estimator imports scikit-learn's base classes when it is installed (about a second): it is
+# loaded on first use, so that `import emjax` and the command line do not pay for it.
+_ESTIMATOR_NAMES = ("ConvergenceWarning", "GaussianMixture", "NotFittedError", "estimator")
+
+
+def __getattr__(name):
+    if name in _ESTIMATOR_NAMES:
+        from emjax.gmm import estimator
+
+        value = estimator if name == "estimator" else getattr(estimator, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "ConvergenceWarning",

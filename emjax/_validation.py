@@ -18,24 +18,41 @@ MISSING_HINT = ("; to fit data with missing entries (NaN) by marginalising them,
 
 def as_data(X, name: str = "X", dtype=None, nan_hint: str = "") -> np.ndarray:
     """``X`` as a finite 2-D float array (float32 kept, everything else float64); never mutated.
-    ``nan_hint`` is appended to the error for NaN entries."""
+    ``nan_hint`` is appended to the error for NaN entries. The messages use scikit-learn's
+    wording where it says the same thing, plus the shape.
+    """
+    if _is_sparse(X):
+        raise TypeError(f"Sparse data was passed for {name} (shape {getattr(X, 'shape', '?')}), "
+                        "but dense data is required. Use '.toarray()' to convert to a dense "
+                        "numpy array.")
     try:
         arr = np.asarray(X)
     except Exception as exc:  # ragged nested lists etc.
         raise ValueError(f"{name} could not be read as a numeric array: {exc}") from None
-    if arr.dtype == object or not (
-        np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
-    ):
-        raise ValueError(f"{name} must be numeric; got dtype {arr.dtype} with shape {arr.shape}")
+    if arr.dtype == object:  # e.g. a DataFrame of mixed dtypes (TypeError on non-numbers)
+        try:
+            arr = arr.astype(np.float64)
+        except ValueError as exc:
+            raise ValueError(f"{name} must be numeric; got dtype object with shape {arr.shape} "
+                             f"({exc})") from None
     if np.iscomplexobj(arr):
-        raise ValueError(f"{name} must be real; got complex dtype {arr.dtype}")
+        raise ValueError(f"Complex data not supported: {name} must be real; got dtype "
+                         f"{arr.dtype} with shape {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)):
+        raise ValueError(f"{name} must be numeric; got dtype {arr.dtype} with shape {arr.shape}")
     if arr.ndim != 2:
         raise ValueError(
-            f"{name} must be a 2-D array of shape (n_samples, n_features); got shape {arr.shape}"
-            + (" (reshape a single feature with X.reshape(-1, 1))" if arr.ndim == 1 else "")
+            f"Expected 2D array, got {arr.ndim}D array instead: {name} must be a 2-D array of "
+            f"shape (n_samples, n_features); got shape {arr.shape}"
+            + ("\nReshape your data either using array.reshape(-1, 1) if your data has a single "
+               "feature or array.reshape(1, -1) if it contains a single sample."
+               if arr.ndim == 1 else "")
         )
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{name} must have at least one sample and one feature; got {arr.shape}")
+    for axis, what in ((0, "sample"), (1, "feature")):
+        if arr.shape[axis] == 0:
+            raise ValueError(f"Found array with 0 {what}(s) (shape={arr.shape}) while a minimum "
+                             f"of 1 is required: {name} must have at least one sample and one "
+                             "feature.")
     if dtype is None:
         dtype = np.float32 if arr.dtype == np.float32 else np.float64
     arr = arr.astype(dtype, copy=False)
@@ -49,6 +66,11 @@ def as_data(X, name: str = "X", dtype=None, nan_hint: str = "") -> np.ndarray:
             f"{shown}{hint}"
         )
     return arr
+
+
+def _is_sparse(X) -> bool:
+    """A SciPy sparse matrix or array, recognised without importing SciPy."""
+    return type(X).__module__.startswith("scipy.sparse") and hasattr(X, "toarray")
 
 
 def check_positive_int(value, name: str, minimum: int = 1) -> int:
@@ -143,15 +165,17 @@ def check_spd(mats, covariance_type: str, n_components: int, n_features: int, dt
     return a
 
 
-def check_em_options(covariance_type, init_params, tol, reg_covar, max_iter, n_init) -> tuple:
+def check_em_options(covariance_type, init_params, tol, reg_covar, max_iter, n_init, *,
+                     min_iter: int = 1) -> tuple:
     """The hyper-parameters every EM fitting entry point shares, checked and normalised:
-    ``(covariance_type, init_params, tol, reg_covar, max_iter, n_init)``."""
+    ``(covariance_type, init_params, tol, reg_covar, max_iter, n_init)``; ``max_iter`` at least
+    ``min_iter`` (0 where initialising only is meaningful)."""
     return (
         check_covariance_type(covariance_type),
         check_init_params(init_params),
         check_non_negative(tol, "tol"),
         check_non_negative(reg_covar, "reg_covar"),
-        check_positive_int(max_iter, "max_iter"),
+        check_positive_int(max_iter, "max_iter", minimum=min_iter),
         check_positive_int(n_init, "n_init"),
     )
 

@@ -111,6 +111,7 @@ def run(
     decrease_tol: float = 1e-6,
     rtol: Array = 0.0,
     estats0: Any = None,
+    ll_prev: Array | None = None,
 ) -> EMResult:
     """Run EM from ``params0`` inside one ``jax.lax.while_loop`` (not jitted: compose or jit it).
 
@@ -139,7 +140,12 @@ def run(
         assignment): the initial parameters are then ``m_step(estats0)``, computed by the
         loop's own M-step (no second copy of it in the program; no ``repair``, not counted as
         an iteration), and ``params0`` gives only their structure (it is returned, flagged
-        ``STATUS_NONFINITE``, if that step is not finite).
+        ``STATUS_NONFINITE``, if that step is not finite). With ``max_iter=0`` that step still
+        runs (initialisation only).
+      ll_prev: optional log-likelihood before ``params0`` when continuing an earlier run that
+        ended at ``params0`` (its last ``history`` entry; may be traced, ``-inf`` for none): the
+        convergence test goes on from it, so that runs of a few iterations each converge as
+        one long run would (scikit-learn's ``warm_start``). Ignored with ``estats0``.
 
     Returns:
       :class:`EMResult`.
@@ -184,7 +190,8 @@ def run(
             converged=converged,
             status=s.status | flags,
             # history[i] = ll_i, the log-likelihood before iteration i's M-step
-            history=jnp.where(counted & finite, s.history.at[s.n_iter].set(s.ll), s.history),
+            history=(jnp.where(counted & finite, s.history.at[s.n_iter].set(s.ll), s.history)
+                     if max_iter > 0 else s.history),
             pending=small & finite & ~converged,
             done=converged | ~finite | (n_iter >= max_iter),
             first=jnp.array(False),
@@ -204,6 +211,10 @@ def run(
         done = ~jnp.isfinite(ll)
         status = jnp.where(done, STATUS_NONFINITE, STATUS_OK).astype(jnp.int32)
         ll = jnp.where(done, -jnp.inf, ll)
+    pending = jnp.array(False)
+    if ll_prev is not None and not from_stats:
+        change = ll - jnp.asarray(ll_prev, dtype)
+        pending = ~done & ((jnp.abs(change) < tol) | (jnp.abs(change) < rtol * jnp.abs(ll)))
     init = _State(
         params=params0,
         estats=estats,
@@ -212,8 +223,9 @@ def run(
         converged=jnp.array(False),
         status=status,
         history=jnp.full((max_iter,), jnp.nan, dtype),
-        pending=jnp.array(False),
-        done=done | (max_iter <= 0),
+        pending=pending,
+        # The initial M-step from estats0 runs even with max_iter = 0 (initialisation only).
+        done=done | ((max_iter <= 0) & (not from_stats)),
         first=jnp.array(from_stats),
     )
     final = jax.lax.while_loop(lambda s: ~s.done, body_fun, init)
@@ -250,15 +262,16 @@ def run_restarts(
     callback: Callable | None = None,
     rtol: Array = 0.0,
     estats0_batched: Any = None,
+    ll_prev: Array | None = None,
 ) -> EMResult:
     """:func:`run` vmapped over a leading restart axis of ``params0_batched`` (and of
-    ``estats0_batched``, if given); data is shared. One restart runs unbatched (its result gets
-    the leading axis of length 1): a batch of one would turn every GEMM of the steps into a
-    batched one, which XLA:CPU runs more slowly (docs/performance.md)."""
+    ``estats0_batched``, if given); data and ``ll_prev`` are shared. One restart runs
+    unbatched (its result gets the leading axis of length 1): a batch of one would turn every
+    GEMM of the steps into a batched one, which XLA:CPU runs more slowly (docs/performance.md)."""
 
     def one(p0, s0):
         return run(e_step, m_step, p0, data, tol=tol, max_iter=max_iter, repair=repair,
-                   callback=callback, rtol=rtol, estats0=s0)
+                   callback=callback, rtol=rtol, estats0=s0, ll_prev=ll_prev)
 
     leaves = jax.tree_util.tree_leaves(params0_batched)
     if leaves and leaves[0].shape[0] == 1:

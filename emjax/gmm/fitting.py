@@ -295,8 +295,8 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
 FIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
-def _fit_program(X, key, sample_weight, weights_init, means_init, precisions_init, tol, *,
-                 n_components, covariance_type, reg_covar, max_iter, n_init, init_method,
+def _fit_program(X, key, sample_weight, weights_init, means_init, precisions_init, tol, ll_prev,
+                 *, n_components, covariance_type, reg_covar, max_iter, n_init, init_method,
                  n_lloyd, callback, plan):
     w = sample_weight
     shift = jnp.mean(X, 0) if w is None else (w @ X) / jnp.sum(w)
@@ -318,6 +318,7 @@ def _fit_program(X, key, sample_weight, weights_init, means_init, precisions_ini
         data = (Xc, w)
     run = functools.partial(em.run_restarts, e_step, m_step, data=data, tol=tol,
                             max_iter=max_iter, repair=repair, callback=callback)
+    run_from_params = functools.partial(run, ll_prev=ll_prev)
     init_kw = dict(covariance_type=covariance_type, init_params=init_method, sample_weight=w,
                    n_lloyd=n_lloyd)
     if all(a is not None for a in (weights_init, means_init, precisions_init)):
@@ -326,7 +327,7 @@ def _fit_program(X, key, sample_weight, weights_init, means_init, precisions_ini
                           precisions_init)
         params0 = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (n_init,) + a.shape),
                                          given)
-        res = run(params0)
+        res = run_from_params(params0)
     elif overrides:
         def initial(k):
             p = init_params(k, X if fast else Xc, n_components, reg_covar=reg_covar,
@@ -342,7 +343,7 @@ def _fit_program(X, key, sample_weight, weights_init, means_init, precisions_ini
         params0 = jax.vmap(initial)(keys)
         if fast:
             params0 = params0._replace(means=params0.means + shift)
-        res = run(params0)
+        res = run_from_params(params0)
     else:
         # The initial parameters are the M-step of the initial responsibilities' statistics,
         # computed by the EM loop's own M-step (one copy of it in the compiled program).
@@ -398,6 +399,7 @@ def fit(
     callback: Callable | None = None,
     plan: plan_lib.PassPlan | None = None,
     missing: str = "error",
+    previous_log_likelihood: float | None = None,
 ) -> FitResult:
     """Fit a Gaussian mixture by EM: ``n_init`` restarts in one compiled, vmapped program.
 
@@ -413,7 +415,8 @@ def fit(
       covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
       tol: stop when the mean log-likelihood changes by less than this (``0``: run ``max_iter``).
       reg_covar: non-negative regularisation added to covariance diagonals.
-      max_iter: maximum EM iterations per restart.
+      max_iter: maximum EM iterations per restart; ``0`` only initialises (``n_iter == 0``;
+        the log-likelihood is that of the initial parameters).
       n_init: number of restarts, run in parallel through ``jax.vmap``.
       init_params: ``"kmeans"``, ``"k-means++"``, ``"random"`` or ``"random_from_data"``.
       weights_init, means_init, precisions_init: optional user-given initial values
@@ -428,6 +431,10 @@ def fit(
       missing: ``"error"`` (default): NaN in ``X`` is an error. ``"marginalize"``: NaN entries
         are missing at random and marginalised exactly (:func:`emjax.gmm.missing.fit`; the
         log-likelihood is the observed-data one); without NaN the fit is the usual one.
+      previous_log_likelihood: with ``params_init`` continuing an earlier fit (a warm start):
+        that fit's log-likelihood before its last iteration, ``history[n_iter - 1]``; the
+        convergence test goes on from it, so that fits of a few iterations each converge as one
+        long fit would (see :func:`emjax.em.run`'s ``ll_prev``).
 
     Returns:
       :class:`FitResult`.
@@ -466,11 +473,15 @@ def fit(
     n, d = Xa.shape
     k = v.check_n_components(n_components, n, Xa.shape)
     covariance_type, init_method, tol, reg_covar, max_iter, n_init = v.check_em_options(
-        covariance_type, init_params, tol, reg_covar, max_iter, n_init)
+        covariance_type, init_params, tol, reg_covar, max_iter, n_init, min_iter=0)
     n_lloyd = v.check_positive_int(n_lloyd, "n_lloyd", minimum=0)
     scale_problem = v.reg_covar_problem(Xa, reg_covar)
     if scale_problem:
         warnings.warn(scale_problem, stacklevel=2)
+    if previous_log_likelihood is None:
+        previous_log_likelihood = -np.inf
+    elif params_init is None:
+        raise ValueError("previous_log_likelihood continues a fit: it needs params_init")
     dtype = Xa.dtype
     w = v.check_sample_weight(sample_weight, n, dtype)
     if params_init is not None:
@@ -506,7 +517,7 @@ def fit(
         raise ValueError(f"plan must be a PassPlan for covariance_type={covariance_type!r}, "
                          f"got {plan!r}")
     args = (key, None if w is None else jnp.asarray(w), weights_init, means_init, prec_cov,
-            jnp.asarray(tol, dtype))
+            jnp.asarray(tol, dtype), jnp.asarray(previous_log_likelihood, dtype))
     static = dict(n_components=k, covariance_type=covariance_type, reg_covar=reg_covar,
                   max_iter=max_iter, n_init=n_init, init_method=init_method, n_lloyd=n_lloyd,
                   callback=callback, plan=plan)
@@ -577,9 +588,10 @@ def _fit_traced(X, n_components, *, key, covariance_type, tol, reg_covar, max_it
     if plan is None:
         plan = plan_lib.make_plan(covariance_type, dtype, n, d, k)
     return _fit_nested(X, key, w, weights_init, means_init, prec_cov, jnp.asarray(tol, dtype),
-                         n_components=k, covariance_type=covariance_type, reg_covar=reg_covar,
-                         max_iter=max_iter, n_init=n_init, init_method=init_method,
-                         n_lloyd=n_lloyd, callback=callback, plan=plan)
+                       jnp.asarray(-jnp.inf, dtype), n_components=k,
+                       covariance_type=covariance_type, reg_covar=reg_covar, max_iter=max_iter,
+                       n_init=n_init, init_method=init_method, n_lloyd=n_lloyd,
+                       callback=callback, plan=plan)
 
 
 #: Row counts are padded up to the next of this many size classes per doubling.
