@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
+
+import numpy as np
 
 
 def _new_file_mode(path: str) -> int:
@@ -55,3 +58,28 @@ def same_file(a: str, b: str) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return os.path.abspath(a) == os.path.abspath(b)
+
+
+def read_npz_with_metadata(path: str, kind: str, fmt: str, fmt_version: int):
+    """The arrays and JSON metadata of an ``.npz`` model file of format ``fmt`` (``kind`` names
+    it in errors): ``(arrays, metadata)``.
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: not such a file, or a format version newer than ``fmt_version``.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such model file: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {name: f[name] for name in f.files}
+        metadata = json.loads(str(arrays["metadata"][()]))
+    except (OSError, EOFError, ValueError, KeyError) as exc:
+        raise ValueError(f"{path} is not an emjax {kind} file ({exc})") from None
+    if metadata.get("format") != fmt:
+        raise ValueError(f"{path} is not an emjax {kind} file "
+                         f"(format {metadata.get('format')!r})")
+    if metadata.get("format_version", 0) > fmt_version:
+        raise ValueError(f"{path} has format version {metadata['format_version']}; this emjax "
+                         f"reads up to {fmt_version}")
+    return arrays, metadata

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from emjax._files import read_npz_with_metadata
 from emjax._version import __version__
 from emjax.failure_mode.data import PaddedTable, observed_until
 from emjax.failure_mode.model import (
@@ -344,21 +345,8 @@ class PrognosticModel:
           FileNotFoundError: no such file.
           ValueError: not a prognostic model file, or a newer format version.
         """
-        path = str(path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no such model file: {path}")
-        try:
-            with np.load(path, allow_pickle=False) as fh:
-                arrays = {k: fh[k] for k in fh.files}
-            meta = json.loads(str(arrays["metadata"][()]))
-        except (OSError, EOFError, ValueError, KeyError) as exc:
-            raise ValueError(f"{path} is not an emjax prognostic model file ({exc})") from None
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path} is not an emjax prognostic model file "
-                             f"(format {meta.get('format')!r})")
-        if meta.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{path} has format version {meta['format_version']}; this emjax "
-                             f"reads up to {FORMAT_VERSION}")
+        arrays, meta = read_npz_with_metadata(str(path), "prognostic model", FORMAT,
+                                              FORMAT_VERSION)
         params = FMMParams(*(arrays[f"params_{k}"] for k in FMMParams._fields))
         return cls(params, Basis(**meta["basis"]), float(meta["t_scale"]), arrays["center"],
                    arrays["scale"], FailureDefinition(**meta["failure"]),

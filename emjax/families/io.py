@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from emjax._files import read_npz_with_metadata
 from emjax._version import __version__
 from emjax.families import expfam, gaussian, product
 from emjax.families.base import Family, MixtureParams, init_params
@@ -115,20 +116,7 @@ def load(path: str) -> SavedMixture:
       FileNotFoundError: if ``path`` does not exist.
       ValueError: if it is not an emjax families file or its arrays do not match the family.
     """
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such model file: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            contents = {name: f[name] for name in f.files}
-        metadata = json.loads(str(contents["metadata"][()]))
-    except (OSError, EOFError, ValueError, KeyError) as exc:
-        raise ValueError(f"{path} is not an emjax families model file ({exc})") from None
-    if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an emjax families model file (format "
-                         f"{metadata.get('format')!r})")
-    if metadata.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path} has format version {metadata['format_version']}; this emjax "
-                         f"reads up to {FORMAT_VERSION}")
+    contents, metadata = read_npz_with_metadata(path, "families model", FORMAT, FORMAT_VERSION)
     family = family_from_json(metadata["family"])
     k = metadata["n_components"]
     template = _template(family, k, jnp.dtype(metadata["dtype"]))
