@@ -150,13 +150,23 @@ def run(
     Returns:
       :class:`EMResult`.
     """
+    start, body_fun, finish = _loop(e_step, m_step, params0, data, tol=tol, max_iter=max_iter,
+                                    repair=repair, callback=callback, decrease_tol=decrease_tol,
+                                    rtol=rtol, from_stats=estats0 is not None, ll_prev=ll_prev)
+    return finish(jax.lax.while_loop(lambda s: ~s.done, body_fun, start(params0, estats0)))
+
+
+def _loop(e_step, m_step, params0, data, *, tol, max_iter, repair=None, callback=None,
+          decrease_tol=1e-6, rtol=0.0, from_stats=False, ll_prev=None):
+    """:func:`run`'s loop as ``(start, body, finish)``: ``start(params0, estats0)`` is one
+    fit's initial state, so a driver can run the body on any batch of states
+    (:func:`run_restarts`' compaction). ``params0`` gives only the dtype here."""
     leaves = jax.tree_util.tree_leaves(params0)
     dtype = leaves[0].dtype if leaves else jnp.float32
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.result_type(float)
     tol = jnp.asarray(tol, dtype)
     rtol = jnp.asarray(rtol, dtype)
-    from_stats = estats0 is not None
 
     def body_fun(s: _State) -> _State:
         new_params = m_step(s.estats, data)
@@ -202,41 +212,45 @@ def run(
             callback(out.n_iter, out.ll, out.converged)
         return out
 
-    if from_stats:
-        estats, ll, done = estats0, jnp.asarray(-jnp.inf, dtype), jnp.array(False)
-        status = jnp.int32(STATUS_OK)
-    else:
-        estats, ll = e_step(params0, data)
-        ll = ll.astype(dtype)
-        done = ~jnp.isfinite(ll)
-        status = jnp.where(done, STATUS_NONFINITE, STATUS_OK).astype(jnp.int32)
-        ll = jnp.where(done, -jnp.inf, ll)
-    pending = jnp.array(False)
-    if ll_prev is not None and not from_stats:
-        change = ll - jnp.asarray(ll_prev, dtype)
-        pending = ~done & ((jnp.abs(change) < tol) | (jnp.abs(change) < rtol * jnp.abs(ll)))
-    init = _State(
-        params=params0,
-        estats=estats,
-        ll=ll,
-        n_iter=jnp.int32(0),
-        converged=jnp.array(False),
-        status=status,
-        history=jnp.full((max_iter,), jnp.nan, dtype),
-        pending=pending,
-        # The initial M-step from estats0 runs even with max_iter = 0 (initialisation only).
-        done=done | ((max_iter <= 0) & (not from_stats)),
-        first=jnp.array(from_stats),
-    )
-    final = jax.lax.while_loop(lambda s: ~s.done, body_fun, init)
-    return EMResult(
-        params=final.params,
-        log_likelihood=final.ll,
-        n_iter=final.n_iter,
-        converged=final.converged,
-        status=final.status | jnp.where(final.first, STATUS_NONFINITE, 0),
-        history=final.history,
-    )
+    def start(params0, estats0) -> _State:
+        if from_stats:
+            estats, ll, done = estats0, jnp.asarray(-jnp.inf, dtype), jnp.array(False)
+            status = jnp.int32(STATUS_OK)
+        else:
+            estats, ll = e_step(params0, data)
+            ll = ll.astype(dtype)
+            done = ~jnp.isfinite(ll)
+            status = jnp.where(done, STATUS_NONFINITE, STATUS_OK).astype(jnp.int32)
+            ll = jnp.where(done, -jnp.inf, ll)
+        pending = jnp.array(False)
+        if ll_prev is not None and not from_stats:
+            change = ll - jnp.asarray(ll_prev, dtype)
+            pending = ~done & ((jnp.abs(change) < tol) | (jnp.abs(change) < rtol * jnp.abs(ll)))
+        return _State(
+            params=params0,
+            estats=estats,
+            ll=ll,
+            n_iter=jnp.int32(0),
+            converged=jnp.array(False),
+            status=status,
+            history=jnp.full((max_iter,), jnp.nan, dtype),
+            pending=pending,
+            # The initial M-step from estats0 runs even with max_iter = 0 (initialisation only).
+            done=done | ((max_iter <= 0) & (not from_stats)),
+            first=jnp.array(from_stats),
+        )
+
+    def finish(final: _State) -> EMResult:
+        return EMResult(
+            params=final.params,
+            log_likelihood=final.ll,
+            n_iter=final.n_iter,
+            converged=final.converged,
+            status=final.status | jnp.where(final.first, STATUS_NONFINITE, 0),
+            history=final.history,
+        )
+
+    return start, body_fun, finish
 
 
 def best_index(log_likelihoods: Array) -> Array:
@@ -263,19 +277,61 @@ def run_restarts(
     rtol: Array = 0.0,
     estats0_batched: Any = None,
     ll_prev: Array | None = None,
+    compact: bool = False,
 ) -> EMResult:
     """:func:`run` vmapped over a leading restart axis of ``params0_batched`` (and of
     ``estats0_batched``, if given); data and ``ll_prev`` are shared. One restart runs
     unbatched (its result gets the leading axis of length 1): a batch of one would turn every
-    GEMM of the steps into a batched one, which XLA:CPU runs more slowly (docs/performance.md)."""
+    GEMM of the steps into a batched one, which XLA:CPU runs more slowly (docs/performance.md).
 
-    def one(p0, s0):
-        return run(e_step, m_step, p0, data, tol=tol, max_iter=max_iter, repair=repair,
-                   callback=callback, rtol=rtol, estats0=s0, ll_prev=ll_prev)
-
+    A vmapped loop steps every restart until the slowest has finished. With ``compact=True``
+    (static; used from 4 restarts on) the loop runs in stages instead: once at most a quarter
+    of the current batch is still running, those restarts are gathered into a batch a quarter
+    the size, down to one, so finished restarts stop costing work. Each restart's arithmetic
+    is unchanged (results equal to rounding); the program holds one copy of the loop body per
+    stage.
+    """
     leaves = jax.tree_util.tree_leaves(params0_batched)
-    if leaves and leaves[0].shape[0] == 1:
+    n = leaves[0].shape[0] if leaves else 0
+    start, body_fun, finish = _loop(
+        e_step, m_step, jax.tree_util.tree_map(lambda a: a[0], params0_batched), data, tol=tol,
+        max_iter=max_iter, repair=repair, callback=callback, rtol=rtol,
+        from_stats=estats0_batched is not None, ll_prev=ll_prev)
+    if n == 1:
         first = functools.partial(jax.tree_util.tree_map, lambda a: a[0])
-        res = one(first(params0_batched), first(estats0_batched))
-        return jax.tree_util.tree_map(lambda a: a[None], res)
-    return jax.vmap(one)(params0_batched, estats0_batched)
+        final = jax.lax.while_loop(lambda s: ~s.done, body_fun,
+                                   start(first(params0_batched), first(estats0_batched)))
+        return jax.tree_util.tree_map(lambda a: a[None], finish(final))
+    states = jax.vmap(start)(params0_batched, estats0_batched)
+    if not compact or n < 4:
+        return jax.vmap(finish)(jax.lax.while_loop(lambda s: ~jnp.all(s.done),
+                                                   jax.vmap(body_fun), states))
+    return jax.vmap(finish)(_staged(body_fun, states, n))
+
+
+def _stage_sizes(n: int) -> list:
+    sizes = [n]
+    while sizes[-1] > 1:
+        sizes.append(-(-sizes[-1] // 4))
+    return sizes
+
+
+def _staged(body_fun: Callable, states: _State, n: int) -> _State:
+    """Run a batch of loop states to the end in stages of shrinking batches (see
+    :func:`run_restarts`): a stage runs while more lanes are running than the next stage holds;
+    the next stage takes the running lanes first (a stable sort on ``done``)."""
+    sizes = _stage_sizes(n)
+    idx = jnp.arange(n)
+    for size, next_size in zip(sizes, sizes[1:] + [0]):
+        if size < n:
+            idx = jnp.argsort(states.done.astype(jnp.int32), stable=True)[:size]
+        sub = jax.tree_util.tree_map(lambda a: a[idx], states)
+        if size == 1:  # unbatched: a batch of one would make every GEMM a batched one
+            one = jax.tree_util.tree_map(lambda a: a[0], sub)
+            one = jax.lax.while_loop(lambda s: ~s.done, body_fun, one)
+            sub = jax.tree_util.tree_map(lambda a: a[None], one)
+        else:
+            sub = jax.lax.while_loop(
+                lambda s, k=next_size: jnp.sum(~s.done) > k, jax.vmap(body_fun), sub)
+        states = jax.tree_util.tree_map(lambda a, b: a.at[idx].set(b), states, sub)
+    return states

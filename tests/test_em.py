@@ -162,6 +162,20 @@ def test_restarts_equal_separate_runs_bit_for_bit():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_compacted_restarts_equal_separate_runs():
+    """``compact=True``: stages of 9 -> 3 -> 1 lanes, each restart still equal to its run alone
+    (a scalar model, so no batched arithmetic differs between stage sizes)."""
+    x0 = jnp.array([1.0, 0.25, 8.0, -3.0, 1e3, 2.0, -0.5, 64.0, 1e6])
+    assert em._stage_sizes(9) == [9, 3, 1] and em._stage_sizes(16) == [16, 4, 1]
+    res = jax.jit(lambda x: em.run_restarts(e_halving, m_halving, x, None, tol=1e-6,
+                                            max_iter=60, compact=True))(x0)
+    assert len(set(np.asarray(res.n_iter).tolist())) > 3
+    for i, x in enumerate(np.asarray(x0)):
+        alone = _run(x0=float(x), tol=1e-6, max_iter=60)
+        for a, b in zip(em.select(res, i), alone):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_best_index_skips_non_finite_and_takes_the_first_tie():
     assert int(em.best_index(jnp.array([-3.0, jnp.nan, -1.0, -1.0, jnp.inf * 0]))) == 2
     assert int(em.best_index(jnp.array([jnp.nan, -5.0]))) == 1

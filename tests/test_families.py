@@ -450,3 +450,14 @@ def test_cli_fit_family(tmp_path, capsys):
     assert data.read_bytes() == before
     assert cli.main([*args, "--family", "gaussian,bernoulli"]) == 1
     assert "gives 2 column types" in capsys.readouterr().err
+    assert cli.main([*args, "--family", "auto", "--force", "--seed", str(2**32)]) == 1
+    assert "[0, 2**32)" in capsys.readouterr().err
+    # predict never writes over an input, and a failed write leaves no temporary file behind
+    assert cli.main(["predict", str(tmp_path / "out" / "model.npz"), str(data), "-o",
+                     str(data)]) == 1
+    assert "it is the input" in capsys.readouterr().err and data.read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.npz"]
+    (tmp_path / "dir.npz").mkdir()
+    with pytest.raises(ValueError, match="is a directory"):
+        fio.save(tmp_path / "dir.npz", saved.family, saved.params)
+    assert list((tmp_path / "dir.npz").iterdir()) == []

@@ -11,7 +11,6 @@ import dataclasses
 import functools
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -19,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emjax._files import read_npz_with_metadata
+from emjax._files import atomic_write, read_npz_with_metadata
 from emjax._version import __version__
 from emjax.failure_mode.data import PaddedTable, observed_until
 from emjax.failure_mode.model import (
@@ -325,16 +324,10 @@ class PrognosticModel:
         }
         arrays = {f"params_{k}": np.asarray(v) for k, v in self.params._asdict().items()}
         arrays.update(center=np.asarray(self.center), scale=np.asarray(self.scale))
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, metadata=np.asarray(json.dumps(meta)), **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        if os.path.isdir(path):
+            raise ValueError(f"cannot save the model to {path}: it is a directory")
+        with atomic_write(path, "wb") as fh:
+            np.savez(fh, metadata=np.asarray(json.dumps(meta)), **arrays)
         return path
 
     @classmethod

@@ -55,13 +55,12 @@ def parse_family(spec: str, X: np.ndarray, names: list) -> tuple[Family, list]:
 
 
 def run_family_fit(args, ks: tuple, *, data_path: str, title: str) -> int:
-    import jax
-
     from emjax import datasets
     from emjax.cli import _x64
     from emjax.em import describe_status
     from emjax.families import fitting
     from emjax.families import io as fio
+    from emjax.gmm.fitting import as_key
 
     table = datasets.read_table(data_path, columns=args.columns.split(",") if args.columns
                                 else None, header=args.header, min_rows=max(max(ks), 2),
@@ -78,7 +77,7 @@ def run_family_fit(args, ks: tuple, *, data_path: str, title: str) -> int:
     rows, best = [], None
     with _x64(args.dtype):
         for k in ks:
-            res = fitting.fit(X, family, k, key=jax.random.key(args.seed), n_init=args.n_init,
+            res = fitting.fit(X, family, k, key=as_key(args.seed), n_init=args.n_init,
                               tol=args.tol, max_iter=args.max_iter)
             crit = (fitting.bic if args.criterion == "bic" else fitting.aic)(
                 res.family, res.params, X)
@@ -114,11 +113,12 @@ def is_family_model(path: str) -> bool:
 
 def run_family_predict(args) -> int:
     """``emjax predict MODEL DATA`` for a family model: labels and responsibilities as CSV
-    (written atomically), missing entries marginalised."""
+    (written atomically; the caller has checked the output against the inputs), missing
+    entries marginalised."""
     import csv
-    import tempfile
 
     from emjax import datasets
+    from emjax._files import atomic_write
     from emjax.cli import CLIError, _x64
     from emjax.families import fitting
     from emjax.families import io as fio
@@ -132,22 +132,17 @@ def run_family_predict(args) -> int:
     if table.X.shape[1] != d:
         raise CLIError(f"{args.data} has {table.X.shape[1]} columns but the model was fitted on "
                        f"{d}; choose them with --columns")
-    out = os.path.abspath(args.output)
-    if out == os.path.abspath(args.data):
-        raise CLIError("--output must not be the input file")
     dtype = saved.metadata["dtype"]
     with _x64(dtype):
         proba = np.asarray(fitting.predict_proba(saved.family, saved.params,
                                                  table.X.astype(dtype)))
     labels = proba.argmax(1)
     k = proba.shape[1]
-    fd, tmp = tempfile.mkstemp(suffix=".csv", dir=os.path.dirname(out))
-    with os.fdopen(fd, "w", newline="") as f:
+    with atomic_write(args.output, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["label"] + [f"p{j}" for j in range(k)])
         for lab, p in zip(labels, proba):
             w.writerow([int(lab)] + [f"{x:.8g}" for x in p])
-    os.replace(tmp, out)
     print(f"emjax predict: {len(labels)} rows -> {args.output} (label, p0..p{k - 1}); "
           f"points per component {np.bincount(labels, minlength=k).tolist()}")
     return 0

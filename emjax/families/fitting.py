@@ -92,7 +92,8 @@ def _fit_compiled(X, key, w, tol, params_init, *, family, n_components, max_iter
     else:
         params0 = params_init
     e_step, m_step = make_model(family)
-    res = em.run_restarts(e_step, m_step, params0, (data, w), tol=tol, max_iter=max_iter)
+    res = em.run_restarts(e_step, m_step, params0, (data, w), tol=tol, max_iter=max_iter,
+                          compact=True)
     best = em.best_index(res.log_likelihood)
     b = em.select(res, best)
     return b.params, b.log_likelihood, b.n_iter, b.converged, b.status, b.history, best, res

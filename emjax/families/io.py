@@ -12,14 +12,13 @@ import dataclasses
 import datetime
 import json
 import os
-import tempfile
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emjax._files import read_npz_with_metadata
+from emjax._files import atomic_write, read_npz_with_metadata
 from emjax._version import __version__
 from emjax.families import expfam, gaussian, product
 from emjax.families.base import Family, MixtureParams, init_params
@@ -97,15 +96,10 @@ def save(path: str, family: Family, params: MixtureParams, *, config: dict | Non
     if not path.endswith(".npz"):
         path = f"{path}.npz"
     arrays = {f"leaf_{i:03d}": a for i, a in enumerate(leaves)}
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, metadata=np.asarray(json.dumps(metadata, indent=1)), **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    if os.path.isdir(path):
+        raise ValueError(f"cannot save the model to {path}: it is a directory")
+    with atomic_write(path, "wb") as f:
+        np.savez(f, metadata=np.asarray(json.dumps(metadata, indent=1)), **arrays)
     return path
 
 

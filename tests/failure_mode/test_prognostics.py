@@ -108,6 +108,10 @@ def test_new_units_get_the_training_scale_and_standardisation(fitted, tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="not an emjax prognostic model"):
         pg.PrognosticModel.load(tmp_path / "bad.npz")
+    (tmp_path / "dir.npz").mkdir()
+    with pytest.raises(ValueError, match="is a directory"):
+        model.save(tmp_path / "dir.npz")
+    assert list((tmp_path / "dir.npz").iterdir()) == []
 
 
 def test_forecast_quantiles_match_a_known_distribution():
