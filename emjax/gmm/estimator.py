@@ -246,6 +246,13 @@ class GaussianMixture(*_ESTIMATOR_BASES):
     def __sklearn_is_fitted__(self):
         return hasattr(self, "params_")
 
+    def __sklearn_tags__(self):
+        # scikit-learn's own checks (and check_array in meta-estimators) let NaN through only
+        # when the estimator says it handles it: with missing="marginalize" it does.
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = self.missing == "marginalize"
+        return tags
+
     def _check_fitted(self):
         if not hasattr(self, "params_"):
             raise NotFittedError(

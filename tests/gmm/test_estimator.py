@@ -303,3 +303,11 @@ def test_without_sklearn_fallback():
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("ok")
+
+
+def test_nan_tag_follows_the_missing_option():
+    """scikit-learn lets NaN reach the estimator only when its tags say it handles NaN."""
+    from sklearn.utils import get_tags
+
+    assert not get_tags(emjax.GaussianMixture(2)).input_tags.allow_nan
+    assert get_tags(emjax.GaussianMixture(2, missing="marginalize")).input_tags.allow_nan
