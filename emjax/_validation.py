@@ -6,8 +6,6 @@ import numbers
 
 import numpy as np
 
-from emjax.gmm.covariance import COVARIANCE_TYPES, covariance_shape
-
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 
 
@@ -87,6 +85,8 @@ def check_non_negative(value, name: str) -> float:
 
 
 def check_covariance_type(covariance_type) -> str:
+    from emjax.gmm.covariance import COVARIANCE_TYPES  # lazily: other models need no GMM
+
     if covariance_type not in COVARIANCE_TYPES:
         raise ValueError(
             f"covariance_type must be one of {COVARIANCE_TYPES}; got {covariance_type!r}"
@@ -145,6 +145,8 @@ def check_means(means, n_components: int, n_features: int, dtype) -> np.ndarray:
 def check_spd(mats, covariance_type: str, n_components: int, n_features: int, dtype,
               name: str = "precisions_init") -> np.ndarray:
     """Covariance- or precision-shaped array for ``covariance_type``, checked positive definite."""
+    from emjax.gmm.covariance import covariance_shape
+
     a = np.asarray(mats, dtype=dtype)
     shape = covariance_shape(covariance_type, n_components, n_features)
     if a.shape != shape:
@@ -192,6 +194,43 @@ def check_x64(dtype) -> None:
         )
 
 
+#: Integer seeds are those NumPy's ``RandomState`` and scikit-learn accept.
+MAX_SEED = 2**32
+
+
+def as_key(key, name: str = "key", default: int | None = 0):
+    """``key`` as one JAX PRNG key: ``None`` (``jax.random.key(default)``, or a fresh random seed
+    when ``default`` is None, as scikit-learn's ``random_state=None``), an int seed in
+    ``[0, 2**32)``, a NumPy ``RandomState``/``Generator`` (a seed drawn from it), or a single
+    typed (``jax.random.key``) or raw (``jax.random.PRNGKey``) key."""
+    import jax
+    import jax.numpy as jnp
+
+    if key is None:
+        seed = int(np.random.default_rng().integers(0, 2**31 - 1)) if default is None \
+            else default
+    elif isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        seed = int(key)
+        if not 0 <= seed < MAX_SEED:
+            # Outside it, jax.random.key overflows or (x64 off) folds the seed onto another.
+            raise ValueError(f"an integer seed (random_state, key, --seed) must be in "
+                             f"[0, 2**32); got {seed}")
+    elif isinstance(key, np.random.RandomState):
+        seed = int(key.randint(0, 2**31 - 1))
+    elif isinstance(key, np.random.Generator):
+        seed = int(key.integers(0, 2**31 - 1))
+    else:
+        if isinstance(key, jax.Array):
+            is_typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+            if (is_typed and key.shape == ()) or (key.dtype == jnp.uint32 and key.shape == (2,)):
+                return key
+        raise ValueError(
+            f"{name} must be a single JAX PRNG key (jax.random.key(seed)), an int seed, None or "
+            f"a NumPy RandomState/Generator; got {type(key).__name__}"
+            + (f" of shape {key.shape} and dtype {key.dtype}" if hasattr(key, "shape") else ""))
+    return jax.random.key(seed)
+
+
 def is_traced(*trees) -> bool:
     """Whether any leaf of ``trees`` is a JAX tracer (the call is inside ``jit``/``vmap``/...)."""
     import jax
@@ -215,7 +254,7 @@ def check_model_x64(params, what: str = "the model") -> None:
 def check_params(params) -> tuple:
     """``(n_components, n_features)`` of a concrete :class:`~emjax.gmm.GMMParams`, its shapes
     checked against each other."""
-    from emjax.gmm.covariance import COVARIANCE_CLASSES
+    from emjax.gmm.covariance import COVARIANCE_CLASSES, covariance_shape
 
     if not (hasattr(params, "weights") and hasattr(params, "means")
             and type(getattr(params, "covariance", None)) in COVARIANCE_CLASSES.values()):

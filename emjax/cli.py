@@ -223,7 +223,7 @@ def run_fit(args, *, data_path: str, title: str) -> int:
                   seed=args.seed, tol=args.tol, reg_covar=args.reg_covar,
                   max_iter=args.max_iter, init_params=args.init, criterion=args.criterion,
                   dtype=args.dtype, data=os.path.abspath(data_path), columns=table.columns)
-    from emjax.gmm.fitting import as_key
+    from emjax._validation import as_key
 
     kwargs = dict(key=as_key(args.seed), n_init=args.n_init, tol=args.tol,
                   reg_covar=args.reg_covar, max_iter=args.max_iter, init_params=args.init)

@@ -12,6 +12,7 @@ carried in the loop state.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -262,6 +263,51 @@ def best_index(log_likelihoods: Array) -> Array:
 def select(tree: Any, index: Array) -> Any:
     """Take element ``index`` along the leading (restart) axis of every leaf."""
     return jax.tree_util.tree_map(lambda x: x[index], tree)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True, eq=False)
+class FitResult:
+    """Result of a fit with restarts: the best restart and all of them (a pytree).
+
+    Every model's result is this class or a subclass adding its own fields (subclasses are
+    registered pytrees too, with ``@jax.tree_util.register_dataclass``).
+
+    Attributes:
+      params: the best restart's fitted parameters.
+      log_likelihood: ``()`` the best restart's monitored log-likelihood (at ``params``).
+      n_iter, converged, status, history: the best restart's (see :class:`EMResult`).
+      best_index: ``()`` which restart was best (:func:`best_index`).
+      restarts: :class:`EMResult` of every restart, batched along axis 0.
+    """
+
+    params: Any
+    log_likelihood: Array
+    n_iter: Array
+    converged: Array
+    status: Array
+    history: Array
+    best_index: Array
+    restarts: EMResult
+
+    def _replace(self, **changes) -> FitResult:
+        """A copy with ``changes`` (as a NamedTuple's ``_replace``)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def extend(cls, result: FitResult, **changes) -> FitResult:
+        """``result``'s fields with ``changes`` (a subclass's own fields among them) as ``cls``."""
+        fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(FitResult)}
+        return cls(**{**fields, **changes})
+
+
+def best_restart(restarts: EMResult) -> FitResult:
+    """The best of ``restarts`` (batched along axis 0; highest finite log-likelihood, first on
+    ties) as a :class:`FitResult` that keeps them all."""
+    best = best_index(restarts.log_likelihood)
+    b = select(restarts, best)
+    return FitResult(b.params, b.log_likelihood, b.n_iter, b.converged, b.status, b.history,
+                     best, restarts)
 
 
 def run_restarts(

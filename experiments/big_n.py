@@ -45,7 +45,8 @@ threading.Thread(target=sampler, daemon=True).start()
 rss_start = rss_now()
 import jax, jax.numpy as jnp
 import emjax
-from emjax.gmm import fitting
+from emjax.gmm import fitting, options
+from emjax.gmm.plan import make_plan
 from benchmark import make_data
 jax.numpy.zeros(1).block_until_ready()  # the CPU client exists
 rss_imports = rss_now()
@@ -73,12 +74,12 @@ during = [r for t, r in samples if t0 <= t <= t1]
 Xd = jax.device_put(X)
 aliased = fitting._shares_memory(Xd, X)
 p = kw.get("params_init")
+initial = options.InitialValues() if p is None else options.InitialValues(*p)
 ma = fitting._fit_compiled.lower(
-    Xd, jax.random.key(0), None, None if p is None else p.weights,
-    None if p is None else p.means, None if p is None else p.covariance,
-    jnp.asarray(0.0, X.dtype), n_components=k, covariance_type="full", reg_covar=1e-6,
-    max_iter=max_iter, n_init=1, init_method="kmeans", n_lloyd=10,
-    callback=None).compile().memory_analysis()
+    Xd, jax.random.key(0), None, initial, jnp.asarray(0.0, X.dtype),
+    jnp.asarray(-jnp.inf, X.dtype),
+    options=options.FitOptions(k, "full", "kmeans", 1e-6, max_iter, 1, 10), callback=None,
+    plan=make_plan("full", X.dtype, n, d, k)).compile().memory_analysis()
 mib = lambda b: b / 2**20
 print(json.dumps({{"n": n, "d": d, "k": k, "max_iter": max_iter, "init": init, "alloc": alloc,
                   "device_put_aliases": bool(aliased),

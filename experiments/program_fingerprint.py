@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import inspect
 import re
 
 import jax
@@ -35,13 +34,14 @@ def main():
     from emjax.gmm import fitting
 
     X = jax.ShapeDtypeStruct((args.n, args.d), np.dtype(args.dtype))
-    static = dict(n_components=args.k, covariance_type=args.cov_type, reg_covar=1e-6,
-                  max_iter=100, n_init=1, init_method="kmeans", n_lloyd=10, callback=None)
-    if "plan" in inspect.signature(fitting.fit).parameters:
-        from emjax.gmm.plan import make_plan
+    from emjax.gmm.options import FitOptions, InitialValues
+    from emjax.gmm.plan import make_plan
 
-        static["plan"] = make_plan(args.cov_type, args.dtype, args.n, args.d, args.k)
-    call = (jax.random.key(0), None, None, None, None, jnp.asarray(1e-3, args.dtype))
+    static = dict(options=FitOptions(args.k, args.cov_type, "kmeans", 1e-6, 100, 1, 10),
+                  callback=None,
+                  plan=make_plan(args.cov_type, args.dtype, args.n, args.d, args.k))
+    call = (jax.random.key(0), None, InitialValues(), jnp.asarray(1e-3, args.dtype),
+            jnp.asarray(-jnp.inf, args.dtype))
     text = fitting._fit_compiled.lower(X, *call, **static).as_text(dialect="hlo")
     text = re.sub(r", metadata=\{[^}]*\}", "", text)
     lines = sorted(re.sub(r"%[\w.\-]+", "%", line.strip()) for line in text.splitlines()

@@ -20,10 +20,11 @@ import numpy as np
 import pytest
 
 import emjax
+from emjax import _validation as v
 from emjax import cli
 from emjax.failure_mode import data as fd
-from emjax.gmm import fitting as mixture
 from emjax.gmm import io as model_io
+from emjax.gmm.options import upper_cholesky
 from tests.conftest import COV_TYPES, DTYPES
 
 FIT_ARGS = ["-k", "2-3", "-c", "full", "-n", "2", "--max-iter", "60", "--tol", "1e-9",
@@ -155,7 +156,7 @@ def test_1_precisions_cholesky_orientation():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(3, 4, 4))
     prec = a @ np.swapaxes(a, 1, 2) + np.eye(4)
-    u = mixture.upper_cholesky(prec)
+    u = upper_cholesky(prec)
     np.testing.assert_array_equal(u, np.triu(u))
     np.testing.assert_allclose(u @ np.swapaxes(u, 1, 2), prec, rtol=1e-12, atol=1e-12)
 
@@ -408,7 +409,7 @@ def test_8_duplicate_columns_and_digit_separators_are_rejected(fitted, tmp_path)
 # --- 9. int seeds and huge random states
 
 def test_9_int_seed_is_a_key_and_huge_seeds_are_refused():
-    key = mixture._check_key(7)
+    key = v.as_key(7)
     np.testing.assert_array_equal(jax.random.key_data(key),
                                   jax.random.key_data(jax.random.key(7)))
     X, labels = _correlated(np.float64)

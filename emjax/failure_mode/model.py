@@ -33,6 +33,7 @@ import numpy as np
 from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import logsumexp
 
+from emjax import _validation as v
 from emjax import em, kmeans
 from emjax._linalg import after
 
@@ -552,31 +553,23 @@ def make_model(*, prior: Prior | None = None, cov_floor: float = 1e-6,
     return e_fn, m_fn, repair
 
 
-class FMMFitResult(NamedTuple):
-    """Result of :func:`fit`.
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True, eq=False)
+class FMMFitResult(em.FitResult):
+    """Result of :func:`fit`: :class:`emjax.em.FitResult` (``params`` the best restart's
+    :class:`FMMParams`; ``n_iter``, ``converged``, ``status``, ``history``, ``best_index``,
+    ``restarts`` as there) with ``log_likelihood`` the observed-data log-likelihood, plus:
 
     Attributes:
-      params: best restart's :class:`FMMParams`.
       log_likelihood: ``()`` best restart's observed-data log-likelihood at ``params`` (sum over
         units; the MAP objective adds ``log_prior``, reported separately in ``objective``).
       objective: ``()`` the monitored objective (log-likelihood + log prior).
-      n_iter, converged, status, history: the best restart's (see :class:`emjax.em.EMResult`).
-      best_index: which restart was best.
-      restarts: :class:`emjax.em.EMResult` of every restart, batched along axis 0.
       bic, icl: ``()`` criteria at ``params`` (lower is better).
       responsibilities: ``(L, K)`` posterior mode probabilities ``gamma_lk`` of the training
         units at ``params`` (rows in the order of the data's units).
     """
 
-    params: FMMParams
-    log_likelihood: Array
     objective: Array
-    n_iter: Array
-    converged: Array
-    status: Array
-    history: Array
-    best_index: Array
-    restarts: em.EMResult
     bic: Array
     icl: Array
     responsibilities: Array
@@ -628,13 +621,12 @@ def _fit_compiled(data, key, rtol, prior, params_init, *, n_components, max_iter
                                     min_mass=min_mass)
     res = em.run_restarts(e_fn, m_fn, params0, data, tol=0.0, rtol=rtol, max_iter=max_iter,
                           repair=repair)
-    best = em.best_index(res.log_likelihood)
-    b = em.select(res, best)
-    post = posterior(b.params, data)
+    best = em.best_restart(res)
+    post = posterior(best.params, data)
     ll = jnp.sum(post.log_lik)
-    crit = _criteria(ll, post.log_resp, b.params, data)
-    return FMMFitResult(b.params, ll, b.log_likelihood, b.n_iter, b.converged, b.status,
-                        b.history, best, res, *crit, jnp.exp(post.log_resp))
+    bic_, icl_ = _criteria(ll, post.log_resp, best.params, data)
+    return FMMFitResult.extend(best, log_likelihood=ll, objective=best.log_likelihood, bic=bic_,
+                               icl=icl_, responsibilities=jnp.exp(post.log_resp))
 
 
 def fit(
@@ -710,10 +702,9 @@ def fit(
         if (prior.cov_scale is None) != (prior.cov_dof is None) or \
                 (prior.noise_shape is None) != (prior.noise_scale is None):
             raise ValueError("Prior: give cov_scale with cov_dof and noise_shape with noise_scale")
-    if key is None:
-        key = jax.random.key(0)
     return _fit_compiled(
-        data, key, jnp.asarray(tol, dtype), prior, params_init, n_components=int(n_components),
+        data, v.as_key(key), jnp.asarray(tol, dtype), prior, params_init,
+        n_components=int(n_components),
         max_iter=int(max_iter), n_init=int(n_init), init=init, ridge=float(ridge),
         n_lloyd=int(n_lloyd), cov_floor=float(cov_floor), noise_floor=float(noise_floor),
         min_mass=float(min_mass),

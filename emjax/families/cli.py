@@ -56,11 +56,11 @@ def parse_family(spec: str, X: np.ndarray, names: list) -> tuple[Family, list]:
 
 def run_family_fit(args, ks: tuple, *, data_path: str, title: str) -> int:
     from emjax import datasets
+    from emjax._validation import as_key
     from emjax.cli import _x64
     from emjax.em import describe_status
     from emjax.families import fitting
     from emjax.families import io as fio
-    from emjax.gmm.fitting import as_key
 
     table = datasets.read_table(data_path, columns=args.columns.split(",") if args.columns
                                 else None, header=args.header, min_rows=max(max(ks), 2),

@@ -9,11 +9,11 @@ import warnings
 import jax
 import numpy as np
 
+from emjax import _validation as v
 from emjax import em
 from emjax.families import fitting
 from emjax.families import io as fio
 from emjax.families.base import Family, MixtureParams
-from emjax.gmm import fitting as mixture
 
 
 def _precision_ctx(dtype):
@@ -76,7 +76,7 @@ class MixtureModel:
         """Fit by EM with ``n_init`` vmapped restarts; returns ``self``."""
         del y
         Xa = fitting.check_data(X, self.family)
-        key = mixture.as_key(self.random_state)
+        key = v.as_key(self.random_state, "random_state", default=None)
         with _precision_ctx(Xa.dtype):
             res = fitting.fit(Xa, self.family, self.n_components, key=key, n_init=self.n_init,
                               tol=self.tol, max_iter=self.max_iter, sample_weight=sample_weight)
@@ -142,7 +142,8 @@ class MixtureModel:
     def sample(self, n_samples=1, random_state=None):
         """``(X, labels)``: draws from the fitted mixture."""
         self._check_fitted()
-        key = mixture.as_key(self.random_state if random_state is None else random_state)
+        key = v.as_key(self.random_state if random_state is None else random_state,
+                       "random_state", default=None)
         with _precision_ctx(self._dtype):
             Xs, labels = fitting.sample(key, self.family_, self.params_, n_samples)
             return np.asarray(Xs), np.asarray(labels)

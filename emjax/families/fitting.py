@@ -4,9 +4,9 @@ restarts vmapped on the generic driver (:func:`emjax.em.run_restarts`), and scor
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,31 +28,18 @@ Array = jax.Array
 __all__ = ["FitResult", "aic", "bic", "check_data", "fit", "n_parameters", "predict",
            "predict_proba", "sample", "score_samples"]
 
-#: Incremented each time :func:`fit`'s program is traced (compiled); tests read it.
-TRACE_COUNT = {"fit": 0, "score": 0}
-
-
-class FitResult(NamedTuple):
-    """Result of :func:`fit`.
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True, eq=False)
+class FitResult(em.FitResult):
+    """Result of :func:`fit`: :class:`emjax.em.FitResult` (``params`` the best restart's
+    :class:`~emjax.families.MixtureParams`, ``log_likelihood`` its (weighted) mean
+    log-likelihood per sample) plus the family.
 
     Attributes:
-      params: the best restart's :class:`~emjax.families.MixtureParams`.
-      log_likelihood: its (weighted) mean log-likelihood per sample.
-      n_iter, converged, status, history: the best restart's (see :class:`emjax.em.EMResult`).
-      best_index: which restart was best.
-      restarts: :class:`emjax.em.EMResult` of every restart, batched along axis 0.
-      family: the family bound to the data (categories, column counts resolved).
+      family: the family bound to the data (categories, column counts resolved); static.
     """
 
-    params: MixtureParams
-    log_likelihood: Array
-    n_iter: Array
-    converged: Array
-    status: Array
-    history: Array
-    best_index: Array
-    restarts: em.EMResult
-    family: Family
+    family: Family = dataclasses.field(metadata=dict(static=True))
 
 
 def check_data(X, family: Family, name: str = "X") -> np.ndarray:
@@ -84,7 +71,6 @@ def check_data(X, family: Family, name: str = "X") -> np.ndarray:
 
 @functools.partial(jax.jit, static_argnames=("family", "n_components", "max_iter", "n_init"))
 def _fit_compiled(X, key, w, tol, params_init, *, family, n_components, max_iter, n_init):
-    TRACE_COUNT["fit"] += 1
     data = family.encode(X)
     if params_init is None:
         keys = jax.random.split(key, n_init)
@@ -94,9 +80,7 @@ def _fit_compiled(X, key, w, tol, params_init, *, family, n_components, max_iter
     e_step, m_step = make_model(family)
     res = em.run_restarts(e_step, m_step, params0, (data, w), tol=tol, max_iter=max_iter,
                           compact=True)
-    best = em.best_index(res.log_likelihood)
-    b = em.select(res, best)
-    return b.params, b.log_likelihood, b.n_iter, b.converged, b.status, b.history, best, res
+    return FitResult.extend(em.best_restart(res), family=family)
 
 
 def _as_params(params: MixtureParams, dtype) -> MixtureParams:
@@ -170,17 +154,13 @@ def fit(
             raise ValueError(f"params_init has weights of shape {p0.weights.shape}; expected "
                              f"({k},) or (n_init, {k})")
         n_init = p0.weights.shape[0]
-    if key is None:
-        key = jax.random.key(0)
-    out = _fit_compiled(jnp.asarray(Xa), key, None if w is None else jnp.asarray(w),
-                        jnp.asarray(tol, Xa.dtype), p0, family=bound, n_components=k,
-                        max_iter=max_iter, n_init=n_init)
-    return FitResult(*out, family=bound)
+    return _fit_compiled(jnp.asarray(Xa), v.as_key(key), None if w is None else jnp.asarray(w),
+                         jnp.asarray(tol, Xa.dtype), p0, family=bound, n_components=k,
+                         max_iter=max_iter, n_init=n_init)
 
 
 @functools.partial(jax.jit, static_argnames=("family",))
 def _score_compiled(params, X, *, family):
-    TRACE_COUNT["score"] += 1
     wlp = weighted_log_prob(family, params, family.encode(X))
     ll = logsumexp(wlp, axis=1)
     return wlp - ll[:, None], ll

@@ -42,6 +42,7 @@ from emjax import _validation as v
 from emjax import em
 from emjax.gmm import GMMParams, SuffStats, fitting
 from emjax.gmm.blocks import BlockStats, block_stats
+from emjax.gmm.options import check_initial_values, check_options
 from emjax.gmm.reseed import reseed
 
 Array = jax.Array
@@ -177,14 +178,10 @@ def local_copy(tree):
     return jax.tree_util.tree_map(one, tree)
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("mesh", "axis_name", "n_components", "covariance_type", "reg_covar",
-                     "max_iter", "n_init", "init_method", "n_lloyd"),
-    compiler_options=fitting.FIT_COMPILER_OPTIONS,
-)
-def _fit_sharded(X, w, n_samples, key, params_init, tol, *, mesh, axis_name, n_components,
-                 covariance_type, reg_covar, max_iter, n_init, init_method, n_lloyd):
+@functools.partial(jax.jit, static_argnames=("mesh", "axis_name", "options"),
+                   compiler_options=fitting.FIT_COMPILER_OPTIONS)
+def _fit_sharded(X, w, n_samples, key, params_init, tol, *, mesh, axis_name, options):
+    n_components, covariance_type, init_method, reg_covar, max_iter, n_init, n_lloyd = options
     shift = (w @ X) / jnp.sum(w)
     Xc = X - shift
     if params_init is None:
@@ -206,10 +203,7 @@ def _fit_sharded(X, w, n_samples, key, params_init, tol, *, mesh, axis_name, n_c
     res = jax.shard_map(loop, mesh=mesh, in_specs=(P(axis_name), P(axis_name), P(), P(), P()),
                         out_specs=P())(Xc, w, n_samples, params0, tol)
     res = res._replace(params=res.params._replace(means=res.params.means + shift))
-    best = em.best_index(res.log_likelihood)
-    b = em.select(res, best)
-    return fitting.FitResult(b.params, b.log_likelihood, b.n_iter, b.converged, b.status,
-                             b.history, best, res)
+    return em.best_restart(res)
 
 
 def fit(
@@ -264,40 +258,27 @@ def fit(
     mesh = make_mesh(axis_name=axis_name) if mesh is None else mesh
     if axis_name not in mesh.shape:
         raise ValueError(f"axis_name {axis_name!r} is not an axis of the mesh {dict(mesh.shape)}")
-    covariance_type = v.check_covariance_type(covariance_type)
-    n_components = v.check_positive_int(n_components, "n_components")
+    tol, o = check_options(n_components, covariance_type=covariance_type,
+                           init_params=init_params, tol=tol, reg_covar=reg_covar,
+                           max_iter=max_iter, n_init=n_init, n_lloyd=n_lloyd)
     if isinstance(X, ShardedData):
         if sample_weight is not None:
             raise ValueError("pass sample_weight to shard_data, not with a ShardedData")
         data = X
     else:
         data = shard_data(X, sample_weight, mesh=mesh, axis_name=axis_name,
-                          min_rows_per_device=n_components)
+                          min_rows_per_device=o.n_components)
     per_dev = data.X.shape[0] // mesh.shape[axis_name]
-    if per_dev < n_components:
-        raise ValueError(f"every device needs >= n_components={n_components} rows; got "
+    if per_dev < o.n_components:
+        raise ValueError(f"every device needs >= n_components={o.n_components} rows; got "
                          f"{per_dev} (X has shape {data.X.shape}): use "
-                         f"shard_data(..., min_rows_per_device={n_components})")
-    v.check_n_components(n_components, data.n_samples, (data.n_samples, data.X.shape[1]))
-    covariance_type, init_method, tol, reg_covar, max_iter, n_init = v.check_em_options(
-        covariance_type, init_params, tol, reg_covar, max_iter, n_init)
-    n_lloyd = v.check_positive_int(n_lloyd, "n_lloyd", minimum=0)
+                         f"shard_data(..., min_rows_per_device={o.n_components})")
+    d = data.X.shape[1]
+    v.check_n_components(o.n_components, data.n_samples, (data.n_samples, d))
     dtype = data.X.dtype
     v.check_x64(dtype)
-    if params_init is not None:
-        if params_init.covariance_type != covariance_type:
-            raise ValueError(f"params_init has covariance type {params_init.covariance_type!r} "
-                             f"but covariance_type={covariance_type!r}")
-        d = data.X.shape[1]
-        if params_init.means.shape != (n_components, d):
-            raise ValueError(f"params_init.means must have shape ({n_components}, {d}); got "
-                             f"{params_init.means.shape}")
-        params_init = jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a), dtype),
-                                             params_init)
-    key = jax.random.key(0) if key is None else key
-    res = _fit_sharded(data.X, data.sample_weight, jnp.asarray(data.n_samples, jnp.int32), key,
-                       params_init, jnp.asarray(tol, dtype), mesh=mesh, axis_name=axis_name,
-                       n_components=n_components, covariance_type=covariance_type,
-                       reg_covar=reg_covar, max_iter=max_iter, n_init=n_init,
-                       init_method=init_method, n_lloyd=n_lloyd)
+    start = check_initial_values(o, d, dtype, params_init=params_init).params()
+    res = _fit_sharded(data.X, data.sample_weight, jnp.asarray(data.n_samples, jnp.int32),
+                       v.as_key(key), start, jnp.asarray(tol, dtype), mesh=mesh,
+                       axis_name=axis_name, options=o)
     return local_copy(res)

@@ -352,7 +352,7 @@ class GaussianMixture(*_ESTIMATOR_BASES):
         if warm and self.params_.means.shape != (k, d):
             raise ValueError(f"warm_start: fitted means have shape {self.params_.means.shape} "
                              f"but the new fit needs ({k}, {d})")
-        key = fitting.as_key(self.random_state)
+        key = v.as_key(self.random_state, "random_state", default=None)
         with _precision_ctx(dtype):
             params_init = previous = None
             if warm:
@@ -456,7 +456,8 @@ class GaussianMixture(*_ESTIMATOR_BASES):
         Xa = self._validate_data(X, reset=False, allow_nan=True)
         key = None
         if sample:
-            key = fitting.as_key(self.random_state if random_state is None else random_state)
+            key = v.as_key(self.random_state if random_state is None else random_state,
+                           "random_state", default=None)
         with _precision_ctx(self._dtype):
             params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, self._dtype), self.params_)
             return np.asarray(missing_lib.impute(params, Xa, key=key))
@@ -465,7 +466,8 @@ class GaussianMixture(*_ESTIMATOR_BASES):
         """Draw samples: ``(X, labels)`` as NumPy arrays (labels sorted like scikit-learn's)."""
         self._check_fitted()
         n_samples = v.check_positive_int(n_samples, "n_samples")
-        key = fitting.as_key(self.random_state if random_state is None else random_state)
+        key = v.as_key(self.random_state if random_state is None else random_state,
+                       "random_state", default=None)
         with _precision_ctx(self._dtype):
             params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, self._dtype), self.params_)
             Xs, labels = steps.sample(key, params, n_samples)

@@ -10,7 +10,6 @@ import functools
 import math
 import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,29 +21,14 @@ from emjax._chunks import fold_chunks, rows
 from emjax.gmm import GMMParams, kernels, steps
 from emjax.gmm import covariance as cov_lib
 from emjax.gmm import plan as plan_lib
+from emjax.gmm.options import check_fit
 from emjax.gmm.reseed import empty_components, reseed_empty, worst_explained
 
 Array = jax.Array
 
-class FitResult(NamedTuple):
-    """Result of :func:`fit`.
-
-    Attributes:
-      params: best restart's :class:`~emjax.gmm.GMMParams`.
-      log_likelihood: best restart's mean log-likelihood (at ``params``).
-      n_iter, converged, status, history: the best restart's (see :class:`emjax.em.EMResult`).
-      best_index: which restart was best.
-      restarts: :class:`emjax.em.EMResult` of every restart, batched along axis 0.
-    """
-
-    params: GMMParams
-    log_likelihood: Array
-    n_iter: Array
-    converged: Array
-    status: Array
-    history: Array
-    best_index: Array
-    restarts: em.EMResult
+#: The result of :func:`fit` (and of every GMM fit with restarts): :class:`emjax.em.FitResult`
+#: with ``params`` a :class:`~emjax.gmm.GMMParams`.
+FitResult = em.FitResult
 
 
 def uniform_responsibilities(key: Array, start, size: int, n_components: int, dtype) -> Array:
@@ -295,9 +279,9 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
 FIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
-def _fit_program(X, key, sample_weight, weights_init, means_init, precisions_init, tol, ll_prev,
-                 *, n_components, covariance_type, reg_covar, max_iter, n_init, init_method,
-                 n_lloyd, callback, plan):
+def _fit_program(X, key, sample_weight, initial, tol, ll_prev, *, options, callback, plan):
+    n_components, covariance_type, init_method, reg_covar, max_iter, n_init, n_lloyd = options
+    weights_init, means_init, precisions_init = initial
     w = sample_weight
     shift = jnp.mean(X, 0) if w is None else (w @ X) / jnp.sum(w)
     keys = jax.random.split(key, n_init)
@@ -307,7 +291,6 @@ def _fit_program(X, key, sample_weight, weights_init, means_init, precisions_ini
     Xc = None if fast else X - shift
 
     d = X.shape[1]
-    overrides = any(a is not None for a in (weights_init, means_init, precisions_init))
     if fast:
         # What every iteration's pass reads (X^T, or the features [q, x - shift, 1]), built once.
         e_step, m_step, repair = make_model(covariance_type, reg_covar, plan=plan, center=shift,
@@ -321,15 +304,15 @@ def _fit_program(X, key, sample_weight, weights_init, means_init, precisions_ini
     run_from_params = functools.partial(run, ll_prev=ll_prev)
     init_kw = dict(covariance_type=covariance_type, init_params=init_method, sample_weight=w,
                    n_lloyd=n_lloyd)
-    if all(a is not None for a in (weights_init, means_init, precisions_init)):
+    if initial.complete:
         # A complete start: no initialisation is computed (nor compiled) only to be replaced.
         given = GMMParams(weights_init, means_init if fast else means_init - shift,
                           precisions_init)
         params0 = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (n_init,) + a.shape),
                                          given)
         res = run_from_params(params0)
-    elif overrides:
-        def initial(k):
+    elif initial.given:
+        def initial_params(k):
             p = init_params(k, X if fast else Xc, n_components, reg_covar=reg_covar,
                             center=shift if fast else None, **init_kw)
             if weights_init is not None:
@@ -340,7 +323,7 @@ def _fit_program(X, key, sample_weight, weights_init, means_init, precisions_ini
                 p = p._replace(covariance=precisions_init)
             return p
 
-        params0 = jax.vmap(initial)(keys)
+        params0 = jax.vmap(initial_params)(keys)
         if fast:
             params0 = params0._replace(means=params0.means + shift)
         res = run_from_params(params0)
@@ -365,14 +348,10 @@ def _fit_program(X, key, sample_weight, weights_init, means_init, precisions_ini
         res = run(params0, estats0_batched=jax.vmap(stats0)(keys))
     if not fast:
         res = res._replace(params=res.params._replace(means=res.params.means + shift))
-    best = em.best_index(res.log_likelihood)
-    b = em.select(res, best)
-    return FitResult(b.params, b.log_likelihood, b.n_iter, b.converged, b.status, b.history,
-                     best, res)
+    return em.best_restart(res)
 
 
-_FIT_STATIC = ("n_components", "covariance_type", "reg_covar", "max_iter", "n_init",
-               "init_method", "n_lloyd", "callback", "plan")
+_FIT_STATIC = ("options", "callback", "plan")
 _fit_compiled = jax.jit(_fit_program, static_argnames=_FIT_STATIC,
                         compiler_options=FIT_COMPILER_OPTIONS)
 # Inside a caller's trace: a nested jit may not carry compiler options.
@@ -460,67 +439,42 @@ def fit(
                 weights_init=weights_init, means_init=means_init,
                 precisions_init=precisions_init, params_init=params_init,
                 sample_weight=sample_weight, n_lloyd=n_lloyd, callback=callback)
-    if v.is_traced(X, key, sample_weight, weights_init, means_init, precisions_init,
-                   params_init):
-        return _fit_traced(X, n_components, key=key, covariance_type=covariance_type, tol=tol,
-                           reg_covar=reg_covar, max_iter=max_iter, n_init=n_init,
-                           init_params=init_params, weights_init=weights_init,
-                           means_init=means_init, precisions_init=precisions_init,
-                           params_init=params_init, sample_weight=sample_weight,
-                           n_lloyd=n_lloyd, callback=callback, plan=plan)
-    Xa = v.as_data(X, nan_hint=v.MISSING_HINT)
-    v.check_x64(Xa.dtype)
+    traced = v.is_traced(X, key, sample_weight, weights_init, means_init, precisions_init,
+                         params_init)
+    c = check_fit(X, n_components, key=key, covariance_type=covariance_type, tol=tol,
+                  reg_covar=reg_covar, max_iter=max_iter, n_init=n_init, init_params=init_params,
+                  n_lloyd=n_lloyd, sample_weight=sample_weight, weights_init=weights_init,
+                  means_init=means_init, precisions_init=precisions_init,
+                  params_init=params_init, min_iter=1 if traced else 0, traced=traced,
+                  read=functools.partial(v.as_data, nan_hint=v.MISSING_HINT))
+    o = c.options
+    Xa, w, dtype = c.X, c.sample_weight, c.X.dtype
     n, d = Xa.shape
-    k = v.check_n_components(n_components, n, Xa.shape)
-    covariance_type, init_method, tol, reg_covar, max_iter, n_init = v.check_em_options(
-        covariance_type, init_params, tol, reg_covar, max_iter, n_init, min_iter=0)
-    n_lloyd = v.check_positive_int(n_lloyd, "n_lloyd", minimum=0)
-    scale_problem = v.reg_covar_problem(Xa, reg_covar)
+    if traced:
+        # Inside a caller's trace: no padding, nothing raised on values; the fit is inlined.
+        if plan is None:
+            plan = plan_lib.make_plan(o.covariance_type, dtype, n, d, o.n_components)
+        return _fit_nested(Xa, c.key, w, c.initial, jnp.asarray(c.tol, dtype),
+                           jnp.asarray(-jnp.inf, dtype), options=o, callback=callback, plan=plan)
+    scale_problem = v.reg_covar_problem(Xa, o.reg_covar)
     if scale_problem:
         warnings.warn(scale_problem, stacklevel=2)
     if previous_log_likelihood is None:
         previous_log_likelihood = -np.inf
     elif params_init is None:
         raise ValueError("previous_log_likelihood continues a fit: it needs params_init")
-    dtype = Xa.dtype
-    w = v.check_sample_weight(sample_weight, n, dtype)
-    if params_init is not None:
-        weights_init = np.asarray(params_init.weights)
-        means_init = np.asarray(params_init.means)
-        if params_init.covariance_type != covariance_type:
-            raise ValueError(f"params_init has covariance type {params_init.covariance_type!r} "
-                             f"but covariance_type={covariance_type!r}")
-        prec_cov = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params_init.covariance)
-        v.check_spd(np.asarray(prec_cov.covariances), covariance_type, k, d, dtype,
-                    name="params_init covariances")
-    else:
-        prec_cov = None
-        if precisions_init is not None:
-            p = v.check_spd(precisions_init, covariance_type, k, d, dtype)
-            if covariance_type in ("full", "tied"):
-                pc = upper_cholesky(p.astype(np.float64))
-            else:
-                pc = np.sqrt(p)
-            prec_cov = cov_lib.from_precisions_cholesky(covariance_type, jnp.asarray(pc, dtype))
-    if weights_init is not None:
-        weights_init = jnp.asarray(v.check_weights(weights_init, k, dtype))
-    if means_init is not None:
-        means_init = jnp.asarray(v.check_means(means_init, k, d, dtype))
-    key = _check_key(key)
     n_rows = padded_rows(n, Xa.nbytes // n)
     if n_rows is not None:
         # Zero-weight rows up to the size class: fits of nearby sizes share one program.
         Xa, w = pad_rows(Xa, w, n_rows)
     if plan is None:  # planned for the rows the program runs on
-        plan = plan_lib.make_plan(covariance_type, dtype, Xa.shape[0], d, k)
-    elif not isinstance(plan, plan_lib.PassPlan) or plan.covariance_type != covariance_type:
-        raise ValueError(f"plan must be a PassPlan for covariance_type={covariance_type!r}, "
+        plan = plan_lib.make_plan(o.covariance_type, dtype, Xa.shape[0], d, o.n_components)
+    elif not isinstance(plan, plan_lib.PassPlan) or plan.covariance_type != o.covariance_type:
+        raise ValueError(f"plan must be a PassPlan for covariance_type={o.covariance_type!r}, "
                          f"got {plan!r}")
-    args = (key, None if w is None else jnp.asarray(w), weights_init, means_init, prec_cov,
-            jnp.asarray(tol, dtype), jnp.asarray(previous_log_likelihood, dtype))
-    static = dict(n_components=k, covariance_type=covariance_type, reg_covar=reg_covar,
-                  max_iter=max_iter, n_init=n_init, init_method=init_method, n_lloyd=n_lloyd,
-                  callback=callback, plan=plan)
+    args = (c.key, None if w is None else jnp.asarray(w), c.initial, jnp.asarray(c.tol, dtype),
+            jnp.asarray(previous_log_likelihood, dtype))
+    static = dict(options=o, callback=callback, plan=plan)
     _bound_programs(Xa.shape, dtype, args, static)
     if Xa.nbytes >= LARGE_DATA_BYTES:
         _compile_first(Xa, args, static)
@@ -533,65 +487,6 @@ def fit(
         # caller's array cannot reach a running fit.
         jax.block_until_ready(res)
     return res
-
-
-def _fit_traced(X, n_components, *, key, covariance_type, tol, reg_covar, max_iter, n_init,
-                init_params, weights_init, means_init, precisions_init, params_init,
-                sample_weight, n_lloyd, callback, plan) -> FitResult:
-    """:func:`fit` inside a trace (``jax.jit``, ``jax.vmap``): the checks that need only shapes
-    and static options, then the compiled fit inlined into the caller's program (no padding,
-    nothing raised on values)."""
-    X = jnp.asarray(X)
-    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
-        raise ValueError(f"X must be a non-empty 2-D array of shape (n_samples, n_features); "
-                         f"got shape {X.shape}")
-    if not jnp.issubdtype(X.dtype, jnp.floating):
-        X = X.astype(jnp.result_type(float))
-    n, d = X.shape
-    dtype = X.dtype
-    k = v.check_n_components(n_components, n, X.shape)
-    covariance_type, init_method, tol, reg_covar, max_iter, n_init = v.check_em_options(
-        covariance_type, init_params, tol, reg_covar, max_iter, n_init)
-    n_lloyd = v.check_positive_int(n_lloyd, "n_lloyd", minimum=0)
-    w = None
-    if sample_weight is not None:
-        w = jnp.asarray(sample_weight, dtype)
-        if w.shape != (n,):
-            raise ValueError(f"sample_weight must have shape ({n},); got {w.shape}")
-    shape = cov_lib.covariance_shape(covariance_type, k, d)
-    prec_cov = None
-    if params_init is not None:
-        if params_init.covariance_type != covariance_type:
-            raise ValueError(f"params_init has covariance type {params_init.covariance_type!r} "
-                             f"but covariance_type={covariance_type!r}")
-        weights_init, means_init = params_init.weights, params_init.means
-        prec_cov = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params_init.covariance)
-    elif precisions_init is not None:
-        p = jnp.asarray(precisions_init, dtype)
-        if p.shape != shape:
-            raise ValueError(f"precisions_init for covariance_type={covariance_type!r} must have "
-                             f"shape {shape}; got {p.shape}")
-        if covariance_type in ("full", "tied"):
-            pc = jnp.swapaxes(jnp.linalg.cholesky(p), -1, -2)
-        else:
-            pc = jnp.sqrt(p)
-        prec_cov = cov_lib.from_precisions_cholesky(covariance_type, pc)
-    for name, a, want in (("weights_init", weights_init, (k,)),
-                          ("means_init", means_init, (k, d))):
-        if a is not None and jnp.shape(a) != want:
-            raise ValueError(f"{name} must have shape {want}; got {jnp.shape(a)}")
-    if weights_init is not None:
-        weights_init = jnp.asarray(weights_init, dtype)
-    if means_init is not None:
-        means_init = jnp.asarray(means_init, dtype)
-    key = _check_key(key)
-    if plan is None:
-        plan = plan_lib.make_plan(covariance_type, dtype, n, d, k)
-    return _fit_nested(X, key, w, weights_init, means_init, prec_cov, jnp.asarray(tol, dtype),
-                       jnp.asarray(-jnp.inf, dtype), n_components=k,
-                       covariance_type=covariance_type, reg_covar=reg_covar, max_iter=max_iter,
-                       n_init=n_init, init_method=init_method, n_lloyd=n_lloyd,
-                       callback=callback, plan=plan)
 
 
 #: Row counts are padded up to the next of this many size classes per doubling.
@@ -646,7 +541,7 @@ def _bound_programs(shape, dtype, args: tuple, static: dict) -> None:
     """Clear the fitting programs' in-memory cache when a new one would exceed
     :data:`MAX_PROGRAMS`, so a long-running process holds a bounded number of them."""
     try:
-        sig = (shape, np.dtype(dtype).str, tuple(a is None for a in args),
+        sig = (shape, np.dtype(dtype).str, jax.tree_util.tree_structure(args),
                tuple(sorted(static.items(), key=lambda kv: kv[0])))
         hash(sig)
     except TypeError:
@@ -700,56 +595,3 @@ def _shares_memory(x: Array, a: np.ndarray) -> bool:
         return x.unsafe_buffer_pointer() == a.__array_interface__["data"][0]
     except Exception:  # not a single-device buffer, or no pointer on this backend
         return False
-
-
-def upper_cholesky(precisions: np.ndarray) -> np.ndarray:
-    """Upper-triangular ``U`` with ``precisions = U U^T`` (scikit-learn's orientation of
-    ``precisions_cholesky_``) for a batch ``(..., d, d)`` of SPD matrices.
-
-    With ``J`` the order-reversing permutation, ``J P J = L L^T`` (``L`` lower) gives
-    ``U = J L J``: no inverse is formed, so the factor is as accurate as the Cholesky itself.
-    """
-    flipped = np.linalg.cholesky(precisions[..., ::-1, ::-1])
-    return np.ascontiguousarray(flipped[..., ::-1, ::-1])
-
-
-def _check_key(key: Any) -> Array:
-    """``key`` as a PRNG key: ``None`` (key 0), an int seed (as ``random_state``) or a key."""
-    if key is None:
-        return jax.random.key(0)
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        return as_key(key)
-    if isinstance(key, jax.Array):
-        is_typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-        if (is_typed and key.shape == ()) or (key.dtype == jnp.uint32 and key.shape == (2,)):
-            return key
-    raise ValueError(
-        "key must be a single JAX PRNG key (jax.random.key(seed)) or an int seed; got "
-        f"{type(key).__name__}" + (f" of shape {key.shape} and dtype {key.dtype}"
-                                  if hasattr(key, "shape") else ""))
-
-
-#: Integer seeds are those NumPy's ``RandomState`` and scikit-learn accept.
-MAX_SEED = 2**32
-
-
-def as_key(random_state: Any) -> Array:
-    """A PRNG key from ``None``, an int, a ``numpy`` Generator/RandomState, or a JAX key."""
-    if random_state is None:
-        seed = int(np.random.default_rng().integers(0, 2**31 - 1))
-    elif isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
-        seed = int(random_state)
-        if not 0 <= seed < MAX_SEED:
-            # Outside it, jax.random.key overflows or (x64 off) folds the seed onto another.
-            raise ValueError(f"an integer seed (random_state, key, --seed) must be in "
-                             f"[0, 2**32); got {seed}")
-    elif isinstance(random_state, np.random.RandomState):
-        seed = int(random_state.randint(0, 2**31 - 1))
-    elif isinstance(random_state, np.random.Generator):
-        seed = int(random_state.integers(0, 2**31 - 1))
-    elif isinstance(random_state, jax.Array):
-        return random_state
-    else:
-        raise ValueError(f"random_state must be None, an int, a numpy RandomState/Generator or "
-                         f"a JAX key; got {type(random_state).__name__}")
-    return jax.random.key(seed)

@@ -25,6 +25,7 @@ from emjax._linalg import after
 from emjax.gmm import GMMParams, fitting, steps
 from emjax.gmm import covariance as cov_lib
 from emjax.gmm import reseed as reseed_lib
+from emjax.gmm.options import check_fit
 
 Array = jax.Array
 
@@ -278,21 +279,18 @@ def make_gem_model(
     return e_step, m_step, repair
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("n_components", "covariance_type", "reg_covar", "max_iter", "n_init",
-                     "init_method", "optimizer", "n_steps"),
-    compiler_options=fitting.FIT_COMPILER_OPTIONS,
-)
-def _fit_gem_compiled(X, key, sample_weight, tol, *, n_components, covariance_type, reg_covar,
-                      max_iter, n_init, init_method, optimizer, n_steps):
+@functools.partial(jax.jit, static_argnames=("options", "optimizer", "n_steps"),
+                   compiler_options=fitting.FIT_COMPILER_OPTIONS)
+def _fit_gem_compiled(X, key, sample_weight, tol, *, options, optimizer, n_steps):
+    n_components, covariance_type, init_method, reg_covar, max_iter, n_init, n_lloyd = options
     w = sample_weight
     shift = jnp.mean(X, 0) if w is None else (w @ X) / jnp.sum(w)
     Xc = X - shift
 
     def initial(k):
         return fitting.init_params(k, Xc, n_components, covariance_type=covariance_type,
-                                   reg_covar=reg_covar, init_params=init_method, sample_weight=w)
+                                   reg_covar=reg_covar, init_params=init_method, sample_weight=w,
+                                   n_lloyd=n_lloyd)
 
     params0 = jax.vmap(initial)(jax.random.split(key, n_init))
     e_step, m_step, repair = make_gem_model(covariance_type, reg_covar, optimizer=optimizer,
@@ -300,10 +298,7 @@ def _fit_gem_compiled(X, key, sample_weight, tol, *, n_components, covariance_ty
     res = em.run_restarts(e_step, m_step, params0, (Xc, w), tol=tol, max_iter=max_iter,
                           repair=repair)
     res = res._replace(params=res.params._replace(means=res.params.means + shift))
-    best = em.best_index(res.log_likelihood)
-    b = em.select(res, best)
-    return fitting.FitResult(b.params, b.log_likelihood, b.n_iter, b.converged, b.status,
-                             b.history, best, res)
+    return em.best_restart(res)
 
 
 @functools.lru_cache(maxsize=1)
@@ -354,21 +349,13 @@ def fit_gem(
       >>> res.params.means.shape
       (2, 2)
     """
-    Xa = v.as_data(X)
-    v.check_x64(Xa.dtype)
-    n, d = Xa.shape
-    k = v.check_n_components(n_components, n, Xa.shape)
-    covariance_type, init_method, tol, reg_covar, max_iter, n_init = v.check_em_options(
-        covariance_type, init_params, tol, reg_covar, max_iter, n_init)
+    c = check_fit(X, n_components, key=key, covariance_type=covariance_type, tol=tol,
+                  reg_covar=reg_covar, max_iter=max_iter, n_init=n_init, init_params=init_params,
+                  sample_weight=sample_weight)
     n_steps = v.check_positive_int(n_steps, "n_steps")
     if optimizer is None:
         optimizer = default_optimizer()
-    w = v.check_sample_weight(sample_weight, n, Xa.dtype)
-    if key is None:
-        key = jax.random.key(0)
+    w = c.sample_weight
     return _fit_gem_compiled(
-        jnp.asarray(Xa), key, None if w is None else jnp.asarray(w),
-        jnp.asarray(tol, Xa.dtype), n_components=k, covariance_type=covariance_type,
-        reg_covar=reg_covar, max_iter=max_iter, n_init=n_init, init_method=init_method,
-        optimizer=optimizer, n_steps=n_steps,
-    )
+        jnp.asarray(c.X), c.key, None if w is None else jnp.asarray(w),
+        jnp.asarray(c.tol, c.X.dtype), options=c.options, optimizer=optimizer, n_steps=n_steps)

@@ -42,15 +42,12 @@ from emjax._linalg import after
 from emjax.gmm import covariance as cov_lib
 from emjax.gmm import fitting
 from emjax.gmm import reseed as reseed_lib
+from emjax.gmm.options import check_fit
 from emjax.gmm.steps import GMMParams, SuffStats
 
 Array = jax.Array
 
 MISSING_OPTIONS = ("error", "marginalize")
-
-#: Incremented each time a program of this module is traced (compiled); tests read it.
-TRACE_COUNT = {"fit": 0, "rows": 0}
-
 
 # ---------------------------------------------------------------------------------------------
 # Host-side layout
@@ -583,15 +580,9 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
 # Fitting
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("n_components", "covariance_type", "reg_covar", "max_iter", "n_init",
-                     "init_method", "n_lloyd", "callback"),
-)
-def _fit_compiled(data, key, overrides, tol, *, n_components, covariance_type, reg_covar,
-                  max_iter, n_init, init_method, n_lloyd, callback):
-    TRACE_COUNT["fit"] += 1
-    k = n_components
+@functools.partial(jax.jit, static_argnames=("options", "callback"))
+def _fit_compiled(data, key, initial, tol, *, options, callback):
+    k, covariance_type, init_method, reg_covar, max_iter, n_init, n_lloyd = options
     d = data.x.shape[1]
     dtype = data.x.dtype
     keys = jax.random.split(key, n_init)
@@ -605,8 +596,8 @@ def _fit_compiled(data, key, overrides, tol, *, n_components, covariance_type, r
         # k-means and the first M-step on the mean-imputed data (x is zero at missing entries)
         return (fitting.init_stats(kk, data.x, k, **init_kw), jnp.zeros((k,), jnp.int32))
 
-    weights_init, means_init, cov_init = overrides
-    if any(a is not None for a in overrides):
+    weights_init, means_init, cov_init = initial
+    if initial.given:
         def initial(kk):
             p = m_step(stats0(kk), data).params
             if weights_init is not None:
@@ -627,8 +618,7 @@ def _fit_compiled(data, key, overrides, tol, *, n_components, covariance_type, r
                                          template)
         res = run(params0, estats0_batched=jax.vmap(stats0)(keys))
     res = res._replace(params=res.params._replace(means=res.params.means + data.center))
-    best = em.best_index(res.log_likelihood)
-    return res, best
+    return em.best_restart(res)
 
 
 def fit(
@@ -666,48 +656,16 @@ def fit(
       ValueError: as :func:`emjax.fit`, and for infinities, rows with no observed value or
         columns never observed.
     """
-    Xa = as_data_with_nan(X)
-    v.check_x64(Xa.dtype)
-    n, d = Xa.shape
-    k = v.check_n_components(n_components, n, Xa.shape)
-    covariance_type, init_method, tol, reg_covar, max_iter, n_init = v.check_em_options(
-        covariance_type, init_params, tol, reg_covar, max_iter, n_init)
-    n_lloyd = v.check_positive_int(n_lloyd, "n_lloyd", minimum=0)
-    dtype = Xa.dtype
-    w = v.check_sample_weight(sample_weight, n, dtype)
-    cov_init = None
-    if params_init is not None:
-        if params_init.covariance_type != covariance_type:
-            raise ValueError(f"params_init has covariance type {params_init.covariance_type!r} "
-                             f"but covariance_type={covariance_type!r}")
-        weights_init = np.asarray(params_init.weights)
-        means_init = np.asarray(params_init.means)
-        cov_init = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params_init.covariance)
-    elif precisions_init is not None:
-        p = v.check_spd(precisions_init, covariance_type, k, d, dtype)
-        if covariance_type in ("full", "tied"):
-            pc = np.swapaxes(np.linalg.cholesky(p.astype(np.float64)), -1, -2)
-        else:
-            pc = np.sqrt(p)
-        cov_init = cov_lib.from_precisions_cholesky(covariance_type, jnp.asarray(pc, dtype))
-    if weights_init is not None:
-        weights_init = jnp.asarray(v.check_weights(weights_init, k, dtype))
-    if means_init is not None:
-        means_init = jnp.asarray(v.check_means(means_init, k, d, dtype))
-    if key is None:
-        key = jax.random.key(0)
-    elif isinstance(key, (int, np.integer)):
-        key = jax.random.key(int(key))
-    data, _ = layout(Xa, w, k, covariance_type, chunk_size)
+    c = check_fit(X, n_components, key=key, covariance_type=covariance_type, tol=tol,
+                  reg_covar=reg_covar, max_iter=max_iter, n_init=n_init, init_params=init_params,
+                  n_lloyd=n_lloyd, sample_weight=sample_weight, weights_init=weights_init,
+                  means_init=means_init, precisions_init=precisions_init,
+                  params_init=params_init, read=as_data_with_nan)
+    o = c.options
+    data, _ = layout(c.X, c.sample_weight, o.n_components, o.covariance_type, chunk_size)
     data = jax.tree_util.tree_map(jnp.asarray, data)
-    res, best = _fit_compiled(
-        data, key, (weights_init, means_init, cov_init), jnp.asarray(tol, dtype),
-        n_components=k, covariance_type=covariance_type, reg_covar=reg_covar,
-        max_iter=max_iter, n_init=n_init, init_method=init_method, n_lloyd=n_lloyd,
-        callback=callback)
-    b = em.select(res, best)
-    return fitting.FitResult(b.params, b.log_likelihood, b.n_iter, b.converged, b.status,
-                             b.history, best, res)
+    return _fit_compiled(data, c.key, c.initial, jnp.asarray(c.tol, c.X.dtype), options=o,
+                         callback=callback)
 
 
 def fit_grid(X, n_components, *, key=None, covariance_type: str = "full", tol: float = 1e-3,
@@ -723,17 +681,22 @@ def fit_grid(X, n_components, *, key=None, covariance_type: str = "full", tol: f
     from emjax.gmm import selection, steps
 
     ks = selection._check_grid(n_components)
-    Xa = as_data_with_nan(X)
-    n = Xa.shape[0]
-    d = Xa.shape[1]
-    v.check_n_components(max(ks), n, Xa.shape)
     k_max = max(ks)
-    w = v.check_sample_weight(sample_weight, n, Xa.dtype)
+    c = check_fit(X, k_max, key=key, covariance_type=covariance_type, tol=tol,
+                  reg_covar=reg_covar, max_iter=max_iter, n_init=n_init, init_params=init_params,
+                  n_lloyd=n_lloyd, sample_weight=sample_weight, read=as_data_with_nan)
+    Xa, w = c.X, c.sample_weight
+    n, d = Xa.shape
     n_eff = float(n if w is None else np.sum(w))
     t0 = time.perf_counter()
-    fits = [fit(Xa, k, key=key, covariance_type=covariance_type, tol=tol, reg_covar=reg_covar,
-                max_iter=max_iter, n_init=n_init, init_params=init_params, sample_weight=w,
-                n_lloyd=n_lloyd, callback=callback) for k in ks]
+
+    def fit_k(k):
+        data, _ = layout(Xa, w, k, covariance_type)
+        return _fit_compiled(jax.tree_util.tree_map(jnp.asarray, data), c.key, c.initial,
+                             jnp.asarray(c.tol, Xa.dtype),
+                             options=c.options._replace(n_components=k), callback=callback)
+
+    fits = [fit_k(k) for k in ks]
     fits = jax.device_get(fits)
     run_s = time.perf_counter() - t0
 
@@ -788,7 +751,6 @@ class RowResults(NamedTuple):
 
 @functools.partial(jax.jit, static_argnames=("sample",))
 def _rows_compiled(params: GMMParams, data: MissingData, key, *, sample: bool):
-    TRACE_COUNT["rows"] += 1
     k, d = params.means.shape
     n_rows = data.x.shape[0]
     dtype = data.x.dtype
@@ -851,10 +813,7 @@ def row_results(params: GMMParams, X, *, key: Array | None = None) -> RowResults
                         center=np.asarray(params.weights @ params.means, Xa.dtype))
     data = jax.tree_util.tree_map(jnp.asarray, data)
     sample = key is not None
-    if isinstance(key, (int, np.integer)):
-        key = jax.random.key(int(key))
-    wlp, imp, smp = _rows_compiled(params, data, key if sample else jax.random.key(0),
-                                   sample=sample)
+    wlp, imp, smp = _rows_compiled(params, data, v.as_key(key), sample=sample)
     keep = rows >= 0
     order = np.argsort(rows[keep])
     take = np.flatnonzero(keep)[order]

@@ -23,6 +23,7 @@ from emjax import em
 from emjax.gmm import GMMParams, fitting, steps
 from emjax.gmm import covariance as cov_lib
 from emjax.gmm import reseed as reseed_lib
+from emjax.gmm.options import check_fit
 
 Array = jax.Array
 
@@ -292,18 +293,14 @@ def fit_grid(
                 X, n_components, key=key, covariance_type=covariance_type, tol=tol,
                 reg_covar=reg_covar, max_iter=max_iter, n_init=n_init, init_params=init_params,
                 sample_weight=sample_weight, n_lloyd=n_lloyd, callback=callback)
-    Xa = v.as_data(X, nan_hint=v.MISSING_HINT)
-    v.check_x64(Xa.dtype)
-    n, _ = Xa.shape
     ks = _check_grid(n_components)
-    v.check_n_components(max(ks), n, Xa.shape)
-    covariance_type, init_method, tol, reg_covar, max_iter, n_init = v.check_em_options(
-        covariance_type, init_params, tol, reg_covar, max_iter, n_init)
-    n_lloyd = v.check_positive_int(n_lloyd, "n_lloyd", minimum=0)
-    dtype = Xa.dtype
-    w = v.check_sample_weight(sample_weight, n, dtype)
-    if key is None:
-        key = jax.random.key(0)
+    c = check_fit(X, max(ks), key=key, covariance_type=covariance_type, tol=tol,
+                  reg_covar=reg_covar, max_iter=max_iter, n_init=n_init, init_params=init_params,
+                  n_lloyd=n_lloyd, sample_weight=sample_weight,
+                  read=functools.partial(v.as_data, nan_hint=v.MISSING_HINT))
+    Xa, w, key, tol = c.X, c.sample_weight, c.key, c.tol
+    _, covariance_type, init_method, reg_covar, max_iter, n_init, n_lloyd = c.options
+    n, dtype = Xa.shape[0], Xa.dtype
     n_rows = fitting.padded_rows(n, Xa.nbytes // n)
     if n_rows is not None:  # as emjax.fit: one program per size class
         Xa, w = fitting.pad_rows(Xa, w, n_rows)

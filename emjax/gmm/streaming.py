@@ -24,6 +24,7 @@ from emjax import _validation as v
 from emjax import em
 from emjax.gmm import GMMParams, SuffStats, fitting, steps
 from emjax.gmm.blocks import BlockStats, block_stats
+from emjax.gmm.options import check_initial_values, check_options
 from emjax.gmm.reseed import reseed
 
 Array = jax.Array
@@ -201,34 +202,25 @@ def _first_rows(source, n_rows: int) -> np.ndarray:
     return np.concatenate(got)
 
 
-def _initial(source, n_components, *, params_init, key, covariance_type, reg_covar, init_params,
-             init_size, dtype_hint=None):
+def _initial(source, options, *, params_init, key, init_size, dtype_hint=None):
     """Initial parameters and the data's dtype: ``params_init`` or k-means on the first rows."""
     if params_init is not None:
-        if params_init.covariance_type != covariance_type:
-            raise ValueError(f"params_init has covariance type {params_init.covariance_type!r} "
-                             f"but covariance_type={covariance_type!r}")
         dtype = np.dtype(dtype_hint) if dtype_hint is not None else None
         if dtype is None:
             first = np.asarray(next(iter(source)))
             dtype = np.float32 if first.dtype == np.float32 else np.float64
-        p = jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a), dtype), params_init)
+        p = check_initial_values(options, np.shape(params_init.means)[-1], dtype,
+                                 params_init=params_init).params()
         return p, np.dtype(dtype)
     sample = v.as_data(_first_rows(source, init_size), "the first rows of source")
-    k = v.check_n_components(n_components, sample.shape[0], sample.shape)
+    k = v.check_n_components(options.n_components, sample.shape[0], sample.shape)
     init = jax.jit(fitting.init_params, static_argnames=(
-        "n_components", "covariance_type", "reg_covar", "init_params"))
-    key = jax.random.key(0) if key is None else key
+        "n_components", "covariance_type", "reg_covar", "init_params", "n_lloyd"))
     shift = sample.mean(0)
-    p = init(key, jnp.asarray(sample - shift), k, covariance_type=covariance_type,
-             reg_covar=reg_covar, init_params=v.check_init_params(init_params))
+    p = init(v.as_key(key), jnp.asarray(sample - shift), k,
+             covariance_type=options.covariance_type, reg_covar=options.reg_covar,
+             init_params=options.init_params, n_lloyd=options.n_lloyd)
     return p._replace(means=p.means + jnp.asarray(shift, sample.dtype)), sample.dtype
-
-
-def _check_x64(dtype):
-    if dtype == np.float64 and not jax.config.jax_enable_x64:
-        raise ValueError("the data are float64 but JAX's x64 mode is off: enable it or pass "
-                         "float32 chunks")
 
 
 def fit(
@@ -275,19 +267,19 @@ def fit(
     Returns:
       :class:`emjax.em.EMResult` (``history`` has length ``max_iter``, NaN after ``n_iter``).
     """
-    covariance_type = v.check_covariance_type(covariance_type)
-    tol = v.check_non_negative(tol, "tol")
-    reg_covar = v.check_non_negative(reg_covar, "reg_covar")
-    max_iter = v.check_positive_int(max_iter, "max_iter")
+    tol, options = check_options(n_components, covariance_type=covariance_type,
+                                 init_params=init_params, tol=tol, reg_covar=reg_covar,
+                                 max_iter=max_iter)
+    covariance_type, reg_covar, max_iter = (options.covariance_type, options.reg_covar,
+                                            options.max_iter)
     chunk_size = v.check_positive_int(chunk_size, "chunk_size")
     src = chunks(source, chunk_size)
     dtype_hint = getattr(src, "dtype", None)
     if dtype_hint is not None:
         dtype_hint = np.float32 if dtype_hint == np.float32 else np.float64
-    params, dtype = _initial(src, n_components, params_init=params_init, key=key,
-                             covariance_type=covariance_type, reg_covar=reg_covar,
-                             init_params=init_params, init_size=init_size, dtype_hint=dtype_hint)
-    _check_x64(dtype)
+    params, dtype = _initial(src, options, params_init=params_init, key=key,
+                             init_size=init_size, dtype_hint=dtype_hint)
+    v.check_x64(dtype)
     k = params.means.shape[0]
     size = max(chunk_size, k)
     # Any fixed point near the data does for the E-step's distance expansion (float32 digits).
@@ -450,8 +442,9 @@ def fit_online(
     Returns:
       :class:`OnlineResult`.
     """
-    covariance_type = v.check_covariance_type(covariance_type)
-    reg_covar = v.check_non_negative(reg_covar, "reg_covar")
+    _, options = check_options(n_components, covariance_type=covariance_type,
+                               init_params=init_params, reg_covar=reg_covar)
+    covariance_type, reg_covar = options.covariance_type, options.reg_covar
     batch_size = v.check_positive_int(batch_size, "batch_size")
     n_passes = v.check_positive_int(n_passes, "n_passes")
     if not (isinstance(alpha, (int, float)) and 0.5 < alpha <= 1.0):
@@ -459,10 +452,9 @@ def fit_online(
     if not (isinstance(t0, (int, float)) and t0 >= 1.0):
         raise ValueError(f"t0 must be >= 1; got {t0!r}")
     src = chunks(source, batch_size)
-    params, dtype = _initial(src, n_components, params_init=params_init, key=key,
-                             covariance_type=covariance_type, reg_covar=reg_covar,
-                             init_params=init_params, init_size=init_size)
-    _check_x64(dtype)
+    params, dtype = _initial(src, options, params_init=params_init, key=key,
+                             init_size=init_size)
+    v.check_x64(dtype)
     size = max(batch_size, params.means.shape[0])
     shift = params.weights @ params.means
     s = stats_from_params(params, reg_covar)
