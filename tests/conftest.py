@@ -4,6 +4,8 @@ float32 arrays and assert that float32 comes back."""
 import ctypes
 import ctypes.util
 import gc
+import os
+import tempfile
 
 import jax
 import numpy as np
@@ -13,6 +15,32 @@ jax.config.update("jax_enable_x64", True)
 
 COV_TYPES = ("full", "tied", "diag", "spherical")
 DTYPES = (np.float32, np.float64)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _compiled_programs_on_disk():
+    """Keep every compiled program in a disk cache private to this run, so a program dropped by
+    the per-module release below is read back instead of compiled again by a later module. The
+    CLI's own disk cache (``--compile-cache``, on by default) then goes to the same directory,
+    never to the user's home."""
+    with tempfile.TemporaryDirectory(prefix="emjax-test-xla-") as directory:
+        saved = {name: getattr(jax.config, name) for name in _CACHE_OPTIONS}
+        env = os.environ.get("EMJAX_CACHE_DIR")
+        os.environ["EMJAX_CACHE_DIR"] = directory
+        jax.config.update("jax_compilation_cache_dir", directory)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+        yield directory
+        for name, value in saved.items():
+            jax.config.update(name, value)
+        if env is None:
+            os.environ.pop("EMJAX_CACHE_DIR", None)
+        else:
+            os.environ["EMJAX_CACHE_DIR"] = env
+
+
+_CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+                  "jax_persistent_cache_min_entry_size_bytes")
 
 
 @pytest.fixture(autouse=True, scope="module")
