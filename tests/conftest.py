@@ -28,7 +28,8 @@ def _compiled_programs_on_disk():
         env = os.environ.get("EMJAX_CACHE_DIR")
         os.environ["EMJAX_CACHE_DIR"] = directory
         jax.config.update("jax_compilation_cache_dir", directory)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        # the fitting programs; reading back a program of a few eager ops costs what compiling does
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
         yield directory
         for name, value in saved.items():

@@ -111,7 +111,8 @@ def test_user_initialisation_and_warm_start(blobs):
         warnings.simplefilter("ignore")
         gm.fit(blobs)
     np.testing.assert_allclose(gm.means_, sk.means_, atol=1e-3)
-    warm = emjax.GaussianMixture(3, warm_start=True, max_iter=2, tol=0.0, random_state=0)
+    # max_iter=1: the programs of test_warm_start_converges_over_repeated_single_iterations
+    warm = emjax.GaussianMixture(3, warm_start=True, max_iter=1, tol=0.0, random_state=0)
     with pytest.warns(emjax.ConvergenceWarning):
         warm.fit(blobs)
     first = warm.lower_bound_
@@ -121,7 +122,8 @@ def test_user_initialisation_and_warm_start(blobs):
 
 
 def test_verbose_prints_every_restart(blobs, capsys):
-    emjax.GaussianMixture(2, n_init=2, verbose=1, random_state=0).fit(blobs)
+    # the configuration of test_fitted_attributes_match_sklearn[full]: its compiled program
+    emjax.GaussianMixture(3, n_init=3, tol=1e-6, verbose=1, random_state=0).fit(blobs)
     out = capsys.readouterr().out
     assert "restart 0" in out and "restart 1" in out
 
@@ -200,7 +202,8 @@ def test_pipeline_grid_search_and_cross_val_choose_what_sklearn_chooses(blobs):
 
 
 def test_clone_and_pickle(blobs):
-    gm = emjax.GaussianMixture(3, covariance_type="diag", random_state=0, n_init=2).fit(blobs)
+    # one restart, as test_estimator_protocol's three components: one compiled program for both
+    gm = emjax.GaussianMixture(3, covariance_type="diag", random_state=0).fit(blobs)
     fresh = clone(gm)
     assert fresh.get_params() == gm.get_params() and not hasattr(fresh, "means_")
     back = pickle.loads(pickle.dumps(gm))
