@@ -329,9 +329,10 @@ def test_cli_and_selection_with_missing_entries(tmp_path, capsys):
     assert cli.main(["predict", str(out / "model.npz"), str(path), "-o", str(pred)]) == 0
     labels = np.loadtxt(pred, delimiter=",", skiprows=1)[:, 0]
     assert len(labels) == 100 and len(set(labels[:50]) & set(labels[50:])) == 0
-    with jax.enable_x64(True):
-        grid = emjax.fit_grid(X, [1, 2], covariance_type="diag", missing="marginalize")
-        one = emjax.fit(X, 2, covariance_type="diag", missing="marginalize")
+    with jax.enable_x64(True):  # the CLI's max_iter (200): the grid is the CLI run's program
+        grid = emjax.fit_grid(X, [1, 2], covariance_type="diag", missing="marginalize",
+                              max_iter=200)
+        one = emjax.fit(X, 2, covariance_type="diag", missing="marginalize", max_iter=200)
     np.testing.assert_allclose(grid.log_likelihood[1, 0], one.log_likelihood, rtol=1e-12)
     ll = float(np.sum(ms.score_samples(one.params, X)))
     p = gmm.n_parameters("diag", 2, 2)
