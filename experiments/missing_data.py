@@ -261,8 +261,12 @@ def main():
         out["recovery"] = recovery(args)
         figure(out["recovery"], ROOT / "docs" / "figures" / "missing_data.png")
     if not args.skip_speed:  # runs accumulate: the shared machine's load moves the peers
+        load_before = os.getloadavg()
+        run = speed(args)
         out.setdefault("speed_runs", []).append(
-            dict(speed(args), command=out["command"], commit=commit, measured=out["measured"]))
+            dict(run, command=out["command"], commit=commit, measured=out["measured"],
+                 load_average_before=[round(x, 2) for x in load_before],
+                 load_average_after=[round(x, 2) for x in os.getloadavg()]))
     tmp = tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".json", delete=False)
     json.dump(out, tmp, indent=1)
     tmp.close()

@@ -16,11 +16,16 @@ Both are computed from the precision ``Lambda = Sigma^-1`` and its *missing* blo
 
 so each (row, component) factorises a matrix of the size of its missing block, not of the
 observed one. Rows are sorted on the host into buckets by how many entries they miss (padded to
-a short ladder of sizes, :func:`slot_ladder`), so each bucket's factorisation has a static size
-and is unrolled into elementwise operations over a chunk of rows and all components (batched
-LAPACK above :data:`UNROLL_MAX_SLOTS`); docs/missing.md has the forms measured and why this
-one. Diagonal and spherical covariances need no factorisation: every term is a GEMM of
-``[x^2, x, observed]``.
+a short ladder of sizes, :func:`slot_ladder`), so each bucket's blocks have a static size. In
+the fit the missing entries are set to the centre (any value gives the same result), so the
+``D x D`` work is that of complete data: one GEMM of constant per-row features gives every
+``r^T Lambda_k r``, one GEMM gives ``Lambda_k r`` (from which ``b`` is gathered), and the
+moments are GEMMs with the same features; per (row, component) only the ``J x J`` block is
+swept (:func:`_sweep`, vectorised over a chunk of rows and all components), and its
+conditional covariances are scattered into ``(K, D, D)``. Per-row results (prediction,
+imputation, draws) factorise the blocks unrolled (batched LAPACK above
+:data:`UNROLL_MAX_SLOTS`). docs/missing.md has the forms measured and why this one. Diagonal and
+spherical covariances need no factorisation: every term is a GEMM of ``[x^2, x, observed]``.
 """
 
 from __future__ import annotations
@@ -67,8 +72,19 @@ class MissingData(NamedTuple):
         coordinates of each row, padded with -1 to the bucket's ``n_slots``. Buckets follow each
         other in the rows of ``x``.
       center: ``(n_features,)`` the (weighted) mean of the observed values of each column.
-      xo_t: ``(2 n_features, N')`` ``[x, observed]`` transposed, the shared operand of the
-        moments' GEMMs (XLA:CPU runs a transposed-operand GEMM far more slowly).
+      feats: full and tied covariances (else empty): one array per bucket,
+        ``(n_chunks, chunk_rows, F)``, the constant features of each row
+        ``[x_i x_j (i <= j), x, 1, n_observed]`` (``F = D(D+1)/2 + D + 2``): one GEMM with the
+        parameters gives every log-density of the completed row (missing entries at the
+        centre), one with the responsibilities every moment of it.
+      feats_t: the same, transposed per chunk, ``(n_chunks, F, chunk_rows)`` (the moments' GEMMs
+        are then plain ones; XLA:CPU runs a transposed-operand GEMM far more slowly).
+      bidx: one int32 array per bucket, ``(n_chunks, n_slots, chunk_rows)``: ``row * D + slot``
+        within the chunk, where each missing entry's row of ``(Lambda_k x)`` sits in the
+        chunk's ``(rows * D, K)`` product (padded slots: ``row * D``, masked).
+      pidx: one int32 array per bucket, ``(n_chunks, n_slots^2, chunk_rows)``: for each pair
+        ``(a, b)`` of slots, ``s_a * D + s_b``, the entry of ``Lambda_k`` in the missing
+        block; padded pairs point past ``D * D`` (0 off the diagonal, 1 on it).
     """
 
     x: Array
@@ -76,15 +92,18 @@ class MissingData(NamedTuple):
     weight: Array
     slots: tuple
     center: Array
-    xo_t: Array
+    feats: tuple = ()
+    feats_t: tuple = ()
+    bidx: tuple = ()
+    pidx: tuple = ()
 
 
 def slot_ladder(n_features: int) -> tuple:
-    """The bucket sizes (missing entries per row, padded up): 0-4 exactly, then 6, 8, 12, 16,
-    24, 32, ... below ``n_features`` (a row misses at most ``n_features - 1``)."""
+    """The bucket sizes (missing entries per row, padded up): 0-8 exactly, then 12, 16, 24,
+    32, ... below ``n_features`` (a row misses at most ``n_features - 1``)."""
     top = max(n_features - 1, 0)
-    sizes = [0, 1, 2, 3, 4]
-    s = 4
+    sizes = list(range(9))
+    s = 8
     while s < top:
         s = s + s // 2 if (s & (s - 1)) == 0 else 1 << s.bit_length()
         sizes.append(min(s, top))
@@ -159,7 +178,8 @@ def as_data_with_nan(X, name: str = "X", dtype=None, *, for_fit: bool = True) ->
 
 def layout(X: np.ndarray, sample_weight: np.ndarray | None, n_components: int,
            covariance_type: str = "full", chunk_size: int | None = None,
-           center: np.ndarray | None = None) -> tuple[MissingData, np.ndarray]:
+           center: np.ndarray | None = None, features: bool = True
+           ) -> tuple[MissingData, np.ndarray]:
     """Sort the rows of ``X`` (NaN = missing, checked by :func:`as_data_with_nan`) into buckets
     by their number of missing entries (host side, NumPy).
 
@@ -171,6 +191,8 @@ def layout(X: np.ndarray, sample_weight: np.ndarray | None, n_components: int,
       chunk_size: optional rows per chunk (all buckets).
       center: optional ``(n_features,)`` centre (default: the weighted mean of the observed
         values of each column).
+      features: build the fit's constant per-chunk arrays (``feats``, ``feats_t``, ``bidx``,
+        ``pidx``; full and tied covariances only).
 
     Returns:
       ``(data, rows)``: :class:`MissingData` (NumPy leaves) and ``rows`` ``(N',)``, the row of
@@ -190,7 +212,11 @@ def layout(X: np.ndarray, sample_weight: np.ndarray | None, n_components: int,
     bucket_of = np.searchsorted(ladder_arr, n_miss) if covariance_type in ("full", "tied") \
         else np.zeros(n, np.int64)
     order = np.argsort(bucket_of, kind="stable")
+    matrix = covariance_type in ("full", "tied")
+    build = features and matrix
+    iu, ju = np.triu_indices(d)
     xs, os_, ws, slots, rows = [], [], [], [], []
+    feats, feats_t, bidx, pidx = [], [], [], []
     for b, j in enumerate(ladder):
         idx = order[bucket_of[order] == b]
         if idx.size == 0:
@@ -215,16 +241,35 @@ def layout(X: np.ndarray, sample_weight: np.ndarray | None, n_components: int,
         slots.append(np.concatenate([s_b, np.full((pad, j), -1, np.int32)]).reshape(
             n_chunks, c, j))
         rows.append(np.concatenate([idx, np.full(pad, -1, np.int64)]))
+        if build:
+            xp, op, sp = xs[-1], os_[-1], slots[-1].reshape(n_chunks * c, j)
+            f = np.concatenate([xp[:, iu] * xp[:, ju], xp, np.ones((len(xp), 1), dtype),
+                                op.sum(1, keepdims=True)], axis=1).reshape(n_chunks, c, -1)
+            feats.append(np.ascontiguousarray(f))
+            feats_t.append(np.ascontiguousarray(np.swapaxes(f, 1, 2)))
+            local = (np.arange(n_chunks * c) % c)[:, None]
+            bidx.append(np.ascontiguousarray(
+                (local * d + np.maximum(sp, 0)).astype(np.int32).reshape(n_chunks, c, j)
+                .transpose(0, 2, 1)))
+            pairs = []
+            for a in range(j):
+                for b_ in range(j):
+                    ok = (sp[:, a] >= 0) & (sp[:, b_] >= 0)
+                    pairs.append(np.where(ok, sp[:, a] * d + sp[:, b_], d * d + (a == b_)))
+            pidx.append(np.ascontiguousarray(
+                np.stack(pairs, 1).astype(np.int32).reshape(n_chunks, c, -1).transpose(0, 2, 1)
+                if pairs else np.zeros((n_chunks, 0, c), np.int32)))
     x_all, o_all = np.concatenate(xs), np.concatenate(os_)
     data = MissingData(x_all, o_all, np.concatenate(ws), tuple(slots), center,
-                       np.ascontiguousarray(np.concatenate([x_all, o_all], axis=1).T))
+                       tuple(feats), tuple(feats_t), tuple(bidx), tuple(pidx))
     return data, np.concatenate(rows)
 
 
 # ---------------------------------------------------------------------------------------------
 # The missing blocks' factorisations, batched over (component, row): arrays (J, J, *batch)
 
-#: Blocks of at most this many missing entries are factorised by unrolled elementwise code (a
+#: Per-row results: blocks of at most this many missing entries are factorised by unrolled
+#: elementwise code (a
 #: few hundred operations at J = 6); larger ones by batched LAPACK calls, which compile in a
 #: fraction of the time of unrolled J >= 8 code and run as fast (see docs/missing.md).
 UNROLL_MAX_SLOTS = 6
@@ -314,6 +359,39 @@ def _factor_lapack(A: Array, b: Array, floor: float, want: bool) -> _Factor:
                    back(Li, (J, J)) if want else None, back(V, (J, J)) if want else None)
 
 
+def _sweep(A: Array, b: Array, floor: Array) -> tuple[Array, Array, Array, Array]:
+    """The sweep operator on ``[[A, b], [b^T, 0]]`` over the pivots of ``A`` ``(J, J, *batch)``
+    (symmetric positive definite), ``b`` ``(J, *batch)``: ``(log|A|, A^-1 b, b^T A^-1 b,
+    -A^-1)``.
+
+    Each pivot is one elementwise update of the whole block, the same for every entry, in a
+    loop: XLA:CPU fuses unrolled scalar recurrences (or unrolled pivots) into uneven loops that
+    recompute. The pivots are those of the Cholesky factorisation, each at least ``floor``
+    (broadcast against ``batch``).
+    """
+    J = A.shape[0]
+    batch = b.shape[1:]
+
+    def pivot(k, carry):
+        M, v, q, logdet = carry
+        col = jax.lax.dynamic_index_in_dim(M, k, axis=1, keepdims=False)  # (J, *batch)
+        d = jnp.maximum(jax.lax.dynamic_index_in_dim(col, k, keepdims=False), floor)
+        inv = 1.0 / d
+        col = jax.lax.dynamic_update_index_in_dim(col, d, k, 0)
+        w = col * inv
+        bk = jax.lax.dynamic_index_in_dim(v, k, keepdims=False)
+        M = M - col[:, None] * w[None, :]
+        w = jax.lax.dynamic_update_index_in_dim(w, -inv, k, 0)
+        M = jax.lax.dynamic_update_index_in_dim(M, w[None], k, 0)
+        M = jax.lax.dynamic_update_index_in_dim(M, w[:, None], k, 1)
+        v = jax.lax.dynamic_update_index_in_dim(v - col * (bk * inv), bk * inv, k, 0)
+        return M, v, q - bk * bk * inv, logdet + jnp.log(d)
+
+    zero = jnp.zeros(batch, b.dtype)
+    M, v, q, logdet = jax.lax.fori_loop(0, J, pivot, (A, b, zero, zero))
+    return logdet, v, -q, M
+
+
 def _factor(A, b, floor, want):
     if A.shape[0] <= UNROLL_MAX_SLOTS:
         return _factor_unrolled(A, b, floor, want)
@@ -329,7 +407,6 @@ class _Chunk(NamedTuple):
     o: Array  # (c, D)
     w: Array  # (c,)
     s: Array  # (c, J) int32, -1 pads
-    xo_t: Array  # (2 D, c)
 
 
 class _Cond(NamedTuple):
@@ -420,59 +497,20 @@ def _chunk_log_prob(params: GMMParams, ch: _Chunk, want_moments: bool) -> _Cond:
     return _Cond(_log_prob_diag(params, ch), None)
 
 
-def _chunk_stats(params: GMMParams, ch: _Chunk, cond: _Cond, gw: Array):
-    """``(nk, sx, sxx)`` of one chunk about the component means, from the weighted
-    responsibilities ``gw`` ``(c, K)``."""
-    x, o, s = ch.x, ch.o, ch.s
+def _chunk_stats_diag(params: GMMParams, ch: _Chunk, gw: Array):
+    """Diagonal and spherical covariances: ``(nk, sx, sxx)`` of one chunk about the component
+    means, from the weighted responsibilities ``gw`` ``(c, K)``: one GEMM of ``[x^2, x, o]``."""
+    x, o = ch.x, ch.o
     d = x.shape[1]
-    k = params.means.shape[0]
-    hi = jax.lax.Precision.HIGHEST
     nk = jnp.sum(gw, axis=0)
-    if cond.factor is None and isinstance(params.covariance, (cov_lib.DiagCovariance,
-                                                              cov_lib.SphericalCovariance)):
-        var = params.covariance.covariances
-        var = jnp.broadcast_to(var[:, None], params.means.shape) if var.ndim == 1 else var
-        mu = params.means
-        G = jnp.dot(gw.T, jnp.concatenate([x * x, x, o], axis=1), precision=hi)  # (K, 3D)
-        g2, g1, go = G[:, :d], G[:, d:2 * d], G[:, 2 * d:]
-        sx = g1 - go * mu
-        sxx = g2 - 2.0 * g1 * mu + go * mu * mu + (nk[:, None] - go) * var
-        return nk, sx, sxx
-    # e = r + h: r = x - mu_k on observed entries (x is 0 on missing ones), h = -A^-1 b on
-    # missing ones. Every moment of r is a plain GEMM with the data as shared operand (a batched
-    # per-component product of (c, K, D) residuals is far slower on XLA:CPU); those of h are a
-    # GEMM with the data and a scatter of the J x J blocks.
-    c = gw.shape[0]
+    var = params.covariance.covariances
+    var = jnp.broadcast_to(var[:, None], params.means.shape) if var.ndim == 1 else var
     mu = params.means
-    gx = (gw[:, :, None] * x[:, None, :]).reshape(c, k * d)
-    go = (gw[:, :, None] * o[:, None, :]).reshape(c, k * d)
-    M = jnp.dot(ch.xo_t, jnp.concatenate([gx, go], axis=1), precision=hi)  # (2 D, 2 K D)
-    M = M.reshape(2, d, 2, k, d)
-    mxx = jnp.transpose(M[0, :, 0], (1, 0, 2))  # sum gw x_i x_j, (K, D, D)
-    mxo = jnp.transpose(M[0, :, 1], (1, 0, 2))  # sum gw x_i o_j
-    moo = jnp.transpose(M[1, :, 1], (1, 0, 2))
-    mum = mu[:, None, :] * mxo  # sum gw x_i o_j mu_j
-    sxx = mxx - mum - jnp.swapaxes(mum, 1, 2) + moo * mu[:, :, None] * mu[:, None, :]
-    sx = jnp.dot(gw.T, x, precision=hi) - jnp.dot(gw.T, o, precision=hi) * mu
-    J = s.shape[1]
-    if J:
-        f = cond.factor
-        Z = _slot_onehot(s, d, x.dtype)
-        h = [-f.y[a] for a in range(J)]  # (c, K) each, 0 on padded slots
-        H = sum((gw * h[a])[:, :, None] * Z[a][:, None, :] for a in range(J))  # (c, K, D)
-        sx = sx + jnp.sum(H, axis=0)
-        XH = jnp.dot(ch.xo_t, H.reshape(c, k * d), precision=hi).reshape(2, d, k, d)
-        cross = jnp.transpose(XH[0] - mu.T[:, :, None] * XH[1], (1, 0, 2))  # sum gw r_i h_j
-        sxx = sxx + cross + jnp.swapaxes(cross, 1, 2)
-        # + sum_n gw_nk (h h^T + Cov[x_m | x_o, k]) on the missing block's positions
-        valid = s >= 0
-        sc = jnp.maximum(s, 0)
-        pos = sc[:, :, None] * d + sc[:, None, :]
-        pos = jnp.where(valid[:, :, None] & valid[:, None, :], pos, d * d)  # d*d: discarded
-        hh = jnp.stack([jnp.stack([h[a] * h[b_] for b_ in range(J)]) for a in range(J)])
-        vals = ((f.V + hh) * gw[None, None]).reshape(-1, k)  # (J, J, c, K) rows
-        acc = jnp.zeros((d * d + 1, k), x.dtype).at[pos.transpose(1, 2, 0).reshape(-1)].add(vals)
-        sxx = sxx + jnp.transpose(acc[: d * d]).reshape(k, d, d)
+    G = jnp.dot(gw.T, jnp.concatenate([x * x, x, o], axis=1),
+                precision=jax.lax.Precision.HIGHEST)  # (K, 3D)
+    g2, g1, go = G[:, :d], G[:, d:2 * d], G[:, 2 * d:]
+    sx = g1 - go * mu
+    sxx = g2 - 2.0 * g1 * mu + go * mu * mu + (nk[:, None] - go) * var
     return nk, sx, sxx
 
 
@@ -491,8 +529,7 @@ def _get_chunk(data: MissingData, slots: Array, start, i, c) -> _Chunk:
     row = start + i * c
     sl = functools.partial(jax.lax.dynamic_slice_in_dim, start_index=row, slice_size=c)
     return _Chunk(sl(data.x), sl(data.observed), sl(data.weight),
-                  jax.lax.dynamic_index_in_dim(slots, i, keepdims=False),
-                  jax.lax.dynamic_slice_in_dim(data.xo_t, row, c, axis=1))
+                  jax.lax.dynamic_index_in_dim(slots, i, keepdims=False))
 
 
 def _fold(data: MissingData, fn, carry):
@@ -510,6 +547,119 @@ def _fold(data: MissingData, fn, carry):
     return carry
 
 
+class _Tables(NamedTuple):
+    """The parameters as the matrix pass reads them (built once per E-step)."""
+
+    W: Array  # (F, K): feats @ W = log pi_k + log N(x | mu_k, Sigma_k), x completed by 0
+    Wg: Array  # (D + 1, D K): [x, 1] @ Wg = Lambda_k (x - mu_k), entry d * K + k
+    A: Array  # (D D + 2, K): Lambda_k[i, j] at row i * D + j, then a row of 0 and one of 1
+
+
+def _tables(params: GMMParams) -> _Tables:
+    mu = params.means
+    k, d = mu.shape
+    dtype = mu.dtype
+    prec = jnp.broadcast_to(_precision(params), (k, d, d))
+    iu, ju = np.triu_indices(d)
+    scale = jnp.asarray(np.where(iu == ju, 1.0, 2.0), dtype)
+    pm = jnp.einsum("kde,ke->kd", prec, mu)  # Lambda_k mu_k
+    bias = (jnp.log(params.weights) + cov_lib.log_det_precision_cholesky(params.covariance, d)
+            - 0.5 * jnp.sum(pm * mu, axis=1))
+    W = jnp.concatenate([(-0.5 * prec[:, iu, ju] * scale).T, pm.T, bias[None],
+                         jnp.full((1, k), -0.5 * math.log(2 * math.pi), dtype)], axis=0)
+    Wg = jnp.concatenate([jnp.transpose(prec, (2, 1, 0)).reshape(d, d * k),
+                          -pm.T.reshape(1, d * k)], axis=0)
+    A = jnp.concatenate([prec.reshape(k, d * d).T, jnp.zeros((1, k), dtype),
+                         jnp.ones((1, k), dtype)], axis=0)
+    return _Tables(W, Wg, A)
+
+
+def _matrix_pass(params: GMMParams, data: MissingData):
+    """Full and tied covariances: the E-step fused with the moments, over the buckets' chunks.
+
+    Each row is completed with 0 (the centre) at its missing entries. With ``r = x - mu_k``,
+    ``b = (Lambda_k r)_m`` and ``A = (Lambda_k)_mm``, the log-density of the observed entries
+    is that of the completed row (one GEMM of the constant features, as for complete data)
+    plus ``(b^T A^-1 b - log|A|) / 2``, and ``E[x_m | x_o, k] = -A^-1 b``,
+    ``Cov = A^-1``. Per (row, component) only the ``J x J`` block is factorised (unrolled);
+    ``b`` and ``A`` are gathered from one GEMM and a table, the moments of the completion are
+    two GEMMs with the features and a scatter of the ``J x J`` blocks.
+
+    Returns:
+      ``(nk, s1, s2, ll)``: ``sum g``, ``sum g E[x]``, ``sum g E[x x^T]`` (``(K, D, D)``), and
+      ``log p(x_n,o)`` per row ``(N',)``.
+    """
+    k, d = params.means.shape
+    dtype = data.x.dtype
+    hi = jax.lax.Precision.HIGHEST
+    nq = d * (d + 1) // 2
+    nf = nq + d + 2
+    tab = _tables(params)
+    # the pivots' floor, as the unrolled factorisation's, against each precision's diagonal
+    floor = 10 * float(jnp.finfo(dtype).eps) * jnp.max(tab.A[:d * d:d + 1], axis=0)  # (K,)
+    acc0 = (jnp.zeros((nf, k), dtype), jnp.zeros((d + 1, d * k), dtype),
+            jnp.zeros((d * d + 2, k), dtype), jnp.zeros(data.x.shape[:1], dtype))
+    carry = acc0
+    start = 0
+    for f_b, ft_b, bi_b, pi_b, s_b in zip(data.feats, data.feats_t, data.bidx, data.pidx,
+                                            data.slots):
+        n_chunks, c, J = s_b.shape
+
+        def body(i, cr, f_b=f_b, ft_b=ft_b, bi_b=bi_b, pi_b=pi_b, s_b=s_b, c=c, J=J,
+                 start=start):
+            st, xh, shh, ll_buf = cr
+            idx = functools.partial(jax.lax.dynamic_index_in_dim, index=i, keepdims=False)
+            f, ft = idx(f_b), idx(ft_b)
+            row = start + i * c
+            w = jax.lax.dynamic_slice_in_dim(data.weight, row, c)
+            lp = jnp.dot(f, tab.W, precision=hi)  # (c, K)
+            if J:
+                bi, pi = idx(bi_b), idx(pi_b)
+                valid = (idx(s_b) >= 0).T.astype(dtype)[:, :, None]  # (J, c, 1)
+                G = jnp.dot(f[:, nq:nq + d + 1], tab.Wg, precision=hi).reshape(c * d, k)
+                b = G.at[bi].get(mode="promise_in_bounds") * valid  # (J, c, K)
+                A = tab.A.at[pi].get(mode="promise_in_bounds").reshape(J, J, c, k)
+                logdet, y, quad, neg_inv = _sweep(A, b, floor)
+                lp = lp - 0.5 * (logdet - quad)
+            ll, g = _lse_resp(lp)
+            g = g * w[:, None]
+            st = st + jnp.dot(ft, g, precision=hi)
+            if J:
+                # sum g h over rows, h = -A^-1 b on the missing entries, placed in (c, D, K)
+                gh = -(g[None] * y)
+                H = jnp.zeros((c * d, k), dtype).at[bi.reshape(-1)].add(
+                    gh.reshape(J * c, k), mode="promise_in_bounds")
+                xh = xh + jnp.dot(ft[nq:nq + d + 1], H.reshape(c, d * k), precision=hi)
+                # + sum g (Cov + h h^T) on the missing block, scattered by position
+                vals = g[None, None] * (y[:, None] * y[None, :] - neg_inv)
+                shh = shh.at[pi.reshape(-1)].add(vals.reshape(J * J * c, k),
+                                                 mode="promise_in_bounds")
+            ll_buf = jax.lax.dynamic_update_slice_in_dim(ll_buf, ll, row, 0)
+            return st, xh, shh, ll_buf
+
+        carry = body(0, carry) if n_chunks == 1 else jax.lax.fori_loop(0, n_chunks, body, carry)
+        start += n_chunks * c
+    st, xh, shh, ll = carry
+    iu, ju = np.triu_indices(d)
+    xx = jnp.zeros((k, d, d), dtype).at[:, iu, ju].set(st[:nq].T)
+    xx = xx + jnp.swapaxes(xx, 1, 2) - xx * jnp.eye(d, dtype=dtype)
+    nk = st[nq + d]
+    xh = xh.reshape(d + 1, d, k)
+    cross = jnp.transpose(xh[:d], (2, 0, 1))  # sum g x_i h_j
+    s1 = st[nq:nq + d].T + xh[d].T
+    s2 = xx + cross + jnp.swapaxes(cross, 1, 2) + jnp.transpose(shh[:d * d]).reshape(k, d, d)
+    return nk, s1, s2, ll
+
+
+def _lse_resp(lp: Array) -> tuple[Array, Array]:
+    """``(logsumexp(lp, 1), softmax(lp, 1))`` with one ``exp``."""
+    m = jnp.max(lp, axis=1, keepdims=True)
+    m = jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0.0))
+    e = jnp.exp(lp - m)
+    t = jnp.sum(e, axis=1, keepdims=True)
+    return jnp.squeeze(m + jnp.log(t), 1), e / t
+
+
 def e_step_stats(params: GMMParams, data: MissingData) -> tuple[SuffStats, Array]:
     """The E-step on the observed entries fused with the next M-step's statistics.
 
@@ -520,25 +670,31 @@ def e_step_stats(params: GMMParams, data: MissingData) -> tuple[SuffStats, Array
     """
     k, d = params.means.shape
     dtype = data.x.dtype
-    full_scatter = isinstance(params.covariance, (cov_lib.FullCovariance,
-                                                  cov_lib.TiedCovariance))
-    sxx0 = jnp.zeros((k, d, d) if full_scatter else (k, d), dtype)
+    mu = params.means
+    if isinstance(params.covariance, (cov_lib.FullCovariance, cov_lib.TiedCovariance)):
+        if not data.feats:
+            raise ValueError("full and tied covariances need layout(..., features=True)")
+        nk, s1, s2, ll = _matrix_pass(params, data)
+        sx = s1 - nk[:, None] * mu
+        m1 = mu[:, :, None] * s1[:, None, :]
+        sxx = s2 - m1 - jnp.swapaxes(m1, 1, 2) + nk[:, None, None] * mu[:, :, None] \
+            * mu[:, None, :]
+        return SuffStats(nk, sx, sxx, mu), ll
     log_w = jnp.log(params.weights)
 
     def fn(carry, ch, row):
         nk, sx, sxx, ll = carry
-        cond = _chunk_log_prob(params, ch, True)
-        wlp = cond.log_prob + log_w[None, :]
+        wlp = _log_prob_diag(params, ch) + log_w[None, :]
         lse = logsumexp(wlp, axis=1)
         gw = jnp.exp(wlp - lse[:, None]) * ch.w[:, None]
-        a, b_, c_ = _chunk_stats(params, ch, cond, gw)
+        a, b_, c_ = _chunk_stats_diag(params, ch, gw)
         ll = jax.lax.dynamic_update_slice_in_dim(ll, lse, row, 0)
         return nk + a, sx + b_, sxx + c_, ll
 
-    init = (jnp.zeros((k,), dtype), jnp.zeros((k, d), dtype), sxx0,
+    init = (jnp.zeros((k,), dtype), jnp.zeros((k, d), dtype), jnp.zeros((k, d), dtype),
             jnp.zeros(data.x.shape[:1], dtype))
     nk, sx, sxx, ll = _fold(data, fn, init)
-    return SuffStats(nk, sx, sxx, params.means), ll
+    return SuffStats(nk, sx, sxx, mu), ll
 
 
 def mean_log_likelihood(ll: Array, weight: Array) -> Array:
@@ -810,7 +966,8 @@ def row_results(params: GMMParams, X, *, key: Array | None = None) -> RowResults
         raise ValueError(f"X has {d} features (shape {Xa.shape}) but the model has "
                          f"{params.means.shape[-1]}")
     data, rows = layout(Xa, None, params.means.shape[0], params.covariance_type,
-                        center=np.asarray(params.weights @ params.means, Xa.dtype))
+                        center=np.asarray(params.weights @ params.means, Xa.dtype),
+                        features=False)
     data = jax.tree_util.tree_map(jnp.asarray, data)
     sample = key is not None
     wlp, imp, smp = _rows_compiled(params, data, v.as_key(key), sample=sample)
