@@ -273,6 +273,24 @@ def test_block_factorisations_match_numpy(fn, n_slots):
     np.testing.assert_allclose(np.swapaxes(Li, -1, -2) @ Li, np.linalg.inv(A), atol=1e-12)
 
 
+def test_sweep_matches_numpy():
+    """The fit's sweep of the blocks: log|A|, A^-1 b, b^T A^-1 b and -A^-1."""
+    rng = np.random.default_rng(7)
+    J, batch = 5, (3, 2)
+    a = rng.normal(size=batch + (J, J))
+    A = a @ np.swapaxes(a, -1, -2) + J * np.eye(J)
+    b = rng.normal(size=batch + (J,))
+    At = jnp.asarray(np.moveaxis(A, (-2, -1), (0, 1)))
+    bt = jnp.asarray(np.moveaxis(b, -1, 0))
+    logdet, y, quad, neg_inv = jax.jit(ms._sweep)(At, bt, jnp.full((2,), 1e-14))
+    np.testing.assert_allclose(logdet, np.linalg.slogdet(A)[1], rtol=1e-12)
+    y_ref = np.linalg.solve(A, b[..., None])[..., 0]
+    np.testing.assert_allclose(np.moveaxis(np.asarray(y), 0, -1), y_ref, rtol=1e-10)
+    np.testing.assert_allclose(quad, np.sum(b * y_ref, -1), rtol=1e-10)
+    np.testing.assert_allclose(np.moveaxis(np.asarray(neg_inv), (0, 1), (-2, -1)),
+                               -np.linalg.inv(A), rtol=1e-10, atol=1e-12)
+
+
 def test_api_opt_in_error_message_and_estimator():
     """NaN errors name the option; without NaN missing='marginalize' is today's fit bit for
     bit; the estimator scores, predicts and imputes rows with NaN."""
