@@ -3,7 +3,10 @@ library and the command line: a library does not write to the user's disk unless
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
+import tempfile
 
 #: Programs compiling faster than this are not written (JAX's default, 1 s, would skip most
 #: small fits once they compile quickly).
@@ -23,7 +26,9 @@ def enable_disk_cache(directory: str | None = None) -> str | None:
 
     Off by default in the library; the ``emjax`` command line turns it on (``--no-compile-cache``
     turns it off). It sets JAX's process-wide ``jax_compilation_cache_dir``, so it applies to
-    every program compiled afterwards in this process, emjax's or not.
+    every program compiled afterwards in this process, emjax's or not. Small fits
+    (:func:`emjax.fit`, the estimator) are also kept whole in its ``emjax-executables``
+    sub-directory (:func:`load_or_compile`): a new process loads them without tracing.
 
     Args:
       directory: where to keep programs (default :func:`default_directory`).
@@ -47,3 +52,107 @@ def enable_disk_cache(directory: str | None = None) -> str | None:
     jax.config.update("jax_compilation_cache_dir", directory)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
     return directory
+
+
+#: Sub-directory of JAX's compilation cache directory that holds emjax's whole compiled fits.
+EXECUTABLES = "emjax-executables"
+
+
+def executable_directory() -> str | None:
+    """Where :func:`load_or_compile` keeps compiled programs: ``emjax-executables`` inside JAX's
+    compilation cache directory (set by :func:`enable_disk_cache`), or None when that is off."""
+    import jax
+
+    directory = jax.config.jax_compilation_cache_dir
+    return os.path.join(directory, EXECUTABLES) if directory else None
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> str:
+    """Everything outside a program's arguments that its compiled form depends on: emjax's own
+    source, JAX's version and configuration, the backend and the XLA flags."""
+    import jax
+    import jaxlib
+
+    digest = hashlib.sha256()
+    package = os.path.dirname(os.path.abspath(__file__))
+    for root, dirs, files in os.walk(package):
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith(".py"):
+                digest.update(name.encode())
+                with open(os.path.join(root, name), "rb") as f:
+                    digest.update(f.read())
+    client = jax.devices()[0].client
+    parts = (digest.hexdigest(), jax.__version__, jaxlib.__version__, client.platform,
+             client.platform_version, repr(jax.devices()),
+             repr(sorted(jax.config.values.items())),
+             os.environ.get("XLA_FLAGS", ""), os.environ.get("LIBTPU_INIT_ARGS", ""))
+    return repr(parts)
+
+
+def _fingerprint(jitted, args: tuple, static: dict) -> str | None:
+    """A digest of everything the compiled ``jitted(*args, **static)`` depends on, or None when
+    a static value has no stable text (e.g. a function: its address changes between runs)."""
+    import jax
+
+    leaves, tree = jax.tree_util.tree_flatten(args)
+    avals = []
+    for leaf in leaves:
+        aval = jax.typeof(leaf)
+        avals.append((aval.shape, str(aval.dtype), bool(getattr(aval, "weak_type", False))))
+    text = repr((_environment(), getattr(jitted, "__qualname__", repr(jitted)),
+                 getattr(jitted, "__module__", ""), str(tree), avals,
+                 sorted(static.items())))
+    if " at 0x" in text:
+        return None
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def load_or_compile(jitted, args: tuple, static: dict, memo: dict, name: str):
+    """The compiled ``jitted(*args, **static)`` (call it with ``*args``): from ``memo``, else
+    from :func:`executable_directory`, else compiled there and written to it; None when the
+    disk cache is off or the program cannot be kept (the caller then calls ``jitted``).
+
+    JAX's own disk cache keys a program by its lowered text, so a new process still traces and
+    lowers the program before finding it; this one keys it by the inputs' shapes, the static
+    arguments and the environment, so a new process only loads it. The files are written
+    atomically and are compiled code: keep the directory private to you.
+    """
+    directory = executable_directory()
+    if directory is None:
+        return None
+    try:
+        fingerprint = _fingerprint(jitted, args, static)
+    except TypeError:
+        return None
+    if fingerprint is None:
+        return None
+    if fingerprint in memo:
+        return memo[fingerprint]
+    import pickle
+
+    from jax.experimental import serialize_executable
+
+    path = os.path.join(directory, f"{name}-{fingerprint[:40]}.pkl")
+    compiled = None
+    try:
+        with open(path, "rb") as f:
+            compiled = serialize_executable.deserialize_and_load(*pickle.load(f))
+    except Exception:  # absent, unreadable or from an incompatible build: compile it again
+        compiled = None
+    if compiled is None:
+        compiled = jitted.lower(*args, **static).compile()
+        tmp = None
+        try:
+            blob = pickle.dumps(serialize_executable.serialize(compiled))
+            os.makedirs(directory, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+            os.replace(tmp, path)
+        except Exception:  # not serialisable here, or a read-only directory: kept in memory
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
+    memo[fingerprint] = compiled
+    return compiled

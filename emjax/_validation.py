@@ -198,37 +198,59 @@ def check_x64(dtype) -> None:
 MAX_SEED = 2**32
 
 
+def as_seed(key, name: str = "key", default: int | None = 0):
+    """:func:`as_key`'s seed: an int in ``[0, 2**32)`` for ``None``, an int or a NumPy
+    ``RandomState``/``Generator``; a key (typed, raw, or raw key data as a NumPy ``uint32``
+    array of shape ``(2,)``) is returned as it is."""
+    import jax
+    import jax.numpy as jnp
+
+    if key is None:
+        return int(np.random.default_rng().integers(0, 2**31 - 1)) if default is None \
+            else default
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        seed = int(key)
+        if not 0 <= seed < MAX_SEED:
+            # Outside it, jax.random.key overflows or (x64 off) folds the seed onto another.
+            raise ValueError(f"an integer seed (random_state, key, --seed) must be in "
+                             f"[0, 2**32); got {seed}")
+        return seed
+    if isinstance(key, np.random.RandomState):
+        return int(key.randint(0, 2**31 - 1))
+    if isinstance(key, np.random.Generator):
+        return int(key.integers(0, 2**31 - 1))
+    if isinstance(key, (jax.Array, np.ndarray)):
+        is_typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+        if (is_typed and key.shape == ()) or (key.dtype == jnp.uint32 and key.shape == (2,)):
+            return key
+    raise ValueError(
+        f"{name} must be a single JAX PRNG key (jax.random.key(seed)), an int seed, None or "
+        f"a NumPy RandomState/Generator; got {type(key).__name__}"
+        + (f" of shape {key.shape} and dtype {key.dtype}" if hasattr(key, "shape") else ""))
+
+
 def as_key(key, name: str = "key", default: int | None = 0):
     """``key`` as one JAX PRNG key: ``None`` (``jax.random.key(default)``, or a fresh random seed
     when ``default`` is None, as scikit-learn's ``random_state=None``), an int seed in
     ``[0, 2**32)``, a NumPy ``RandomState``/``Generator`` (a seed drawn from it), or a single
     typed (``jax.random.key``) or raw (``jax.random.PRNGKey``) key."""
     import jax
-    import jax.numpy as jnp
 
-    if key is None:
-        seed = int(np.random.default_rng().integers(0, 2**31 - 1)) if default is None \
-            else default
-    elif isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        seed = int(key)
-        if not 0 <= seed < MAX_SEED:
-            # Outside it, jax.random.key overflows or (x64 off) folds the seed onto another.
-            raise ValueError(f"an integer seed (random_state, key, --seed) must be in "
-                             f"[0, 2**32); got {seed}")
-    elif isinstance(key, np.random.RandomState):
-        seed = int(key.randint(0, 2**31 - 1))
-    elif isinstance(key, np.random.Generator):
-        seed = int(key.integers(0, 2**31 - 1))
-    else:
-        if isinstance(key, jax.Array):
-            is_typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-            if (is_typed and key.shape == ()) or (key.dtype == jnp.uint32 and key.shape == (2,)):
-                return key
-        raise ValueError(
-            f"{name} must be a single JAX PRNG key (jax.random.key(seed)), an int seed, None or "
-            f"a NumPy RandomState/Generator; got {type(key).__name__}"
-            + (f" of shape {key.shape} and dtype {key.dtype}" if hasattr(key, "shape") else ""))
-    return jax.random.key(seed)
+    seed = as_seed(key, name, default)
+    return jax.random.key(seed) if isinstance(seed, int) else seed
+
+
+def as_key_data(key, name: str = "key", default: int | None = 0):
+    """:func:`as_key`, except that a seed of the default threefry generator gives its raw key
+    data as a NumPy array, ``[0, seed]`` (what ``jax.random.key_data(jax.random.key(seed))``
+    holds): a compiled fit draws the same numbers from it, and no key is built by a program of
+    its own (compiled, or loaded, in a new process)."""
+    import jax
+
+    seed = as_seed(key, name, default)
+    if isinstance(seed, int) and jax.config.jax_default_prng_impl == "threefry2x32":
+        return np.array([0, seed], np.uint32)
+    return jax.random.key(seed) if isinstance(seed, int) else seed
 
 
 def is_traced(*trees) -> bool:

@@ -2,7 +2,9 @@
 
 Parts (``--parts``, default all):
   first    first fit (1000 x 5, K = 3, full, float64) in a fresh process: empty, then warm disk
-           cache (emjax.enable_disk_cache in a temporary directory); scikit-learn likewise.
+           cache (emjax.enable_disk_cache in a temporary directory), by emjax.fit and by the
+           estimator (emjax.GaussianMixture(3).fit); scikit-learn likewise. Repeated
+           (--repeats, interleaved): median and range.
   rows     40 fits with distinct row counts 701..740 (D = 5, K = 3, full) in one warm process:
            median time per fit and RSS growth, emjax and scikit-learn.
   vmap     1000 data sets of 200 x 2 (K = 3) in one jitted, vmapped call against a loop of
@@ -10,9 +12,10 @@ Parts (``--parts``, default all):
   real     the 64 real-data fits (iris, wine, breast cancer, digits; K in 2, 3, 5, 8; four
            covariance types; n_init = 5): total time and mean log-likelihood difference.
 
-Writes ``experiments/results/latency.json``. Usage::
+Writes ``experiments/results/latency.json`` (``--merge``: replaces only the parts run, each
+part with its own command, commit, date and load average). Usage::
 
-    PYTHONPATH=. python experiments/latency.py [--parts first,rows,vmap,real]
+    PYTHONPATH=. python experiments/latency.py [--parts first,rows,vmap,real] [--merge]
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 _FIRST = """
 import sys, time
@@ -31,14 +35,17 @@ t0 = time.perf_counter()
 import numpy as np
 lib = sys.argv[1]
 X = np.random.default_rng(0).normal(size=(1000, 5))
-if lib == "emjax":
+if lib in ("emjax", "estimator"):
     import jax
     jax.config.update("jax_enable_x64", True)
     import emjax
     if len(sys.argv) > 2:
         emjax.enable_disk_cache(sys.argv[2])
     t1 = time.perf_counter()
-    jax.block_until_ready(emjax.fit(X, 3, covariance_type="full"))
+    if lib == "emjax":
+        jax.block_until_ready(emjax.fit(X, 3, covariance_type="full"))
+    else:
+        emjax.GaussianMixture(3, covariance_type="full").fit(X)
 else:
     from sklearn.mixture import GaussianMixture
     t1 = time.perf_counter()
@@ -56,17 +63,27 @@ def _rss_mib() -> float:
     return float("nan")
 
 
-def part_first() -> dict:
-    out = {}
+def part_first(repeats: int = 3) -> dict:
+    import numpy as np
+
+    runs: dict = {}
     env = dict(os.environ, PYTHONPATH=os.getcwd())
-    with tempfile.TemporaryDirectory() as cache:
-        for name, argv in (("emjax_empty_cache", ["emjax", cache]),
-                           ("emjax_warm_cache", ["emjax", cache]),
-                           ("sklearn", ["sklearn"])):
-            r = subprocess.run([sys.executable, "-c", _FIRST, *argv], capture_output=True,
-                               text=True, env=env, check=True)
-            imp, fit = map(float, r.stdout.split())
-            out[name] = dict(import_s=imp, fit_s=fit)
+    for _ in range(repeats):
+        for lib in ("emjax", "estimator"):
+            with tempfile.TemporaryDirectory() as cache:
+                for state in ("empty_cache", "warm_cache"):
+                    r = subprocess.run([sys.executable, "-c", _FIRST, lib, cache],
+                                       capture_output=True, text=True, env=env, check=True)
+                    runs.setdefault(f"{lib}_{state}", []).append(list(map(float, r.stdout.split())))
+        r = subprocess.run([sys.executable, "-c", _FIRST, "sklearn"], capture_output=True,
+                           text=True, env=env, check=True)
+        runs.setdefault("sklearn", []).append(list(map(float, r.stdout.split())))
+    out = {}
+    for name, rs in runs.items():
+        imp, fit = np.array(rs).T
+        out[name] = dict(import_s=float(np.median(imp)), fit_s=float(np.median(fit)),
+                         fit_min_s=float(fit.min()), fit_max_s=float(fit.max()),
+                         fit_runs_s=fit.tolist())
     return out
 
 
@@ -144,32 +161,51 @@ def part_real() -> dict:
                 digits=datasets.load_digits().data)
     te = ts = 0.0
     diffs = []
-    for X in sets.values():
+    fits = []
+    for name, X in sets.items():
         X = X.astype(np.float64)
         for ct in ("full", "tied", "diag", "spherical"):
             for k in (2, 3, 5, 8):
                 t = time.perf_counter()
-                r = jax.block_until_ready(emjax.fit(X, k, covariance_type=ct, n_init=5))
-                te += time.perf_counter() - t
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # reg_covar against constant pixels
+                    r = jax.block_until_ready(emjax.fit(X, k, covariance_type=ct, n_init=5))
+                e = time.perf_counter() - t
                 t = time.perf_counter()
                 g = GaussianMixture(k, covariance_type=ct, n_init=5, random_state=0).fit(X)
-                ts += time.perf_counter() - t
+                s = time.perf_counter() - t
+                te, ts = te + e, ts + s
                 diffs.append(float(r.log_likelihood) - g.score(X))
+                fits.append(dict(data=name, covariance_type=ct, k=k, emjax_s=e, sklearn_s=s,
+                                 ll_diff=diffs[-1]))
     return dict(emjax_total_s=te, sklearn_total_s=ts, ratio=te / ts,
-                mean_ll_diff=float(np.mean(diffs)), min_ll_diff=float(np.min(diffs)))
+                mean_ll_diff=float(np.mean(diffs)), min_ll_diff=float(np.min(diffs)),
+                max_ll_diff=float(np.max(diffs)), fits=fits)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--parts", default="first,rows,vmap,real")
     ap.add_argument("--out", default="experiments/results/latency.json")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other parts of an existing --out file")
+    ap.add_argument("--repeats", type=int, default=3, help="fresh processes per case (first)")
     args = ap.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
-    results = dict(command="PYTHONPATH=. python experiments/latency.py --parts " + args.parts,
-                   commit=commit, load_average=os.getloadavg())
+    command = "PYTHONPATH=. python experiments/latency.py --parts " + args.parts + (
+        " --merge" if args.merge else "")
+    results = dict(command=command, commit=commit, load_average=os.getloadavg())
+    if args.merge and os.path.exists(args.out):
+        with open(args.out) as f:
+            results = json.load(f)
     for part in args.parts.split(","):
-        results[part] = globals()[f"part_{part}"]()
+        load = os.getloadavg()
+        kwargs = dict(repeats=args.repeats) if part == "first" else {}
+        results[part] = globals()[f"part_{part}"](**kwargs)
+        results[part + "_run"] = dict(command=command, commit=commit,
+                                      date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                      load_average_before=load, load_average_after=os.getloadavg())
         print(part, json.dumps(results[part], indent=1), flush=True)
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:

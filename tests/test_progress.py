@@ -106,3 +106,33 @@ def test_programs_with_the_progress_callback_are_kept_on_disk(tmp_path):
     for r in runs:  # the bar is fed from the fresh program and from the one read from disk
         updates, last = map(int, r.stdout.split())
         assert updates >= 3 and last == 12
+
+
+_WARM_RUN = """
+import sys
+import jax, numpy as np
+jax.config.update("jax_enable_x64", True)
+import emjax
+from emjax.gmm import fitting
+emjax.enable_disk_cache(sys.argv[1])
+X = np.random.default_rng(0).normal(size=(50, 2))
+res = emjax.fit(X, 2, n_init=2, max_iter=20)
+print(repr(float(res.log_likelihood)), int(res.n_iter), fitting.compiled_programs())
+"""
+
+
+def test_small_fits_are_loaded_from_disk_without_tracing(tmp_path):
+    """With the disk cache on, a new process loads a small fit's program from
+    ``emjax-executables`` (found by shapes and options, not traced) and fits the same."""
+    import os
+    import subprocess
+    import sys
+
+    cache = str(tmp_path / "xla")
+    env = dict(os.environ, PYTHONPATH=os.getcwd(), JAX_LOG_COMPILES="1")
+    runs = [subprocess.run([sys.executable, "-c", _WARM_RUN, cache], capture_output=True,
+                           text=True, env=env, check=True) for _ in range(2)]
+    assert any(f.startswith("fit-") for f in os.listdir(os.path.join(cache, "emjax-executables")))
+    assert runs[0].stdout == runs[1].stdout
+    assert "_fit_program" in runs[0].stderr  # compiled by the first process
+    assert "_fit_program" not in runs[1].stderr  # neither traced nor compiled by the second

@@ -92,8 +92,8 @@ def relative_jitter(dtype, n_features: int) -> float:
     return max(1e-6, 10.0 * n_features * float(jnp.finfo(dtype).eps))
 
 
-def _precision_cholesky_of_matrix(cov: Array,
-                                  blocked_inverse: bool | None = None) -> tuple[Array, Array]:
+def _precision_cholesky_of_matrix(cov: Array, blocked_inverse: bool | None = None,
+                                  lapack: bool = True) -> tuple[Array, Array]:
     """Upper-triangular ``U`` with ``inv(cov) = U U^T`` for a batch of SPD matrices, and the
     jitter ``(..., 1, 1)`` that was added to the diagonal (0 where none was).
 
@@ -106,19 +106,26 @@ def _precision_cholesky_of_matrix(cov: Array,
 
     ``blocked_inverse``: invert the factor by :func:`lower_triangular_inverse` (batched matrix
     products) rather than a triangular solve; default the backend's tuning
-    (:func:`emjax.gmm.plan.blocked_inverse_default`).
+    (:func:`emjax.gmm.plan.blocked_inverse_default`). ``lapack=False``: factorise and invert
+    by :func:`loop_cholesky` instead (``blocked_inverse`` is then not used).
     """
     d = cov.shape[-1]
+    eye = jnp.eye(d, dtype=cov.dtype)
+    scale = jnp.mean(jnp.diagonal(cov, axis1=-2, axis2=-1), axis=-1)[..., None, None]
+    rel = relative_jitter(cov.dtype, d)
+    retry = rel * jnp.abs(scale) + jnp.finfo(cov.dtype).tiny ** 0.5
+    if not lapack:
+        # Both factorisations in one loop over a stacked batch: one small loop in the program.
+        chol, inv = loop_cholesky(jnp.stack([cov, cov + retry * eye]))
+        bad = ~jnp.all(jnp.isfinite(chol[0]), axis=(-1, -2), keepdims=True)
+        return jnp.swapaxes(jnp.where(bad, inv[1], inv[0]), -1, -2), jnp.where(bad, retry, 0.0)
     if blocked_inverse is None:
         blocked_inverse = plan_lib.blocked_inverse_default(d)
-    eye = jnp.eye(d, dtype=cov.dtype)
     chol = jnp.linalg.cholesky(cov)
     bad = ~jnp.all(jnp.isfinite(chol), axis=(-1, -2), keepdims=True)
-    scale = jnp.mean(jnp.diagonal(cov, axis1=-2, axis2=-1), axis=-1)[..., None, None]
     # The retry depends on the first factorisation (through ``bad``), so the two never run at
     # the same time (see emjax._linalg).
-    rel = relative_jitter(cov.dtype, d)
-    jitter = jnp.where(bad, rel * jnp.abs(scale) + jnp.finfo(cov.dtype).tiny ** 0.5, 0.0)
+    jitter = jnp.where(bad, retry, 0.0)
     chol = jnp.where(bad, jnp.linalg.cholesky(cov + jitter * eye), chol)
     if blocked_inverse:
         return jnp.swapaxes(lower_triangular_inverse(chol), -1, -2), jitter
@@ -126,7 +133,30 @@ def _precision_cholesky_of_matrix(cov: Array,
     return jnp.swapaxes(solve_triangular(chol, eye_b, lower=True), -1, -2), jitter
 
 
+def loop_cholesky(a: Array) -> tuple[Array, Array]:
+    """Lower Cholesky factors ``L`` of a batch ``(..., d, d)`` of SPD matrices and their inverses,
+    one column of ``L`` and one row of ``inv(L)`` per step of a ``lax.fori_loop`` (batched
+    matrix-vector products): no LAPACK call. Column ``j`` is ``v / sqrt(v_j)`` below the
+    diagonal, ``v = a[:, j] - L L[j, :]^T``; row ``j`` of the inverse is
+    ``(e_j - L[j, :j] inv(L)[:j]) / L_jj``. A matrix that is not positive definite gets a
+    non-finite factor, as from :func:`jax.numpy.linalg.cholesky`.
+    """
+    d = a.shape[-1]
+    idx = jnp.arange(d)
 
+    def step(j, carry):
+        L, inv = carry
+        lj = jax.lax.dynamic_index_in_dim(L, j, axis=-2, keepdims=False)  # L[j, :j], zeros after
+        aj = jax.lax.dynamic_index_in_dim(a, j, axis=-2, keepdims=False)  # a symmetric
+        v = aj - jnp.einsum("...ik,...k->...i", L, lj)
+        root = jnp.sqrt(jax.lax.dynamic_index_in_dim(v, j, axis=-1, keepdims=True))
+        L = jax.lax.dynamic_update_index_in_dim(L, jnp.where(idx >= j, v / root, 0.0)[..., None],
+                                                j, axis=-1)
+        row = ((idx == j).astype(a.dtype) - jnp.einsum("...k,...kc->...c", lj, inv)) / root
+        return L, jax.lax.dynamic_update_index_in_dim(inv, row[..., None, :], j, axis=-2)
+
+    zeros = jnp.zeros_like(a)
+    return jax.lax.fori_loop(0, d, step, (zeros, zeros))
 
 def lower_triangular_inverse(L: Array) -> Array:
     """``inv(L)`` of a batch of lower-triangular matrices ``(..., d, d)`` by 2 x 2 block
@@ -158,7 +188,8 @@ def lower_triangular_inverse(L: Array) -> Array:
 
 
 def from_covariances_checked(covariance_type: str, covariances: Array, *,
-                             blocked_inverse: bool | None = None) -> tuple[Covariance, Array]:
+                             blocked_inverse: bool | None = None,
+                             lapack: bool = True) -> tuple[Covariance, Array]:
     """:func:`from_covariances`, and whether any matrix had to be regularised (a bool scalar).
 
     A full or tied matrix that is not positive definite in the working precision is factorised
@@ -166,14 +197,14 @@ def from_covariances_checked(covariance_type: str, covariances: Array, *,
     ``covariances`` then hold that regularised matrix, the inverse of ``U U^T`` to rounding,
     rather than an indefinite matrix beside a finite factor. Diagonal and spherical
     variances are used as given (a non-positive variance gives a non-finite factor, which the
-    EM driver reports as a non-finite step). ``blocked_inverse``: as in
+    EM driver reports as a non-finite step). ``blocked_inverse``, ``lapack``: as in
     :func:`_precision_cholesky_of_matrix`.
     """
     covariances = jnp.asarray(covariances)
     cls = COVARIANCE_CLASSES[covariance_type]
     if covariance_type in ("full", "tied"):
         covariances = _symmetrise(covariances)
-        pc, jitter = _precision_cholesky_of_matrix(covariances, blocked_inverse)
+        pc, jitter = _precision_cholesky_of_matrix(covariances, blocked_inverse, lapack)
         eye = jnp.eye(covariances.shape[-1], dtype=covariances.dtype)
         return cls(covariances + jitter * eye, pc), jnp.any(jitter > 0)
     return cls(covariances, jax.lax.rsqrt(covariances)), jnp.array(False)

@@ -352,7 +352,7 @@ class GaussianMixture(*_ESTIMATOR_BASES):
         if warm and self.params_.means.shape != (k, d):
             raise ValueError(f"warm_start: fitted means have shape {self.params_.means.shape} "
                              f"but the new fit needs ({k}, {d})")
-        key = v.as_key(self.random_state, "random_state", default=None)
+        key = v.as_seed(self.random_state, "random_state", default=None)
         with _precision_ctx(dtype):
             params_init = previous = None
             if warm:

@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from emjax import _compile_cache, em, kmeans
 from emjax import _validation as v
-from emjax import em, kmeans
 from emjax._chunks import fold_chunks, rows
 from emjax.gmm import GMMParams, kernels, steps
 from emjax.gmm import covariance as cov_lib
@@ -198,12 +198,13 @@ def init_stats(
 
 
 def m_step_from_stats(stats: steps.SuffStats, *, covariance_type: str,
-                      reg_covar: float, blocked_inverse: bool | None = None) -> em.Flagged:
+                      reg_covar: float, blocked_inverse: bool | None = None,
+                      lapack: bool = True) -> em.Flagged:
     """The GMM M-step as the driver takes it: :func:`emjax.gmm.params_from_stats`, flagged with
     ``em.STATUS_REGULARISED`` when a covariance needed a jitter to be factorised."""
     params, regularised = steps.params_from_stats_checked(
         stats, covariance_type=covariance_type, reg_covar=reg_covar,
-        blocked_inverse=blocked_inverse)
+        blocked_inverse=blocked_inverse, lapack=lapack)
     return em.Flagged(params, jnp.where(regularised, em.STATUS_REGULARISED, 0))
 
 
@@ -232,7 +233,8 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
     """
     blocked = None if plan is None else plan.blocked_inverse
     cond = True if plan is None else plan.reseed_cond
-    m_kw = dict(covariance_type=covariance_type, reg_covar=reg_covar, blocked_inverse=blocked)
+    m_kw = dict(covariance_type=covariance_type, reg_covar=reg_covar, blocked_inverse=blocked,
+                lapack=True if plan is None else plan.lapack)
     r_kw = dict(covariance_type=covariance_type, empty_threshold=empty_threshold, cond=cond)
     if plan is None or not plan.fused:
         def dense_e_step(params, data):
@@ -274,9 +276,17 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
     return e_step, m_step, repair
 
 
-#: XLA options of the fitting program: LLVM's optimisation level 1 compiles faster than 2 with
-#: the same run time (docs/performance.md).
+#: XLA options of the other compiled GMM programs (selection, GEM, distributed): LLVM's
+#: optimisation level 1 compiles faster than 2 with the same run time (docs/performance.md).
 FIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+
+
+def _per_restart(f, keys):
+    """``jax.vmap(f)(keys)``; one key is called unbatched (a batch of one traces, compiles and
+    runs the batched forms of every operation for nothing)."""
+    if keys.shape[0] == 1:
+        return jax.tree_util.tree_map(lambda a: a[None], f(keys[0]))
+    return jax.vmap(f)(keys)
 
 
 def _fit_program(X, key, sample_weight, initial, tol, ll_prev, *, options, callback, plan):
@@ -323,7 +333,7 @@ def _fit_program(X, key, sample_weight, initial, tol, ll_prev, *, options, callb
                 p = p._replace(covariance=precisions_init)
             return p
 
-        params0 = jax.vmap(initial_params)(keys)
+        params0 = _per_restart(initial_params, keys)
         if fast:
             params0 = params0._replace(means=params0.means + shift)
         res = run_from_params(params0)
@@ -345,15 +355,36 @@ def _fit_program(X, key, sample_weight, initial, tol, ll_prev, *, options, callb
                              cls(jnp.zeros(shape, X.dtype), jnp.zeros(shape, X.dtype)))
         params0 = jax.tree_util.tree_map(
             lambda a: jnp.broadcast_to(a, (n_init,) + a.shape), template)
-        res = run(params0, estats0_batched=jax.vmap(stats0)(keys))
+        res = run(params0, estats0_batched=_per_restart(stats0, keys))
     if not fast:
         res = res._replace(params=res.params._replace(means=res.params.means + shift))
     return em.best_restart(res)
 
 
 _FIT_STATIC = ("options", "callback", "plan")
-_fit_compiled = jax.jit(_fit_program, static_argnames=_FIT_STATIC,
-                        compiler_options=FIT_COMPILER_OPTIONS)
+#: The compiled fit for each set of XLA options (:meth:`PassPlan.compiler_options`): level 1
+#: compiles faster than 2 with the same run time; small problems compile faster still at
+#: level 0 and without the fusion emitters, and run slower (docs/performance.md).
+_FIT_JITTED: dict = {}
+
+
+def _fit_jitted(plan: plan_lib.PassPlan):
+    """The jitted fit with ``plan``'s compiler options."""
+    options = plan.compiler_options()
+    key = tuple(sorted(options.items()))
+    if key not in _FIT_JITTED:
+        _FIT_JITTED[key] = jax.jit(_fit_program, static_argnames=_FIT_STATIC,
+                                   compiler_options=options)
+    return _FIT_JITTED[key]
+
+
+_fit_compiled = _fit_jitted(plan_lib.PassPlan("diag"))  # level 1, fusion emitters: large fits
+
+
+def compiled_programs() -> int:
+    """The number of fitting programs held in memory (every option set, and those of the disk
+    cache)."""
+    return sum(f._cache_size() for f in _FIT_JITTED.values()) + len(_EXECUTABLES)
 # Inside a caller's trace: a nested jit may not carry compiler options.
 _fit_nested = jax.jit(_fit_program, static_argnames=_FIT_STATIC)
 
@@ -441,6 +472,9 @@ def fit(
                 sample_weight=sample_weight, n_lloyd=n_lloyd, callback=callback)
     traced = v.is_traced(X, key, sample_weight, weights_init, means_init, precisions_init,
                          params_init)
+    if not traced:
+        # An int seed as raw key data: no program of its own builds the key.
+        key = v.as_key_data(key)
     c = check_fit(X, n_components, key=key, covariance_type=covariance_type, tol=tol,
                   reg_covar=reg_covar, max_iter=max_iter, n_init=n_init, init_params=init_params,
                   n_lloyd=n_lloyd, sample_weight=sample_weight, weights_init=weights_init,
@@ -472,16 +506,24 @@ def fit(
     elif not isinstance(plan, plan_lib.PassPlan) or plan.covariance_type != o.covariance_type:
         raise ValueError(f"plan must be a PassPlan for covariance_type={o.covariance_type!r}, "
                          f"got {plan!r}")
-    args = (c.key, None if w is None else jnp.asarray(w), c.initial, jnp.asarray(c.tol, dtype),
-            jnp.asarray(previous_log_likelihood, dtype))
+    # NumPy arguments go to the device with the call: converting them first would compile
+    # (and, in a new process, load) a small program each.
+    args = (c.key, w, c.initial, np.asarray(c.tol, dtype),
+            np.asarray(previous_log_likelihood, dtype))
     static = dict(options=o, callback=callback, plan=plan)
+    jitted = _fit_jitted(plan)
     _bound_programs(Xa.shape, dtype, args, static)
-    if Xa.nbytes >= LARGE_DATA_BYTES:
+    compiled = None
+    if n_rows is not None:
+        # With the disk cache on, a new process loads a small fit's program without tracing it.
+        compiled = _compile_cache.load_or_compile(jitted, (Xa, *args), static, _EXECUTABLES,
+                                                  "fit")
+    elif Xa.nbytes >= LARGE_DATA_BYTES:
         _compile_first(Xa, args, static)
     # On CPU, device_put uses a 64-byte-aligned NumPy buffer in place (no copy; JAX never writes
     # to it) and copies any other one, so aligned data near the memory limit is held once.
     Xd = jax.device_put(Xa)
-    res = _fit_compiled(Xd, *args, **static)
+    res = jitted(Xd, *args, **static) if compiled is None else compiled(Xd, *args)
     if _shares_memory(Xd, Xa):
         # The fit runs asynchronously: finish it before returning, so that a later change to the
         # caller's array cannot reach a running fit.
@@ -535,6 +577,9 @@ def pad_rows(X: np.ndarray, sample_weight: np.ndarray | None, n_rows: int):
 MAX_PROGRAMS = 64
 
 _PROGRAMS: dict = {}
+#: Compiled fits loaded from (or written to) the disk cache, by fingerprint (see
+#: :func:`emjax._compile_cache.load_or_compile`); bounded with the others.
+_EXECUTABLES: dict = {}
 
 
 def _bound_programs(shape, dtype, args: tuple, static: dict) -> None:
@@ -549,8 +594,10 @@ def _bound_programs(shape, dtype, args: tuple, static: dict) -> None:
     if sig in _PROGRAMS:
         return
     if len(_PROGRAMS) >= MAX_PROGRAMS:
-        _fit_compiled.clear_cache()
+        for jitted in _FIT_JITTED.values():
+            jitted.clear_cache()
         _PROGRAMS.clear()
+        _EXECUTABLES.clear()
     _PROGRAMS[sig] = None
 
 
@@ -579,7 +626,7 @@ def _compile_first(Xa: np.ndarray, args: tuple, static: dict) -> None:
     if sig in _PRECOMPILED:
         return
     X_spec = jax.ShapeDtypeStruct(Xa.shape, Xa.dtype)
-    _fit_compiled.lower(X_spec, *args, **static).compile()
+    _fit_jitted(static["plan"]).lower(X_spec, *args, **static).compile()
     _PRECOMPILED.add(sig)
     try:
         import ctypes

@@ -57,6 +57,13 @@ class PassPlan:
         (else at every iteration).
       blocked_inverse: the M-step inverts the Cholesky factors by batched block products
         rather than a triangular solve.
+      lapack: the M-step factorises covariances by LAPACK's Cholesky (a custom call); ``False``:
+        by a loop over columns of batched products (with ``blocked_inverse``, the program then
+        calls no LAPACK kernel, whose first use in a process costs a SciPy import).
+      opt_level: XLA's backend optimisation level of the compiled fit (0 compiles faster and
+        runs slower: for problems that run for a few milliseconds).
+      fusion_emitters: XLA:CPU's MLIR fusion emitters (``False``: its older LLVM IR emitters,
+        which compile the dense reference steps' many small fusions faster).
       backend: the backend whose tuning table produced the plan.
     """
 
@@ -70,6 +77,9 @@ class PassPlan:
     whitened_scatter: str = "gx_x"
     reseed_cond: bool = True
     blocked_inverse: bool = False
+    lapack: bool = True
+    opt_level: int = 1
+    fusion_emitters: bool = True
     backend: str = "any"
 
     def __post_init__(self):
@@ -93,6 +103,15 @@ class PassPlan:
                              f"got {self.whitened_scatter!r}")
         if not (isinstance(self.chunk_size, (int, np.integer)) and self.chunk_size >= 1):
             raise ValueError(f"chunk_size must be a positive int, got {self.chunk_size!r}")
+        if self.opt_level not in (0, 1, 2, 3):
+            raise ValueError(f"opt_level must be 0, 1, 2 or 3, got {self.opt_level!r}")
+
+    def compiler_options(self) -> dict:
+        """The XLA compiler options of the compiled fit."""
+        options = {"xla_backend_optimization_level": self.opt_level}
+        if not self.fusion_emitters:
+            options["xla_cpu_use_fusion_emitters"] = False
+        return options
 
     def replace(self, **changes) -> PassPlan:
         """A copy with ``changes`` (checked like a new plan)."""
@@ -126,6 +145,11 @@ class Tuning(NamedTuple):
     materialise_f64: bool  # float64 a^T b materialises a^T (float32 does not)
     reseed_cond: bool
     blocked_inverse_min_features: int  # blocked inverse of the Cholesky factors from this D
+    small_max_size: int  # up to this n_samples * n_features * n_components: the small plan
+    small_max_features: int  # the small plan factorises without LAPACK up to this D
+    small_opt_level: int  # the small plan's XLA backend optimisation level
+    opt_level: int  # XLA backend optimisation level of every other plan
+    dense_fusion_emitters: bool  # the dense (unfused) plans keep XLA:CPU's fusion emitters
 
 
 #: The CPU tuning (XLA:CPU, 2-core AVX-512; docs/performance.md has the measurements).
@@ -154,6 +178,11 @@ CPU = Tuning(
     materialise_f64=True,
     reseed_cond=True,
     blocked_inverse_min_features=24,
+    small_max_size=2**16,
+    small_max_features=16,
+    small_opt_level=0,
+    opt_level=1,
+    dense_fusion_emitters=False,
 )
 
 #: Unmeasured backends (GPU, TPU, others): the plain, batched, GEMM-shaped pass. Full
@@ -185,6 +214,11 @@ PLAIN = Tuning(
     materialise_f64=False,
     reseed_cond=True,
     blocked_inverse_min_features=2**31,
+    small_max_size=0,
+    small_max_features=0,
+    small_opt_level=1,
+    opt_level=1,
+    dense_fusion_emitters=True,
 )
 
 #: The tuning table: ``jax.default_backend()`` -> :class:`Tuning`; anything else gets PLAIN.
@@ -318,9 +352,13 @@ def make_plan(covariance_type: str, dtype, n_samples: int, n_features: int, n_co
         scatter = "x_gx"
     else:
         scatter = "gx_x"
+    # Small problems run for milliseconds: compiling fast matters more than running fast.
+    small = n * d * k <= t.small_max_size
+    no_lapack = small and d <= t.small_max_features
+    fused = n * d * k >= t.fused_min_size
     return PassPlan(
         covariance_type=covariance_type,
-        fused=n * d * k >= t.fused_min_size,
+        fused=fused,
         form=form,
         layout=layout,
         chunk_size=max(1, chunk),
@@ -328,7 +366,10 @@ def make_plan(covariance_type: str, dtype, n_samples: int, n_features: int, n_co
         packed_products=products,
         whitened_scatter=scatter,
         reseed_cond=t.reseed_cond,
-        blocked_inverse=d >= t.blocked_inverse_min_features,
+        blocked_inverse=no_lapack or d >= t.blocked_inverse_min_features,
+        lapack=not no_lapack,
+        opt_level=t.small_opt_level if small else t.opt_level,
+        fusion_emitters=fused or t.dense_fusion_emitters,
         backend=backend,
     )
 
@@ -380,8 +421,14 @@ def describe(plan: PassPlan, n_samples: int | None = None, n_features: int | Non
         lines.append("  contractions over samples: " + (
             "transpose materialised, plain GEMM" if plan.materialise_transposes
             else "one dot_general"))
-    lines.append("  M-step inverse of the Cholesky factors: " + (
-        "blocked (batched GEMMs)" if plan.blocked_inverse else "triangular solve"))
+    if plan.lapack:
+        lines.append("  M-step inverse of the Cholesky factors: " + (
+            "blocked (batched GEMMs)" if plan.blocked_inverse else "triangular solve"))
+    else:
+        lines.append("  M-step Cholesky factors and their inverses: a loop over columns (no "
+                     "LAPACK call)")
+    lines.append(f"  XLA backend optimisation level: {plan.opt_level}" + (
+        "" if plan.fusion_emitters else ", LLVM IR fusion emitters"))
     lines.append("  re-seeding candidates ranked: " + (
         "only when a component is empty (lax.cond)" if plan.reseed_cond else "every iteration"))
     return "\n".join(lines)

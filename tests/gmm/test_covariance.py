@@ -158,3 +158,32 @@ def test_lower_triangular_inverse(dtype, d):
         pc = _blocked_precisions_cholesky(jnp.asarray(cov, dtype))
         np.testing.assert_allclose(pc, _compute_precision_cholesky(cov, "full"),
                                    rtol=10 * tol, atol=10 * tol)
+
+
+_loop_precisions = jax.jit(lambda c: cov_lib.from_covariances_checked(
+    "full", c, blocked_inverse=True, lapack=False))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_loop_cholesky_without_lapack(dtype):
+    """The column loop's factors and inverses equal NumPy's; the precision factors built with
+    it (``lapack=False``) equal scikit-learn's, and an indefinite matrix is regularised as the
+    LAPACK path regularises it."""
+    rng = np.random.default_rng(3)
+    d = 6
+    cov = np.stack([spd(rng, d) for _ in range(3)])
+    L, inv = jax.jit(cov_lib.loop_cholesky)(jnp.asarray(cov, dtype))
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(L, np.linalg.cholesky(cov), rtol=tol, atol=tol)
+    np.testing.assert_allclose(inv, np.linalg.inv(np.linalg.cholesky(cov)), rtol=tol, atol=tol)
+    got, flag = _loop_precisions(jnp.asarray(cov, dtype))
+    assert not bool(flag)
+    np.testing.assert_allclose(got.precisions_cholesky, _compute_precision_cholesky(cov, "full"),
+                               rtol=10 * tol, atol=10 * tol)
+    covs = np.stack([indefinite(rng, 1, d, dtype)[0], np.asarray(cov[0], dtype)])
+    loop, loop_flag = _loop_precisions(jnp.asarray(covs))
+    ref, ref_flag = cov_lib.from_covariances_checked("full", jnp.asarray(covs))
+    assert bool(loop_flag) and bool(ref_flag)
+    np.testing.assert_allclose(loop.covariances, ref.covariances, rtol=tol, atol=tol)
+    np.testing.assert_allclose(loop.precisions_cholesky, ref.precisions_cholesky,
+                               rtol=100 * tol, atol=100 * tol)

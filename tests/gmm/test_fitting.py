@@ -84,14 +84,14 @@ def test_converged_flag_is_right_when_tol_is_met_on_the_last_iteration(blobs):
 
 
 def test_driver_compiles_once_per_configuration(blobs):
-    before = fitting._fit_compiled._cache_size()
+    before = fitting.compiled_programs()
     for seed in range(3):
         emjax.fit(blobs, 2, key=jax.random.key(seed), covariance_type="tied", n_init=2,
                   tol=1e-3 * (seed + 1), max_iter=20)
     # New data values, keys and tol: no retrace.
-    assert fitting._fit_compiled._cache_size() - before == 1
+    assert fitting.compiled_programs() - before == 1
     emjax.fit(blobs[:100], 2, covariance_type="tied", n_init=2, max_iter=20)
-    assert fitting._fit_compiled._cache_size() - before == 2  # a new size class compiles once
+    assert fitting.compiled_programs() - before == 2  # a new size class compiles once
 
 
 @pytest.mark.parametrize("init", ["kmeans", "k-means++", "random", "random_from_data"])
@@ -212,3 +212,18 @@ def test_run_from_statistics_equals_run_from_their_m_step():
     bad = run(jnp.float32(-7.0), jnp.float32(np.nan))
     assert int(bad.status) & em.STATUS_NONFINITE and int(bad.n_iter) == 0
     assert float(bad.params) == -7.0
+
+
+def test_small_plan_fit_equals_lapack_plan_fit(blobs):
+    """The small-problem plan (no LAPACK, XLA level 0, LLVM IR emitters) fits what the default
+    path fits, and an int seed is the key ``jax.random.key(seed)``."""
+    n, d = blobs.shape
+    small = emjax.make_plan("full", blobs.dtype, fitting.size_class(n), d, 3)
+    assert not small.lapack and small.opt_level == 0 and not small.fusion_emitters
+    lapack = small.replace(lapack=True, blocked_inverse=False, opt_level=1, fusion_emitters=True)
+    a = emjax.fit(blobs, 3, key=7, n_init=2, plan=small)
+    b = emjax.fit(blobs, 3, key=jax.random.key(7), n_init=2, plan=lapack)
+    assert int(a.n_iter) == int(b.n_iter) and int(a.best_index) == int(b.best_index)
+    np.testing.assert_allclose(a.log_likelihood, b.log_likelihood, rtol=1e-12)
+    for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
+        np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12)

@@ -42,13 +42,13 @@ def test_padded_fit_equals_the_unpadded_traced_fit(dtype, init):
 
 
 def test_row_counts_of_one_size_class_share_one_program():
-    before = fitting._fit_compiled._cache_size()
+    before = fitting.compiled_programs()
     classes = {fitting.size_class(n) for n in range(90, 97)}
     assert len(classes) == 1
     for n in range(90, 97):
         res = emjax.fit(_data(n, seed=n), 3, covariance_type="diag", **KW)
         assert np.isfinite(float(res.log_likelihood))
-    assert fitting._fit_compiled._cache_size() - before == 1
+    assert fitting.compiled_programs() - before == 1
 
 
 def test_size_classes_cover_every_count_with_bounded_padding():
