@@ -50,6 +50,9 @@ def _release_compiled_programs():
     own tests, and without this every module's executables stay resident to the end of the run."""
     yield
     jax.clear_caches()
+    from emjax.gmm import fitting
+
+    fitting._EXECUTABLES.clear()  # the fits loaded from (or written to) the disk cache
     gc.collect()
     _trim_heap()
 

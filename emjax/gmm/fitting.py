@@ -289,7 +289,8 @@ def _per_restart(f, keys):
     return jax.vmap(f)(keys)
 
 
-def _fit_program(X, key, sample_weight, initial, tol, ll_prev, *, options, callback, plan):
+def _fit_program(X, key, sample_weight, initial, tol, ll_prev, n_used=None, *, options,
+                 callback, plan):
     n_components, covariance_type, init_method, reg_covar, max_iter, n_init, n_lloyd = options
     weights_init, means_init, precisions_init = initial
     w = sample_weight
@@ -358,6 +359,12 @@ def _fit_program(X, key, sample_weight, initial, tol, ll_prev, *, options, callb
         res = run(params0, estats0_batched=_per_restart(stats0, keys))
     if not fast:
         res = res._replace(params=res.params._replace(means=res.params.means + shift))
+    if n_used is not None:  # restarts padded to a size class: the extra ones never win
+        used = jnp.arange(n_init) < n_used
+        best = em.best_index(jnp.where(used, res.log_likelihood, -jnp.inf))
+        b = em.select(res, best)
+        return FitResult(b.params, b.log_likelihood, b.n_iter, b.converged, b.status, b.history,
+                         best, res)
     return em.best_restart(res)
 
 
@@ -510,6 +517,14 @@ def fit(
     # (and, in a new process, load) a small program each.
     args = (c.key, w, c.initial, np.asarray(c.tol, dtype),
             np.asarray(previous_log_likelihood, dtype))
+    n_init = o.n_init
+    pad_restarts = (n_rows is not None and callback is None
+                    and jax.config.jax_threefry_partitionable)
+    if pad_restarts:
+        # Restarts up to their size class (the first n_init keys of a longer split are the
+        # same): nearby n_init share one program; the extra restarts are dropped.
+        args = (*args, np.int32(n_init))
+        o = o._replace(n_init=restart_class(n_init))
     static = dict(options=o, callback=callback, plan=plan)
     jitted = _fit_jitted(plan)
     _bound_programs(Xa.shape, dtype, args, static)
@@ -524,6 +539,9 @@ def fit(
     # to it) and copies any other one, so aligned data near the memory limit is held once.
     Xd = jax.device_put(Xa)
     res = jitted(Xd, *args, **static) if compiled is None else compiled(Xd, *args)
+    if o.n_init != n_init:
+        res = res._replace(restarts=jax.device_put(jax.tree_util.tree_map(
+            lambda a: np.asarray(a)[:n_init], res.restarts)))
     if _shares_memory(Xd, Xa):
         # The fit runs asynchronously: finish it before returning, so that a later change to the
         # caller's array cannot reach a running fit.
@@ -533,6 +551,21 @@ def fit(
 
 #: Row counts are padded up to the next of this many size classes per doubling.
 SIZE_CLASSES_PER_OCTAVE = 4
+
+
+def restart_class(n_init: int) -> int:
+    """The number of restarts a small fit of ``n_init`` runs: ``n_init`` up to 8, else the
+    smallest even ``2^(j / 4)`` rounded up, ``>= n_init`` (10, 12, 14, 16, 20, 24, 28, 32, ...:
+    at most a fifth more restarts), so a sweep over ``n_init`` compiles few programs."""
+    n_init = int(n_init)
+    if n_init <= 8:
+        return n_init
+    j = math.ceil(SIZE_CLASSES_PER_OCTAVE * math.log2(n_init)) - 1
+    while True:
+        c = -(-math.ceil(2.0 ** (j / SIZE_CLASSES_PER_OCTAVE)) // 2) * 2
+        if c >= n_init:
+            return c
+        j += 1
 
 
 def size_class(n: int) -> int:

@@ -122,3 +122,24 @@ def test_failure_mode_fit_under_jit_equals_the_plain_fit():
     traced = jax.jit(lambda d, k: fm.fit(d, 2, key=k, **kw))(data, jax.random.key(0))
     np.testing.assert_allclose(plain.log_likelihood, traced.log_likelihood, rtol=1e-12)
     np.testing.assert_allclose(plain.params.means, traced.params.means, rtol=1e-9, atol=1e-12)
+
+
+def test_restart_counts_of_one_class_share_one_program():
+    """n_init 9 and 10 run one program (10 restarts; the first 9 keys are those of a split into
+    9); n_init = 9 equals the traced fit, which runs exactly 9 restarts."""
+    assert [fitting.restart_class(n) for n in (1, 5, 8, 9, 10, 11, 33)] == [1, 5, 8, 10, 10,
+                                                                               12, 40]
+    X = _data(90)
+    kw = dict(KW, covariance_type="spherical", n_init=9)
+    before = fitting.compiled_programs()
+    nine = emjax.fit(X, 3, key=2, **kw)
+    ten = emjax.fit(X, 3, key=2, **{**kw, "n_init": 10})
+    assert fitting.compiled_programs() - before == 1
+    exact = jax.jit(lambda X, k: emjax.fit(X, 3, key=k, **kw))(jnp.asarray(X), jax.random.key(2))
+    assert nine.restarts.log_likelihood.shape == (9,)
+    np.testing.assert_allclose(nine.restarts.log_likelihood, exact.restarts.log_likelihood,
+                               rtol=1e-12)
+    np.testing.assert_allclose(ten.restarts.log_likelihood[:9], nine.restarts.log_likelihood,
+                               rtol=1e-12)
+    assert int(nine.best_index) == int(exact.best_index)
+    np.testing.assert_allclose(nine.params.means, exact.params.means, rtol=1e-9, atol=1e-12)
