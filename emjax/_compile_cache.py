@@ -67,6 +67,11 @@ def executable_directory() -> str | None:
     return os.path.join(directory, EXECUTABLES) if directory else None
 
 
+#: JAX options that change what is logged or cached, never a compiled program.
+_NOT_IN_PROGRAMS = ("jax_log_compiles", "jax_explain_cache_misses", "jax_compilation_cache",
+                    "jax_persistent_cache", "jax_traceback", "jax_logging", "jax_debug_log")
+
+
 @functools.lru_cache(maxsize=1)
 def _environment() -> str:
     """Everything outside a program's arguments that its compiled form depends on: emjax's own
@@ -86,7 +91,8 @@ def _environment() -> str:
     client = jax.devices()[0].client
     parts = (digest.hexdigest(), jax.__version__, jaxlib.__version__, client.platform,
              client.platform_version, repr(jax.devices()),
-             repr(sorted(jax.config.values.items())),
+             repr(sorted((k, v) for k, v in jax.config.values.items()
+                         if not k.startswith(_NOT_IN_PROGRAMS))),
              os.environ.get("XLA_FLAGS", ""), os.environ.get("LIBTPU_INIT_ARGS", ""))
     return repr(parts)
 
