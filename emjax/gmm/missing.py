@@ -112,8 +112,8 @@ def slot_ladder(n_features: int) -> tuple:
 
 def chunk_rows(n_components: int, n_features: int, n_slots: int, dtype) -> int:
     """Rows per chunk of a bucket: its per-row intermediates, about ``K (3 D + 3 J^2)`` values,
-    within 1 MiB (cache-sized; chunks of half and twice that measured slower in the fit's
-    pass, docs/missing.md), at least 16 rows."""
+    within 1 MiB (cache-sized; in the fit's pass, smaller chunks measured no faster and larger
+    ones slower, docs/missing.md), at least 16 rows."""
     per_row = n_components * (3 * n_features + 3 * n_slots * n_slots + 8)
     return int(max(16, min(4096, 2**20 // (per_row * np.dtype(dtype).itemsize))))
 
