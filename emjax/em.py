@@ -254,6 +254,90 @@ def _loop(e_step, m_step, params0, data, *, tol, max_iter, repair=None, callback
     return start, body_fun, finish
 
 
+def run_compacted(
+    e_step: Callable,
+    m_step: Callable,
+    params0: Any,
+    data: Any,
+    *,
+    tol: Array,
+    max_iter: int,
+    chunk: int,
+    repair: Callable | None = None,
+    decrease_tol: float = 1e-6,
+    rtol: Array = 0.0,
+    estats0: Any = None,
+    ll_prev: Array | None = None,
+) -> EMResult:
+    """:func:`run` (without a callback) for a fit that may be one of a batch under ``jax.vmap``.
+
+    A vmapped ``while_loop`` steps every fit of the batch until the slowest one stops. Here a
+    batch of more than ``chunk`` fits is instead stepped ``chunk`` unfinished fits at a time
+    (gathered, stepped by one iteration, scattered back), so finished fits cost nothing more:
+    the work follows the fits' own iteration counts. Each fit goes through the same steps as
+    alone (a finished fit is frozen), so every result is that of :func:`run`. Unbatched, or a
+    batch of at most ``chunk``, it is :func:`run`.
+
+    The steps must take every traced value through ``params0``, ``data``, ``tol``, ``rtol``,
+    ``estats0`` and ``ll_prev``, not through closures (the batching rule sees only these).
+    """
+    kw = dict(max_iter=max_iter, repair=repair, decrease_tol=decrease_tol,
+              from_stats=estats0 is not None)
+
+    def loop(params0, data, tol, rtol, ll_prev):
+        return _loop(e_step, m_step, params0, data, tol=tol, rtol=rtol, ll_prev=ll_prev, **kw)
+
+    def plain(params0, data, tol, rtol, estats0, ll_prev):
+        start, body_fun, finish = loop(params0, data, tol, rtol, ll_prev)
+        return finish(jax.lax.while_loop(lambda s: ~s.done, body_fun, start(params0, estats0)))
+
+    @jax.custom_batching.custom_vmap
+    def solo(*args):
+        return plain(*args)
+
+    @solo.def_vmap
+    def _rule(axis_size, in_batched, *args):
+        axes = tuple(jax.tree_util.tree_map(lambda b: 0 if b else None, ib) for ib in in_batched)
+        if axis_size <= chunk:
+            out = jax.vmap(plain, in_axes=axes)(*args)
+            return out, jax.tree_util.tree_map(lambda _: True, out)
+        params0, data, tol, rtol, estats0, ll_prev = args
+
+        def start_one(params0, data, tol, rtol, estats0, ll_prev):
+            return loop(params0, data, tol, rtol, ll_prev)[0](params0, estats0)
+
+        def step_one(s, params0, data, tol, rtol, ll_prev):
+            return loop(params0, data, tol, rtol, ll_prev)[1](s)
+
+        state = jax.vmap(start_one, in_axes=axes)(*args)
+        step_axes = (0,) + tuple(axes[i] for i in (0, 1, 2, 3, 5))
+        step = jax.vmap(step_one, in_axes=step_axes)
+        step_args = tuple(args[i] for i in (0, 1, 2, 3, 5))
+
+        def round_(state):
+            # The unfinished fits first, then as many chunks as cover them (a last chunk that
+            # would run past the end starts earlier: its first fits take a second step).
+            order = jnp.argsort(state.done.astype(jnp.int32), stable=True)
+            n_chunks = (jnp.sum(~state.done) + chunk - 1) // chunk
+
+            def one_chunk(j, state):
+                idx = jax.lax.dynamic_slice_in_dim(order, j * chunk, chunk)
+                sub = jax.tree_util.tree_map(lambda a: a[idx], state)
+                sub_args = [jax.tree_util.tree_map(lambda a, ax: a if ax is None else a[idx],
+                                                   arg, ax)
+                            for arg, ax in zip(step_args, step_axes[1:])]
+                new = step(sub, *sub_args)
+                return jax.tree_util.tree_map(lambda a, n: a.at[idx].set(n), state, new)
+
+            return jax.lax.fori_loop(0, n_chunks, one_chunk, state)
+
+        final = jax.lax.while_loop(lambda s: jnp.any(~s.done), round_, state)
+        out = jax.vmap(loop(*step_args[:4], None)[2])(final)
+        return out, jax.tree_util.tree_map(lambda _: True, out)
+
+    return solo(params0, data, jnp.asarray(tol), jnp.asarray(rtol), estats0, ll_prev)
+
+
 def best_index(log_likelihoods: Array) -> Array:
     """Index of the best restart: highest finite log-likelihood (first on ties)."""
     ll = jnp.where(jnp.isfinite(log_likelihoods), log_likelihoods, -jnp.inf)
@@ -324,6 +408,7 @@ def run_restarts(
     estats0_batched: Any = None,
     ll_prev: Array | None = None,
     compact: bool = False,
+    vmap_chunk: int = 0,
 ) -> EMResult:
     """:func:`run` vmapped over a leading restart axis of ``params0_batched`` (and of
     ``estats0_batched``, if given); data and ``ll_prev`` are shared. One restart runs
@@ -336,6 +421,10 @@ def run_restarts(
     the size, down to one, so finished restarts stop costing work. Each restart's arithmetic
     is unchanged (results equal to rounding); the program holds one copy of the loop body per
     stage.
+
+    ``vmap_chunk > 0`` (static; no ``callback``): one restart is :func:`run_compacted` with
+    ``chunk=vmap_chunk``, for fits that a caller vmaps over many data sets (the steps must
+    then take every traced value through ``data``).
     """
     leaves = jax.tree_util.tree_leaves(params0_batched)
     n = leaves[0].shape[0] if leaves else 0
@@ -343,6 +432,12 @@ def run_restarts(
         e_step, m_step, jax.tree_util.tree_map(lambda a: a[0], params0_batched), data, tol=tol,
         max_iter=max_iter, repair=repair, callback=callback, rtol=rtol,
         from_stats=estats0_batched is not None, ll_prev=ll_prev)
+    if n == 1 and vmap_chunk and callback is None:
+        first = functools.partial(jax.tree_util.tree_map, lambda a: a[0])
+        res = run_compacted(e_step, m_step, first(params0_batched), data, tol=tol,
+                            max_iter=max_iter, chunk=vmap_chunk, repair=repair, rtol=rtol,
+                            estats0=first(estats0_batched), ll_prev=ll_prev)
+        return jax.tree_util.tree_map(lambda a: a[None], res)
     if n == 1:
         first = functools.partial(jax.tree_util.tree_map, lambda a: a[0])
         final = jax.lax.while_loop(lambda s: ~s.done, body_fun,

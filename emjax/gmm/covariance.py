@@ -93,7 +93,8 @@ def relative_jitter(dtype, n_features: int) -> float:
 
 
 def _precision_cholesky_of_matrix(cov: Array, blocked_inverse: bool | None = None,
-                                  lapack: bool = True) -> tuple[Array, Array]:
+                                  lapack: bool = True,
+                                  unrolled: bool = False) -> tuple[Array, Array]:
     """Upper-triangular ``U`` with ``inv(cov) = U U^T`` for a batch of SPD matrices, and the
     jitter ``(..., 1, 1)`` that was added to the diagonal (0 where none was).
 
@@ -107,13 +108,21 @@ def _precision_cholesky_of_matrix(cov: Array, blocked_inverse: bool | None = Non
     ``blocked_inverse``: invert the factor by :func:`lower_triangular_inverse` (batched matrix
     products) rather than a triangular solve; default the backend's tuning
     (:func:`emjax.gmm.plan.blocked_inverse_default`). ``lapack=False``: factorise and invert
-    by :func:`loop_cholesky` instead (``blocked_inverse`` is then not used).
+    by :func:`loop_cholesky` instead (``blocked_inverse`` is then not used). ``unrolled``:
+    by :func:`unrolled_cholesky` and :func:`unrolled_lower_inverse` (few features; neither
+    ``lapack`` nor ``blocked_inverse`` is then used).
     """
     d = cov.shape[-1]
     eye = jnp.eye(d, dtype=cov.dtype)
     scale = jnp.mean(jnp.diagonal(cov, axis1=-2, axis2=-1), axis=-1)[..., None, None]
     rel = relative_jitter(cov.dtype, d)
     retry = rel * jnp.abs(scale) + jnp.finfo(cov.dtype).tiny ** 0.5
+    if unrolled:
+        chol = unrolled_cholesky(cov)
+        bad = ~jnp.all(jnp.isfinite(chol), axis=(-1, -2), keepdims=True)
+        jitter = jnp.where(bad, retry, 0.0)
+        chol = jnp.where(bad, unrolled_cholesky(cov + jitter * eye), chol)
+        return jnp.swapaxes(unrolled_lower_inverse(chol), -1, -2), jitter
     if not lapack:
         # Both factorisations in one loop over a stacked batch: one small loop in the program.
         chol, inv = loop_cholesky(jnp.stack([cov, cov + retry * eye]))
@@ -158,6 +167,43 @@ def loop_cholesky(a: Array) -> tuple[Array, Array]:
     zeros = jnp.zeros_like(a)
     return jax.lax.fori_loop(0, d, step, (zeros, zeros))
 
+def unrolled_cholesky(a: Array) -> Array:
+    """Lower Cholesky factors of a batch ``(..., d, d)`` of symmetric matrices, the loops
+    unrolled over ``d`` (elementwise over the batch). A non-positive pivot gives NaN from there
+    on, as LAPACK's failure does in :func:`jax.numpy.linalg.cholesky`."""
+    d = a.shape[-1]
+    nan = jnp.asarray(jnp.nan, a.dtype)
+    L = [[None] * d for _ in range(d)]
+    for j in range(d):
+        piv = a[..., j, j] - sum((L[j][k] * L[j][k] for k in range(j)), jnp.zeros((), a.dtype))
+        L[j][j] = jnp.where(piv > 0, jnp.sqrt(jnp.where(piv > 0, piv, 1.0)), nan)
+        inv = 1.0 / L[j][j]
+        for i in range(j + 1, d):
+            s = a[..., i, j] - sum((L[i][k] * L[j][k] for k in range(j)),
+                                   jnp.zeros((), a.dtype))
+            L[i][j] = s * inv
+    zero = jnp.zeros(a.shape[:-2], a.dtype)
+    return jnp.stack([jnp.stack([L[i][j] if j <= i else zero for j in range(d)], -1)
+                      for i in range(d)], -2)
+
+
+def unrolled_lower_inverse(L: Array) -> Array:
+    """``inv(L)`` of a batch ``(..., d, d)`` of lower-triangular matrices by forward
+    substitution, unrolled over ``d``."""
+    d = L.shape[-1]
+    inv = [[None] * d for _ in range(d)]
+    for i in range(d):
+        r = 1.0 / L[..., i, i]
+        inv[i][i] = r
+        for j in range(i):
+            s = sum(L[..., i, k] * inv[k][j] for k in range(j, i))
+            inv[i][j] = -s * r
+    zero = jnp.zeros(L.shape[:-2], L.dtype)
+    return jnp.stack([jnp.stack([inv[i][j] if j <= i else zero for j in range(d)], -1)
+                      for i in range(d)], -2)
+
+
+
 def lower_triangular_inverse(L: Array) -> Array:
     """``inv(L)`` of a batch of lower-triangular matrices ``(..., d, d)`` by 2 x 2 block
     inversion, ``inv([[A, 0], [B, C]]) = [[inv(A), 0], [-inv(C) B inv(A), inv(C)]]``, one
@@ -188,8 +234,8 @@ def lower_triangular_inverse(L: Array) -> Array:
 
 
 def from_covariances_checked(covariance_type: str, covariances: Array, *,
-                             blocked_inverse: bool | None = None,
-                             lapack: bool = True) -> tuple[Covariance, Array]:
+                             blocked_inverse: bool | None = None, lapack: bool = True,
+                             unrolled: bool = False) -> tuple[Covariance, Array]:
     """:func:`from_covariances`, and whether any matrix had to be regularised (a bool scalar).
 
     A full or tied matrix that is not positive definite in the working precision is factorised
@@ -197,14 +243,15 @@ def from_covariances_checked(covariance_type: str, covariances: Array, *,
     ``covariances`` then hold that regularised matrix, the inverse of ``U U^T`` to rounding,
     rather than an indefinite matrix beside a finite factor. Diagonal and spherical
     variances are used as given (a non-positive variance gives a non-finite factor, which the
-    EM driver reports as a non-finite step). ``blocked_inverse``, ``lapack``: as in
+    EM driver reports as a non-finite step). ``blocked_inverse``, ``lapack``, ``unrolled``: as in
     :func:`_precision_cholesky_of_matrix`.
     """
     covariances = jnp.asarray(covariances)
     cls = COVARIANCE_CLASSES[covariance_type]
     if covariance_type in ("full", "tied"):
         covariances = _symmetrise(covariances)
-        pc, jitter = _precision_cholesky_of_matrix(covariances, blocked_inverse, lapack)
+        pc, jitter = _precision_cholesky_of_matrix(covariances, blocked_inverse, lapack,
+                                                   unrolled)
         eye = jnp.eye(covariances.shape[-1], dtype=covariances.dtype)
         return cls(covariances + jitter * eye, pc), jnp.any(jitter > 0)
     return cls(covariances, jax.lax.rsqrt(covariances)), jnp.array(False)

@@ -17,8 +17,9 @@ import numpy as np
 
 from emjax import _compile_cache, em, kmeans
 from emjax import _validation as v
+from emjax._batching import rare_cond
 from emjax._chunks import fold_chunks, rows
-from emjax.gmm import GMMParams, kernels, steps
+from emjax.gmm import GMMParams, kernels, steps, unrolled
 from emjax.gmm import covariance as cov_lib
 from emjax.gmm import plan as plan_lib
 from emjax.gmm.options import check_fit
@@ -199,12 +200,12 @@ def init_stats(
 
 def m_step_from_stats(stats: steps.SuffStats, *, covariance_type: str,
                       reg_covar: float, blocked_inverse: bool | None = None,
-                      lapack: bool = True) -> em.Flagged:
+                      lapack: bool = True, unrolled: bool = False) -> em.Flagged:
     """The GMM M-step as the driver takes it: :func:`emjax.gmm.params_from_stats`, flagged with
     ``em.STATUS_REGULARISED`` when a covariance needed a jitter to be factorised."""
     params, regularised = steps.params_from_stats_checked(
         stats, covariance_type=covariance_type, reg_covar=reg_covar,
-        blocked_inverse=blocked_inverse, lapack=lapack)
+        blocked_inverse=blocked_inverse, lapack=lapack, unrolled=unrolled)
     return em.Flagged(params, jnp.where(regularised, em.STATUS_REGULARISED, 0))
 
 
@@ -220,9 +221,12 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
     :func:`emjax.gmm.params_from_stats`; nothing of size ``(n_samples, n_components)`` is
     stored. ``inputs``: optional :func:`kernels.prepare` ``(plan, X, center)``, built once by
     the caller outside the EM loop (``emjax.fit`` does); without it every pass builds them.
-    ``plan=None`` or not ``plan.fused``: the dense reference steps
-    :func:`emjax.gmm.e_step_full` and :func:`emjax.gmm.m_step` (exact two-pass M-step), whose
-    statistics are ``(log_resp, ll)``.
+    Not ``plan.fused`` but ``plan.unrolled`` (few features): the E-step is
+    :func:`emjax.gmm.unrolled.e_step_stats` on ``X^T`` (``data = (X, w, X^T)``, or ``inputs``,
+    default built in every pass), which also gives the next M-step's statistics (moments about
+    the current means), and the M-step factorises by closed forms. ``plan=None`` or neither:
+    the dense reference steps :func:`emjax.gmm.e_step_full` and :func:`emjax.gmm.m_step`
+    (exact two-pass M-step), whose statistics are ``(log_resp, ll)``.
 
     The M-step reports ``em.STATUS_REGULARISED`` when a covariance was not positive definite in
     the working precision and was factorised with a jitter (:class:`emjax.em.Flagged`).
@@ -233,9 +237,38 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
     """
     blocked = None if plan is None else plan.blocked_inverse
     cond = True if plan is None else plan.reseed_cond
+    small = plan is not None and plan.unrolled
     m_kw = dict(covariance_type=covariance_type, reg_covar=reg_covar, blocked_inverse=blocked,
-                lapack=True if plan is None else plan.lapack)
+                lapack=True if plan is None else plan.lapack, unrolled=small)
     r_kw = dict(covariance_type=covariance_type, empty_threshold=empty_threshold, cond=cond)
+
+    def candidates(stats, ll, w, rank):
+        # The repair's candidates, not the (N,) log-likelihoods: N floats in the loop state
+        # cost 2-3 copies of the statistics in temporaries.
+        k = stats.nk.shape[0]
+        if plan.reseed_cond:
+            # Under vmap, ranked only when a fit of the batch has an empty component.
+            return rare_cond(
+                jnp.any(empty_components(stats.nk, w, empty_threshold)),
+                lambda op: rank(op[0], op[1], k), lambda op: jnp.zeros((k,), jnp.int32),
+                (ll, w))
+        return rank(ll, w, k)
+
+    def repair(params, estats, data):
+        return reseed_empty(params, None, None, *data[:2], nk=estats[0].nk,
+                            candidates=estats[1], **r_kw)
+
+    def m_step(estats, data):
+        return m_step_from_stats(estats[0], **m_kw)
+
+    if small and not plan.fused:
+        def small_e_step(params, data):
+            X, w = data[:2]
+            xt = data[2] if len(data) > 2 else X.T if inputs is None else inputs
+            st, ll = unrolled.e_step_stats(params, xt, w)
+            return (st, candidates(st, ll, w, worst_explained)), steps._mean(ll, w)
+
+        return small_e_step, m_step, repair
     if plan is None or not plan.fused:
         def dense_e_step(params, data):
             log_resp, ll = steps.e_step_full(params, data[0])
@@ -255,23 +288,7 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
     def e_step(params, data):
         X, w = data
         stats, ll = kernels.e_step_stats(params, X, w, plan=plan, center=center, inputs=inputs)
-        # The repair's candidates, not the (N,) log-likelihoods: N floats in the loop state
-        # cost 2-3 copies of the statistics in temporaries.
-        k = params.means.shape[0]
-        if plan.reseed_cond:
-            cand = jax.lax.cond(
-                jnp.any(empty_components(stats.nk, w, empty_threshold)),
-                lambda ll: worst_explained(ll, w, k), lambda ll: jnp.zeros((k,), jnp.int32), ll)
-        else:
-            cand = worst_explained(ll, w, k)
-        return (stats, cand), steps._mean(ll, w)
-
-    def m_step(estats, data):
-        return m_step_from_stats(estats[0], **m_kw)
-
-    def repair(params, estats, data):
-        return reseed_empty(params, None, None, *data, nk=estats[0].nk, candidates=estats[1],
-                            **r_kw)
+        return (stats, candidates(stats, ll, w, worst_explained)), steps._mean(ll, w)
 
     return e_step, m_step, repair
 
@@ -299,7 +316,9 @@ def _fit_program(X, key, sample_weight, initial, tol, ll_prev, n_used=None, *, o
     # Fast path: initialisation and EM both run on X itself, each chunk centred at `shift` inside
     # the passes, so a large X is held once (no centred copy). Small problems centre a copy.
     fast = plan.fused
+    small = plan.unrolled and not fast
     Xc = None if fast else X - shift
+    xt = Xc.T if small else None  # what the unrolled steps read, built once
 
     d = X.shape[1]
     if fast:
@@ -309,9 +328,11 @@ def _fit_program(X, key, sample_weight, initial, tol, ll_prev, n_used=None, *, o
         data = (X, w)
     else:
         e_step, m_step, repair = make_model(covariance_type, reg_covar, plan=plan)
-        data = (Xc, w)
+        # X^T in the data, not in a closure: the compacting batch rule sees only arguments.
+        data = (Xc, w, xt) if small else (Xc, w)
     run = functools.partial(em.run_restarts, e_step, m_step, data=data, tol=tol,
-                            max_iter=max_iter, repair=repair, callback=callback)
+                            max_iter=max_iter, repair=repair, callback=callback,
+                            vmap_chunk=plan.compact if small else 0)
     run_from_params = functools.partial(run, ll_prev=ll_prev)
     init_kw = dict(covariance_type=covariance_type, init_params=init_method, sample_weight=w,
                    n_lloyd=n_lloyd)
@@ -345,6 +366,14 @@ def _fit_program(X, key, sample_weight, initial, tol, ll_prev, n_used=None, *, o
             def stats0(k):
                 st = init_stats(k, X, n_components, center=shift, **init_kw)
                 return (st._replace(ref=st.ref + shift), jnp.zeros((n_components,), jnp.int32))
+        elif small:
+            def stats0(k):
+                if init_method == "random":
+                    g = uniform_responsibilities(k, 0, X.shape[0], n_components, X.dtype).T
+                    st = unrolled.stats(g, xt, w, covariance_type=covariance_type)
+                else:
+                    st = unrolled.init_stats(k, Xc, xt, n_components, **init_kw)
+                return (st, jnp.zeros((n_components,), jnp.int32))
         else:
             def stats0(k):
                 r = responsibilities_init(k, Xc, n_components, init_method, w, n_lloyd)

@@ -64,6 +64,13 @@ class PassPlan:
         runs slower: for problems that run for a few milliseconds).
       fusion_emitters: XLA:CPU's MLIR fusion emitters (``False``: its older LLVM IR emitters,
         which compile the dense reference steps' many small fusions faster).
+      unrolled: few features and components: the M-step factorises and inverts by closed
+        forms unrolled over the features (no LAPACK call), and a non-fused fit runs the
+        unrolled steps of :mod:`emjax.gmm.unrolled` (elementwise on ``(K, N)`` arrays, one per
+        feature) instead of the dense reference steps.
+      compact: unrolled steps: under ``jax.vmap`` over more than this many fits, step only the
+        unfinished ones, this many at a time (:func:`emjax.em.run_compacted`); 0: the vmapped
+        loop steps every fit until the slowest one stops.
       backend: the backend whose tuning table produced the plan.
     """
 
@@ -80,6 +87,8 @@ class PassPlan:
     lapack: bool = True
     opt_level: int = 1
     fusion_emitters: bool = True
+    unrolled: bool = False
+    compact: int = 0
     backend: str = "any"
 
     def __post_init__(self):
@@ -105,6 +114,8 @@ class PassPlan:
             raise ValueError(f"chunk_size must be a positive int, got {self.chunk_size!r}")
         if self.opt_level not in (0, 1, 2, 3):
             raise ValueError(f"opt_level must be 0, 1, 2 or 3, got {self.opt_level!r}")
+        if not (isinstance(self.compact, (int, np.integer)) and self.compact >= 0):
+            raise ValueError(f"compact must be an int >= 0, got {self.compact!r}")
 
     def compiler_options(self) -> dict:
         """The XLA compiler options of the compiled fit."""
@@ -150,6 +161,9 @@ class Tuning(NamedTuple):
     small_opt_level: int  # the small plan's XLA backend optimisation level
     opt_level: int  # XLA backend optimisation level of every other plan
     dense_fusion_emitters: bool  # the dense (unfused) plans keep XLA:CPU's fusion emitters
+    unrolled_max_features: int  # unrolled steps and factorisations up to this D
+    unrolled_max_components: int  # ... and this K
+    compact_chunk: int  # unrolled: fits stepped at a time under vmap (0: all until the slowest)
 
 
 #: The CPU tuning (XLA:CPU, 2-core AVX-512; docs/performance.md has the measurements).
@@ -183,6 +197,9 @@ CPU = Tuning(
     small_opt_level=0,
     opt_level=1,
     dense_fusion_emitters=False,
+    unrolled_max_features=4,
+    unrolled_max_components=8,
+    compact_chunk=128,
 )
 
 #: Unmeasured backends (GPU, TPU, others): the plain, batched, GEMM-shaped pass. Full
@@ -219,6 +236,9 @@ PLAIN = Tuning(
     small_opt_level=1,
     opt_level=1,
     dense_fusion_emitters=True,
+    unrolled_max_features=0,
+    unrolled_max_components=0,
+    compact_chunk=0,
 )
 
 #: The tuning table: ``jax.default_backend()`` -> :class:`Tuning`; anything else gets PLAIN.
@@ -356,6 +376,7 @@ def make_plan(covariance_type: str, dtype, n_samples: int, n_features: int, n_co
     small = n * d * k <= t.small_max_size
     no_lapack = small and d <= t.small_max_features
     fused = n * d * k >= t.fused_min_size
+    unrolled = not fused and d <= t.unrolled_max_features and k <= t.unrolled_max_components
     return PassPlan(
         covariance_type=covariance_type,
         fused=fused,
@@ -370,6 +391,8 @@ def make_plan(covariance_type: str, dtype, n_samples: int, n_features: int, n_co
         lapack=not no_lapack,
         opt_level=t.small_opt_level if small else t.opt_level,
         fusion_emitters=fused or t.dense_fusion_emitters,
+        unrolled=unrolled,
+        compact=t.compact_chunk if unrolled else 0,
         backend=backend,
     )
 
@@ -402,7 +425,11 @@ def describe(plan: PassPlan, n_samples: int | None = None, n_features: int | Non
         head += f", {np.dtype(dtype).name}"
     head += f", backend {plan.backend!r}"
     lines = [head]
-    if not plan.fused:
+    if not plan.fused and plan.unrolled:
+        lines.append("  E-step: the unrolled steps (elementwise on (K, N) arrays, one per "
+                     "feature; the next M-step's moments in the same pass): the problem is "
+                     "small, with few features")
+    elif not plan.fused:
         lines.append("  E-step: the dense reference steps ((N, K) responsibilities, then a "
                      "two-pass M-step): the problem is small")
     else:
@@ -429,6 +456,12 @@ def describe(plan: PassPlan, n_samples: int | None = None, n_features: int | Non
                      "LAPACK call)")
     lines.append(f"  XLA backend optimisation level: {plan.opt_level}" + (
         "" if plan.fusion_emitters else ", LLVM IR fusion emitters"))
+    lines.append("  M-step inverse of the Cholesky factors: " + (
+        "closed form, unrolled (no LAPACK call)" if plan.unrolled
+        else "blocked (batched GEMMs)" if plan.blocked_inverse else "triangular solve"))
+    if plan.compact:
+        lines.append(f"  under jax.vmap over many fits: the unfinished ones stepped "
+                     f"{plan.compact} at a time")
     lines.append("  re-seeding candidates ranked: " + (
         "only when a component is empty (lax.cond)" if plan.reseed_cond else "every iteration"))
     return "\n".join(lines)

@@ -210,11 +210,12 @@ def params_from_stats(stats: SuffStats, *, covariance_type: str = "full",
 def params_from_stats_checked(stats: SuffStats, *, covariance_type: str = "full",
                               reg_covar: float = 1e-6,
                               blocked_inverse: bool | None = None,
-                              lapack: bool = True) -> tuple[GMMParams, Array]:
+                              lapack: bool = True,
+                              unrolled: bool = False) -> tuple[GMMParams, Array]:
     """:func:`params_from_stats`, and whether a covariance was not positive definite in the
     working precision and got a jitter on its diagonal (a bool scalar; see
     :func:`emjax.gmm.covariance.from_covariances_checked`, which also takes
-    ``blocked_inverse`` and ``lapack``)."""
+    ``blocked_inverse``, ``lapack`` and ``unrolled``)."""
     dtype = stats.sx.dtype
     nk = stats.nk + 10 * jnp.finfo(dtype).eps
     delta = stats.sx / nk[:, None]
@@ -232,7 +233,7 @@ def params_from_stats_checked(stats: SuffStats, *, covariance_type: str = "full"
         covs = var if covariance_type == "diag" else jnp.mean(var, axis=1)
     cov, regularised = cov_lib.from_covariances_checked(covariance_type, covs,
                                                         blocked_inverse=blocked_inverse,
-                                                        lapack=lapack)
+                                                        lapack=lapack, unrolled=unrolled)
     return GMMParams(nk / jnp.sum(nk), means, cov), regularised
 
 

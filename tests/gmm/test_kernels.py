@@ -185,21 +185,23 @@ def test_fast_driver_equals_dense_driver(cov_type):
     def run(p0, X, w, plan):
         c = jnp.mean(X, 0)
         e, m, r = fitting.make_model(cov_type, 1e-6, plan=plan, center=c,
-                                     inputs=gmm.prepare(plan, X, c))
+                                     inputs=gmm.prepare(plan, X, c) if plan.fused else None)
         return em.run(e, m, p0, (X, w), tol=0.0, max_iter=5, repair=r)
 
-    dense = plan.replace(fused=False)
-    a, b = run(params, Xj, wj, plan), run(params, Xj, wj, dense)
-    assert int(a.n_iter) == int(b.n_iter) == 5
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-        np.testing.assert_allclose(x, y, rtol=1e-8, atol=1e-10)
-    # A component far from all data empties at once: both re-seed it, identically.
-    far = params._replace(means=params.means.at[0].set(1e3))
-    a, b = run(far, Xj, wj, plan), run(far, Xj, wj, dense)
-    assert int(a.status) & em.STATUS_RESEEDED and int(b.status) & em.STATUS_RESEEDED
-    assert np.all(np.abs(np.asarray(a.params.means)) < 10)
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-        np.testing.assert_allclose(x, y, rtol=1e-7, atol=1e-9)
+    # the dense reference steps, and the unrolled steps of small problems
+    for other in (plan.replace(fused=False, unrolled=False),
+                  plan.replace(fused=False, unrolled=True)):
+        a, b = run(params, Xj, wj, plan), run(params, Xj, wj, other)
+        assert int(a.n_iter) == int(b.n_iter) == 5
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+            np.testing.assert_allclose(x, y, rtol=1e-8, atol=1e-10)
+        # A component far from all data empties at once: both re-seed it, identically.
+        far = params._replace(means=params.means.at[0].set(1e3))
+        a, b = run(far, Xj, wj, plan), run(far, Xj, wj, other)
+        assert int(a.status) & em.STATUS_RESEEDED and int(b.status) & em.STATUS_RESEEDED
+        assert np.all(np.abs(np.asarray(a.params.means)) < 10)
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+            np.testing.assert_allclose(x, y, rtol=1e-7, atol=1e-9)
 
 
 @pytest.mark.parametrize("cov_type", ("full", "diag"))
