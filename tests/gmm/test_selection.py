@@ -17,10 +17,11 @@ def _compare_grid_to_separate_fits(X, ks, cov, key):
     rtol = rtol_for(dtype)
     assert grid.log_likelihood.dtype == dtype and grid.bic.shape == (len(ks), 2)
     for i, k in enumerate(ks):
-        # The separate fit compiled as the grid is (LAPACK, XLA level 1): the same rounding, so
-        # even float32 stops at the same iteration.
+        # The separate fit compiled as the grid is (the dense steps, LAPACK, XLA level 1): the
+        # same rounding, so even float32 stops at the same iteration.
         plan = emjax.make_plan(cov, dtype, fitting.size_class(X.shape[0]), X.shape[1], k).replace(
-            lapack=True, blocked_inverse=False, opt_level=1, fusion_emitters=True)
+            lapack=True, blocked_inverse=False, opt_level=1, fusion_emitters=True,
+            unrolled=False, compact=0)
         ref = fitting.fit(X, k, plan=plan, **kw)
         r = ref.restarts
         np.testing.assert_array_equal(grid.n_iter[i], np.asarray(r.n_iter))
