@@ -81,7 +81,7 @@ def test_em_iteration_orders_its_factorisations(cov_type):
     def loop(p, X, fast):
         # LAPACK's factorisations and solves (small problems' plans call none).
         plan = make_plan(cov_type, X.dtype, *X.shape, p.means.shape[0]).replace(
-            fused=fast, lapack=True, blocked_inverse=False)
+            fused=fast, lapack=True, blocked_inverse=False, unrolled=False, compact=0)
         e, m, r = fitting.make_model(cov_type, 1e-6, plan=plan)
         return em.run(e, m, p, (X, None), tol=0.0, max_iter=3, repair=r).log_likelihood
 
