@@ -143,3 +143,12 @@ def test_restart_counts_of_one_class_share_one_program():
                                rtol=1e-12)
     assert int(nine.best_index) == int(exact.best_index)
     np.testing.assert_allclose(nine.params.means, exact.params.means, rtol=1e-9, atol=1e-12)
+
+
+def test_only_small_data_is_padded():
+    """Padding saves compilations for small fits; large data runs on its own rows (no extra
+    rows, weights or copy in every iteration)."""
+    assert fitting.padded_rows(1000, 40) == fitting.size_class(1000) > 1000
+    assert fitting.padded_rows(100_000, 64) is None
+    n = fitting.PAD_MAX_BYTES // 64
+    assert fitting.padded_rows(n, 64) is not None and fitting.padded_rows(n + 1, 64) is None
