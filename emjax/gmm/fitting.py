@@ -611,18 +611,17 @@ def size_class(n: int) -> int:
         j += 1
 
 
-#: Data up to this many bytes is padded to its size class. Past it a fit runs long enough that a
-#: compilation per row count costs little, while padding would add rows, a weighted pass and a
-#: copy to every iteration.
-PAD_MAX_BYTES = 2**22
+#: Fits of up to this many rows are padded to their size class. Past it a fit runs long enough
+#: that a compilation per row count costs little, while padding would add rows, a weighted pass
+#: and a copy to every iteration.
+PAD_MAX_ROWS = 2**15
 
 
 def padded_rows(n: int, row_bytes: int) -> int | None:
-    """Rows a fit of ``n`` rows runs on: its :func:`size_class`, or None (as given) when the
-    data exceeds ``PAD_MAX_BYTES``."""
-    if n * row_bytes > PAD_MAX_BYTES:
-        return None
-    return size_class(n)
+    """Rows a fit of ``n`` rows runs on: its :func:`size_class`, or None (as given) past
+    ``PAD_MAX_ROWS`` rows or when the padded copy would reach ``LARGE_DATA_BYTES``."""
+    c = size_class(n)
+    return None if n > PAD_MAX_ROWS or c * row_bytes >= LARGE_DATA_BYTES else c
 
 
 def pad_rows(X: np.ndarray, sample_weight: np.ndarray | None, n_rows: int):

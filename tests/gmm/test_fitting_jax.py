@@ -149,6 +149,7 @@ def test_only_small_data_is_padded():
     """Padding saves compilations for small fits; large data runs on its own rows (no extra
     rows, weights or copy in every iteration)."""
     assert fitting.padded_rows(1000, 40) == fitting.size_class(1000) > 1000
+    assert fitting.padded_rows(10_000, 512) == fitting.size_class(10_000)  # wide, still small
     assert fitting.padded_rows(100_000, 64) is None
-    n = fitting.PAD_MAX_BYTES // 64
-    assert fitting.padded_rows(n, 64) is not None and fitting.padded_rows(n + 1, 64) is None
+    n = fitting.PAD_MAX_ROWS
+    assert fitting.padded_rows(n, 8) is not None and fitting.padded_rows(n + 1, 8) is None
