@@ -587,12 +587,16 @@ def restart_class(n_init: int) -> int:
     smallest even ``2^(j / 4)`` rounded up, ``>= n_init`` (10, 12, 14, 16, 20, 24, 28, 32, ...:
     at most a fifth more restarts), so a sweep over ``n_init`` compiles few programs."""
     n_init = int(n_init)
-    if n_init <= 8:
-        return n_init
-    j = math.ceil(SIZE_CLASSES_PER_OCTAVE * math.log2(n_init)) - 1
+    return n_init if n_init <= 8 else _ladder_class(n_init, 2)
+
+
+def _ladder_class(n: int, multiple: int) -> int:
+    """The smallest ``2^(j / SIZE_CLASSES_PER_OCTAVE)``, rounded up to a multiple of
+    ``multiple``, that is ``>= n``: the one geometric ladder of row and restart classes."""
+    j = math.ceil(SIZE_CLASSES_PER_OCTAVE * math.log2(n)) - 1
     while True:
-        c = -(-math.ceil(2.0 ** (j / SIZE_CLASSES_PER_OCTAVE)) // 2) * 2
-        if c >= n_init:
+        c = -(-math.ceil(2.0 ** (j / SIZE_CLASSES_PER_OCTAVE)) // multiple) * multiple
+        if c >= n:
             return c
         j += 1
 
@@ -601,14 +605,7 @@ def size_class(n: int) -> int:
     """The smallest size class ``>= n``: at least 64, else ``2^(j / 4)`` rounded up to a
     multiple of 8 (so at most 19 % padding rows)."""
     n = int(n)
-    if n <= 64:
-        return 64
-    j = math.ceil(SIZE_CLASSES_PER_OCTAVE * math.log2(n)) - 1
-    while True:
-        c = -(-math.ceil(2.0 ** (j / SIZE_CLASSES_PER_OCTAVE)) // 8) * 8
-        if c >= n:
-            return c
-        j += 1
+    return 64 if n <= 64 else _ladder_class(n, 8)
 
 
 #: Fits of up to this many rows are padded to their size class. Past it a fit runs long enough
