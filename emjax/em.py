@@ -113,6 +113,7 @@ def run(
     rtol: Array = 0.0,
     estats0: Any = None,
     ll_prev: Array | None = None,
+    history_size: int | None = None,
 ) -> EMResult:
     """Run EM from ``params0`` inside one ``jax.lax.while_loop`` (not jitted: compose or jit it).
 
@@ -131,7 +132,7 @@ def run(
       params0: initial parameters (pytree).
       data: pytree passed to the steps.
       tol: convergence threshold on the change of the monitored log-likelihood (may be traced).
-      max_iter: static maximum number of iterations (also the history length).
+      max_iter: maximum number of iterations: static, or traced with ``history_size`` given.
       callback: optional ``callback(n_iter, ll, converged)`` called inside the loop (e.g. a
         throttled host callback for progress); it must return nothing.
       decrease_tol: relative fall of the log-likelihood that sets ``STATUS_DECREASED``.
@@ -147,18 +148,21 @@ def run(
         ended at ``params0`` (its last ``history`` entry; may be traced, ``-inf`` for none): the
         convergence test goes on from it, so that runs of a few iterations each converge as
         one long run would (scikit-learn's ``warm_start``). Ignored with ``estats0``.
+      history_size: static length of ``history`` (default ``max_iter``; at least ``max_iter``):
+        a size class lets runs with different ``max_iter`` share one compiled program.
 
     Returns:
       :class:`EMResult`.
     """
     start, body_fun, finish = _loop(e_step, m_step, params0, data, tol=tol, max_iter=max_iter,
                                     repair=repair, callback=callback, decrease_tol=decrease_tol,
-                                    rtol=rtol, from_stats=estats0 is not None, ll_prev=ll_prev)
+                                    rtol=rtol, from_stats=estats0 is not None, ll_prev=ll_prev,
+                                    history_size=history_size)
     return finish(jax.lax.while_loop(lambda s: ~s.done, body_fun, start(params0, estats0)))
 
 
 def _loop(e_step, m_step, params0, data, *, tol, max_iter, repair=None, callback=None,
-          decrease_tol=1e-6, rtol=0.0, from_stats=False, ll_prev=None):
+          decrease_tol=1e-6, rtol=0.0, from_stats=False, ll_prev=None, history_size=None):
     """:func:`run`'s loop as ``(start, body, finish)``: ``start(params0, estats0)`` is one
     fit's initial state, so a driver can run the body on any batch of states
     (:func:`run_restarts`' compaction). ``params0`` gives only the dtype here."""
@@ -168,6 +172,7 @@ def _loop(e_step, m_step, params0, data, *, tol, max_iter, repair=None, callback
         dtype = jnp.result_type(float)
     tol = jnp.asarray(tol, dtype)
     rtol = jnp.asarray(rtol, dtype)
+    size = max_iter if history_size is None else history_size
 
     def body_fun(s: _State) -> _State:
         new_params = m_step(s.estats, data)
@@ -202,7 +207,7 @@ def _loop(e_step, m_step, params0, data, *, tol, max_iter, repair=None, callback
             status=s.status | flags,
             # history[i] = ll_i, the log-likelihood before iteration i's M-step
             history=(jnp.where(counted & finite, s.history.at[s.n_iter].set(s.ll), s.history)
-                     if max_iter > 0 else s.history),
+                     if size > 0 else s.history),
             pending=small & finite & ~converged,
             done=converged | ~finite | (n_iter >= max_iter),
             first=jnp.array(False),
@@ -234,7 +239,7 @@ def _loop(e_step, m_step, params0, data, *, tol, max_iter, repair=None, callback
             n_iter=jnp.int32(0),
             converged=jnp.array(False),
             status=status,
-            history=jnp.full((max_iter,), jnp.nan, dtype),
+            history=jnp.full((size,), jnp.nan, dtype),
             pending=pending,
             # The initial M-step from estats0 runs even with max_iter = 0 (initialisation only).
             done=done | ((max_iter <= 0) & (not from_stats)),
@@ -268,6 +273,7 @@ def run_compacted(
     rtol: Array = 0.0,
     estats0: Any = None,
     ll_prev: Array | None = None,
+    history_size: int | None = None,
 ) -> EMResult:
     """:func:`run` (without a callback) for a fit that may be one of a batch under ``jax.vmap``.
 
@@ -279,16 +285,18 @@ def run_compacted(
     batch of at most ``chunk``, it is :func:`run`.
 
     The steps must take every traced value through ``params0``, ``data``, ``tol``, ``rtol``,
-    ``estats0`` and ``ll_prev``, not through closures (the batching rule sees only these).
+    ``estats0``, ``ll_prev`` and ``max_iter``, not through closures (the batching rule sees
+    only these).
     """
-    kw = dict(max_iter=max_iter, repair=repair, decrease_tol=decrease_tol,
-              from_stats=estats0 is not None)
+    kw = dict(repair=repair, decrease_tol=decrease_tol, from_stats=estats0 is not None,
+              history_size=max_iter if history_size is None else history_size)
 
-    def loop(params0, data, tol, rtol, ll_prev):
-        return _loop(e_step, m_step, params0, data, tol=tol, rtol=rtol, ll_prev=ll_prev, **kw)
+    def loop(params0, data, tol, rtol, ll_prev, max_iter):
+        return _loop(e_step, m_step, params0, data, tol=tol, rtol=rtol, ll_prev=ll_prev,
+                     max_iter=max_iter, **kw)
 
-    def plain(params0, data, tol, rtol, estats0, ll_prev):
-        start, body_fun, finish = loop(params0, data, tol, rtol, ll_prev)
+    def plain(params0, data, tol, rtol, estats0, ll_prev, max_iter):
+        start, body_fun, finish = loop(params0, data, tol, rtol, ll_prev, max_iter)
         return finish(jax.lax.while_loop(lambda s: ~s.done, body_fun, start(params0, estats0)))
 
     @jax.custom_batching.custom_vmap
@@ -301,18 +309,17 @@ def run_compacted(
         if axis_size <= chunk:
             out = jax.vmap(plain, in_axes=axes)(*args)
             return out, jax.tree_util.tree_map(lambda _: True, out)
-        params0, data, tol, rtol, estats0, ll_prev = args
+        def start_one(params0, data, tol, rtol, estats0, ll_prev, max_iter):
+            return loop(params0, data, tol, rtol, ll_prev, max_iter)[0](params0, estats0)
 
-        def start_one(params0, data, tol, rtol, estats0, ll_prev):
-            return loop(params0, data, tol, rtol, ll_prev)[0](params0, estats0)
-
-        def step_one(s, params0, data, tol, rtol, ll_prev):
-            return loop(params0, data, tol, rtol, ll_prev)[1](s)
+        def step_one(s, params0, data, tol, rtol, ll_prev, max_iter):
+            return loop(params0, data, tol, rtol, ll_prev, max_iter)[1](s)
 
         state = jax.vmap(start_one, in_axes=axes)(*args)
-        step_axes = (0,) + tuple(axes[i] for i in (0, 1, 2, 3, 5))
+        kept = (0, 1, 2, 3, 5, 6)  # all but estats0
+        step_axes = (0,) + tuple(axes[i] for i in kept)
         step = jax.vmap(step_one, in_axes=step_axes)
-        step_args = tuple(args[i] for i in (0, 1, 2, 3, 5))
+        step_args = tuple(args[i] for i in kept)
 
         def round_(state):
             # The unfinished fits first, then as many chunks as cover them (a last chunk that
@@ -332,10 +339,11 @@ def run_compacted(
             return jax.lax.fori_loop(0, n_chunks, one_chunk, state)
 
         final = jax.lax.while_loop(lambda s: jnp.any(~s.done), round_, state)
-        out = jax.vmap(loop(*step_args[:4], None)[2])(final)
+        out = jax.vmap(loop(*step_args[:4], None, step_args[5])[2])(final)
         return out, jax.tree_util.tree_map(lambda _: True, out)
 
-    return solo(params0, data, jnp.asarray(tol), jnp.asarray(rtol), estats0, ll_prev)
+    return solo(params0, data, jnp.asarray(tol), jnp.asarray(rtol), estats0, ll_prev,
+                jnp.asarray(max_iter, jnp.int32))
 
 
 def best_index(log_likelihoods: Array) -> Array:
@@ -409,6 +417,7 @@ def run_restarts(
     ll_prev: Array | None = None,
     compact: bool = False,
     vmap_chunk: int = 0,
+    history_size: int | None = None,
 ) -> EMResult:
     """:func:`run` vmapped over a leading restart axis of ``params0_batched`` (and of
     ``estats0_batched``, if given); data and ``ll_prev`` are shared. One restart runs
@@ -424,19 +433,20 @@ def run_restarts(
 
     ``vmap_chunk > 0`` (static; no ``callback``): one restart is :func:`run_compacted` with
     ``chunk=vmap_chunk``, for fits that a caller vmaps over many data sets (the steps must
-    then take every traced value through ``data``).
+    then take every traced value through ``data``). ``history_size``: as in :func:`run`.
     """
     leaves = jax.tree_util.tree_leaves(params0_batched)
     n = leaves[0].shape[0] if leaves else 0
     start, body_fun, finish = _loop(
         e_step, m_step, jax.tree_util.tree_map(lambda a: a[0], params0_batched), data, tol=tol,
         max_iter=max_iter, repair=repair, callback=callback, rtol=rtol,
-        from_stats=estats0_batched is not None, ll_prev=ll_prev)
+        from_stats=estats0_batched is not None, ll_prev=ll_prev, history_size=history_size)
     if n == 1 and vmap_chunk and callback is None:
         first = functools.partial(jax.tree_util.tree_map, lambda a: a[0])
         res = run_compacted(e_step, m_step, first(params0_batched), data, tol=tol,
                             max_iter=max_iter, chunk=vmap_chunk, repair=repair, rtol=rtol,
-                            estats0=first(estats0_batched), ll_prev=ll_prev)
+                            estats0=first(estats0_batched), ll_prev=ll_prev,
+                            history_size=history_size)
         return jax.tree_util.tree_map(lambda a: a[None], res)
     if n == 1:
         first = functools.partial(jax.tree_util.tree_map, lambda a: a[0])

@@ -306,9 +306,12 @@ def _per_restart(f, keys):
     return jax.vmap(f)(keys)
 
 
-def _fit_program(X, key, sample_weight, initial, tol, ll_prev, n_used=None, *, options,
-                 callback, plan):
-    n_components, covariance_type, init_method, reg_covar, max_iter, n_init, n_lloyd = options
+def _fit_program(X, key, sample_weight, initial, tol, ll_prev, n_used=None, max_iter=None, *,
+                 options, callback, plan):
+    # options.max_iter is the history length; a traced max_iter (<= it) stops the loop.
+    n_components, covariance_type, init_method, reg_covar, history_size, n_init, n_lloyd = options
+    if max_iter is None:
+        max_iter = history_size
     weights_init, means_init, precisions_init = initial
     w = sample_weight
     shift = jnp.mean(X, 0) if w is None else (w @ X) / jnp.sum(w)
@@ -332,7 +335,7 @@ def _fit_program(X, key, sample_weight, initial, tol, ll_prev, n_used=None, *, o
         data = (Xc, w, xt) if small else (Xc, w)
     run = functools.partial(em.run_restarts, e_step, m_step, data=data, tol=tol,
                             max_iter=max_iter, repair=repair, callback=callback,
-                            vmap_chunk=plan.compact if small else 0)
+                            vmap_chunk=plan.compact if small else 0, history_size=history_size)
     run_from_params = functools.partial(run, ll_prev=ll_prev)
     init_kw = dict(covariance_type=covariance_type, init_params=init_method, sample_weight=w,
                    n_lloyd=n_lloyd)
@@ -546,14 +549,16 @@ def fit(
     # (and, in a new process, load) a small program each.
     args = (c.key, w, c.initial, np.asarray(c.tol, dtype),
             np.asarray(previous_log_likelihood, dtype))
-    n_init = o.n_init
+    n_init, max_iter = o.n_init, o.max_iter
     pad_restarts = (n_rows is not None and callback is None
                     and jax.config.jax_threefry_partitionable)
-    if pad_restarts:
-        # Restarts up to their size class (the first n_init keys of a longer split are the
-        # same): nearby n_init share one program; the extra restarts are dropped.
-        args = (*args, np.int32(n_init))
-        o = o._replace(n_init=restart_class(n_init))
+    # Restarts up to their size class (the first n_init keys of a longer split are the same):
+    # nearby n_init share one program; the extra restarts are dropped.
+    n_used = np.int32(n_init) if pad_restarts else None
+    # max_iter is an argument and the history as long as its class: one program for many.
+    args = (*args, n_used, np.int32(max_iter))
+    o = o._replace(n_init=restart_class(n_init) if pad_restarts else n_init,
+                   max_iter=history_class(max_iter))
     static = dict(options=o, callback=callback, plan=plan)
     jitted = _fit_jitted(plan)
     _bound_programs(Xa.shape, dtype, args, static)
@@ -568,14 +573,24 @@ def fit(
     # to it) and copies any other one, so aligned data near the memory limit is held once.
     Xd = jax.device_put(Xa)
     res = jitted(Xd, *args, **static) if compiled is None else compiled(Xd, *args)
-    if o.n_init != n_init:
-        res = res._replace(restarts=jax.device_put(jax.tree_util.tree_map(
-            lambda a: np.asarray(a)[:n_init], res.restarts)))
+    if o.n_init != n_init or o.max_iter != max_iter:
+        # Drop the padded restarts and history entries (the results are on the host already).
+        res = jax.tree_util.tree_map(np.asarray, res)
+        restarts = jax.tree_util.tree_map(lambda a: a[:n_init], res.restarts)
+        res = jax.device_put(res._replace(
+            history=res.history[:max_iter],
+            restarts=restarts._replace(history=restarts.history[:, :max_iter])))
     if _shares_memory(Xd, Xa):
         # The fit runs asynchronously: finish it before returning, so that a later change to the
         # caller's array cannot reach a running fit.
         jax.block_until_ready(res)
     return res
+
+
+def history_class(max_iter: int) -> int:
+    """The history length of a fit of at most ``max_iter`` iterations: the next power of two
+    (``max_iter`` itself is an argument of the program)."""
+    return 1 << max(int(max_iter) - 1, 0).bit_length()
 
 
 #: Row counts are padded up to the next of this many size classes per doubling.

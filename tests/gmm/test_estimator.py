@@ -21,6 +21,7 @@ from sklearn.utils.estimator_checks import (
 )
 
 import emjax
+from emjax.gmm import estimator
 from tests.conftest import COV_TYPES
 
 FITTED = ["weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_",
@@ -44,6 +45,12 @@ def test_fitted_attributes_match_sklearn(blobs, cov_type):
     np.testing.assert_allclose(ours.predict_proba(blobs)[:, order],
                                ref.predict_proba(blobs)[:, ref_order], atol=1e-4)
     np.testing.assert_allclose(ours.score_samples(blobs), ref.score_samples(blobs), rtol=1e-5)
+    # another row count of the same size class: the same compiled program (rows padded, then
+    # dropped), the same values
+    programs = estimator._score_samples._cache_size()
+    np.testing.assert_allclose(ours.score_samples(blobs[:-3]), ref.score_samples(blobs[:-3]),
+                               rtol=1e-5)
+    assert estimator._score_samples._cache_size() == programs
     np.testing.assert_allclose(ours.bic(blobs), ref.bic(blobs), rtol=1e-6)
     np.testing.assert_allclose(ours.aic(blobs), ref.aic(blobs), rtol=1e-6)
     # precisions_ = U U^T for full, consistent with covariances_
