@@ -20,9 +20,12 @@ a short ladder of sizes, :func:`slot_ladder`), so each bucket's blocks have a st
 the fit the missing entries are set to the centre (any value gives the same result), so the
 ``D x D`` work is that of complete data: one GEMM of constant per-row features gives every
 ``r^T Lambda_k r``, one GEMM gives ``Lambda_k r`` (from which ``b`` is gathered), and the
-moments are GEMMs with the same features; per (row, component) only the ``J x J`` block is
-swept (:func:`_sweep`, vectorised over a chunk of rows and all components), and its
-conditional covariances are scattered into ``(K, D, D)``. Per-row results (prediction,
+moments are GEMMs with the same features; only the ``J x J`` blocks are factorised, and
+their conditional covariances scattered into ``(K, D, D)``. Where rows share their
+missingness pattern (the small buckets), once per (pattern, component) by :func:`_sweep`,
+each row gathering its pattern's ``A^-1`` and ``log|A|``; elsewhere per (row, component),
+vectorised over a chunk of rows and all components (unrolled Cholesky up to
+:data:`UNROLL_MAX_SLOTS` missing entries, the sweep above). Per-row results (prediction,
 imputation, draws) factorise the blocks unrolled (batched LAPACK above
 :data:`UNROLL_MAX_SLOTS`). docs/missing.md has the forms measured and why this one. Diagonal and
 spherical covariances need no factorisation: every term is a GEMM of ``[x^2, x, observed]``.
@@ -85,6 +88,15 @@ class MissingData(NamedTuple):
       pidx: one int32 array per bucket, ``(n_chunks, n_slots^2, chunk_rows)``: for each pair
         ``(a, b)`` of slots, ``s_a * D + s_b``, the entry of ``Lambda_k`` in the missing
         block; padded pairs point past ``D * D`` (0 off the diagonal, 1 on it).
+      pat: one int32 array per bucket, ``(n_chunks, chunk_rows)``: each row's missingness
+        pattern (rows are sorted by pattern within a bucket; padding rows: the pattern after
+        the last, all slots padded) as an offset from the chunk's first pattern;
+        ``(n_chunks, 0)`` when the bucket's blocks are factorised per row
+        (:func:`shares_patterns`).
+      ppidx: one int32 array per bucket, ``(n_pattern_chunks, n_slots^2, chunk_rows)``:
+        ``pidx`` of each pattern, then of padding patterns (empty when factorised per row).
+      pwin: one int32 array per bucket, ``(n_chunks, window)``: the patterns each chunk's rows
+        may have, consecutive from its first (empty when factorised per row).
     """
 
     x: Array
@@ -96,6 +108,25 @@ class MissingData(NamedTuple):
     feats_t: tuple = ()
     bidx: tuple = ()
     pidx: tuple = ()
+    pat: tuple = ()
+    ppidx: tuple = ()
+    pwin: tuple = ()
+
+
+def shares_patterns(n_rows: int, n_patterns: int, n_slots: int) -> bool:
+    """Whether a bucket's blocks are factorised once per missingness pattern (then per row
+    only a gather and a ``J x J`` matvec remain): when its patterns are shared by at least
+    four rows on average (with fewer, the gathers cost more than the factorisations saved)."""
+    return n_slots > 0 and 4 * n_patterns <= n_rows
+
+
+def _pair_index(sp: np.ndarray, d: int) -> np.ndarray:
+    """``(J^2, n)``: for each pair ``(a, b)`` of the slots ``sp`` ``(n, J)`` (-1 pads),
+    ``s_a * D + s_b``, or past ``D * D`` on padded pairs (``D * D + (a == b)``)."""
+    j = sp.shape[1]
+    pairs = [np.where((sp[:, a] >= 0) & (sp[:, b] >= 0), sp[:, a] * d + sp[:, b],
+                      d * d + (a == b)) for a in range(j) for b in range(j)]
+    return (np.stack(pairs) if pairs else np.zeros((0, len(sp)), np.int64)).astype(np.int32)
 
 
 def slot_ladder(n_features: int) -> tuple:
@@ -217,7 +248,7 @@ def layout(X: np.ndarray, sample_weight: np.ndarray | None, n_components: int,
     build = features and matrix
     iu, ju = np.triu_indices(d)
     xs, os_, ws, slots, rows = [], [], [], [], []
-    feats, feats_t, bidx, pidx = [], [], [], []
+    feats, feats_t, bidx, pidx, pat, ppidx, pwin = [], [], [], [], [], [], []
     for b, j in enumerate(ladder):
         idx = order[bucket_of[order] == b]
         if idx.size == 0:
@@ -227,15 +258,22 @@ def layout(X: np.ndarray, sample_weight: np.ndarray | None, n_components: int,
         c = int(min(c, idx.size))
         n_chunks = -(-idx.size // c)
         pad = n_chunks * c - idx.size
-        o_b = obs[idx]
-        x_b = np.where(o_b, X[idx] - center, 0).astype(dtype)
         s_b = np.full((idx.size, j), -1, np.int32)
         if j:
-            miss = ~o_b
+            miss = ~obs[idx]
             # missing coordinates first, in increasing order; -1 pads
             pos = np.cumsum(miss, axis=1) - 1
             r_i, c_i = np.nonzero(miss)
             s_b[r_i, pos[r_i, c_i]] = c_i
+        uniq, inv = s_b[:1], np.zeros(idx.size, np.int64)
+        if j:
+            # rows sorted by pattern: rows sharing one follow each other
+            uniq, inv = np.unique(s_b, axis=0, return_inverse=True)
+            inv = inv.reshape(-1)
+            by_pattern = np.argsort(inv, kind="stable")
+            idx, s_b, inv = idx[by_pattern], s_b[by_pattern], inv[by_pattern]
+        o_b = obs[idx]
+        x_b = np.where(o_b, X[idx] - center, 0).astype(dtype)
         xs.append(np.concatenate([x_b, np.zeros((pad, d), dtype)]))
         os_.append(np.concatenate([o_b.astype(dtype), np.ones((pad, d), dtype)]))
         ws.append(np.concatenate([w[idx], np.zeros(pad, dtype)]))
@@ -252,17 +290,31 @@ def layout(X: np.ndarray, sample_weight: np.ndarray | None, n_components: int,
             bidx.append(np.ascontiguousarray(
                 (local * d + np.maximum(sp, 0)).astype(np.int32).reshape(n_chunks, c, j)
                 .transpose(0, 2, 1)))
-            pairs = []
-            for a in range(j):
-                for b_ in range(j):
-                    ok = (sp[:, a] >= 0) & (sp[:, b_] >= 0)
-                    pairs.append(np.where(ok, sp[:, a] * d + sp[:, b_], d * d + (a == b_)))
             pidx.append(np.ascontiguousarray(
-                np.stack(pairs, 1).astype(np.int32).reshape(n_chunks, c, -1).transpose(0, 2, 1)
-                if pairs else np.zeros((n_chunks, 0, c), np.int32)))
+                _pair_index(sp, d).reshape(j * j, n_chunks, c).transpose(1, 0, 2)))
+            if shares_patterns(idx.size, len(uniq), j):
+                # the padding rows' pattern: every slot padded (an identity block). A chunk's
+                # rows span a window of consecutive patterns (sorted): each row stores its
+                # offset in the window
+                pt = np.concatenate([inv, np.full(pad, len(uniq))]).reshape(n_chunks, c)
+                p0 = pt.min(axis=1)
+                width = int((pt.max(axis=1) - p0).max()) + 1
+                pat.append((pt - p0[:, None]).astype(np.int32))
+                pwin.append((p0[:, None] + np.arange(width)).astype(np.int32))
+                # patterns factorised in chunks of the bucket's chunk size, padded likewise
+                # (and past the last window's end)
+                n_pc = -(-max(len(uniq) + 1, int(p0.max()) + width) // c)
+                pp = np.concatenate([uniq, np.full((n_pc * c - len(uniq), j), -1)])
+                ppidx.append(np.ascontiguousarray(
+                    _pair_index(pp, d).reshape(j * j, n_pc, c).transpose(1, 0, 2)))
+            else:
+                pat.append(np.zeros((n_chunks, 0), np.int32))
+                ppidx.append(np.zeros((0, j * j, c), np.int32))
+                pwin.append(np.zeros((n_chunks, 0), np.int32))
     x_all, o_all = np.concatenate(xs), np.concatenate(os_)
     data = MissingData(x_all, o_all, np.concatenate(ws), tuple(slots), center,
-                       tuple(feats), tuple(feats_t), tuple(bidx), tuple(pidx))
+                       tuple(feats), tuple(feats_t), tuple(bidx), tuple(pidx), tuple(pat),
+                       tuple(ppidx), tuple(pwin))
     return data, np.concatenate(rows)
 
 
@@ -582,9 +634,12 @@ def _matrix_pass(params: GMMParams, data: MissingData):
     ``b = (Lambda_k r)_m`` and ``A = (Lambda_k)_mm``, the log-density of the observed entries
     is that of the completed row (one GEMM of the constant features, as for complete data)
     plus ``(b^T A^-1 b - log|A|) / 2``, and ``E[x_m | x_o, k] = -A^-1 b``,
-    ``Cov = A^-1``. Per (row, component) only the ``J x J`` block is factorised (unrolled);
-    ``b`` and ``A`` are gathered from one GEMM and a table, the moments of the completion are
-    two GEMMs with the features and a scatter of the ``J x J`` blocks.
+    ``Cov = A^-1``. Only the ``J x J`` block is factorised: once per (missingness pattern,
+    component) in buckets whose patterns are shared (:func:`shares_patterns`; rows then gather
+    ``A^-1`` and ``log|A|``), else per (row, component) (unrolled Cholesky up to
+    :data:`UNROLL_MAX_SLOTS`, the sweep above). ``b`` and ``A`` are gathered from one GEMM and
+    a table, the moments of the completion are two GEMMs with the features and a scatter of
+    the ``J x J`` blocks.
 
     Returns:
       ``(nk, s1, s2, ll)``: ``sum g``, ``sum g E[x]``, ``sum g E[x x^T]`` (``(K, D, D)``), and
@@ -597,17 +652,38 @@ def _matrix_pass(params: GMMParams, data: MissingData):
     nf = nq + d + 2
     tab = _tables(params)
     # the pivots' floor, as the unrolled factorisation's, against each precision's diagonal
-    floor = 10 * float(jnp.finfo(dtype).eps) * jnp.max(tab.A[:d * d:d + 1], axis=0)  # (K,)
+    eps10 = 10 * float(jnp.finfo(dtype).eps)
+    floor = eps10 * jnp.max(tab.A[:d * d:d + 1], axis=0)  # (K,)
     acc0 = (jnp.zeros((nf, k), dtype), jnp.zeros((d + 1, d * k), dtype),
             jnp.zeros((d * d + 2, k), dtype), jnp.zeros(data.x.shape[:1], dtype))
     carry = acc0
     start = 0
-    for f_b, ft_b, bi_b, pi_b, s_b in zip(data.feats, data.feats_t, data.bidx, data.pidx,
-                                            data.slots):
+    for f_b, ft_b, bi_b, pi_b, s_b, pat_b, pp_b, pw_b in zip(
+            data.feats, data.feats_t, data.bidx, data.pidx, data.slots, data.pat, data.ppidx,
+            data.pwin):
         n_chunks, c, J = s_b.shape
+        n_pat = pp_b.shape[0] * c
+        if n_pat:
+            # one factorisation per (pattern, component), by chunks of patterns; rows gather
+            # -A^-1 and log|A|
+            def factor(i, tabs, pp_b=pp_b, c=c, J=J):
+                pp = jax.lax.dynamic_index_in_dim(pp_b, i, keepdims=False)
+                Ap = tab.A.at[pp].get(mode="promise_in_bounds").reshape(J, J, c, k)
+                logdet, _, _, ni = _sweep(Ap, jnp.zeros((J, c, k), dtype), floor)
+                return (jax.lax.dynamic_update_slice_in_dim(tabs[0], logdet, i * c, 0),
+                        jax.lax.dynamic_update_slice_in_dim(tabs[1], ni, i * c, 2))
+
+            tabs = (jnp.zeros((n_pat, k), dtype), jnp.zeros((J, J, n_pat, k), dtype))
+            logdet_p, ni_p = (factor(0, tabs) if pp_b.shape[0] == 1
+                              else jax.lax.fori_loop(0, pp_b.shape[0], factor, tabs))
+            # a row per pattern: -A^-1 then log|A|
+            ptab = jnp.concatenate([jnp.transpose(ni_p, (2, 0, 1, 3)).reshape(n_pat, J * J * k),
+                                    logdet_p], axis=1)
+        else:
+            ptab = None
 
         def body(i, cr, f_b=f_b, ft_b=ft_b, bi_b=bi_b, pi_b=pi_b, s_b=s_b, c=c, J=J,
-                 start=start):
+                 start=start, pat_b=pat_b, n_pat=n_pat, ptab=ptab, pw_b=pw_b):
             st, xh, shh, ll_buf = cr
             idx = functools.partial(jax.lax.dynamic_index_in_dim, index=i, keepdims=False)
             f, ft = idx(f_b), idx(ft_b)
@@ -619,8 +695,27 @@ def _matrix_pass(params: GMMParams, data: MissingData):
                 valid = (idx(s_b) >= 0).T.astype(dtype)[:, :, None]  # (J, c, 1)
                 G = jnp.dot(f[:, nq:nq + d + 1], tab.Wg, precision=hi).reshape(c * d, k)
                 b = G.at[bi].get(mode="promise_in_bounds") * valid  # (J, c, K)
-                A = tab.A.at[pi].get(mode="promise_in_bounds").reshape(J, J, c, k)
-                logdet, y, quad, neg_inv = _sweep(A, b, floor)
+                if n_pat:
+                    # each row's pattern by a one-hot GEMM over the chunk's window of
+                    # patterns (XLA:CPU gathers are scalar loops; exact: one term is nonzero)
+                    width = pw_b.shape[1]
+                    one = (idx(pat_b)[:, None] == jnp.arange(width)[None]).astype(dtype)
+                    win = jax.lax.dynamic_slice_in_dim(ptab, idx(pw_b)[0], width, 0)
+                    got = jnp.dot(one, win, precision=hi)
+                    ni = got[:, :J * J * k].reshape(c, J, J, k)
+                    logdet = got[:, J * J * k:]
+                    y = -jnp.einsum("cabk,bck->ack", ni, b)  # A^-1 b
+                    quad = jnp.einsum("ack,ack->ck", b, y)
+                    neg_inv = jnp.transpose(ni, (1, 2, 0, 3))
+                else:
+                    A = tab.A.at[pi].get(mode="promise_in_bounds").reshape(J, J, c, k)
+                    if J <= UNROLL_MAX_SLOTS:
+                        # small blocks: the unrolled Cholesky, its outputs materialised
+                        fu = _factor_unrolled(A, b, eps10, True)
+                        logdet, y, quad, neg_inv = jax.lax.optimization_barrier(
+                            (fu.logdet, fu.y, jnp.sum(fu.z * fu.z, axis=0), -fu.V))
+                    else:
+                        logdet, y, quad, neg_inv = _sweep(A, b, floor)
                 lp = lp - 0.5 * (logdet - quad)
             ll, g = _lse_resp(lp)
             g = g * w[:, None]

@@ -40,11 +40,13 @@ def random_params(rng, cov_type, k=K, d=D):
 
 def holes(rng, n=N, d=D, frac=0.3):
     """Data with about ``frac`` of entries NaN, every row keeping one entry (of 0..d-1 missing,
-    so every bucket of the layout is exercised)."""
+    so every bucket of the layout is exercised, and one bucket's patterns shared enough to be
+    factorised once per pattern)."""
     X = rng.normal(size=(n, d)) * 2.0 + 0.5
     miss = rng.uniform(size=(n, d)) < frac
     miss[np.arange(n), rng.integers(0, d, n)] = False
     miss[:d, :] = np.arange(d)[None, :] < np.arange(d)[:, None]  # rows missing 0..d-1 entries
+    miss[d:2 * d, :] = np.arange(d)[None, :] == 0  # a pattern shared by several rows
     Xn = X.copy()
     Xn[miss] = np.nan
     return Xn
@@ -125,6 +127,8 @@ def test_e_step_m_step_and_log_likelihood_match_reference(cov_type):
     wts, means, covs, ll_ref, gamma_ref, xhat = ref_m_step(params, X, w, cov_type, REG)
     # chunks of 3 rows: several chunks per bucket and padding rows
     data, rows = _data(X, w, cov_type, chunk_size=3)
+    if cov_type in ("full", "tied"):  # a bucket factorised per pattern, over several chunks
+        assert any(p.shape[1] for p in data.pwin)
     centred = params._replace(means=params.means - data.center)
     new, mean_ll, ll_rows = one_step(centred, data, cov_type, REG)
     keep = rows >= 0
