@@ -40,7 +40,7 @@ from jax.sharding import PartitionSpec as P
 
 from emjax import _validation as v
 from emjax import em
-from emjax.gmm import GMMParams, SuffStats, fitting
+from emjax.gmm import GMMParams, SuffStats, fitting, steps
 from emjax.gmm.blocks import BlockStats, block_stats
 from emjax.gmm.options import check_initial_values, check_options
 from emjax.gmm.reseed import reseed
@@ -202,7 +202,7 @@ def _fit_sharded(X, w, n_samples, key, params_init, tol, *, mesh, axis_name, opt
 
     res = jax.shard_map(loop, mesh=mesh, in_specs=(P(axis_name), P(axis_name), P(), P(), P()),
                         out_specs=P())(Xc, w, n_samples, params0, tol)
-    res = res._replace(params=res.params._replace(means=res.params.means + shift))
+    res = steps.uncentre(res, shift)
     return em.best_restart(res)
 
 

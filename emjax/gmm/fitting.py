@@ -390,7 +390,7 @@ def _fit_program(X, key, sample_weight, initial, tol, ll_prev, n_used=None, max_
             lambda a: jnp.broadcast_to(a, (n_init,) + a.shape), template)
         res = run(params0, estats0_batched=_per_restart(stats0, keys))
     if not fast:
-        res = res._replace(params=res.params._replace(means=res.params.means + shift))
+        res = steps.uncentre(res, shift)
     if n_used is not None:  # restarts padded to a size class: the extra ones never win
         used = jnp.arange(n_init) < n_used
         best = em.best_index(jnp.where(used, res.log_likelihood, -jnp.inf))

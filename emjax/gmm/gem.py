@@ -297,7 +297,7 @@ def _fit_gem_compiled(X, key, sample_weight, tol, *, options, optimizer, n_steps
                                             n_steps=n_steps)
     res = em.run_restarts(e_step, m_step, params0, (Xc, w), tol=tol, max_iter=max_iter,
                           repair=repair)
-    res = res._replace(params=res.params._replace(means=res.params.means + shift))
+    res = steps.uncentre(res, shift)
     return em.best_restart(res)
 
 

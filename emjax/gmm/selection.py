@@ -216,7 +216,7 @@ def _grid_compiled(X, resp0, sample_weight, tol, *, n_components, covariance_typ
                                repair=repair, callback=callback)
 
     res = jax.vmap(per_grid_point)(params0, active)
-    res = res._replace(params=res.params._replace(means=res.params.means + shift))
+    res = steps.uncentre(res, shift)
     n_eff = n if w is None else jnp.sum(w)
     p = jnp.asarray([steps.n_parameters(covariance_type, k, d) for k in n_components], X.dtype)
     total = n_eff * res.log_likelihood

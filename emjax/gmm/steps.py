@@ -50,6 +50,12 @@ class GMMParams(NamedTuple):
         return self.means.shape[-1]
 
 
+def uncentre(result, shift: Array):
+    """``result`` (any result with ``params``) of a fit on data centred at ``shift``, with its
+    means moved back to the data's own coordinates (the covariances do not change)."""
+    return result._replace(params=result.params._replace(means=result.params.means + shift))
+
+
 def make_params(weights, means, covariances, covariance_type: str) -> GMMParams:
     """Build :class:`GMMParams` from scikit-learn-shaped weights, means and covariances."""
     return GMMParams(

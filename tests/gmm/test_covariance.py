@@ -10,11 +10,7 @@ from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
 
 from emjax.gmm import covariance as cov_lib
 from tests.conftest import COV_TYPES, DTYPES
-
-
-def spd(rng, d):
-    a = rng.normal(size=(d, d))
-    return a @ a.T / d + 0.5 * np.eye(d)
+from tests.gmm._random import spd
 
 
 def random_covariances(rng, k, d, cov_type):

@@ -16,26 +16,10 @@ from emjax import gmm
 from emjax.gmm import missing as ms
 from emjax.gmm import objective as obj
 from tests.conftest import COV_TYPES
+from tests.gmm._random import random_params
 
 N, D, K = 40, 4, 3
 REG = 1e-2
-
-
-def _spd(rng, d):
-    a = rng.normal(size=(d, d))
-    return a @ a.T / d + 0.5 * np.eye(d)
-
-
-def random_params(rng, cov_type, k=K, d=D):
-    weights = rng.dirichlet(np.full(k, 3.0))
-    means = rng.normal(size=(k, d)) * 1.5
-    covs = {
-        "full": lambda: np.stack([_spd(rng, d) for _ in range(k)]),
-        "tied": lambda: _spd(rng, d),
-        "diag": lambda: rng.uniform(0.5, 2.0, size=(k, d)),
-        "spherical": lambda: rng.uniform(0.5, 2.0, size=(k,)),
-    }[cov_type]()
-    return gmm.make_params(weights, means, covs, cov_type)
 
 
 def holes(rng, n=N, d=D, frac=0.3):
@@ -123,7 +107,7 @@ def test_e_step_m_step_and_log_likelihood_match_reference(cov_type):
     rng = np.random.default_rng(1)
     X = holes(rng)
     w = rng.uniform(0.5, 2.0, N)
-    params = random_params(rng, cov_type)
+    params = random_params(rng, cov_type, K, D)
     wts, means, covs, ll_ref, gamma_ref, xhat = ref_m_step(params, X, w, cov_type, REG)
     # chunks of 3 rows: several chunks per bucket and padding rows
     data, rows = _data(X, w, cov_type, chunk_size=3)
@@ -169,7 +153,7 @@ def test_m_step_is_stationary_point_of_expected_complete_log_likelihood(cov_type
     rng = np.random.default_rng(1)  # the data of the test above (its compiled step)
     X = holes(rng)
     w = rng.uniform(0.5, 2.0, N)
-    params = random_params(np.random.default_rng(2), cov_type)
+    params = random_params(np.random.default_rng(2), cov_type, K, D)
     reg = REG
     wlp, xhat, cc = ref_e_step(params, X)
     gamma = np.exp(wlp - np.logaddexp.reduce(wlp, axis=1, keepdims=True))
@@ -215,7 +199,7 @@ def test_no_missing_equals_dense_steps():
     rng = np.random.default_rng(4)
     X = rng.normal(size=(N, D))
     for cov_type in ("full",):
-        params = random_params(rng, cov_type)
+        params = random_params(rng, cov_type, K, D)
         data, rows = _data(X, None, cov_type)
         centred = params._replace(means=params.means - data.center)
         new, ll, _ = one_step(centred, data, cov_type, 1e-6)
@@ -245,7 +229,7 @@ def test_errors_name_the_problem():
 def test_conditional_samples_have_the_conditional_moments():
     """Draws for one row with a fixed component: mean and covariance of the missing block."""
     rng = np.random.default_rng(5)
-    params = random_params(rng, "full", k=1, d=3)
+    params = random_params(rng, "full", 1, 3)
     x = np.array([[0.7, np.nan, np.nan]])
     X = np.repeat(x, 4000, axis=0)
     draws = np.asarray(ms.impute(params, X, key=jax.random.key(1)))[:, 1:]

@@ -21,6 +21,7 @@ from scipy.stats import multivariate_normal
 
 from emjax import gmm
 from emjax.gmm import objective as obj
+from tests.gmm._random import random_params, spd
 
 COV_TYPES = ("full", "tied", "diag", "spherical")
 N, D, K = 24, 3, 3
@@ -30,23 +31,6 @@ TOL = dict(rtol=1e-9, atol=1e-9)
 # ----------------------------------------------------------------------------- fixtures/helpers
 
 
-def _spd(rng, d):
-    a = rng.normal(size=(d, d))
-    return a @ a.T / d + 0.5 * np.eye(d)
-
-
-def random_params(rng, cov_type, k=K, d=D):
-    weights = rng.dirichlet(np.full(k, 3.0))
-    means = rng.normal(size=(k, d)) * 1.5
-    covs = {
-        "full": lambda: np.stack([_spd(rng, d) for _ in range(k)]),
-        "tied": lambda: _spd(rng, d),
-        "diag": lambda: rng.uniform(0.5, 2.0, size=(k, d)),
-        "spherical": lambda: rng.uniform(0.5, 2.0, size=(k,)),
-    }[cov_type]()
-    return gmm.make_params(weights, means, covs, cov_type)
-
-
 def random_problem(seed, cov_type, weighted=True):
     """Data, responsibilities, sample weights and a random mixture (all float64)."""
     rng = np.random.default_rng(seed)
@@ -54,7 +38,7 @@ def random_problem(seed, cov_type, weighted=True):
     gamma = np.asarray(jax.nn.softmax(jnp.asarray(rng.normal(size=(N, K)) * 2.0), axis=1))
     w = rng.uniform(0.5, 2.0, size=N) if weighted else None
     return jnp.asarray(X), jnp.asarray(gamma), (None if w is None else jnp.asarray(w)), \
-        random_params(rng, cov_type)
+        random_params(rng, cov_type, K, D)
 
 
 def dense_cov(params):
@@ -335,7 +319,7 @@ def test_single_gaussian_gradients_match_closed_form():
     X = jnp.asarray(rng.normal(size=(N, D)))
     mu = rng.normal(size=D)
     skew = rng.normal(size=(D, D)) * 0.1
-    sigma = _spd(rng, D) + skew - skew.T
+    sigma = spd(rng, D) + skew - skew.T
     g_mu, g_sigma = jax.grad(_gauss_ll, argnums=(0, 1))(jnp.asarray(mu), jnp.asarray(sigma), X)
     diff = np.asarray(X) - mu
     S = diff.T @ diff
@@ -372,7 +356,7 @@ def _matrices(seed):
     A = rng.normal(size=(D, D)) + 2.0 * np.eye(D)  # general, det > 0 for these seeds
     B = rng.normal(size=(D, D))
     x = rng.normal(size=D)
-    S = _spd(rng, D)
+    S = spd(rng, D)
     assert np.linalg.det(A) > 0
     return A, B, x, S
 

@@ -12,6 +12,7 @@ import emjax
 from emjax import gmm
 from emjax.gmm import covariance as cov_lib
 from tests.conftest import COV_TYPES, DTYPES, rtol_for
+from tests.gmm._random import spd
 from tests.gmm.test_covariance import indefinite as indefinite_covariances
 
 
@@ -19,14 +20,9 @@ def random_params(rng, k, d, cov_type, dtype):
     """Well-conditioned random mixture parameters in scikit-learn's shapes."""
     weights = rng.dirichlet(np.full(k, 3.0))
     means = rng.normal(scale=2.0, size=(k, d))
-
-    def spd():
-        a = rng.normal(size=(d, d))
-        return a @ a.T / d + 0.5 * np.eye(d)
-
     covs = {
-        "full": np.stack([spd() for _ in range(k)]),
-        "tied": spd(),
+        "full": np.stack([spd(rng, d) for _ in range(k)]),
+        "tied": spd(rng, d),
         "diag": rng.uniform(0.3, 2.0, size=(k, d)),
         "spherical": rng.uniform(0.3, 2.0, size=(k,)),
     }[cov_type]
