@@ -53,6 +53,7 @@ def _release_compiled_programs():
     from emjax.gmm import fitting
 
     fitting._EXECUTABLES.clear()  # the fits loaded from (or written to) the disk cache
+    fitting._PROGRAMS.clear()  # what the bound on programs counts: none are held now
     gc.collect()
     _trim_heap()
 
