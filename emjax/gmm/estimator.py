@@ -432,10 +432,10 @@ class GaussianMixture(*_ESTIMATOR_BASES):
                 return np.asarray(nan_fn(params, Xa))
             n = Xa.shape[0]
             n_rows = fitting.padded_rows(n, Xa.nbytes // max(n, 1))
-            if n_rows is not None and n_rows > n:
-                # Rows are scored independently: padding to the size class (then dropping the
-                # extra rows) lets nearby row counts share one compiled program.
-                Xa = np.concatenate([Xa, np.zeros((n_rows - n, Xa.shape[1]), Xa.dtype)])
+            if n_rows is not None:
+                # Rows are scored independently: padding to the fit's size class (then dropping
+                # the extra rows) lets nearby row counts share one compiled program.
+                Xa, _ = fitting.pad_rows(Xa, None, n_rows)
             return np.asarray(fn(params, Xa))[:n]
 
     def score_samples(self, X):

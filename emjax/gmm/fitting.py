@@ -574,7 +574,8 @@ def fit(
     Xd = jax.device_put(Xa)
     res = jitted(Xd, *args, **static) if compiled is None else compiled(Xd, *args)
     if o.n_init != n_init or o.max_iter != max_iter:
-        # Drop the padded restarts and history entries (the results are on the host already).
+        # Drop the padded restarts and history entries on the host (slicing device arrays
+        # would compile a small program per shape).
         res = jax.tree_util.tree_map(np.asarray, res)
         restarts = jax.tree_util.tree_map(lambda a: a[:n_init], res.restarts)
         res = jax.device_put(res._replace(
