@@ -4,7 +4,6 @@ subprocess worker and tests/gmm/test_streaming.py."""
 import warnings
 
 import numpy as np
-from sklearn.mixture import GaussianMixture as SKGaussianMixture
 
 from emjax import gmm
 
@@ -31,8 +30,11 @@ def params_init(X: np.ndarray, covariance_type: str) -> gmm.GMMParams:
 
 
 def sklearn_reference(X: np.ndarray, covariance_type: str, n_iter: int,
-                      tol: float = 0.0) -> SKGaussianMixture:
+                      tol: float = 0.0):
     """scikit-learn's EM from :func:`params_init`: exactly ``n_iter`` iterations if ``tol=0``."""
+    # imported here: the subprocess workers share this module and never need scikit-learn
+    from sklearn.mixture import GaussianMixture as SKGaussianMixture
+
     p = params_init(X, covariance_type)
     covs = np.asarray(p.covariance.covariances)
     prec = 1.0 / covs if covariance_type in ("diag", "spherical") else np.linalg.inv(covs)

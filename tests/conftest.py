@@ -7,41 +7,63 @@ import gc
 import os
 import tempfile
 
-import jax
-import numpy as np
-import pytest
+# Set before JAX starts its CPU backend. The suite's programs run once or twice on tiny arrays,
+# so compiling dominates: XLA's cheapest backend (LLVM level 0, the older IR emitters) compiles
+# them several times faster with the same results to rounding. Programs built with their own
+# compiler options (a fit's PassPlan) keep those.
+FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", "")]
+    + [f for f in FAST_COMPILE if f.split("=")[0] not in os.environ.get("XLA_FLAGS", "")]
+).strip()
 
-jax.config.update("jax_enable_x64", True)
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 COV_TYPES = ("full", "tied", "diag", "spherical")
 DTYPES = (np.float32, np.float64)
 
-
-@pytest.fixture(autouse=True, scope="session")
-def _compiled_programs_on_disk():
-    """Keep every compiled program in a disk cache private to this run, so a program dropped by
-    the per-module release below is read back instead of compiled again by a later module. The
-    CLI's own disk cache (``--compile-cache``, on by default) then goes to the same directory,
-    never to the user's home."""
-    with tempfile.TemporaryDirectory(prefix="emjax-test-xla-") as directory:
-        saved = {name: getattr(jax.config, name) for name in _CACHE_OPTIONS}
-        env = os.environ.get("EMJAX_CACHE_DIR")
-        os.environ["EMJAX_CACHE_DIR"] = directory
-        jax.config.update("jax_compilation_cache_dir", directory)
-        # the fitting programs; reading back a program of a few eager ops costs what compiling does
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-        yield directory
-        for name, value in saved.items():
-            jax.config.update(name, value)
-        if env is None:
-            os.environ.pop("EMJAX_CACHE_DIR", None)
-        else:
-            os.environ["EMJAX_CACHE_DIR"] = env
+#: The run's private disk cache of compiled programs, shared by the xdist workers.
+_CACHE_ENV = "EMJAX_TEST_XLA_CACHE"
 
 
-_CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-                  "jax_persistent_cache_min_entry_size_bytes")
+def _is_xdist_controller(config) -> bool:
+    return bool(getattr(config.option, "numprocesses", 0)) and not hasattr(config, "workerinput")
+
+
+def pytest_configure(config):
+    """Every process that runs tests uses x64 and the run's disk cache of compiled programs,
+    which the process that starts the run creates (the xdist controller never imports JAX)."""
+    if not os.environ.get(_CACHE_ENV):
+        config._emjax_cache = tempfile.TemporaryDirectory(prefix="emjax-test-xla-")
+        os.environ[_CACHE_ENV] = config._emjax_cache.name
+    if _is_xdist_controller(config):
+        return
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    # A program dropped by the per-module release below is read back instead of compiled again
+    # by a later module (or another worker). The CLI's own disk cache (``--compile-cache``, on
+    # by default) goes to the same directory, never to the user's home.
+    os.environ["EMJAX_CACHE_DIR"] = os.environ[_CACHE_ENV]
+    jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
+    # the fitting programs; reading back a program of a few eager ops costs what compiling does
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+    cache = getattr(config, "_emjax_cache", None)
+    if cache is not None:
+        os.environ.pop(_CACHE_ENV, None)
+        cache.cleanup()
+
+
+def pytest_collection_finish(session):
+    """Everything imported by collection lives to the end of the run: frozen, the collector
+    need not scan it again on every full collection while tests trace programs."""
+    gc.collect()
+    gc.freeze()
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -49,8 +71,11 @@ def _release_compiled_programs():
     """Drop every compiled program after each test module: a module shares programs between its
     own tests, and without this every module's executables stay resident to the end of the run."""
     yield
-    jax.clear_caches()
+    import jax
+
     from emjax.gmm import fitting
+
+    jax.clear_caches()
 
     fitting._EXECUTABLES.clear()  # the fits loaded from (or written to) the disk cache
     fitting._PROGRAMS.clear()  # what the bound on programs counts: none are held now

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import emjax
+from tests import conftest
 from tests._em_reference import (
     COV_TYPES,
     MAX_ITER,
@@ -32,7 +33,8 @@ WORKER = os.path.join(ROOT, "tests", "_distributed_worker.py")
 def _env():
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("XLA_FLAGS", None)
+    # Only the suite's own compile options (tests/conftest.py); the worker adds its devices.
+    env["XLA_FLAGS"] = " ".join(conftest.FAST_COMPILE)
     return env
 
 
@@ -44,24 +46,32 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory):
-    """Start all three subprocesses at once (they overlap with each other and with the
-    in-process reference fits); each test waits for the ones it reads."""
+    """Start the two jax.distributed processes at once (they overlap with the in-process
+    reference fit); the four-device worker starts when a test first reads it, so at most two
+    JAX subprocesses are resident at a time."""
     tmp = tmp_path_factory.mktemp("dist")
     port = _free_port()
     jobs = {"devices": ([WORKER, "devices", str(tmp / "devices.npz")], tmp / "devices.npz")}
     for i in range(2):
         out = tmp / f"p{i}.npz"
         jobs[f"p{i}"] = ([WORKER, "process", str(out), str(port), str(i)], out)
-    procs = {name: (subprocess.Popen([sys.executable, *args], env=_env(), text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT), out)
-             for name, (args, out) in jobs.items()}
+    procs = {}
+
+    def start(name):
+        args, out = jobs[name]
+        procs[name] = (subprocess.Popen([sys.executable, *args], env=_env(), text=True,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT), out)
 
     def result(name):
+        if name not in procs:
+            start(name)
         proc, out = procs[name]
         log = proc.communicate(timeout=300)[0] if proc.returncode is None else ""
         assert proc.returncode == 0, f"{name} failed:\n{log[-3000:]}"
         return np.load(out)
 
+    start("p0")
+    start("p1")
     yield result
     for proc, _ in procs.values():
         if proc.poll() is None:
