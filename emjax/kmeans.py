@@ -107,7 +107,7 @@ def kmeans_plusplus(
     if chunk_size is None:
         chunk_size = default_chunk_size(max(n_clusters, n_local_trials), d)
     # Every uniform draw in one threefry call: each random call is its own block of the compiled
-    # program, and k-means++ took ~0.5 s of compilation with two per centre.
+    # program, and two calls per centre made k-means++ slow to compile.
     u = jax.random.uniform(key, (n_clusters, n_local_trials), X.dtype)
     if w is None:  # what ``_draw`` gives for unit weights (their cumulative sums are 1..n)
         first = jnp.minimum((u[0, 0] * n).astype(jnp.int32), n - 1)
