@@ -1,0 +1,48 @@
+"""``emjax fit DATA --family SPEC``: column types, missing entries, the saved model, predict,
+and never writing over an input."""
+
+import numpy as np
+import pytest
+
+from emjax.families import io as fio
+
+
+def test_cli_fit_family(tmp_path, capsys):
+    from emjax import cli
+
+    rng = np.random.default_rng(7)
+    z = rng.random(60) < 0.5
+    lines = ["x,flag,region"] + [
+        f"{rng.normal(4.0 * zi):.6f},{'' if i == 3 else int(rng.random() < 0.2 + 0.6 * zi)},"
+        f"{rng.integers(0, 3)}" for i, zi in enumerate(z)]
+    data = tmp_path / "t.csv"
+    data.write_text("\n".join(lines) + "\n")
+    before = data.read_bytes()
+    args = ["fit", str(data), "-k", "2", "-n", "1", "--max-iter", "20", "--no-plots",
+            "--no-progress", "--no-compile-cache", "-o", str(tmp_path / "out")]
+    assert cli.main([*args, "--family", "auto"]) == 0
+    out = capsys.readouterr().out
+    assert "column types: x=gaussian, flag=bernoulli, region=categorical" in out
+    assert "1 missing entries" in out and "chosen K=2" in out
+    saved = fio.load(str(tmp_path / "out" / "model.npz"))
+    assert list(saved.family.families) == ["x", "flag", "region"]
+    assert saved.metadata["config"]["column_types"] == ["gaussian", "bernoulli", "categorical"]
+    pred = tmp_path / "pred.csv"
+    assert cli.main(["predict", str(tmp_path / "out" / "model.npz"), str(data), "-o",
+                     str(pred)]) == 0
+    rows = pred.read_text().splitlines()
+    assert rows[0] == "label,p0,p1" and len(rows) == 61
+    assert data.read_bytes() == before
+    assert cli.main([*args, "--family", "gaussian,bernoulli"]) == 1
+    assert "gives 2 column types" in capsys.readouterr().err
+    assert cli.main([*args, "--family", "auto", "--force", "--seed", str(2**32)]) == 1
+    assert "[0, 2**32)" in capsys.readouterr().err
+    # predict never writes over an input, and a failed write leaves no temporary file behind
+    assert cli.main(["predict", str(tmp_path / "out" / "model.npz"), str(data), "-o",
+                     str(data)]) == 1
+    assert "it is the input" in capsys.readouterr().err and data.read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.npz"]
+    (tmp_path / "dir.npz").mkdir()
+    with pytest.raises(ValueError, match="is a directory"):
+        fio.save(tmp_path / "dir.npz", saved.family, saved.params)
+    assert list((tmp_path / "dir.npz").iterdir()) == []

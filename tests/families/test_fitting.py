@@ -1,0 +1,193 @@
+"""Fitting mixtures of component families: monotone EM and recovery of planted mixtures (mixed
+columns, Gaussian and Student-t, a custom family through optax), an EM fixed point, sample
+weights as repeated rows, and the estimator with its save/load round trip. The fits share a
+handful of compiled programs (a module-scoped fixture).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import emjax
+from emjax import families as F
+from emjax.families import io as fio
+
+PLANT = dict(
+    g=np.array([[-2.0], [3.0]]), b=np.array([[0.1, 0.8], [0.9, 0.3]]),
+    c=np.array([[1.0], [6.0]]), k=np.array([[[0.7, 0.2, 0.1]], [[0.1, 0.2, 0.7]]]),
+    e=np.array([[0.5], [3.0]]), a=np.array([[2.0], [8.0]]),
+)
+
+
+def _mixed_family():
+    return F.Product({"g": F.Gaussian("diag"), "b": F.Bernoulli(n_features=2),
+                      "c": F.Poisson(), "k": F.Categorical(3), "e": F.Exponential(),
+                      "a": F.Gamma()})
+
+
+def _mixed_data(n, seed=0, missing=0.05):
+    rng = np.random.default_rng(seed)
+    z = (rng.random(n) < 0.4).astype(int)
+    cols = [
+        rng.normal(PLANT["g"][z, 0], 1.0),
+        rng.random(n) < PLANT["b"][z, 0],
+        rng.random(n) < PLANT["b"][z, 1],
+        rng.poisson(PLANT["c"][z, 0]),
+        np.array([rng.choice(3, p=PLANT["k"][zi, 0]) for zi in z]),
+        rng.exponential(1 / PLANT["e"][z, 0]),
+        rng.gamma(PLANT["a"][z, 0], 1.0),
+    ]
+    X = np.column_stack(cols).astype(float)
+    X[rng.random(X.shape) < missing] = np.nan
+    X[np.isnan(X).all(1), 0] = 0.0
+    return X, z
+
+
+@pytest.fixture(scope="module")
+def mixed_fit():
+    X, z = _mixed_data(600)
+    return X, z, F.fit(X, _mixed_family(), 2, n_init=3, tol=1e-9, max_iter=300,
+                       key=jax.random.key(1))
+
+
+def _monotone(history):
+    h = np.asarray(history)
+    for row in h.reshape(-1, h.shape[-1]):
+        row = row[np.isfinite(row)]
+        assert np.all(np.diff(row) >= -1e-10 * np.abs(row[1:])), np.diff(row).min()
+
+
+def test_mixed_fit_monotone_and_recovers_plant(mixed_fit):
+    X, z, res = mixed_fit
+    assert int(res.status) == 0 and bool(res.converged)
+    _monotone(res.restarts.history)
+    th = res.params.components
+    order = np.argsort(np.asarray(th["g"].means[:, 0]))  # component 0 has the low mean
+    np.testing.assert_allclose(np.asarray(res.params.weights)[order], [0.6, 0.4], atol=0.06)
+    np.testing.assert_allclose(np.asarray(th["g"].means)[order], PLANT["g"], atol=0.25)
+    np.testing.assert_allclose(np.asarray(th["b"].probs)[order], PLANT["b"], atol=0.08)
+    np.testing.assert_allclose(np.asarray(th["c"].rates)[order], PLANT["c"], rtol=0.15)
+    np.testing.assert_allclose(np.asarray(th["k"].probs)[order], PLANT["k"], atol=0.08)
+    np.testing.assert_allclose(np.asarray(th["e"].rates)[order], PLANT["e"], rtol=0.2)
+    np.testing.assert_allclose(np.asarray(th["a"].shapes)[order], PLANT["a"], rtol=0.25)
+    labels = F.predict(res.family, res.params, X)
+    acc = np.mean(np.asarray(labels) == order.argsort()[z])
+    assert acc > 0.95
+
+
+def test_mixed_fit_is_an_em_fixed_point(mixed_fit):
+    """One more E- and M-step (eager, unjitted) leaves the fitted parameters in place."""
+    X, _, res = mixed_fit
+    e_step, m_step = F.make_model(res.family)
+
+    @jax.jit
+    def step(params, X):
+        data = (res.family.encode(X), None)
+        estats, ll = e_step(params, data)
+        return ll, m_step(estats, data).params
+
+    ll, again = step(res.params, jnp.asarray(X))
+    np.testing.assert_allclose(ll, res.log_likelihood, rtol=1e-12)
+    for a, b in zip(jax.tree_util.tree_leaves(again), jax.tree_util.tree_leaves(res.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_sample_weight_equals_repeated_rows_float32(mixed_fit):
+    """Integer weights = repeated rows (same start, one program for both), in float32."""
+    X, _ = _mixed_data(60, seed=4, missing=0.0)
+    X = X.astype(np.float32)
+    m, h = 40, 20
+    w_a = np.r_[np.full(h, 2.0), np.ones(m - h), np.zeros(h)].astype(np.float32)
+    Xb = np.concatenate([X[:m], X[:h]])
+    fam = _mixed_family()
+    p0 = mixed_fit[2].params  # any start: the same for both
+    ra = F.fit(X, fam, 2, sample_weight=w_a, params_init=p0, tol=0.0, max_iter=30)
+    rb = F.fit(Xb, fam, 2, sample_weight=np.ones(m + h, np.float32), params_init=p0,
+               tol=0.0, max_iter=30)
+    assert ra.log_likelihood.dtype == jnp.float32
+    np.testing.assert_allclose(ra.log_likelihood, rb.log_likelihood, rtol=2e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(ra.params), jax.tree_util.tree_leaves(rb.params)):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4)
+
+
+def test_gaussian_and_student_t_recover_plant():
+    rng = np.random.default_rng(5)
+    n = 400
+    z = (rng.random(n) < 0.5).astype(int)
+    means = np.array([[0.0, 0.0], [6.0, 3.0]])
+    g = means[z] + rng.normal(size=(n, 2)) @ np.array([[1.0, 0.5], [0.0, 0.7]])
+    t = means[z] + rng.standard_t(4.0, size=(n, 2))
+    fam = F.Product({"g": F.Gaussian("full", n_features=2),
+                     "t": F.StudentT("full", n_features=2)})
+    res = F.fit(np.column_stack([g, t]), fam, 2, n_init=2, tol=1e-9, max_iter=300)
+    _monotone(res.restarts.history)
+    th = res.params.components
+    order = np.argsort(np.asarray(th["g"].means[:, 0]))
+    np.testing.assert_allclose(np.asarray(th["g"].means)[order], means, atol=0.2)
+    np.testing.assert_allclose(np.asarray(th["t"].means)[order], means, atol=0.3)
+    cov = np.array([[1.0, 0.5], [0.0, 0.7]])
+    np.testing.assert_allclose(np.asarray(th["g"].covariance.covariances)[order[0]],
+                               cov.T @ cov, atol=0.25)
+    assert np.all((np.asarray(th["t"].dof) > 2) & (np.asarray(th["t"].dof) < 12))
+
+
+def test_custom_family_reaches_the_closed_form():
+    """A Poisson written only as log_prob(theta, x) with a log transform: the optax M-step
+    climbs monotonically to a fixed point of the closed-form Poisson EM."""
+    rng = np.random.default_rng(6)
+    z = rng.random(200) < 0.5
+    X = rng.poisson(np.where(z[:, None], 2.0, 9.0), (200, 2)).astype(float)
+
+    def log_prob(theta, x):
+        return jnp.sum(jax.scipy.stats.poisson.logpmf(x, theta))
+
+    def init(key, X):
+        return X[jax.random.randint(key, (), 0, X.shape[0])] + 0.5
+
+    fam = F.Custom(log_prob, init, transform=jnp.exp, inverse=jnp.log)
+    res = F.fit(X, fam, 2, tol=1e-10, max_iter=200)
+    _monotone(res.restarts.history)
+    assert res.family.n_parameters(2) == 4
+    pois = F.Poisson().bind(X)
+    e_step, m_step = F.make_model(pois)
+    params = F.MixtureParams(res.params.weights, F.PoissonParams(res.params.components))
+
+    @jax.jit
+    def step(params, X):
+        data = (pois.encode(X), None)
+        return m_step(e_step(params, data)[0], data).params
+
+    closed = step(params, jnp.asarray(X))
+    np.testing.assert_allclose(closed.components.rates, res.params.components, rtol=1e-4)
+
+
+def test_estimator_matches_functional_fit_and_round_trips(mixed_fit, tmp_path):
+    X, _, res = mixed_fit
+    traces = F.fitting._fit_compiled._cache_size()
+    m = emjax.MixtureModel(_mixed_family(), 2, n_init=3, tol=1e-9, max_iter=300,
+                           random_state=1).fit(X)  # the fixture's program and key
+    assert F.fitting._fit_compiled._cache_size() == traces  # equal families share the compiled fit
+    np.testing.assert_allclose(m.lower_bound_, float(res.log_likelihood), rtol=1e-12)
+    ll = m.score_samples(X)
+    assert np.all(np.isfinite(ll)) and ll.shape == (X.shape[0],)
+    np.testing.assert_allclose(m.score(X), m.lower_bound_, rtol=1e-10)
+    proba = m.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-12)
+    np.testing.assert_array_equal(m.predict(X), proba.argmax(1))
+    # g: 2 means + 2 variances; b: 2 x 2; c: 2; k: 2 x (3 - 1); e: 2; a: 2 x 2; weights: 1
+    p = 4 + 4 + 2 + 4 + 2 + 4 + 1
+    assert m.n_parameters() == p
+    np.testing.assert_allclose(m.bic(X), -2 * ll.sum() + p * np.log(X.shape[0]), rtol=1e-10)
+    np.testing.assert_allclose(m.aic(X), -2 * ll.sum() + 2 * p, rtol=1e-10)
+    Xs, labels = m.sample(500, random_state=0)
+    assert Xs.shape == (500, X.shape[1]) and set(np.unique(labels)) <= {0, 1}
+    assert np.all(np.isin(Xs[:, 1:3], [0, 1])) and np.all(Xs[:, 6] > 0)
+    path = m.save(tmp_path / "model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz"]  # no temp file left
+    m2 = emjax.MixtureModel.load(path)
+    assert m2.family_ == m.family_
+    np.testing.assert_array_equal(m2.score_samples(X), ll)
+    with pytest.raises(ValueError, match="not an emjax families model"):
+        (tmp_path / "junk.npz").write_bytes(b"junk")
+        fio.load(tmp_path / "junk.npz")
