@@ -448,7 +448,11 @@ def describe(plan: PassPlan, n_samples: int | None = None, n_features: int | Non
         lines.append("  contractions over samples: " + (
             "transpose materialised, plain GEMM" if plan.materialise_transposes
             else "one dot_general"))
-    if plan.lapack:
+    # the precedence in covariance._precision_cholesky_of_matrix: unrolled, else LAPACK, else loop
+    if plan.unrolled:
+        lines.append("  M-step Cholesky factors and their inverses: closed form, unrolled (no "
+                     "LAPACK call)")
+    elif plan.lapack:
         lines.append("  M-step inverse of the Cholesky factors: " + (
             "blocked (batched GEMMs)" if plan.blocked_inverse else "triangular solve"))
     else:
@@ -456,9 +460,6 @@ def describe(plan: PassPlan, n_samples: int | None = None, n_features: int | Non
                      "LAPACK call)")
     lines.append(f"  XLA backend optimisation level: {plan.opt_level}" + (
         "" if plan.fusion_emitters else ", LLVM IR fusion emitters"))
-    lines.append("  M-step inverse of the Cholesky factors: " + (
-        "closed form, unrolled (no LAPACK call)" if plan.unrolled
-        else "blocked (batched GEMMs)" if plan.blocked_inverse else "triangular solve"))
     if plan.compact:
         lines.append(f"  under jax.vmap over many fits: the unfinished ones stepped "
                      f"{plan.compact} at a time")

@@ -171,6 +171,9 @@ def test_make_plan(backend):
         PassPlan("diag", chunk_size=0)
     text = emjax.explain_plan(100_000, 16, 16, covariance_type="full", backend=backend)
     assert "fused chunked pass" in text and "100000" in text
+    for n, d in ((100_000, 16), (1000, 15), (150, 4)):  # fused, dense, unrolled: one M-step line
+        text = emjax.explain_plan(n, d, 3, covariance_type="full", backend=backend)
+        assert sum(row.lstrip().startswith("M-step") for row in text.splitlines()) == 1, text
 
 
 @pytest.mark.parametrize("cov_type", ("full", "spherical"))
