@@ -112,6 +112,8 @@ def profiles_block() -> str:
     for name in sorted(glob.glob(str(RESULTS / "profile_*.json"))):
         path = Path(name)
         r = json.loads(path.read_text())
+        if "wall_ms_per_iter" not in r:  # profile_vmap.json: a vmapped fit, not one iteration
+            continue
         out.append(f"**N = {r['n']}, D = {r['d']}, K = {r['k']}, {r['cov_type']}, {r['dtype']}** "
                    f"({path.name}, {r['measured']}, {_commit_of(path, r)}, jax {r['jax']}): "
                    f"{r['wall_ms_per_iter']:.2f} ms per iteration, chunk {r['chunk_size']}\n")
