@@ -19,13 +19,14 @@ observed one. Rows are sorted on the host into buckets by how many entries they 
 a short ladder of sizes, :func:`slot_ladder`), so each bucket's blocks have a static size. In
 the fit the missing entries are set to the centre (any value gives the same result), so the
 ``D x D`` work is that of complete data: one GEMM of constant per-row features gives every
-``r^T Lambda_k r``, one GEMM gives ``Lambda_k r`` (from which ``b`` is gathered), and the
-moments are GEMMs with the same features; only the ``J x J`` blocks are factorised, and
-their conditional covariances scattered into ``(K, D, D)``. Where rows share their
-missingness pattern (the small buckets), once per (pattern, component) by :func:`_sweep`,
-each row gathering its pattern's ``A^-1`` and ``log|A|``; elsewhere per (row, component),
-vectorised over a chunk of rows and all components (unrolled Cholesky up to
-:data:`UNROLL_MAX_SLOTS` missing entries, the sweep above). Per-row results (prediction,
+``r^T Lambda_k r``, one GEMM gives ``Lambda_k r`` (from which ``b`` is gathered; on the
+chunk's missing columns only where they are few), and the moments are GEMMs with the same
+features; only the ``J x J`` blocks are factorised, and their conditional covariances
+scattered into ``(K, D, D)``. Where rows share their missingness pattern (the small buckets,
+and in the others the rows of patterns shared by at least 4), once per (pattern, component)
+by :func:`_sweep`, each row gathering its pattern's ``A^-1`` and ``log|A|``; elsewhere per
+(row, component), vectorised over a chunk of rows and all components (unrolled Cholesky up
+to :data:`UNROLL_MAX_SLOTS` missing entries, the sweep above). Per-row results (prediction,
 imputation, draws) factorise the blocks unrolled (batched LAPACK above
 :data:`UNROLL_MAX_SLOTS`). docs/missing.md has the forms measured and why this one. Diagonal and
 spherical covariances need no factorisation: every term is a GEMM of ``[x^2, x, observed]``.
@@ -97,6 +98,12 @@ class MissingData(NamedTuple):
         ``pidx`` of each pattern, then of padding patterns (empty when factorised per row).
       pwin: one int32 array per bucket, ``(n_chunks, window)``: the patterns each chunk's rows
         may have, consecutive from its first (empty when factorised per row).
+      ucols: one int32 array per bucket, ``(n_chunks, U)``: the columns missing in some row
+        of each chunk (padded with repeats), when every chunk of the bucket has at most
+        ``U`` of them and ``U`` is small (:func:`union_width`; else ``(n_chunks, 0)``).
+      uidx: one int32 array per bucket, ``(n_chunks, n_slots, chunk_rows)``: ``row * U + u``,
+        where each missing entry's column ``ucols[u]`` sits in the chunk's ``(rows * U, K)``
+        products (padded slots: ``row * U``; empty when ``ucols`` is).
     """
 
     x: Array
@@ -111,6 +118,35 @@ class MissingData(NamedTuple):
     pat: tuple = ()
     ppidx: tuple = ()
     pwin: tuple = ()
+    ucols: tuple = ()
+    uidx: tuple = ()
+
+
+def union_width(n_union: int, n_features: int) -> int:
+    """The columns a bucket's chunks restrict their ``Lambda_k r`` products to: ``n_union``
+    (the most columns missing in one chunk) when at most a quarter of ``n_features`` (or 2,
+    and fewer than ``n_features``), else 0 (all columns; with more, the gathers and scatters
+    of the restricted products cost what their smaller size saves)."""
+    small = 4 * n_union <= n_features or n_union <= 2
+    return n_union if 0 < n_union < n_features and small else 0
+
+
+def _union_columns(s: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(ucols, uidx)`` of :class:`MissingData` for one bucket's slots ``s``
+    ``(n_chunks, c, J)`` (-1 pads)."""
+    n_chunks, c, j = s.shape
+    cols = [np.unique(ch[ch >= 0]) for ch in s]
+    u = union_width(max((len(x) for x in cols), default=0), d)
+    if u == 0:
+        return np.zeros((n_chunks, 0), np.int32), np.zeros((n_chunks, j, 0), np.int32)
+    ucols = np.stack([np.concatenate([x, np.full(u - len(x), x[0] if len(x) else 0)])
+                      for x in cols]).astype(np.int32)
+    # position of each slot's column in its chunk's union (padded slots: 0)
+    pos = np.zeros((n_chunks, c, j), np.int64)
+    for i in range(n_chunks):
+        pos[i] = np.where(s[i] >= 0, np.searchsorted(cols[i], np.maximum(s[i], 0)), 0)
+    uidx = np.arange(c)[None, :, None] * u + pos
+    return ucols, np.ascontiguousarray(uidx.transpose(0, 2, 1)).astype(np.int32)
 
 
 def shares_patterns(n_rows: int, n_patterns: int, n_slots: int) -> bool:
@@ -248,12 +284,25 @@ def layout(X: np.ndarray, sample_weight: np.ndarray | None, n_components: int,
     build = features and matrix
     iu, ju = np.triu_indices(d)
     xs, os_, ws, slots, rows = [], [], [], [], []
-    feats, feats_t, bidx, pidx, pat, ppidx, pwin = [], [], [], [], [], [], []
+    feats, feats_t, bidx, pidx, pat, ppidx, pwin, ucols, uidx = ([] for _ in range(9))
+    groups = []
     for b, j in enumerate(ladder):
         idx = order[bucket_of[order] == b]
         if idx.size == 0:
             continue
         j = j if covariance_type in ("full", "tied") else 0
+        if build and j:
+            # a bucket whose patterns are mostly a row's own: the rows of its patterns shared
+            # by at least 4 rows, if a chunk's worth, make a bucket factorised per pattern
+            _, inv, cnt = np.unique(~obs[idx], axis=0, return_inverse=True,
+                                    return_counts=True)
+            shared = cnt[inv.reshape(-1)] >= 4
+            if (not shares_patterns(idx.size, len(cnt), j) and (~shared).any()
+                    and shared.sum() >= (chunk_size or chunk_rows(n_components, d, j, dtype))):
+                groups += [(j, idx[shared]), (j, idx[~shared])]
+                continue
+        groups.append((j, idx))
+    for j, idx in groups:
         c = chunk_size or chunk_rows(n_components, d, j, dtype)
         c = int(min(c, idx.size))
         n_chunks = -(-idx.size // c)
@@ -292,6 +341,9 @@ def layout(X: np.ndarray, sample_weight: np.ndarray | None, n_components: int,
                 .transpose(0, 2, 1)))
             pidx.append(np.ascontiguousarray(
                 _pair_index(sp, d).reshape(j * j, n_chunks, c).transpose(1, 0, 2)))
+            uc, ui = _union_columns(slots[-1], d)
+            ucols.append(uc)
+            uidx.append(ui)
             if shares_patterns(idx.size, len(uniq), j):
                 # the padding rows' pattern: every slot padded (an identity block). A chunk's
                 # rows span a window of consecutive patterns (sorted): each row stores its
@@ -314,7 +366,7 @@ def layout(X: np.ndarray, sample_weight: np.ndarray | None, n_components: int,
     x_all, o_all = np.concatenate(xs), np.concatenate(os_)
     data = MissingData(x_all, o_all, np.concatenate(ws), tuple(slots), center,
                        tuple(feats), tuple(feats_t), tuple(bidx), tuple(pidx), tuple(pat),
-                       tuple(ppidx), tuple(pwin))
+                       tuple(ppidx), tuple(pwin), tuple(ucols), tuple(uidx))
     return data, np.concatenate(rows)
 
 
@@ -658,9 +710,10 @@ def _matrix_pass(params: GMMParams, data: MissingData):
             jnp.zeros((d * d + 2, k), dtype), jnp.zeros(data.x.shape[:1], dtype))
     carry = acc0
     start = 0
-    for f_b, ft_b, bi_b, pi_b, s_b, pat_b, pp_b, pw_b in zip(
+    Wg3 = tab.Wg.reshape(d + 1, d, k)
+    for f_b, ft_b, bi_b, pi_b, s_b, pat_b, pp_b, pw_b, uc_b, ui_b in zip(
             data.feats, data.feats_t, data.bidx, data.pidx, data.slots, data.pat, data.ppidx,
-            data.pwin):
+            data.pwin, data.ucols, data.uidx):
         n_chunks, c, J = s_b.shape
         n_pat = pp_b.shape[0] * c
         if n_pat:
@@ -683,7 +736,8 @@ def _matrix_pass(params: GMMParams, data: MissingData):
             ptab = None
 
         def body(i, cr, f_b=f_b, ft_b=ft_b, bi_b=bi_b, pi_b=pi_b, s_b=s_b, c=c, J=J,
-                 start=start, pat_b=pat_b, n_pat=n_pat, ptab=ptab, pw_b=pw_b):
+                 start=start, pat_b=pat_b, n_pat=n_pat, ptab=ptab, pw_b=pw_b, uc_b=uc_b,
+                 ui_b=ui_b):
             st, xh, shh, ll_buf = cr
             idx = functools.partial(jax.lax.dynamic_index_in_dim, index=i, keepdims=False)
             f, ft = idx(f_b), idx(ft_b)
@@ -693,7 +747,14 @@ def _matrix_pass(params: GMMParams, data: MissingData):
             if J:
                 bi, pi = idx(bi_b), idx(pi_b)
                 valid = (idx(s_b) >= 0).T.astype(dtype)[:, :, None]  # (J, c, 1)
-                G = jnp.dot(f[:, nq:nq + d + 1], tab.Wg, precision=hi).reshape(c * d, k)
+                u = uc_b.shape[1]
+                if u:
+                    # Lambda_k r on the chunk's missing columns only
+                    uc, bi = idx(uc_b), idx(ui_b)
+                    Wg = Wg3.at[:, uc].get(mode="promise_in_bounds").reshape(d + 1, u * k)
+                else:
+                    u, Wg = d, tab.Wg
+                G = jnp.dot(f[:, nq:nq + d + 1], Wg, precision=hi).reshape(c * u, k)
                 b = G.at[bi].get(mode="promise_in_bounds") * valid  # (J, c, K)
                 if n_pat:
                     # each row's pattern by a one-hot GEMM over the chunk's window of
@@ -721,11 +782,17 @@ def _matrix_pass(params: GMMParams, data: MissingData):
             g = g * w[:, None]
             st = st + jnp.dot(ft, g, precision=hi)
             if J:
-                # sum g h over rows, h = -A^-1 b on the missing entries, placed in (c, D, K)
+                # sum g h over rows, h = -A^-1 b on the missing entries, placed in (c, U, K)
                 gh = -(g[None] * y)
-                H = jnp.zeros((c * d, k), dtype).at[bi.reshape(-1)].add(
+                H = jnp.zeros((c * u, k), dtype).at[bi.reshape(-1)].add(
                     gh.reshape(J * c, k), mode="promise_in_bounds")
-                xh = xh + jnp.dot(ft[nq:nq + d + 1], H.reshape(c, d * k), precision=hi)
+                xhc = jnp.dot(ft[nq:nq + d + 1], H.reshape(c, u * k), precision=hi)
+                if u < d:  # padded union columns carry zeros
+                    xh = xh.reshape(d + 1, d, k).at[:, uc].add(
+                        xhc.reshape(d + 1, u, k), mode="promise_in_bounds").reshape(
+                            d + 1, d * k)
+                else:
+                    xh = xh + xhc
                 # + sum g (Cov + h h^T) on the missing block, scattered by position
                 vals = g[None, None] * (y[:, None] * y[None, :] - neg_inv)
                 shh = shh.at[pi.reshape(-1)].add(vals.reshape(J * J * c, k),

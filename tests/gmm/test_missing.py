@@ -31,6 +31,8 @@ def holes(rng, n=N, d=D, frac=0.3):
     miss[np.arange(n), rng.integers(0, d, n)] = False
     miss[:d, :] = np.arange(d)[None, :] < np.arange(d)[:, None]  # rows missing 0..d-1 entries
     miss[d:2 * d, :] = np.arange(d)[None, :] == 0  # a pattern shared by several rows
+    # a bucket of mostly unshared patterns, but one pattern shared by four rows
+    miss[2 * d:2 * d + 4, :] = np.arange(d)[None, :] < 2
     Xn = X.copy()
     Xn[miss] = np.nan
     return Xn
@@ -113,6 +115,11 @@ def test_e_step_m_step_and_log_likelihood_match_reference(cov_type):
     data, rows = _data(X, w, cov_type, chunk_size=3)
     if cov_type in ("full", "tied"):  # a bucket factorised per pattern, over several chunks
         assert any(p.shape[1] for p in data.pwin)
+        # chunks restricted to their missing columns; a bucket split into rows of shared
+        # patterns (factorised per pattern) and the others (per row)
+        assert any(u.shape[1] for u in data.ucols)
+        n_slots = [s.shape[2] for s in data.slots]
+        assert len(set(n_slots)) < len(n_slots)
     centred = params._replace(means=params.means - data.center)
     new, mean_ll, ll_rows = one_step(centred, data, cov_type, REG)
     keep = rows >= 0
