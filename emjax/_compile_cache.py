@@ -115,6 +115,15 @@ def _fingerprint(jitted, args: tuple, static: dict) -> str | None:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _initialize_lapack() -> None:
+    """Point jaxlib's CPU LAPACK kernels at their LAPACK routines, as lowering a linear-algebra
+    operation does: a program loaded without lowering anything would otherwise call a null
+    routine (a segmentation fault) in a new process. ``jax.export`` does the same on loading."""
+    from jax._src.lax import linalg
+
+    linalg.initialize_lapack()
+
+
 def load_or_compile(jitted, args: tuple, static: dict, memo: dict, name: str):
     """The compiled ``jitted(*args, **static)`` (call it with ``*args``): from ``memo``, else
     from :func:`executable_directory`, else compiled there and written to it; None when the
@@ -145,6 +154,7 @@ def load_or_compile(jitted, args: tuple, static: dict, memo: dict, name: str):
     try:
         with open(path, "rb") as f:
             compiled = serialize_executable.deserialize_and_load(*pickle.load(f))
+        _initialize_lapack()
     except Exception:  # absent, unreadable or from an incompatible build: compile it again
         compiled = None
     if compiled is None:

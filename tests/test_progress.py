@@ -115,7 +115,8 @@ jax.config.update("jax_enable_x64", True)
 import emjax
 from emjax.gmm import fitting
 emjax.enable_disk_cache(sys.argv[1])
-X = np.random.default_rng(0).normal(size=(50, 2))
+# 17 features: the program calls LAPACK, whose kernels a loaded program must find initialised
+X = np.random.default_rng(0).normal(size=(50, 17))
 res = emjax.fit(X, 2, n_init=2, max_iter=20)
 print(repr(float(res.log_likelihood)), int(res.n_iter), fitting.compiled_programs())
 """
@@ -123,7 +124,8 @@ print(repr(float(res.log_likelihood)), int(res.n_iter), fitting.compiled_program
 
 def test_small_fits_are_loaded_from_disk_without_tracing(tmp_path):
     """With the disk cache on, a new process loads a small fit's program from
-    ``emjax-executables`` (found by shapes and options, not traced) and fits the same."""
+    ``emjax-executables`` (found by shapes and options, not traced) and fits the same (a program
+    with LAPACK calls crashed there before jaxlib's LAPACK kernels were initialised on loading)."""
     import os
     import subprocess
     import sys
