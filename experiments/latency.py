@@ -11,11 +11,14 @@ Parts (``--parts``, default all):
            scikit-learn fits; checks a few results against the data set fitted alone.
   real     the 64 real-data fits (iris, wine, breast cancer, digits; K in 2, 3, 5, 8; four
            covariance types; n_init = 5): total time and mean log-likelihood difference.
+  real_cache  the same 64 fits with the disk cache on (emjax.enable_disk_cache, the command
+           line's default), each run in a fresh process: first with the cache empty, then warm
+           (the programs loaded from disk, not traced or compiled); scikit-learn in each.
 
 Writes ``experiments/results/latency.json`` (``--merge``: replaces only the parts run, each
 part with its own command, commit, date and load average). Usage::
 
-    PYTHONPATH=. python experiments/latency.py [--parts first,rows,vmap,real] [--merge]
+    PYTHONPATH=. python experiments/latency.py [--parts first,rows,vmap,real,real_cache] [--merge]
 """
 
 from __future__ import annotations
@@ -170,7 +173,7 @@ def part_vmap(n_sets: int = 1000, repeats: int = 2) -> dict:
                 max_abs_ll_diff_vs_alone=max(diffs))
 
 
-def part_real() -> dict:
+def part_real(disk_cache: str | None = None) -> dict:
     import jax
     import numpy as np
     from sklearn import datasets
@@ -179,6 +182,8 @@ def part_real() -> dict:
     import emjax
 
     jax.config.update("jax_enable_x64", True)
+    if disk_cache is not None:
+        emjax.enable_disk_cache(disk_cache)
     sets = dict(iris=datasets.load_iris().data, wine=datasets.load_wine().data,
                 breast_cancer=datasets.load_breast_cancer().data,
                 digits=datasets.load_digits().data)
@@ -206,14 +211,32 @@ def part_real() -> dict:
                 max_ll_diff=float(np.max(diffs)), fits=fits)
 
 
+def part_real_cache() -> dict:
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    out = {}
+    with tempfile.TemporaryDirectory() as cache:
+        for state in ("empty_cache", "warm_cache"):
+            r = subprocess.run([sys.executable, __file__, "--real-child", cache],
+                               capture_output=True, text=True, env=env, check=True)
+            res = json.loads(r.stdout.strip().splitlines()[-1])
+            out[state] = {k: v for k, v in res.items() if k != "fits"}
+            out[state + "_fits"] = res["fits"]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--parts", default="first,rows,vmap,real")
+    ap.add_argument("--parts", default="first,rows,vmap,real,real_cache")
     ap.add_argument("--out", default="experiments/results/latency.json")
     ap.add_argument("--merge", action="store_true",
                     help="keep the other parts of an existing --out file")
     ap.add_argument("--repeats", type=int, default=3, help="fresh processes per case (first)")
+    ap.add_argument("--real-child", metavar="CACHE_DIR",
+                    help="(internal) the real part with this disk cache, as JSON on stdout")
     args = ap.parse_args()
+    if args.real_child:
+        print(json.dumps(part_real(args.real_child)))
+        return
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     command = "PYTHONPATH=. python experiments/latency.py --parts " + args.parts + (
