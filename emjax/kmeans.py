@@ -77,6 +77,7 @@ def kmeans_plusplus(
     *,
     center: Array | None = None,
     chunk_size: int | None = None,
+    n_active: Array | None = None,
 ) -> tuple[Array, Array]:
     """Greedy k-means++ seeding (scikit-learn's algorithm): ``(centers, indices)``.
 
@@ -96,6 +97,9 @@ def kmeans_plusplus(
       center: optional ``(n_features,)`` subtracted from every row inside the passes; the
         centres returned are then rows of ``X - center``.
       chunk_size: static rows per pass block (default :func:`default_chunk_size`).
+      n_active: optional traced int: seed only the first ``n_active <= n_clusters`` centres
+        (components padded to a class), with ``2 + int(log(n_active))`` trials, drawing exactly
+        what ``kmeans_plusplus(key, X, n_active)`` draws; the other centres stay 0.
 
     Returns:
       ``centers`` ``(n_clusters, n_features)`` and their row ``indices`` ``(n_clusters,)``.
@@ -108,11 +112,13 @@ def kmeans_plusplus(
         chunk_size = default_chunk_size(max(n_clusters, n_local_trials), d)
     # Every uniform draw in one threefry call: each random call is its own block of the compiled
     # program, and two calls per centre made k-means++ slow to compile.
-    u = jax.random.uniform(key, (n_clusters, n_local_trials), X.dtype)
+    uniforms, trial_live, n_seeded = local_trials(key, n_clusters, n_local_trials, n_active,
+                                                  X.dtype)
+    u0 = uniforms(0)
     if w is None:  # what ``_draw`` gives for unit weights (their cumulative sums are 1..n)
-        first = jnp.minimum((u[0, 0] * n).astype(jnp.int32), n - 1)
+        first = jnp.minimum((u0[0] * n).astype(jnp.int32), n - 1)
     else:
-        first = _draw(u[0, :1], w)[0]
+        first = _draw(u0[:1], w)[0]
     x_first = _centred(X[first], center)
     centers = jnp.zeros((n_clusters, d), X.dtype).at[0].set(x_first)
     indices = jnp.zeros((n_clusters,), jnp.int32).at[0].set(first)
@@ -129,12 +135,12 @@ def kmeans_plusplus(
         pot = closest if w is None else w * closest
         # All points coincide with chosen centres: fall back to the weights alone.
         fallback = jnp.ones_like(closest) if w is None else w
-        cand = _draw(u[c], jnp.where(jnp.sum(pot) > 0, pot, fallback))
+        cand = _draw(uniforms(c), jnp.where(jnp.sum(pot) > 0, pot, fallback))
         x_cand = _centred(X[cand], center)  # (trials, d)
         if n <= chunk_size:
             # One block: the (n, trials) distances are small; judge and keep them in one go.
             nc = jnp.minimum(closest[:, None], squared_distances(_centred(X, center), x_cand))
-            best = jnp.argmin(jnp.sum(nc if w is None else w[:, None] * nc, axis=0))
+            best = jnp.argmin(trial_live(jnp.sum(nc if w is None else w[:, None] * nc, axis=0)))
             return (centers.at[c].set(x_cand[best]),
                     indices.at[c].set(cand[best].astype(jnp.int32)), nc[:, best])
 
@@ -146,7 +152,7 @@ def kmeans_plusplus(
             return acc + (jnp.ones((size,), X.dtype) if ws is None else ws) @ nc
 
         pots = fold_chunks(potential, jnp.zeros((n_local_trials,), X.dtype), n, chunk_size)
-        best = jnp.argmin(pots)
+        best = jnp.argmin(trial_live(pots))
         x_best = x_cand[best]
 
         def update(buf, start, size):
@@ -162,13 +168,42 @@ def kmeans_plusplus(
         )
 
     init = (centers, indices, closest)
-    centers, indices, _ = jax.lax.fori_loop(1, n_clusters, body, init)
+    centers, indices, _ = jax.lax.fori_loop(1, n_seeded, body, init)
     return centers, indices
+
+
+def local_trials(key: Array, n_clusters: int, n_local_trials: int, n_active: Array | None,
+                 dtype):
+    """k-means++'s uniforms: ``(uniforms(c), trial_live(scores), n_seeded)``.
+
+    ``uniforms(c)`` is centre ``c``'s ``n_local_trials`` uniforms (one threefry call for all);
+    with ``n_active`` (traced; ``n_local_trials`` is then that of ``n_clusters``, the most),
+    its first ``2 + int(log(n_active))`` are those of ``n_active`` clusters (threefry's draws
+    do not depend on the shape) and ``trial_live`` sets the scores of the others to ``+inf``.
+    """
+    if n_active is None:
+        u = jax.random.uniform(key, (n_clusters, n_local_trials), dtype)
+        return (lambda c: u[c]), (lambda scores: scores), n_clusters
+    n_active = jnp.asarray(n_active, jnp.int32)
+    trials = 2 + jnp.floor(jnp.log(n_active.astype(jnp.float32))).astype(jnp.int32)
+    flat = jax.random.uniform(key, ((n_clusters + 1) * n_local_trials,), dtype)
+    live = jnp.arange(n_local_trials) < trials
+
+    def uniforms(c):
+        return jax.lax.dynamic_slice_in_dim(flat, c * trials, n_local_trials)
+
+    return uniforms, (lambda scores: jnp.where(live, scores, jnp.inf)), n_active
+
+
+def mask_inactive(d2: Array, active: Array | None) -> Array:
+    """Squared distances ``(n, n_centers)`` with the inactive centres' set to ``+inf`` (never
+    nearest)."""
+    return d2 if active is None else jnp.where(active[None, :], d2, jnp.inf)
 
 
 def cluster_sums(
     X: Array, centers: Array, sample_weight: Array | None = None, *,
-    center: Array | None = None, chunk_size: int | None = None,
+    center: Array | None = None, chunk_size: int | None = None, active: Array | None = None,
 ) -> tuple[Array, Array]:
     """Weighted counts ``(n_clusters,)`` and coordinate sums ``(n_clusters, n_features)`` of the
     samples nearest to each centre (one chunked pass; ``X - center`` if ``center`` is given)."""
@@ -179,8 +214,9 @@ def cluster_sums(
 
     def part(acc, start, size):
         x = _centred(rows(X, start, size), center)
-        onehot = jax.nn.one_hot(jnp.argmin(squared_distances(x, centers), axis=1), k,
-                                dtype=X.dtype)
+        onehot = jax.nn.one_hot(
+            jnp.argmin(mask_inactive(squared_distances(x, centers), active), axis=1), k,
+            dtype=X.dtype)
         ws = rows(sample_weight, start, size)
         if ws is not None:
             onehot = onehot * ws.astype(X.dtype)[:, None]
@@ -192,31 +228,35 @@ def cluster_sums(
 
 def lloyd(
     X: Array, centers: Array, n_iter: int, sample_weight: Array | None = None, *,
-    center: Array | None = None, chunk_size: int | None = None,
+    center: Array | None = None, chunk_size: int | None = None, active: Array | None = None,
 ) -> Array:
     """``n_iter`` Lloyd steps; a centre that loses all its points keeps its position.
 
     Each step is one chunked pass (:func:`cluster_sums`). ``center``/``chunk_size`` as in
-    :func:`kmeans_plusplus`.
+    :func:`kmeans_plusplus`; ``active``: optional ``(n_clusters,)`` bool, the centres that
+    exist (the others are never nearest).
     """
 
     def step(_, c):
-        counts, sums = cluster_sums(X, c, sample_weight, center=center, chunk_size=chunk_size)
+        counts, sums = cluster_sums(X, c, sample_weight, center=center, chunk_size=chunk_size,
+                                    active=active)
         return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1e-30)[:, None], c)
 
     return jax.lax.fori_loop(0, n_iter, step, centers)
 
 
 def assign(X: Array, centers: Array, *, center: Array | None = None,
-           chunk_size: int | None = None) -> Array:
-    """Index of the nearest centre for each sample: ``(n_samples,)`` int, computed by chunks."""
+           chunk_size: int | None = None, active: Array | None = None) -> Array:
+    """Index of the nearest (``active``) centre for each sample: ``(n_samples,)`` int, computed
+    by chunks."""
     n, d = X.shape
     if chunk_size is None:
         chunk_size = default_chunk_size(centers.shape[0], d)
 
     def part(labels, start, size):
         x = _centred(rows(X, start, size), center)
-        lab = jnp.argmin(squared_distances(x, centers), axis=1).astype(labels.dtype)
+        lab = jnp.argmin(mask_inactive(squared_distances(x, centers), active),
+                         axis=1).astype(labels.dtype)
         return jax.lax.dynamic_update_slice_in_dim(labels, lab, start, 0)
 
     return fold_chunks(part, jnp.zeros((n,), jnp.int32), n, chunk_size)

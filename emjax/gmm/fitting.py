@@ -32,29 +32,39 @@ Array = jax.Array
 FitResult = em.FitResult
 
 
-def uniform_responsibilities(key: Array, start, size: int, n_components: int, dtype) -> Array:
+def uniform_responsibilities(key: Array, start, size: int, n_components: int, dtype,
+                             active: Array | None = None) -> Array:
     """Random responsibilities of rows ``start : start + size``: row ``i`` normalises uniforms
     drawn from ``fold_in(key, i)``, so a row's draw depends on neither the number of rows
-    (padding) nor the chunking."""
+    (padding) nor the chunking, nor on padded components (``active``: the first ones exist;
+    the others get 0)."""
     def row(i):
         r = jax.random.uniform(jax.random.fold_in(key, i), (n_components,), dtype)
+        if active is not None:
+            r = jnp.where(active, r, 0.0)
         return r / jnp.sum(r)
 
     return jax.vmap(row)(start + jnp.arange(size))
 
 
+def _active(n_components: int, n_active: Array | None) -> Array | None:
+    """``(n_components,)`` bool, the components that exist (the first ``n_active``), or None."""
+    return None if n_active is None else jnp.arange(n_components) < n_active
+
+
 def _init_centers(key, X, n_components, init_params, sample_weight, n_lloyd, center,
-                  chunk_size):
-    """Centres of the hard initialisations, in the coordinates of ``X - center``."""
+                  chunk_size, n_active=None):
+    """Centres of the hard initialisations, in the coordinates of ``X - center`` (with
+    ``n_active``, the first ``n_active`` are those of ``n_active`` components)."""
     n = X.shape[0]
     if init_params == "random_from_data":
         idx = kmeans.sample_rows(key, n, n_components, sample_weight, X.dtype)
         return X[idx] if center is None else X[idx] - center
     centers, _ = kmeans.kmeans_plusplus(key, X, n_components, sample_weight, center=center,
-                                        chunk_size=chunk_size)
+                                        chunk_size=chunk_size, n_active=n_active)
     if init_params == "kmeans":
         centers = kmeans.lloyd(X, centers, n_lloyd, sample_weight, center=center,
-                               chunk_size=chunk_size)
+                               chunk_size=chunk_size, active=_active(n_components, n_active))
     return centers
 
 
@@ -68,6 +78,7 @@ def responsibilities_init(
     *,
     center: Array | None = None,
     chunk_size: int | None = None,
+    n_active: Array | None = None,
 ) -> Array:
     """Initial responsibilities ``(n_samples, n_components)`` (pure, vmappable over ``key``).
 
@@ -76,13 +87,16 @@ def responsibilities_init(
     hard assignment to distinct random samples. ``"random"``: uniform random responsibilities.
     The k-means passes run ``chunk_size`` rows at a time (see :mod:`emjax.kmeans`), on
     ``X - center`` if ``center`` is given. :func:`init_params` does not form this array.
+    ``n_active`` (traced int): only the first ``n_active`` components exist (the others are
+    padding and get no responsibility); the draws are those of ``n_active`` components.
     """
     n = X.shape[0]
+    active = _active(n_components, n_active)
     if init_params == "random":
-        return uniform_responsibilities(key, 0, n, n_components, X.dtype)
+        return uniform_responsibilities(key, 0, n, n_components, X.dtype, active)
     centers = _init_centers(key, X, n_components, init_params, sample_weight, n_lloyd, center,
-                            chunk_size)
-    labels = kmeans.assign(X, centers, center=center, chunk_size=chunk_size)
+                            chunk_size, n_active)
+    labels = kmeans.assign(X, centers, center=center, chunk_size=chunk_size, active=active)
     return jax.nn.one_hot(labels, n_components, dtype=X.dtype)
 
 
@@ -172,26 +186,29 @@ def init_stats(
     n_lloyd: int = 10,
     center: Array | None = None,
     chunk_size: int | None = None,
+    n_active: Array | None = None,
 ) -> steps.SuffStats:
-    """The sufficient statistics of :func:`responsibilities_init` (arguments as in
-    :func:`init_params`), whose M-step gives the initial parameters; computed in chunked passes
-    without the ``(n_samples, n_components)`` responsibilities."""
+    """The sufficient statistics of :func:`responsibilities_init` (arguments as there),
+    whose M-step gives the initial parameters; computed in chunked passes without the
+    ``(n_samples, n_components)`` responsibilities."""
     n, d = X.shape
     k = n_components
     dtype = X.dtype
     m_chunk = chunk_size if chunk_size is not None else max(256, 2**20 // max(1, k * d))
     m_chunk = int(min(m_chunk, n))
+    active = _active(k, n_active)
     if init_params == "random":
         def resp_of(start, size):
-            return uniform_responsibilities(key, start, size, k, dtype)
+            return uniform_responsibilities(key, start, size, k, dtype, active)
     else:
         centers = _init_centers(key, X, k, init_params, sample_weight, n_lloyd, center,
-                                chunk_size)
+                                chunk_size, n_active)
 
         def resp_of(start, size):
             x = rows(X, start, size)
             x = x if center is None else x - center
-            labels = jnp.argmin(kmeans.squared_distances(x, centers), axis=1)
+            labels = jnp.argmin(
+                kmeans.mask_inactive(kmeans.squared_distances(x, centers), active), axis=1)
             return jax.nn.one_hot(labels, k, dtype=dtype)
 
     return _stats_chunked(resp_of, X, sample_weight, center, n_components=k,
@@ -211,7 +228,7 @@ def m_step_from_stats(stats: steps.SuffStats, *, covariance_type: str,
 
 def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 1e-3, *,
                plan: plan_lib.PassPlan | None = None, center: Array | None = None,
-               inputs=None):
+               inputs=None, active: Array | None = None):
     """The GMM as the driver sees it: ``(e_step, m_step, repair)`` over ``data = (X, w)``.
 
     The static ``plan`` (:func:`emjax.gmm.plan.make_plan`) chooses the steps. ``plan.fused``:
@@ -234,13 +251,24 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
     ``repair`` is :func:`reseed_empty`: it re-seeds every component whose responsibility mass
     fell below ``empty_threshold`` (in units of the mean sample weight), reading the mass from
     the statistics and the worst-explained samples from the per-sample log-likelihoods.
+
+    ``active``: optional ``(n_components,)`` bool (traced), the components that exist; the
+    others are padding (so that fits of nearby ``n_components`` share one program): weight 0
+    (their log-weight is ``-inf`` in every E-step, so they take no responsibility), never
+    re-seeded, and the M-step renormalises the weights of the active ones.
     """
     blocked = None if plan is None else plan.blocked_inverse
     cond = True if plan is None else plan.reseed_cond
     small = plan is not None and plan.unrolled
     m_kw = dict(covariance_type=covariance_type, reg_covar=reg_covar, blocked_inverse=blocked,
                 lapack=True if plan is None else plan.lapack, unrolled=small)
-    r_kw = dict(covariance_type=covariance_type, empty_threshold=empty_threshold, cond=cond)
+    r_kw = dict(covariance_type=covariance_type, empty_threshold=empty_threshold, cond=cond,
+                active=active)
+
+    def masked(flagged):
+        if active is None:
+            return flagged
+        return em.Flagged(steps.mask_params(flagged.params, active), flagged.flags)
 
     def candidates(stats, ll, w, rank):
         # The repair's candidates, not the (N,) log-likelihoods: N floats in the loop state
@@ -248,8 +276,9 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
         k = stats.nk.shape[0]
         if plan.reseed_cond:
             # Under vmap, ranked only when a fit of the batch has an empty component.
+            empty = empty_components(stats.nk, w, empty_threshold)
             return rare_cond(
-                jnp.any(empty_components(stats.nk, w, empty_threshold)),
+                jnp.any(empty if active is None else empty & active),
                 lambda op: rank(op[0], op[1], k), lambda op: jnp.zeros((k,), jnp.int32),
                 (ll, w))
         return rank(ll, w, k)
@@ -259,7 +288,7 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
                             candidates=estats[1], **r_kw)
 
     def m_step(estats, data):
-        return m_step_from_stats(estats[0], **m_kw)
+        return masked(m_step_from_stats(estats[0], **m_kw))
 
     if small and not plan.fused:
         def small_e_step(params, data):
@@ -278,7 +307,7 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
             X, w = data
             stats = steps.m_step_stats(jnp.exp(estats[0]), X, covariance_type=covariance_type,
                                        sample_weight=w)
-            return m_step_from_stats(stats, **m_kw)
+            return masked(m_step_from_stats(stats, **m_kw))
 
         def dense_repair(params, estats, data):
             return reseed_empty(params, estats[0], estats[1], *data, **r_kw)
@@ -306,9 +335,11 @@ def _per_restart(f, keys):
     return jax.vmap(f)(keys)
 
 
-def _fit_program(X, key, sample_weight, initial, tol, ll_prev, n_used=None, max_iter=None, *,
-                 options, callback, plan):
+def _fit_program(X, key, sample_weight, initial, tol, ll_prev, n_used=None, max_iter=None,
+                 n_active=None, *, options, callback, plan):
     # options.max_iter is the history length; a traced max_iter (<= it) stops the loop.
+    # A traced n_active: the first n_active of options.n_components components exist, the
+    # others are padding (see make_model).
     n_components, covariance_type, init_method, reg_covar, history_size, n_init, n_lloyd = options
     if max_iter is None:
         max_iter = history_size
@@ -320,6 +351,7 @@ def _fit_program(X, key, sample_weight, initial, tol, ll_prev, n_used=None, max_
     # the passes, so a large X is held once (no centred copy). Small problems centre a copy.
     fast = plan.fused
     small = plan.unrolled and not fast
+    active = _active(n_components, n_active)
     Xc = None if fast else X - shift
     xt = Xc.T if small else None  # what the unrolled steps read, built once
 
@@ -327,10 +359,11 @@ def _fit_program(X, key, sample_weight, initial, tol, ll_prev, n_used=None, max_
     if fast:
         # What every iteration's pass reads (X^T, or the features [q, x - shift, 1]), built once.
         e_step, m_step, repair = make_model(covariance_type, reg_covar, plan=plan, center=shift,
-                                            inputs=kernels.prepare(plan, X, shift))
+                                            inputs=kernels.prepare(plan, X, shift),
+                                            active=active)
         data = (X, w)
     else:
-        e_step, m_step, repair = make_model(covariance_type, reg_covar, plan=plan)
+        e_step, m_step, repair = make_model(covariance_type, reg_covar, plan=plan, active=active)
         # X^T in the data, not in a closure: the compacting batch rule sees only arguments.
         data = (Xc, w, xt) if small else (Xc, w)
     run = functools.partial(em.run_restarts, e_step, m_step, data=data, tol=tol,
@@ -367,19 +400,22 @@ def _fit_program(X, key, sample_weight, initial, tol, ll_prev, n_used=None, max_
         # computed by the EM loop's own M-step (one copy of it in the compiled program).
         if fast:
             def stats0(k):
-                st = init_stats(k, X, n_components, center=shift, **init_kw)
+                st = init_stats(k, X, n_components, center=shift, n_active=n_active, **init_kw)
                 return (st._replace(ref=st.ref + shift), jnp.zeros((n_components,), jnp.int32))
         elif small:
             def stats0(k):
                 if init_method == "random":
-                    g = uniform_responsibilities(k, 0, X.shape[0], n_components, X.dtype).T
+                    g = uniform_responsibilities(k, 0, X.shape[0], n_components, X.dtype,
+                                                 active).T
                     st = unrolled.stats(g, xt, w, covariance_type=covariance_type)
                 else:
-                    st = unrolled.init_stats(k, Xc, xt, n_components, **init_kw)
+                    st = unrolled.init_stats(k, Xc, xt, n_components, n_active=n_active,
+                                             **init_kw)
                 return (st, jnp.zeros((n_components,), jnp.int32))
         else:
             def stats0(k):
-                r = responsibilities_init(k, Xc, n_components, init_method, w, n_lloyd)
+                r = responsibilities_init(k, Xc, n_components, init_method, w, n_lloyd,
+                                          n_active=n_active)
                 return (jnp.log(r), jnp.zeros(X.shape[:1], X.dtype))
         cls = cov_lib.COVARIANCE_CLASSES[covariance_type]
         shape = cov_lib.covariance_shape(covariance_type, n_components, d)
@@ -540,8 +576,18 @@ def fit(
     if n_rows is not None:
         # Zero-weight rows up to the size class: fits of nearby sizes share one program.
         Xa, w = pad_rows(Xa, w, n_rows)
-    if plan is None:  # planned for the rows the program runs on
-        plan = plan_lib.make_plan(o.covariance_type, dtype, Xa.shape[0], d, o.n_components)
+    n_components = o.n_components
+    k_class = None
+    if (plan is None and n_rows is not None and callback is None and not c.initial.given
+            and jax.config.jax_threefry_partitionable):
+        # Components up to their class, the extra ones padding (weight 0, never re-seeded): fits
+        # of nearby n_components share one program; the extra components are dropped.
+        k_class = component_class(n_components, n_rows, d,
+                                  n if w is None else int(np.count_nonzero(w[:n])))
+    n_active = None if k_class is None else np.int32(n_components)
+    k_class = k_class or n_components
+    if plan is None:  # planned for the rows and components the program runs on
+        plan = plan_lib.make_plan(o.covariance_type, dtype, Xa.shape[0], d, k_class)
     elif not isinstance(plan, plan_lib.PassPlan) or plan.covariance_type != o.covariance_type:
         raise ValueError(f"plan must be a PassPlan for covariance_type={o.covariance_type!r}, "
                          f"got {plan!r}")
@@ -556,9 +602,9 @@ def fit(
     # nearby n_init share one program; the extra restarts are dropped.
     n_used = np.int32(n_init) if pad_restarts else None
     # max_iter is an argument and the history as long as its class: one program for many.
-    args = (*args, n_used, np.int32(max_iter))
+    args = (*args, n_used, np.int32(max_iter), n_active)
     o = o._replace(n_init=restart_class(n_init) if pad_restarts else n_init,
-                   max_iter=history_class(max_iter))
+                   max_iter=history_class(max_iter), n_components=k_class)
     static = dict(options=o, callback=callback, plan=plan)
     jitted = _fit_jitted(plan)
     _bound_programs(Xa.shape, dtype, args, static)
@@ -573,19 +619,52 @@ def fit(
     # to it) and copies any other one, so aligned data near the memory limit is held once.
     Xd = jax.device_put(Xa)
     res = jitted(Xd, *args, **static) if compiled is None else compiled(Xd, *args)
-    if o.n_init != n_init or o.max_iter != max_iter:
-        # Drop the padded restarts and history entries on the host (slicing device arrays
-        # would compile a small program per shape).
+    if o.n_init != n_init or o.max_iter != max_iter or k_class != n_components:
+        # Drop the padded restarts, history entries and components on the host (slicing device
+        # arrays would compile a small program per shape).
         res = jax.tree_util.tree_map(np.asarray, res)
         restarts = jax.tree_util.tree_map(lambda a: a[:n_init], res.restarts)
         res = jax.device_put(res._replace(
+            params=_first_components(res.params, n_components),
             history=res.history[:max_iter],
-            restarts=restarts._replace(history=restarts.history[:, :max_iter])))
+            restarts=restarts._replace(
+                params=_first_components(restarts.params, n_components, lead=1),
+                history=restarts.history[:, :max_iter])))
     if _shares_memory(Xd, Xa):
         # The fit runs asynchronously: finish it before returning, so that a later change to the
         # caller's array cannot reach a running fit.
         jax.block_until_ready(res)
     return res
+
+
+def _first_components(params: GMMParams, k: int, lead: int = 0) -> GMMParams:
+    """``params`` (NumPy, ``lead`` leading batch axes) without the padding components after the
+    first ``k``."""
+    cut = (slice(None),) * lead + (slice(0, k),)
+    cov = params.covariance
+    if not isinstance(cov, cov_lib.TiedCovariance):
+        cov = jax.tree_util.tree_map(lambda a: a[cut], cov)
+    return GMMParams(params.weights[cut], params.means[cut], cov)
+
+
+#: Fits of up to this many components run with their components padded to it (and masked)...
+COMPONENT_CLASS = 8
+#: ... when the padded problem has at most this many values ``rows * features * components``:
+#: past it the padding's run time would outweigh a compilation.
+PAD_COMPONENTS_MAX_SIZE = 2**20
+
+
+def component_class(n_components: int, n_rows: int, n_features: int,
+                    n_weighted: int) -> int | None:
+    """The number of components a small fit of ``n_components`` runs with, the first
+    ``n_components`` active: :data:`COMPONENT_CLASS` for 2 up to it, when the padded problem is
+    small and at least that many rows have positive weight (a random start draws a distinct row
+    per component); None (not padded) otherwise."""
+    k = COMPONENT_CLASS
+    if (2 <= n_components <= k and n_rows * n_features * k <= PAD_COMPONENTS_MAX_SIZE
+            and n_weighted >= k):
+        return k
+    return None
 
 
 def history_class(max_iter: int) -> int:

@@ -1022,7 +1022,7 @@ def fit_grid(X, n_components, *, key=None, covariance_type: str = "full", tol: f
     def padded(p, k):
         if k == k_max:
             return p
-        fill = selection._filler(covariance_type, k_max - k, d, Xa.dtype, p.weights.shape[:1])
+        fill = steps.filler_params(covariance_type, k_max - k, d, Xa.dtype, p.weights.shape[:1])
         cov = p.covariance
         if covariance_type != "tied":
             cov = jax.tree_util.tree_map(lambda a, f: jnp.concatenate([a, f], 1), cov,

@@ -24,6 +24,7 @@ from emjax.gmm import GMMParams, fitting, steps
 from emjax.gmm import covariance as cov_lib
 from emjax.gmm import reseed as reseed_lib
 from emjax.gmm.options import check_fit
+from emjax.gmm.steps import mask_params
 
 Array = jax.Array
 
@@ -86,34 +87,6 @@ class SelectionResult(NamedTuple):
     covariance_type: str
     n_components: int
     params: GMMParams
-
-
-def _filler(covariance_type: str, k: int, d: int, dtype, lead: tuple = ()) -> GMMParams:
-    """Parameters of ``k`` padding components: weight 0, mean 0, identity covariance."""
-    eye_like = {
-        "full": jnp.broadcast_to(jnp.eye(d, dtype=dtype), lead + (k, d, d)),
-        "diag": jnp.ones(lead + (k, d), dtype),
-        "spherical": jnp.ones(lead + (k,), dtype),
-    }[covariance_type]
-    cov = cov_lib.COVARIANCE_CLASSES[covariance_type](eye_like, eye_like)
-    return GMMParams(jnp.zeros(lead + (k,), dtype), jnp.zeros(lead + (k, d), dtype), cov)
-
-
-def mask_params(params: GMMParams, active: Array) -> GMMParams:
-    """Force the inactive components of ``params`` to the padding values and renormalise the
-    weights of the active ones (``active``: ``(K_max,)`` bool)."""
-    k, d = params.means.shape
-    dtype = params.means.dtype
-    weights = jnp.where(active, params.weights, 0.0)
-    weights = weights / jnp.sum(weights)
-    means = jnp.where(active[:, None], params.means, 0.0)
-    cov = params.covariance
-    if not isinstance(cov, cov_lib.TiedCovariance):
-        fill = _filler(params.covariance_type, k, d, dtype).covariance
-        shape = (k,) + (1,) * (cov.covariances.ndim - 1)
-        cov = jax.tree_util.tree_map(
-            lambda a, f: jnp.where(active.reshape(shape), a, f), cov, fill)
-    return GMMParams(weights, means, cov)
 
 
 def make_masked_model(covariance_type: str, reg_covar: float, empty_threshold: float = 1e-3):

@@ -158,16 +158,17 @@ def _sq_dist(xt: Array, centers: Array) -> Array:
 
 
 def _kmeans_plusplus(key: Array, X: Array, xt: Array, k: int,
-                     sample_weight: Array | None) -> Array:
+                     sample_weight: Array | None, n_active: Array | None = None) -> Array:
     """:func:`emjax.kmeans.kmeans_plusplus` (the same draws) in the ``(centres, N)`` layout."""
     n = xt.shape[1]
     w = sample_weight
-    trials = 2 + int(math.log(k))
-    u = jax.random.uniform(key, (k, trials), X.dtype)
+    uniforms, trial_live, n_seeded = kmeans.local_trials(key, k, 2 + int(math.log(k)), n_active,
+                                                         X.dtype)
+    u0 = uniforms(0)
     if w is None:
-        first = jnp.minimum((u[0, 0] * n).astype(jnp.int32), n - 1)
+        first = jnp.minimum((u0[0] * n).astype(jnp.int32), n - 1)
     else:
-        first = kmeans._draw(u[0, :1], w)[0]
+        first = kmeans._draw(u0[:1], w)[0]
     centers = jnp.zeros((k, X.shape[1]), X.dtype).at[0].set(X[first])
     closest = _sq_dist(xt, X[first][None])[0]
 
@@ -175,17 +176,18 @@ def _kmeans_plusplus(key: Array, X: Array, xt: Array, k: int,
         centers, closest = carry
         pot = closest if w is None else w * closest
         fallback = jnp.ones_like(closest) if w is None else w
-        cand = kmeans._draw(u[c], jnp.where(jnp.sum(pot) > 0, pot, fallback))
+        cand = kmeans._draw(uniforms(c), jnp.where(jnp.sum(pot) > 0, pot, fallback))
         x_cand = X[cand]
         nc = jnp.minimum(closest[None, :], _sq_dist(xt, x_cand))  # (trials, N)
-        best = jnp.argmin(jnp.sum(nc if w is None else w[None, :] * nc, axis=1))
+        best = jnp.argmin(trial_live(jnp.sum(nc if w is None else w[None, :] * nc, axis=1)))
         return centers.at[c].set(x_cand[best]), nc[best]
 
-    return jax.lax.fori_loop(1, k, body, (centers, closest))[0]
+    return jax.lax.fori_loop(1, n_seeded, body, (centers, closest))[0]
 
 
-def _labels(xt: Array, centers: Array) -> Array:
-    return _rows_argmin(_sq_dist(xt, centers))
+def _labels(xt: Array, centers: Array, active: Array | None = None) -> Array:
+    d2 = _sq_dist(xt, centers)
+    return _rows_argmin(d2 if active is None else jnp.where(active[:, None], d2, jnp.inf))
 
 
 def _one_hot(labels: Array, k: int, dtype) -> Array:
@@ -193,12 +195,13 @@ def _one_hot(labels: Array, k: int, dtype) -> Array:
     return (labels[None, :] == jnp.arange(k)[:, None]).astype(dtype)
 
 
-def _lloyd(xt: Array, centers: Array, n_iter: int, sample_weight: Array | None) -> Array:
+def _lloyd(xt: Array, centers: Array, n_iter: int, sample_weight: Array | None,
+           active: Array | None = None) -> Array:
     """:func:`emjax.kmeans.lloyd` in the ``(centres, N)`` layout."""
     k = centers.shape[0]
 
     def step(_, c):
-        onehot = _weighted(_one_hot(_labels(xt, c), k, xt.dtype), sample_weight)
+        onehot = _weighted(_one_hot(_labels(xt, c, active), k, xt.dtype), sample_weight)
         counts = jnp.sum(onehot, axis=1)
         sums = jnp.stack([jnp.sum(onehot * xt[i][None, :], axis=1)
                           for i in range(xt.shape[0])], -1)
@@ -208,17 +211,19 @@ def _lloyd(xt: Array, centers: Array, n_iter: int, sample_weight: Array | None) 
 
 
 def init_stats(key: Array, X: Array, xt: Array, n_components: int, *, covariance_type: str,
-               init_params: str, sample_weight: Array | None, n_lloyd: int) -> SuffStats:
+               init_params: str, sample_weight: Array | None, n_lloyd: int,
+               n_active: Array | None = None) -> SuffStats:
     """The statistics of the hard initialisations of
     :func:`emjax.gmm.fitting.responsibilities_init` (``"kmeans"``, ``"k-means++"``,
     ``"random_from_data"``: the same draws) on ``X`` ``(N, D)`` and its transpose ``xt``,
-    whose M-step gives the initial parameters."""
+    whose M-step gives the initial parameters; ``n_active`` as there."""
     k = n_components
+    active = None if n_active is None else jnp.arange(k) < n_active
     if init_params == "random_from_data":
         centers = X[kmeans.sample_rows(key, X.shape[0], k, sample_weight, X.dtype)]
     else:
-        centers = _kmeans_plusplus(key, X, xt, k, sample_weight)
+        centers = _kmeans_plusplus(key, X, xt, k, sample_weight, n_active)
         if init_params == "kmeans":
-            centers = _lloyd(xt, centers, n_lloyd, sample_weight)
-    g = _one_hot(_labels(xt, centers), k, X.dtype)
+            centers = _lloyd(xt, centers, n_lloyd, sample_weight, active)
+    g = _one_hot(_labels(xt, centers, active), k, X.dtype)
     return stats(g, xt, sample_weight, covariance_type=covariance_type)

@@ -153,3 +153,40 @@ def test_only_small_data_is_padded():
     assert fitting.padded_rows(100_000, 64) is None
     n = fitting.PAD_MAX_ROWS
     assert fitting.padded_rows(n, 8) is not None and fitting.padded_rows(n + 1, 8) is None
+
+
+@pytest.mark.parametrize("covariance_type", ["tied", "diag", "spherical"])
+def test_padded_components_fit_equals_the_unpadded_traced_fit(covariance_type):
+    """K = 5 runs with 8 components, 3 of them padding (weight 0, never re-seeded, no
+    responsibility): every restart equals the traced fit of exactly 5 components, sample weights
+    and a re-seeded restart included."""
+    X = _data(97, seed=4)
+    w = np.random.default_rng(5).uniform(0.5, 2.0, 97)
+    assert fitting.component_class(5, fitting.size_class(97), 2, 97) == 8
+    kw = dict(KW, n_init=3, covariance_type=covariance_type, sample_weight=w)
+    padded = emjax.fit(X, 5, key=7, **kw)
+    exact = jax.jit(lambda X, k: emjax.fit(X, 5, key=k, **kw))(jnp.asarray(X),
+                                                               jax.random.key(7))
+    assert padded.params.means.shape == (5, 2) and padded.restarts.params.weights.shape == (3, 5)
+    np.testing.assert_array_equal(padded.restarts.n_iter, exact.restarts.n_iter)
+    np.testing.assert_allclose(padded.restarts.log_likelihood, exact.restarts.log_likelihood,
+                               rtol=1e-12)
+    for a, b in zip(jax.tree_util.tree_leaves(padded.restarts.params),
+                    jax.tree_util.tree_leaves(exact.restarts.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(np.sum(padded.params.weights), 1.0, rtol=1e-12)
+
+
+def test_component_counts_of_one_class_share_one_program():
+    X = _data(83, seed=6)
+    emjax.fit(X, 2, covariance_type="diag", **KW)  # the program of every K in 2..8 here
+    before = fitting.compiled_programs()
+    for k in (3, 5, 8):
+        res = emjax.fit(X, k, covariance_type="diag", **KW)
+        assert res.params.means.shape == (k, 2)
+    assert fitting.compiled_programs() == before
+    # Not padded: one component, large problems, fewer weighted rows than the class.
+    assert fitting.component_class(1, 128, 2, 128) is None
+    assert fitting.component_class(9, 128, 2, 128) is None
+    assert fitting.component_class(3, 2**15, 64, 2**15) is None
+    assert fitting.component_class(3, 64, 2, 7) is None
