@@ -158,8 +158,8 @@ def test_only_small_data_is_padded():
 @pytest.mark.parametrize("covariance_type", ["tied", "diag", "spherical"])
 def test_padded_components_fit_equals_the_unpadded_traced_fit(covariance_type):
     """K = 5 runs with 8 components, 3 of them padding (weight 0, never re-seeded, no
-    responsibility): every restart equals the traced fit of exactly 5 components, sample weights
-    and a re-seeded restart included."""
+    responsibility): every restart equals the traced fit of exactly 5 components, with sample
+    weights (re-seeding: the next test)."""
     X = _data(97, seed=4)
     w = np.random.default_rng(5).uniform(0.5, 2.0, 97)
     assert fitting.component_class(5, fitting.size_class(97), 2, 97) == 8
@@ -190,3 +190,34 @@ def test_component_counts_of_one_class_share_one_program():
     assert fitting.component_class(9, 128, 2, 128) is None
     assert fitting.component_class(3, 2**15, 64, 2**15) is None
     assert fitting.component_class(3, 64, 2, 7) is None
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_padding_components_are_never_reseeded(covariance_type):
+    """A component far from the data empties at once and is re-seeded; with 5 padding
+    components after it (inactive), the EM steps do exactly what they do on the 3 alone, and the
+    padding keeps weight 0."""
+    from emjax import em
+    from emjax.gmm import plan as plan_lib
+    from emjax.gmm import steps
+
+    X = jnp.asarray(_data(64, seed=8))
+    w = jnp.ones((64,))
+    p3 = emjax.fit(X, 3, key=0, covariance_type=covariance_type, max_iter=3).params
+    far = p3._replace(means=p3.means.at[0].set(1e3))
+    fill = steps.filler_params(covariance_type, 5, 2, X.dtype)
+    p8 = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), far, fill)
+    active = jnp.arange(8) < 3
+    plan = plan_lib.make_plan(covariance_type, X.dtype, 64, 2, 8)
+
+    def run(params, active):
+        e, m, r = fitting.make_model(covariance_type, 1e-6, plan=plan, active=active)
+        data = (X, w, X.T) if plan.unrolled else (X, w)
+        return em.run(e, m, params, data, tol=0.0, max_iter=5, repair=r)
+
+    a, b = run(p8, active), run(far, None)
+    assert int(a.status) & em.STATUS_RESEEDED and int(b.status) & em.STATUS_RESEEDED
+    np.testing.assert_array_equal(np.asarray(a.params.weights)[3:], 0.0)
+    np.testing.assert_allclose(a.log_likelihood, b.log_likelihood, rtol=1e-12)
+    np.testing.assert_allclose(a.params.means[:3], b.params.means, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(a.params.weights[:3], b.params.weights, rtol=1e-10)
