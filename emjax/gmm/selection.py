@@ -141,39 +141,41 @@ def _centre(X, w):
     return X - shift, shift
 
 
-@functools.partial(jax.jit, static_argnames=("n_components", "n_init", "init_method", "n_lloyd"),
+@functools.partial(jax.jit, static_argnames=("k_max", "n_init", "init_method", "n_lloyd"),
                    compiler_options=fitting.FIT_COMPILER_OPTIONS)
-def _initial_responsibilities(X, key, sample_weight, *, n_components, n_init, init_method,
+def _initial_responsibilities(X, key, sample_weight, ks, *, k_max, n_init, init_method,
                               n_lloyd):
-    """``(G, R, n_samples, K_max)`` initial responsibilities, zero in padded columns: for each K,
-    :func:`fitting.responsibilities_init` on the centred data with the restart keys of
-    :func:`fitting.fit`. It does not depend on the covariance type, so one compiled program
-    serves every type (it is most of the grid's compile time: a k-means per K)."""
+    """``(G, R, n_samples, K_max)`` initial responsibilities, zero in padded columns: for each K
+    of the grid ``ks`` ``(G,)`` (traced), :func:`fitting.responsibilities_init` of ``K_max``
+    components with the first K active (the draws of K components) on the centred data, with
+    the restart keys of :func:`fitting.fit`. One k-means, vmapped over the grid and the
+    restarts: grids of the same length and ``K_max`` share the program, and so does every
+    covariance type."""
     w = sample_weight
     Xc, _ = _centre(X, w)
     keys = jax.random.split(key, n_init)  # the same restart keys for every K, as in fit()
-    k_max = max(n_components)
 
     def initial_resp(k):
         def one(rk):
-            return fitting.responsibilities_init(rk, Xc, k, init_method, w, n_lloyd)
-        return jnp.pad(jax.vmap(one)(keys), ((0, 0), (0, 0), (0, k_max - k)))
+            return fitting.responsibilities_init(rk, Xc, k_max, init_method, w, n_lloyd,
+                                                 n_active=k)
+        return jax.vmap(one)(keys)
 
-    return jnp.stack([initial_resp(k) for k in n_components])
+    return jax.vmap(initial_resp)(ks)
 
 
 @functools.partial(
     jax.jit,
-    static_argnames=("n_components", "covariance_type", "reg_covar", "max_iter", "callback"),
+    static_argnames=("covariance_type", "reg_covar", "max_iter", "callback"),
     compiler_options=fitting.FIT_COMPILER_OPTIONS,  # as emjax.fit: the same rounding
 )
-def _grid_compiled(X, resp0, sample_weight, tol, *, n_components, covariance_type, reg_covar,
-                   max_iter, callback):
+def _grid_compiled(X, resp0, sample_weight, tol, ks, n_parameters, *, covariance_type,
+                   reg_covar, max_iter, callback):
+    # ks (G,) and n_parameters (G,) are traced: grids of one length and K_max share a program.
     w = sample_weight
     n, d = X.shape
     Xc, shift = _centre(X, w)
-    k_max = max(n_components)
-    ks = jnp.asarray(n_components)
+    k_max = resp0.shape[-1]
     active = jnp.arange(k_max)[None, :] < ks[:, None]
     e_step, m_step, repair = make_masked_model(covariance_type, reg_covar)
 
@@ -191,7 +193,7 @@ def _grid_compiled(X, resp0, sample_weight, tol, *, n_components, covariance_typ
     res = jax.vmap(per_grid_point)(params0, active)
     res = steps.uncentre(res, shift)
     n_eff = n if w is None else jnp.sum(w)
-    p = jnp.asarray([steps.n_parameters(covariance_type, k, d) for k in n_components], X.dtype)
+    p = n_parameters
     total = n_eff * res.log_likelihood
     bic = -2.0 * total + p[:, None] * jnp.log(jnp.asarray(n_eff, X.dtype))
     aic = -2.0 * total + 2.0 * p[:, None]
@@ -235,9 +237,10 @@ def fit_grid(
     n_init=n_init, ...)`` gives (the same initialisations, the same EM steps): its components are
     padded to ``max(n_components)`` and masked. The cost is that of ``len(grid) * n_init`` fits
     with ``K_max`` components, all in one vmapped ``while_loop`` (it runs until the slowest lane
-    has finished; finished lanes are frozen). The initial responsibilities (k-means per K) are a
-    separate compiled call that does not depend on the covariance type, so a second covariance
-    type on the same data and grid reuses it.
+    has finished; finished lanes are frozen). The initial responsibilities (one k-means vmapped
+    over the grid) are a separate compiled call that does not depend on the covariance type, so
+    a second covariance type on the same data and grid reuses it; the grid's values are
+    arguments, so grids of one length and ``K_max`` share both programs.
 
     Args:
       X: ``(n_samples, n_features)`` data (float32, or float64 with JAX's x64 mode on).
@@ -281,17 +284,20 @@ def fit_grid(
     Xj = jnp.asarray(Xa)
     wj = None if w is None else jnp.asarray(w)
     t0 = time.perf_counter()
-    init_static = dict(n_components=ks, n_init=n_init, init_method=init_method, n_lloyd=n_lloyd)
-    init_args = (Xj, key, wj)
+    ks_arr = np.asarray(ks, np.int32)
+    n_par = np.asarray([steps.n_parameters(covariance_type, k, Xa.shape[1]) for k in ks],
+                       dtype)
+    init_static = dict(k_max=max(ks), n_init=n_init, init_method=init_method, n_lloyd=n_lloyd)
+    init_args = (Xj, key, wj, ks_arr)
     init_fn = _initial_responsibilities.lower(*init_args, **init_static).compile()
     args = (Xj, jax.ShapeDtypeStruct((len(ks), n_init, n, max(ks)), dtype), wj,
-            jnp.asarray(tol, dtype))
-    static = dict(n_components=ks, covariance_type=covariance_type, reg_covar=reg_covar,
-                  max_iter=max_iter, callback=callback)
+            jnp.asarray(tol, dtype), ks_arr, n_par)
+    static = dict(covariance_type=covariance_type, reg_covar=reg_covar, max_iter=max_iter,
+                  callback=callback)
     grid_fn = _grid_compiled.lower(*args, **static).compile()
     t1 = time.perf_counter()
     resp0 = init_fn(*init_args)
-    out = jax.block_until_ready(grid_fn(Xj, resp0, wj, args[3]))
+    out = jax.block_until_ready(grid_fn(Xj, resp0, wj, *args[3:]))
     t2 = time.perf_counter()
     r = out.res
     return GridResult(

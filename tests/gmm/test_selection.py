@@ -101,6 +101,22 @@ def test_select_model_chooses_the_minimum_criterion(blobs):
     assert p.means.shape == (3, 3) and p.covariance.covariances.shape == (3, 3, 3)
 
 
+def test_grids_of_one_length_and_k_max_share_their_programs(blobs, caplog):
+    """The grid's values are arguments: (1, 3) runs the programs of (2, 3) above (two points,
+    K_max = 3), compiling nothing, and still fits K = 1 as K = 1."""
+    import logging
+
+    kw = dict(covariance_type="full", n_init=2, tol=1e-9, max_iter=60, key=jax.random.key(0))
+    selection.fit_grid(blobs, (2, 3), **kw)  # compiled by the tests above when run with them
+    with caplog.at_level(logging.DEBUG), jax.log_compiles(True):
+        grid = selection.fit_grid(blobs, (1, 3), **kw)
+    assert not [r for r in caplog.records if "Finished XLA compilation" in r.getMessage()]
+    p = selection.grid_params(grid, 0)
+    assert p.means.shape == (1, 3)
+    np.testing.assert_allclose(np.asarray(p.means[0]), blobs.mean(0), rtol=1e-9)
+    np.testing.assert_array_equal(np.asarray(grid.params.weights[0])[:, 1:], 0.0)
+
+
 def test_grid_validation_messages(blobs):
     with pytest.raises(ValueError, match="n_components=200 must be <= n_samples=150"):
         selection.fit_grid(blobs, (1, 200))
