@@ -195,6 +195,11 @@ def local_trials(key: Array, n_clusters: int, n_local_trials: int, n_active: Arr
     return uniforms, (lambda scores: jnp.where(live, scores, jnp.inf)), n_active
 
 
+def active_centers(n_clusters: int, n_active: Array | None) -> Array | None:
+    """``(n_clusters,)`` bool, the centres that exist (the first ``n_active``), or None."""
+    return None if n_active is None else jnp.arange(n_clusters) < n_active
+
+
 def mask_inactive(d2: Array, active: Array | None) -> Array:
     """Squared distances ``(n, n_centers)`` with the inactive centres' set to ``+inf`` (never
     nearest)."""

@@ -130,10 +130,10 @@ def main() -> None:
             results[part] = globals()[f"part_{part}"]()
         print(part, json.dumps(results[part], indent=1), flush=True)
     results["load_average_after"] = os.getloadavg()
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
+    from emjax._files import atomic_write  # after the parts: nothing imported before them
+
+    with atomic_write(args.out, "w") as f:
         json.dump(results, f, indent=1)
-    os.replace(tmp, args.out)
 
 
 if __name__ == "__main__":

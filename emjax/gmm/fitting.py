@@ -47,11 +47,6 @@ def uniform_responsibilities(key: Array, start, size: int, n_components: int, dt
     return jax.vmap(row)(start + jnp.arange(size))
 
 
-def _active(n_components: int, n_active: Array | None) -> Array | None:
-    """``(n_components,)`` bool, the components that exist (the first ``n_active``), or None."""
-    return None if n_active is None else jnp.arange(n_components) < n_active
-
-
 def _init_centers(key, X, n_components, init_params, sample_weight, n_lloyd, center,
                   chunk_size, n_active=None):
     """Centres of the hard initialisations, in the coordinates of ``X - center`` (with
@@ -64,7 +59,8 @@ def _init_centers(key, X, n_components, init_params, sample_weight, n_lloyd, cen
                                         chunk_size=chunk_size, n_active=n_active)
     if init_params == "kmeans":
         centers = kmeans.lloyd(X, centers, n_lloyd, sample_weight, center=center,
-                               chunk_size=chunk_size, active=_active(n_components, n_active))
+                               chunk_size=chunk_size,
+                               active=kmeans.active_centers(n_components, n_active))
     return centers
 
 
@@ -91,7 +87,7 @@ def responsibilities_init(
     padding and get no responsibility); the draws are those of ``n_active`` components.
     """
     n = X.shape[0]
-    active = _active(n_components, n_active)
+    active = kmeans.active_centers(n_components, n_active)
     if init_params == "random":
         return uniform_responsibilities(key, 0, n, n_components, X.dtype, active)
     centers = _init_centers(key, X, n_components, init_params, sample_weight, n_lloyd, center,
@@ -196,7 +192,7 @@ def init_stats(
     dtype = X.dtype
     m_chunk = chunk_size if chunk_size is not None else max(256, 2**20 // max(1, k * d))
     m_chunk = int(min(m_chunk, n))
-    active = _active(k, n_active)
+    active = kmeans.active_centers(k, n_active)
     if init_params == "random":
         def resp_of(start, size):
             return uniform_responsibilities(key, start, size, k, dtype, active)
@@ -351,7 +347,7 @@ def _fit_program(X, key, sample_weight, initial, tol, ll_prev, n_used=None, max_
     # the passes, so a large X is held once (no centred copy). Small problems centre a copy.
     fast = plan.fused
     small = plan.unrolled and not fast
-    active = _active(n_components, n_active)
+    active = kmeans.active_centers(n_components, n_active)
     Xc = None if fast else X - shift
     xt = Xc.T if small else None  # what the unrolled steps read, built once
 
@@ -625,26 +621,16 @@ def fit(
         res = jax.tree_util.tree_map(np.asarray, res)
         restarts = jax.tree_util.tree_map(lambda a: a[:n_init], res.restarts)
         res = jax.device_put(res._replace(
-            params=_first_components(res.params, n_components),
+            params=steps.first_components(res.params, n_components),
             history=res.history[:max_iter],
             restarts=restarts._replace(
-                params=_first_components(restarts.params, n_components, lead=1),
+                params=steps.first_components(restarts.params, n_components, lead=1),
                 history=restarts.history[:, :max_iter])))
     if _shares_memory(Xd, Xa):
         # The fit runs asynchronously: finish it before returning, so that a later change to the
         # caller's array cannot reach a running fit.
         jax.block_until_ready(res)
     return res
-
-
-def _first_components(params: GMMParams, k: int, lead: int = 0) -> GMMParams:
-    """``params`` (NumPy, ``lead`` leading batch axes) without the padding components after the
-    first ``k``."""
-    cut = (slice(None),) * lead + (slice(0, k),)
-    cov = params.covariance
-    if not isinstance(cov, cov_lib.TiedCovariance):
-        cov = jax.tree_util.tree_map(lambda a: a[cut], cov)
-    return GMMParams(params.weights[cut], params.means[cut], cov)
 
 
 #: Fits of up to this many components run with their components padded to it (and masked)...

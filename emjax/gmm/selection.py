@@ -323,11 +323,7 @@ def grid_params(grid: GridResult, index: int, restart: int | None = None) -> GMM
     """The unpadded :class:`GMMParams` of grid point ``index`` (its best restart by default)."""
     r = int(grid.best_index[index]) if restart is None else int(restart)
     k = int(grid.n_components[index])
-    p = jax.tree_util.tree_map(lambda a: a[index, r], grid.params)
-    cov = p.covariance
-    if grid.covariance_type != "tied":
-        cov = jax.tree_util.tree_map(lambda a: a[:k], cov)
-    return GMMParams(p.weights[:k], p.means[:k], cov)
+    return steps.first_components(jax.tree_util.tree_map(lambda a: a[index, r], grid.params), k)
 
 
 def best_scores(grid: GridResult, criterion: str = "bic") -> np.ndarray:

@@ -395,6 +395,16 @@ def filler_params(covariance_type: str, k: int, d: int, dtype, lead: tuple = ())
     return GMMParams(jnp.zeros(lead + (k,), dtype), jnp.zeros(lead + (k, d), dtype), cov)
 
 
+def first_components(params: GMMParams, k: int, lead: int = 0) -> GMMParams:
+    """``params`` (``lead`` leading batch axes) without the padding components after the first
+    ``k`` (tied covariances have no component axis)."""
+    cut = (slice(None),) * lead + (slice(0, k),)
+    cov = params.covariance
+    if not isinstance(cov, cov_lib.TiedCovariance):
+        cov = jax.tree_util.tree_map(lambda a: a[cut], cov)
+    return GMMParams(params.weights[cut], params.means[cut], cov)
+
+
 def mask_params(params: GMMParams, active: Array) -> GMMParams:
     """Force the inactive components of ``params`` to the padding values and renormalise the
     weights of the active ones (``active``: ``(K_max,)`` bool)."""

@@ -218,7 +218,7 @@ def init_stats(key: Array, X: Array, xt: Array, n_components: int, *, covariance
     ``"random_from_data"``: the same draws) on ``X`` ``(N, D)`` and its transpose ``xt``,
     whose M-step gives the initial parameters; ``n_active`` as there."""
     k = n_components
-    active = None if n_active is None else jnp.arange(k) < n_active
+    active = kmeans.active_centers(k, n_active)
     if init_params == "random_from_data":
         centers = X[kmeans.sample_rows(key, X.shape[0], k, sample_weight, X.dtype)]
     else:
