@@ -11,6 +11,9 @@ Parts (``--parts``, default all):
            scikit-learn fits; checks a few results against the data set fitted alone.
   real     the 64 real-data fits (iris, wine, breast cancer, digits; K in 2, 3, 5, 8; four
            covariance types; n_init = 5): total time and mean log-likelihood difference.
+  small    warm fits of 1000 x 15, K = 5, float32, n_init = 1 (the benchmark's small fits), by
+           covariance type: emjax as it runs (components padded to 8), emjax with the padding
+           off, and scikit-learn; medians of 15 after one warm-up fit each.
   real_cache  the same 64 fits with the disk cache on (emjax.enable_disk_cache, the command
            line's default), each run in a fresh process: first with the cache empty, then warm
            (the programs loaded from disk, not traced or compiled); scikit-learn in each.
@@ -18,7 +21,7 @@ Parts (``--parts``, default all):
 Writes ``experiments/results/latency.json`` (``--merge``: replaces only the parts run, each
 part with its own command, commit, date and load average). Usage::
 
-    PYTHONPATH=. python experiments/latency.py [--parts first,rows,vmap,real,real_cache] [--merge]
+    PYTHONPATH=. python experiments/latency.py [--parts first,rows,vmap,small,real,real_cache] [--merge]
 """
 
 from __future__ import annotations
@@ -211,6 +214,47 @@ def part_real(disk_cache: str | None = None) -> dict:
                 max_ll_diff=float(np.max(diffs)), fits=fits)
 
 
+def part_small(repeats: int = 15) -> dict:
+    import jax
+    import numpy as np
+    from sklearn.mixture import GaussianMixture
+
+    import emjax
+    from emjax.gmm import fitting
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from benchmark import make_data
+
+    X = make_data(1000, 15, 5, dtype=np.float32)
+    padded = fitting.component_class
+
+    def median_ms(fit_once):
+        fit_once()  # compiled (or warmed up)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fit_once()
+            times.append(time.perf_counter() - t)
+        return 1e3 * float(np.median(times))
+
+    out = {}
+    for ct in ("full", "tied", "diag", "spherical"):
+        row = {}
+        for name, cls in (("emjax_ms", padded), ("emjax_unpadded_ms", lambda *a: None)):
+            fitting.component_class = cls
+            try:
+                row[name] = median_ms(lambda: jax.block_until_ready(
+                    emjax.fit(X, 5, covariance_type=ct).log_likelihood))
+            finally:
+                fitting.component_class = padded
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            row["sklearn_ms"] = median_ms(
+                lambda: GaussianMixture(5, covariance_type=ct, random_state=0).fit(X))
+        out[ct] = row
+    return out
+
+
 def part_real_cache() -> dict:
     env = dict(os.environ, PYTHONPATH=os.getcwd())
     out = {}
@@ -226,7 +270,7 @@ def part_real_cache() -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--parts", default="first,rows,vmap,real,real_cache")
+    ap.add_argument("--parts", default="first,rows,vmap,small,real,real_cache")
     ap.add_argument("--out", default="experiments/results/latency.json")
     ap.add_argument("--merge", action="store_true",
                     help="keep the other parts of an existing --out file")
