@@ -21,7 +21,8 @@ Parts (``--parts``, default all):
 Writes ``experiments/results/latency.json`` (``--merge``: replaces only the parts run, each
 part with its own command, commit, date and load average). Usage::
 
-    PYTHONPATH=. python experiments/latency.py [--parts first,rows,vmap,small,real,real_cache] [--merge]
+    PYTHONPATH=. python experiments/latency.py \
+        [--parts first,rows,vmap,small,real,real_cache] [--merge]
 """
 
 from __future__ import annotations
