@@ -22,7 +22,6 @@ covariance floor are absolute, and a raw-cycle polynomial basis is badly conditi
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import math
 from typing import NamedTuple
@@ -34,7 +33,7 @@ from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import logsumexp
 
 from emjax import _validation as v
-from emjax import em, kmeans
+from emjax import _xla, em, kmeans
 from emjax._linalg import after
 
 Array = jax.Array
@@ -602,13 +601,8 @@ def icl(params: FMMParams, data: FMMData) -> Array:
     return _criteria(jnp.sum(post.log_lik), post.log_resp, params, data)[1]
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("n_components", "max_iter", "n_init", "init", "ridge", "n_lloyd",
-                     "cov_floor", "noise_floor", "min_mass"),
-)
-def _fit_compiled(data, key, rtol, prior, params_init, *, n_components, max_iter, n_init, init,
-                  ridge, n_lloyd, cov_floor, noise_floor, min_mass):
+def _fit_program(data, key, rtol, prior, params_init, *, n_components, max_iter, n_init, init,
+                 ridge, n_lloyd, cov_floor, noise_floor, min_mass):
     if params_init is None:
         keys = jax.random.split(key, n_init)
         params0 = jax.vmap(lambda k: init_params(
@@ -627,6 +621,13 @@ def _fit_compiled(data, key, rtol, prior, params_init, *, n_components, max_iter
     bic_, icl_ = _criteria(ll, post.log_resp, best.params, data)
     return FMMFitResult.extend(best, log_likelihood=ll, objective=best.log_likelihood, bic=bic_,
                                icl=icl_, responsibilities=jnp.exp(post.log_resp))
+
+
+#: The compiled fit, one per set of XLA options (:func:`emjax._xla.compiler_options`).
+_fit_compiled = _xla.JitByOptions(
+    _fit_program,
+    static_argnames=("n_components", "max_iter", "n_init", "init", "ridge", "n_lloyd",
+                     "cov_floor", "noise_floor", "min_mass"))
 
 
 def fit(
@@ -702,7 +703,10 @@ def fit(
         if (prior.cov_scale is None) != (prior.cov_dof is None) or \
                 (prior.noise_shape is None) != (prior.noise_scale is None):
             raise ValueError("Prior: give cov_scale with cov_dof and noise_shape with noise_scale")
-    return _fit_compiled(
+    # Inside a caller's trace the fit is inlined (a nested jit carries no compiler options).
+    options = () if v.is_traced(data, key, prior, params_init) else _xla.compiler_options(
+        "failure_mode", L * C * int(n_components) * p * p)
+    return _fit_compiled[options](
         data, v.as_key(key), jnp.asarray(tol, dtype), prior, params_init,
         n_components=int(n_components),
         max_iter=int(max_iter), n_init=int(n_init), init=init, ridge=float(ridge),

@@ -14,7 +14,7 @@ import numpy as np
 from jax.scipy.special import logsumexp
 
 from emjax import _validation as v
-from emjax import em
+from emjax import _xla, em
 from emjax.families.base import (
     Family,
     MixtureParams,
@@ -69,8 +69,7 @@ def check_data(X, family: Family, name: str = "X") -> np.ndarray:
     return arr
 
 
-@functools.partial(jax.jit, static_argnames=("family", "n_components", "max_iter", "n_init"))
-def _fit_compiled(X, key, w, tol, params_init, *, family, n_components, max_iter, n_init):
+def _fit_program(X, key, w, tol, params_init, *, family, n_components, max_iter, n_init):
     data = family.encode(X)
     if params_init is None:
         keys = jax.random.split(key, n_init)
@@ -81,6 +80,11 @@ def _fit_compiled(X, key, w, tol, params_init, *, family, n_components, max_iter
     res = em.run_restarts(e_step, m_step, params0, (data, w), tol=tol, max_iter=max_iter,
                           compact=True)
     return FitResult.extend(em.best_restart(res), family=family)
+
+
+#: The compiled fit, one per set of XLA options (:func:`emjax._xla.compiler_options`).
+_fit_compiled = _xla.JitByOptions(
+    _fit_program, static_argnames=("family", "n_components", "max_iter", "n_init"))
 
 
 def _as_params(params: MixtureParams, dtype) -> MixtureParams:
@@ -154,9 +158,11 @@ def fit(
             raise ValueError(f"params_init has weights of shape {p0.weights.shape}; expected "
                              f"({k},) or (n_init, {k})")
         n_init = p0.weights.shape[0]
-    return _fit_compiled(jnp.asarray(Xa), v.as_key(key), None if w is None else jnp.asarray(w),
-                         jnp.asarray(tol, Xa.dtype), p0, family=bound, n_components=k,
-                         max_iter=max_iter, n_init=n_init)
+    options = _xla.compiler_options("families", n * Xa.shape[1] * k)
+    return _fit_compiled[options](
+        jnp.asarray(Xa), v.as_key(key), None if w is None else jnp.asarray(w),
+        jnp.asarray(tol, Xa.dtype), p0, family=bound, n_components=k, max_iter=max_iter,
+        n_init=n_init)
 
 
 @functools.partial(jax.jit, static_argnames=("family",))

@@ -46,7 +46,7 @@ from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import logsumexp
 
 from emjax import _validation as v
-from emjax import em
+from emjax import _xla, em
 from emjax._linalg import after
 from emjax.gmm import covariance as cov_lib
 from emjax.gmm import fitting
@@ -899,8 +899,7 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
 # Fitting
 
 
-@functools.partial(jax.jit, static_argnames=("options", "callback"))
-def _fit_compiled(data, key, initial, tol, *, options, callback):
+def _fit_program(data, key, initial, tol, *, options, callback):
     k, covariance_type, init_method, reg_covar, max_iter, n_init, n_lloyd = options
     d = data.x.shape[1]
     dtype = data.x.dtype
@@ -938,6 +937,16 @@ def _fit_compiled(data, key, initial, tol, *, options, callback):
         res = run(params0, estats0_batched=jax.vmap(stats0)(keys))
     res = res._replace(params=res.params._replace(means=res.params.means + data.center))
     return em.best_restart(res)
+
+
+#: The compiled fit, one per set of XLA options (:func:`emjax._xla.compiler_options`).
+_fit_compiled = _xla.JitByOptions(_fit_program, static_argnames=("options", "callback"))
+
+
+def _compiled_fit(data: MissingData, n_components: int):
+    """The compiled fit with the XLA options of ``data``'s size."""
+    n, d = data.x.shape
+    return _fit_compiled[_xla.compiler_options("missing", n * d * n_components)]
 
 
 def fit(
@@ -983,8 +992,9 @@ def fit(
     o = c.options
     data, _ = layout(c.X, c.sample_weight, o.n_components, o.covariance_type, chunk_size)
     data = jax.tree_util.tree_map(jnp.asarray, data)
-    return _fit_compiled(data, c.key, c.initial, jnp.asarray(c.tol, c.X.dtype), options=o,
-                         callback=callback)
+    return _compiled_fit(data, o.n_components)(data, c.key, c.initial,
+                                               jnp.asarray(c.tol, c.X.dtype), options=o,
+                                               callback=callback)
 
 
 def fit_grid(X, n_components, *, key=None, covariance_type: str = "full", tol: float = 1e-3,
@@ -1011,9 +1021,10 @@ def fit_grid(X, n_components, *, key=None, covariance_type: str = "full", tol: f
 
     def fit_k(k):
         data, _ = layout(Xa, w, k, covariance_type)
-        return _fit_compiled(jax.tree_util.tree_map(jnp.asarray, data), c.key, c.initial,
-                             jnp.asarray(c.tol, Xa.dtype),
-                             options=c.options._replace(n_components=k), callback=callback)
+        data = jax.tree_util.tree_map(jnp.asarray, data)
+        return _compiled_fit(data, k)(data, c.key, c.initial, jnp.asarray(c.tol, Xa.dtype),
+                                      options=c.options._replace(n_components=k),
+                                      callback=callback)
 
     fits = [fit_k(k) for k in ks]
     fits = jax.device_get(fits)

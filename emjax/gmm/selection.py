@@ -19,7 +19,7 @@ import numpy as np
 from jax.scipy.special import logsumexp
 
 from emjax import _validation as v
-from emjax import em
+from emjax import _xla, em
 from emjax.gmm import GMMParams, fitting, steps
 from emjax.gmm import covariance as cov_lib
 from emjax.gmm import reseed as reseed_lib
@@ -141,9 +141,7 @@ def _centre(X, w):
     return X - shift, shift
 
 
-@functools.partial(jax.jit, static_argnames=("k_max", "n_init", "init_method", "n_lloyd"),
-                   compiler_options=fitting.FIT_COMPILER_OPTIONS)
-def _initial_responsibilities(X, key, sample_weight, ks, *, k_max, n_init, init_method,
+def _initial_responsibilities_program(X, key, sample_weight, ks, *, k_max, n_init, init_method,
                               n_lloyd):
     """``(G, R, n_samples, K_max)`` initial responsibilities, zero in padded columns: for each K
     of the grid ``ks`` ``(G,)`` (traced), :func:`fitting.responsibilities_init` of ``K_max``
@@ -164,12 +162,13 @@ def _initial_responsibilities(X, key, sample_weight, ks, *, k_max, n_init, init_
     return jax.vmap(initial_resp)(ks)
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("covariance_type", "reg_covar", "max_iter", "callback"),
-    compiler_options=fitting.FIT_COMPILER_OPTIONS,  # as emjax.fit: the same rounding
-)
-def _grid_compiled(X, resp0, sample_weight, tol, ks, n_parameters, *, covariance_type,
+#: One per set of XLA options (:func:`emjax._xla.compiler_options`), as :data:`_grid_compiled`.
+_initial_responsibilities = _xla.JitByOptions(
+    _initial_responsibilities_program, static_argnames=("k_max", "n_init", "init_method",
+                                                        "n_lloyd"))
+
+
+def _grid_program(X, resp0, sample_weight, tol, ks, n_parameters, *, covariance_type,
                    reg_covar, max_iter, callback):
     # ks (G,) and n_parameters (G,) are traced: grids of one length and K_max share a program.
     w = sample_weight
@@ -199,6 +198,11 @@ def _grid_compiled(X, resp0, sample_weight, tol, ks, n_parameters, *, covariance
     aic = -2.0 * total + 2.0 * p[:, None]
     best = jax.vmap(em.best_index)(res.log_likelihood)
     return _GridArrays(res.params, active, res, bic, aic, best)
+
+
+#: The compiled grid, one per set of XLA options (:func:`emjax._xla.compiler_options`).
+_grid_compiled = _xla.JitByOptions(
+    _grid_program, static_argnames=("covariance_type", "reg_covar", "max_iter", "callback"))
 
 
 def _check_grid(n_components) -> tuple:
@@ -289,12 +293,13 @@ def fit_grid(
                        dtype)
     init_static = dict(k_max=max(ks), n_init=n_init, init_method=init_method, n_lloyd=n_lloyd)
     init_args = (Xj, key, wj, ks_arr)
-    init_fn = _initial_responsibilities.lower(*init_args, **init_static).compile()
+    options = _xla.compiler_options("grid", n * Xa.shape[1] * max(ks) * len(ks))
+    init_fn = _initial_responsibilities[options].lower(*init_args, **init_static).compile()
     args = (Xj, jax.ShapeDtypeStruct((len(ks), n_init, n, max(ks)), dtype), wj,
             jnp.asarray(tol, dtype), ks_arr, n_par)
     static = dict(covariance_type=covariance_type, reg_covar=reg_covar, max_iter=max_iter,
                   callback=callback)
-    grid_fn = _grid_compiled.lower(*args, **static).compile()
+    grid_fn = _grid_compiled[options].lower(*args, **static).compile()
     t1 = time.perf_counter()
     resp0 = init_fn(*init_args)
     out = jax.block_until_ready(grid_fn(Xj, resp0, wj, *args[3:]))

@@ -1,0 +1,84 @@
+"""XLA compiler options of the compiled fits outside the Gaussian-mixture pass plan (the
+failure-mode mixture, other component families, Gaussian mixtures with missing values, model
+selection grids).
+
+The options are chosen on the host, before the call, by :func:`compiler_options` from the
+problem's size and a table keyed by backend (:data:`TUNING`); each option set has its own jitted
+function (:class:`JitByOptions`), so the options are part of the cache key and nothing is read
+at trace time. The measurements behind the table are in ``docs/performance.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
+
+import jax
+
+
+class CompileTuning(NamedTuple):
+    """One backend's compiler options for the fits of :data:`KINDS`."""
+
+    opt_level: int  # XLA's backend (LLVM) optimisation level of every such program
+    ir_emitters_max_values: Mapping[str, int]  # per kind: up to this size, XLA:CPU's LLVM IR
+    # emitters, which compile small programs in about half the time (larger ones run slower)
+
+
+#: The programs the table covers, each with what :func:`compiler_options` takes as its size.
+KINDS = {
+    "failure_mode": "units x channels x modes x basis functions^2",
+    "families": "rows x columns x components",
+    "missing": "rows x features x components",
+    "grid": "rows x features x largest number of components x grid points",
+}
+
+#: CPU (XLA:CPU): level 1 compiles faster than 2 with the same run time; the IR emitters up to
+#: the measured sizes where they stop paying for themselves.
+CPU = CompileTuning(
+    opt_level=1,
+    ir_emitters_max_values={"failure_mode": 2**19, "families": 2**22, "missing": 2**22,
+                            "grid": 2**23},
+)
+
+#: Unmeasured backends (GPU, TPU, others): level 1 (as every emjax fit), nothing backend-specific.
+PLAIN = CompileTuning(opt_level=1, ir_emitters_max_values={})
+
+#: ``jax.default_backend()`` -> :class:`CompileTuning`; anything else gets :data:`PLAIN`.
+TUNING = {"cpu": CPU}
+
+
+def compiler_options(kind: str, size: int, backend: str | None = None) -> tuple:
+    """The XLA options of a ``kind`` program (one of :data:`KINDS`) of ``size``, as a sorted tuple
+    of ``(name, value)`` pairs (hashable: a key of :class:`JitByOptions`)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {tuple(KINDS)}, got {kind!r}")
+    t = TUNING.get(backend or jax.default_backend(), PLAIN)
+    options = {"xla_backend_optimization_level": t.opt_level}
+    if size <= t.ir_emitters_max_values.get(kind, -1):
+        options["xla_cpu_use_fusion_emitters"] = False
+    return tuple(sorted(options.items()))
+
+
+class JitByOptions:
+    """``jax.jit(fun, **jit_kwargs)``, compiled separately for each set of XLA options.
+
+    ``f[options]`` is the jitted function with ``options`` (a tuple from
+    :func:`compiler_options`); ``f[()]`` has none, the one to call inside a caller's trace
+    (a nested jit may not carry compiler options).
+    """
+
+    def __init__(self, fun: Callable, **jit_kwargs):
+        self.fun = fun
+        self.jit_kwargs = jit_kwargs
+        self._jitted: dict = {}
+
+    def __getitem__(self, options: tuple) -> Callable:
+        if options not in self._jitted:
+            kw = dict(self.jit_kwargs, compiler_options=dict(options)) if options else \
+                self.jit_kwargs
+            self._jitted[options] = jax.jit(self.fun, **kw)
+        return self._jitted[options]
+
+    def _cache_size(self) -> int:
+        """Compiled programs held, over every option set."""
+        return sum(f._cache_size() for f in self._jitted.values())

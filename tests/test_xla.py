@@ -1,0 +1,37 @@
+"""The compiler options of the fits outside the Gaussian-mixture pass plan (emjax._xla)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from emjax import _xla
+
+LEVEL_1 = ("xla_backend_optimization_level", 1)
+IR = ("xla_cpu_use_fusion_emitters", False)
+
+
+def test_options_follow_the_backend_table_and_the_size():
+    for kind in _xla.KINDS:
+        limit = _xla.CPU.ir_emitters_max_values[kind]
+        assert _xla.compiler_options(kind, limit, backend="cpu") == (LEVEL_1, IR)
+        assert _xla.compiler_options(kind, limit + 1, backend="cpu") == (LEVEL_1,)
+        # an unmeasured backend gets nothing backend-specific
+        assert _xla.compiler_options(kind, 1, backend="tpu") == (LEVEL_1,)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        _xla.compiler_options("gmm", 1)
+
+
+def test_each_option_set_is_its_own_program_with_the_same_result():
+    f = _xla.JitByOptions(lambda x, *, n: jnp.cumsum(jnp.sin(x) * n), static_argnames=("n",))
+    x = jnp.linspace(0.0, 3.0, 11)
+    plain = f[()](x, n=2)
+    small = f[_xla.compiler_options("families", 1, backend="cpu")](x, n=2)
+    assert f._cache_size() == 2
+    np.testing.assert_allclose(small, plain, rtol=1e-6)
+    np.testing.assert_allclose(plain, np.cumsum(np.sin(np.linspace(0.0, 3.0, 11)) * 2),
+                               rtol=1e-6)
+    f[()](x, n=2)  # the same options and shapes: nothing new
+    assert f._cache_size() == 2
+    # inside a caller's trace the option-free instance nests
+    np.testing.assert_allclose(jax.jit(lambda y: f[()](y, n=2))(x), plain, rtol=1e-6)
