@@ -36,7 +36,7 @@ KINDS = {
 #: the measured sizes where they stop paying for themselves.
 CPU = CompileTuning(
     opt_level=1,
-    ir_emitters_max_values={"failure_mode": 2**19, "families": 2**22, "missing": 2**22,
+    ir_emitters_max_values={"failure_mode": 2**18, "families": 2**21, "missing": 2**22,
                             "grid": 2**23},
 )
 
