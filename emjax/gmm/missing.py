@@ -1079,8 +1079,7 @@ class RowResults(NamedTuple):
     sampled: Array | None
 
 
-@functools.partial(jax.jit, static_argnames=("sample",))
-def _rows_compiled(params: GMMParams, data: MissingData, key, *, sample: bool):
+def _rows_program(params: GMMParams, data: MissingData, key, *, sample: bool):
     k, d = params.means.shape
     n_rows = data.x.shape[0]
     dtype = data.x.dtype
@@ -1131,6 +1130,10 @@ def _rows_compiled(params: GMMParams, data: MissingData, key, *, sample: bool):
     return wlp, imp + data.center, None if smp is None else smp + data.center
 
 
+#: One per set of XLA options (:func:`emjax._xla.compiler_options`), as the fit.
+_rows_compiled = _xla.JitByOptions(_rows_program, static_argnames=("sample",))
+
+
 def row_results(params: GMMParams, X, *, key: Array | None = None) -> RowResults:
     """Per-row log-probabilities, conditional-mean imputation and (with ``key``) conditional
     samples of the rows of ``X`` (NaN = missing) under ``params``; one compiled pass."""
@@ -1144,7 +1147,8 @@ def row_results(params: GMMParams, X, *, key: Array | None = None) -> RowResults
                         features=False)
     data = jax.tree_util.tree_map(jnp.asarray, data)
     sample = key is not None
-    wlp, imp, smp = _rows_compiled(params, data, v.as_key(key), sample=sample)
+    options = _xla.compiler_options("missing", data.x.shape[0] * d * params.means.shape[0])
+    wlp, imp, smp = _rows_compiled[options](params, data, v.as_key(key), sample=sample)
     keep = rows >= 0
     order = np.argsort(rows[keep])
     take = np.flatnonzero(keep)[order]
