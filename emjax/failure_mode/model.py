@@ -35,6 +35,7 @@ from jax.scipy.special import logsumexp
 from emjax import _validation as v
 from emjax import _xla, em, kmeans
 from emjax._linalg import after
+from emjax._sizes import history_class, size_class
 
 Array = jax.Array
 
@@ -389,9 +390,12 @@ def _floor_eigenvalues(S: Array, floor) -> Array:
     return (vec * lam[..., None, :]) @ _swap(vec)
 
 
-def _m_update(gamma, m, P, resid2, n, coef_mask, *, prior, cov_floor, noise_floor):
-    """Closed-form (MAP-)M-step from weighted moments; ``coef_mask`` ``(L, C)`` or ``None``."""
+def _m_update(gamma, m, P, resid2, n, coef_mask, *, prior, cov_floor, noise_floor,
+              n_units=None):
+    """Closed-form (MAP-)M-step from weighted moments; ``coef_mask`` ``(L, C)`` or ``None``;
+    ``n_units``: the number of units (default ``L``; less when ``gamma`` is zero on padding)."""
     L, K = gamma.shape
+    L = L if n_units is None else n_units
     p = m.shape[-1]
     dtype = m.dtype
     tiny = 10 * jnp.finfo(dtype).eps
@@ -439,10 +443,17 @@ def m_step(post: FMMPosterior, data: FMMData, *, prior: Prior | None = None,
     raises eigenvalues of ``Sigma`` to at least that value, ``noise_floor`` bounds ``s2`` below
     (both are exact constrained maximisers, so the objective still cannot fall).
     """
+    return _weighted_m_step(post, data, None, prior=prior, cov_floor=cov_floor,
+                            noise_floor=noise_floor)
+
+
+def _weighted_m_step(post, data, w, *, prior, cov_floor, noise_floor):
+    """:func:`m_step` with unit weights ``w`` ``(L,)`` (0 on padding units; None: all 1)."""
     gamma = jnp.exp(post.log_resp)
+    gamma, n_units = (gamma, None) if w is None else (gamma * w[:, None], jnp.sum(w))
     trAP = jnp.einsum("lcpq,lckqp->lck", data.A, post.coef_cov)
     return _m_update(gamma, post.coef_mean, post.coef_cov, post.rss + trAP, data.n, None,
-                     prior=prior, cov_floor=cov_floor, noise_floor=noise_floor)
+                     prior=prior, cov_floor=cov_floor, noise_floor=noise_floor, n_units=n_units)
 
 
 def q_function(params: FMMParams, post: FMMPosterior, data: FMMData,
@@ -482,36 +493,46 @@ def ridge_coefficients(data: FMMData, ridge: float = 1e-3) -> Array:
 
 def init_params(key: Array, data: FMMData, n_components: int, *, init: str = "kmeans",
                 ridge: float = 1e-3, n_lloyd: int = 10, cov_floor: float = 1e-6,
-                noise_floor: float = 1e-6) -> FMMParams:
+                noise_floor: float = 1e-6, unit_weight: Array | None = None) -> FMMParams:
     """Initial parameters (pure; vmappable over ``key``).
 
     Per-unit ridge coefficients, concatenated over channels and standardised, are clustered by
     k-means++ and ``n_lloyd`` Lloyd steps (``init="kmeans"``) or the units get random Dirichlet
     responsibilities (``init="random"``). Then ``gamma = 0.9 onehot + 0.1 / K`` and one M-step
     with ``m = beta``, ``P = 0`` (channels with fewer than ``p`` values do not enter the means and
-    covariances) and ``1e-4 I`` added to each ``Sigma``.
+    covariances) and ``1e-4 I`` added to each ``Sigma``. ``unit_weight``: optional ``(L,)``, 0 on
+    padding units (``init="kmeans"`` only), which then enter no statistic and are never drawn.
     """
     L, C = data.n.shape
     p = data.A.shape[-1]
     K = n_components
     dtype = data.x.dtype
     beta = ridge_coefficients(data, ridge)  # (L, C, p)
+    w = unit_weight
     if init == "random":
         gamma = jax.random.dirichlet(key, jnp.ones((K,), dtype), (L,)).astype(dtype)
     else:
         feats = beta.reshape(L, C * p)
-        feats = (feats - jnp.mean(feats, 0)) / (jnp.std(feats, 0) + 1e-12)
-        centers, _ = kmeans.kmeans_plusplus(key, feats, K)
-        centers = kmeans.lloyd(feats, centers, n_lloyd)
+        if w is None:
+            mean, sd = jnp.mean(feats, 0), jnp.std(feats, 0)
+        else:
+            mean = w @ feats / jnp.sum(w)
+            sd = jnp.sqrt(w @ (feats - mean) ** 2 / jnp.sum(w))
+        feats = (feats - mean) / (sd + 1e-12)
+        centers, _ = kmeans.kmeans_plusplus(key, feats, K, sample_weight=w)
+        centers = kmeans.lloyd(feats, centers, n_lloyd, sample_weight=w)
         onehot = jax.nn.one_hot(kmeans.assign(feats, centers), K, dtype=dtype)
         gamma = 0.9 * onehot + 0.1 / K
+    n_units = None
+    if w is not None:
+        gamma, n_units = gamma * w[:, None], jnp.sum(w)
     res = (data.x - jnp.einsum("lnp,lcp->lcn", data.design, beta)) * data.obs
     rss = jnp.broadcast_to(jnp.sum(res * res, -1)[..., None], (L, C, K))
     m = jnp.broadcast_to(beta[:, :, None], (L, C, K, p))
     ok = (data.n >= p).astype(dtype)
     ok = jnp.where(jnp.sum(ok, 0, keepdims=True) > 0, ok, jnp.ones_like(ok))
     params = _m_update(gamma, m, jnp.zeros((L, C, K, p, p), dtype), rss, data.n, ok, prior=None,
-                       cov_floor=cov_floor, noise_floor=noise_floor)
+                       cov_floor=cov_floor, noise_floor=noise_floor, n_units=n_units)
     return params._replace(covs=params.covs + 1e-4 * jnp.eye(p, dtype=dtype))
 
 
@@ -525,19 +546,36 @@ def make_model(*, prior: Prior | None = None, cov_floor: float = 1e-6,
     different unit for each), its covariances and noise variances to the largest mode's, its
     weight to ``1 / (2K)`` before renormalising.
     """
+    e_fn, m_fn, repair = _weighted_model(prior, cov_floor, noise_floor, min_mass)
+    return (lambda params, data: e_fn(params, (data, None)),
+            lambda post, data: m_fn(post, (data, None)),
+            lambda params, post, data: repair(params, post, (data, None)))
 
-    def e_fn(params, data):
-        return e_step(params, data, prior)
 
-    def m_fn(post, data):
-        return m_step(post, data, prior=prior, cov_floor=cov_floor, noise_floor=noise_floor)
+def _weighted_model(prior, cov_floor, noise_floor, min_mass):
+    """:func:`make_model` over ``(data, w)``: unit weights ``w`` ``(L,)``, 0 on padding units
+    (which then enter no sum and are never a re-seeding candidate), or None (all 1)."""
 
-    def repair(params, post, data):
+    def e_fn(params, dw):
+        data, w = dw
+        post = posterior(params, data)
+        ll = post.log_lik if w is None else w * post.log_lik
+        return post, jnp.sum(ll) + log_prior(params, prior)
+
+    def m_fn(post, dw):
+        data, w = dw
+        return _weighted_m_step(post, data, w, prior=prior, cov_floor=cov_floor,
+                                noise_floor=noise_floor)
+
+    def repair(params, post, dw):
+        _, w = dw
         K = params.weights.shape[0]
-        Nk = jnp.sum(jnp.exp(post.log_resp), 0)
+        gamma = jnp.exp(post.log_resp)
+        Nk = jnp.sum(gamma if w is None else gamma * w[:, None], 0)
         empty = Nk < min_mass
         big = jnp.argmax(Nk)
-        worst = jax.lax.top_k(-post.log_lik, K)[1]
+        badness = -post.log_lik if w is None else jnp.where(w > 0, -post.log_lik, -jnp.inf)
+        worst = jax.lax.top_k(badness, K)[1]
         rank = jnp.clip(jnp.cumsum(empty) - 1, 0, K - 1)
         seeds = post.coef_mean[worst[rank], :, big]  # (K, C, p)
         means = jnp.where(empty[None, :, None], jnp.swapaxes(seeds, 0, 1), params.means)
@@ -580,11 +618,13 @@ def n_parameters(n_components: int, n_channels: int, n_basis: int) -> int:
     return (n_components - 1) + n_components * n_channels * (p + p * (p + 1) // 2 + 1)
 
 
-def _criteria(ll, log_resp, params, data):
+def _criteria(ll, log_resp, params, data, w=None):
+    """``(BIC, ICL)``; ``w``: optional unit weights, 0 on padding units."""
     C, K, p = params.means.shape
-    L = data.n.shape[0]
+    L = data.n.shape[0] if w is None else jnp.sum(w)
     bic_ = -2.0 * ll + n_parameters(K, C, p) * jnp.log(jnp.asarray(L, ll.dtype))
-    entropy = -jnp.sum(jnp.exp(log_resp) * log_resp)
+    ent = jnp.exp(log_resp) * log_resp
+    entropy = -jnp.sum(ent if w is None else w[:, None] * ent)
     return bic_, bic_ + 2.0 * entropy
 
 
@@ -601,24 +641,26 @@ def icl(params: FMMParams, data: FMMData) -> Array:
     return _criteria(jnp.sum(post.log_lik), post.log_resp, params, data)[1]
 
 
-def _fit_program(data, key, rtol, prior, params_init, *, n_components, max_iter, n_init, init,
-                 ridge, n_lloyd, cov_floor, noise_floor, min_mass):
+def _fit_program(data, key, rtol, prior, params_init, unit_weight, max_iter, *, n_components,
+                 history_size, n_init, init, ridge, n_lloyd, cov_floor, noise_floor, min_mass):
+    # unit_weight: None, or 0 on the units padding the fleet to its size class; max_iter is
+    # traced (history_size static): fits of one size class and history class share a program.
+    w = unit_weight
     if params_init is None:
         keys = jax.random.split(key, n_init)
         params0 = jax.vmap(lambda k: init_params(
             k, data, n_components, init=init, ridge=ridge, n_lloyd=n_lloyd,
-            cov_floor=cov_floor, noise_floor=noise_floor))(keys)
+            cov_floor=cov_floor, noise_floor=noise_floor, unit_weight=w))(keys)
     else:
         params0 = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (n_init,) + a.shape),
                                          params_init)
-    e_fn, m_fn, repair = make_model(prior=prior, cov_floor=cov_floor, noise_floor=noise_floor,
-                                    min_mass=min_mass)
-    res = em.run_restarts(e_fn, m_fn, params0, data, tol=0.0, rtol=rtol, max_iter=max_iter,
-                          repair=repair)
+    e_fn, m_fn, repair = _weighted_model(prior, cov_floor, noise_floor, min_mass)
+    res = em.run_restarts(e_fn, m_fn, params0, (data, w), tol=0.0, rtol=rtol,
+                          max_iter=max_iter, repair=repair, history_size=history_size)
     best = em.best_restart(res)
     post = posterior(best.params, data)
-    ll = jnp.sum(post.log_lik)
-    bic_, icl_ = _criteria(ll, post.log_resp, best.params, data)
+    ll = jnp.sum(post.log_lik if w is None else w * post.log_lik)
+    bic_, icl_ = _criteria(ll, post.log_resp, best.params, data, w)
     return FMMFitResult.extend(best, log_likelihood=ll, objective=best.log_likelihood, bic=bic_,
                                icl=icl_, responsibilities=jnp.exp(post.log_resp))
 
@@ -626,7 +668,7 @@ def _fit_program(data, key, rtol, prior, params_init, *, n_components, max_iter,
 #: The compiled fit, one per set of XLA options (:func:`emjax._xla.compiler_options`).
 _fit_compiled = _xla.JitByOptions(
     _fit_program,
-    static_argnames=("n_components", "max_iter", "n_init", "init", "ridge", "n_lloyd",
+    static_argnames=("n_components", "history_size", "n_init", "init", "ridge", "n_lloyd",
                      "cov_floor", "noise_floor", "min_mass"))
 
 
@@ -703,16 +745,46 @@ def fit(
         if (prior.cov_scale is None) != (prior.cov_dof is None) or \
                 (prior.noise_shape is None) != (prior.noise_scale is None):
             raise ValueError("Prior: give cov_scale with cov_dof and noise_shape with noise_scale")
-    # Inside a caller's trace the fit is inlined (a nested jit carries no compiler options).
-    options = () if v.is_traced(data, key, prior, params_init) else _xla.compiler_options(
-        "failure_mode", L * C * int(n_components) * p * p)
-    return _fit_compiled[options](
-        data, v.as_key(key), jnp.asarray(tol, dtype), prior, params_init,
-        n_components=int(n_components),
-        max_iter=int(max_iter), n_init=int(n_init), init=init, ridge=float(ridge),
-        n_lloyd=int(n_lloyd), cov_floor=float(cov_floor), noise_floor=float(noise_floor),
-        min_mass=float(min_mass),
-    )
+    key = v.as_key(key)
+    static = dict(n_components=int(n_components), history_size=history_class(max_iter),
+                  n_init=int(n_init), init=init, ridge=float(ridge), n_lloyd=int(n_lloyd),
+                  cov_floor=float(cov_floor), noise_floor=float(noise_floor),
+                  min_mass=float(min_mass))
+    args = (jnp.asarray(tol, dtype), prior, params_init)
+    if v.is_traced(data, key, prior, params_init):
+        # Inside a caller's trace the fit is inlined (a nested jit carries no compiler options)
+        # and runs on the units as given.
+        return _fit_compiled[()](data, key, *args, None, jnp.int32(max_iter), **static)
+    # Units padded to their size class with units of weight 0 (they enter no sum): fleets of
+    # nearby sizes share one program. Random starts draw per unit, so they run unpadded.
+    n_units = size_class(L) if init == "kmeans" or params_init is not None else L
+    w = None
+    if n_units > L:
+        data, w = _pad_units(data, n_units)
+    options = _xla.compiler_options("failure_mode", n_units * C * int(n_components) * p * p)
+    res = _fit_compiled[options](data, key, *args, w, np.int32(max_iter), **static)
+    if n_units == L and static["history_size"] == max_iter:
+        return res
+    # Drop the padding units and history entries on the host (slicing device arrays would
+    # compile a small program per shape).
+    res = jax.tree_util.tree_map(np.asarray, res)
+    return jax.device_put(dataclasses.replace(
+        res, history=res.history[:max_iter], responsibilities=res.responsibilities[:L],
+        restarts=res.restarts._replace(history=res.restarts.history[:, :max_iter])))
+
+
+def _pad_units(data: FMMData, n_units: int) -> tuple[FMMData, np.ndarray]:
+    """``data`` with units of no observation appended up to ``n_units`` (NumPy leaves: padding
+    on the device would compile a program per shape), and the unit weights (1, then 0)."""
+    L = data.n.shape[0]
+
+    def pad(a):
+        a = np.asarray(a)
+        return np.concatenate([a, np.zeros((n_units - L,) + a.shape[1:], a.dtype)])
+
+    padded = FMMData(*(pad(a) for a in data[:-1]), np.asarray(data.t_scale))
+    w = np.concatenate([np.ones(L, data.x.dtype), np.zeros(n_units - L, data.x.dtype)])
+    return padded, w
 
 
 # --------------------------------------------------------------------------------------------

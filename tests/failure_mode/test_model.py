@@ -437,3 +437,26 @@ def test_prognostic_intervals_with_uncertain_modes_are_calibrated(easy):
     lo, hi = fc.rul_interval(0.8)
     true = fail - t_now
     assert 0.75 <= np.mean((lo <= true) & (true <= hi)) <= 0.85
+
+
+def test_fleets_of_one_size_class_share_one_program_and_equal_the_fit_as_given():
+    """Units are padded to a size class with units of weight 0 and ``max_iter`` is an argument:
+    57 units after 60 (class 64) and 6 iterations after 7 compile nothing; the result equals
+    the fit of the 57 units as given (traced under jit: no padding)."""
+    data = fd.make_synthetic(3, setting="easy", n_units=60, n_obs=(5, 20)).to_data()
+    sub = data._replace(**{f: getattr(data, f)[:57] for f in data._fields if f != "t_scale"})
+    kw = dict(n_init=2, max_iter=6)
+    fm.fit(data, 2, key=jax.random.key(0), n_init=2, max_iter=7)
+    before = fm.model._fit_compiled._cache_size()
+    got = fm.fit(sub, 2, key=jax.random.key(0), **kw)
+    assert fm.model._fit_compiled._cache_size() == before
+    assert got.responsibilities.shape == (57, 2) and got.history.shape == (6,)
+    assert got.restarts.history.shape == (2, 6)
+    ref = jax.jit(lambda d, k: fm.fit(d, 2, key=k, **kw))(sub, jax.random.key(0))
+    assert ref.responsibilities.shape == (57, 2)
+    for a, b in ((got.log_likelihood, ref.log_likelihood), (got.bic, ref.bic),
+                 (got.icl, ref.icl)):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    np.testing.assert_allclose(got.responsibilities, ref.responsibilities, atol=1e-10)
+    np.testing.assert_allclose(got.params.means, ref.params.means, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(got.restarts.n_iter, ref.restarts.n_iter)
