@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 
 def history_class(max_iter: int) -> int:
     """The history length of a fit of at most ``max_iter`` iterations: the next power of two
@@ -40,3 +42,34 @@ def size_class(n: int) -> int:
     multiple of 8 (so at most 19 % padding rows)."""
     n = int(n)
     return 64 if n <= 64 else _ladder_class(n, 8)
+
+
+#: Fits of up to this many rows are padded to their size class. Past it a fit runs long enough
+#: that a compilation per row count costs little, while padding would add rows, a weighted pass
+#: and a copy to every iteration.
+PAD_MAX_ROWS = 2**15
+#: ... and while the padded copy stays below this many bytes (emjax.gmm.fitting's large data).
+PAD_MAX_BYTES = 2**26
+
+
+def padded_rows(n: int, row_bytes: int) -> int | None:
+    """Rows a fit of ``n`` rows runs on: its :func:`size_class`, or None (as given) past
+    ``PAD_MAX_ROWS`` rows or when the padded copy would reach ``PAD_MAX_BYTES``."""
+    c = size_class(n)
+    return None if n > PAD_MAX_ROWS or c * row_bytes >= PAD_MAX_BYTES else c
+
+
+def pad_rows(X: np.ndarray, sample_weight: np.ndarray | None, n_rows: int):
+    """``(X, sample_weight)`` with rows appended up to ``n_rows``: copies of the first row, of
+    weight 0, so they add nothing to any statistic (and their log-likelihood is finite). The
+    weights are always explicit (ones when not given), so every size of a class runs the same
+    program."""
+    n = X.shape[0]
+    wp = np.zeros((n_rows,), X.dtype)
+    wp[:n] = 1.0 if sample_weight is None else sample_weight
+    if n_rows == n:
+        return X, wp
+    Xp = np.empty((n_rows, X.shape[1]), X.dtype)
+    Xp[:n] = X
+    Xp[n:] = X[0]
+    return Xp, wp

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
+from emjax import _sizes, _xla, em
 from emjax import _validation as v
-from emjax import _xla, em
 from emjax.families.base import (
     Family,
     MixtureParams,
@@ -69,7 +69,9 @@ def check_data(X, family: Family, name: str = "X") -> np.ndarray:
     return arr
 
 
-def _fit_program(X, key, w, tol, params_init, *, family, n_components, max_iter, n_init):
+def _fit_program(X, key, w, tol, params_init, max_iter, *, family, n_components, history_size,
+                 n_init):
+    # max_iter is traced (history_size static): other iteration limits share the program.
     data = family.encode(X)
     if params_init is None:
         keys = jax.random.split(key, n_init)
@@ -78,13 +80,24 @@ def _fit_program(X, key, w, tol, params_init, *, family, n_components, max_iter,
         params0 = params_init
     e_step, m_step = make_model(family)
     res = em.run_restarts(e_step, m_step, params0, (data, w), tol=tol, max_iter=max_iter,
-                          compact=True)
+                          compact=True, history_size=history_size)
     return FitResult.extend(em.best_restart(res), family=family)
 
 
 #: The compiled fit, one per set of XLA options (:func:`emjax._xla.compiler_options`).
 _fit_compiled = _xla.JitByOptions(
-    _fit_program, static_argnames=("family", "n_components", "max_iter", "n_init"))
+    _fit_program, static_argnames=("family", "n_components", "history_size", "n_init"))
+
+
+def _pads_rows(family: Family) -> bool:
+    """Whether a fit of ``family`` may run on rows padded with zero-weight copies: every part is
+    built in, whose initialisation and M-step see rows only through their weights (a
+    :class:`~emjax.families.product.Custom` family's ``init_fn`` reads ``X`` itself)."""
+    from emjax.families.product import Custom, Product
+
+    if isinstance(family, Product):
+        return all(_pads_rows(f) for _, f in family.parts)
+    return not isinstance(family, Custom)
 
 
 def _as_params(params: MixtureParams, dtype) -> MixtureParams:
@@ -158,11 +171,23 @@ def fit(
             raise ValueError(f"params_init has weights of shape {p0.weights.shape}; expected "
                              f"({k},) or (n_init, {k})")
         n_init = p0.weights.shape[0]
-    options = _xla.compiler_options("families", n * Xa.shape[1] * k)
-    return _fit_compiled[options](
-        jnp.asarray(Xa), v.as_key(key), None if w is None else jnp.asarray(w),
-        jnp.asarray(tol, Xa.dtype), p0, family=bound, n_components=k, max_iter=max_iter,
-        n_init=n_init)
+    # Rows padded to their size class with zero-weight copies of the first row: data sets of
+    # nearby sizes share one program (as emjax.fit).
+    n_rows = _sizes.padded_rows(n, Xa.nbytes // n) if _pads_rows(bound) else None
+    if n_rows is not None:
+        Xa, w = _sizes.pad_rows(Xa, w, n_rows)
+    options = _xla.compiler_options("families", Xa.shape[0] * Xa.shape[1] * k)
+    static = dict(family=bound, n_components=k, history_size=_sizes.history_class(max_iter),
+                  n_init=n_init)
+    res = _fit_compiled[options](Xa, v.as_key(key), w, np.asarray(tol, Xa.dtype), p0,
+                                 np.int32(max_iter), **static)
+    if static["history_size"] == max_iter:
+        return res
+    # Drop the history past max_iter on the host (slicing on the device compiles per shape).
+    res = jax.tree_util.tree_map(np.asarray, res)
+    return jax.device_put(dataclasses.replace(
+        res, history=res.history[:max_iter],
+        restarts=res.restarts._replace(history=res.restarts.history[:, :max_iter])))
 
 
 @functools.partial(jax.jit, static_argnames=("family",))

@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from emjax import _sizes, em
 from emjax import _validation as v
-from emjax import em
 from emjax.gmm import fitting, steps
 from emjax.gmm import missing as missing_lib
 from emjax.gmm.covariance import COVARIANCE_TYPES
@@ -431,11 +431,11 @@ class GaussianMixture(*_ESTIMATOR_BASES):
             if nan_fn is not None and np.isnan(Xa).any():
                 return np.asarray(nan_fn(params, Xa))
             n = Xa.shape[0]
-            n_rows = fitting.padded_rows(n, Xa.nbytes // max(n, 1))
+            n_rows = _sizes.padded_rows(n, Xa.nbytes // max(n, 1))
             if n_rows is not None:
                 # Rows are scored independently: padding to the fit's size class (then dropping
                 # the extra rows) lets nearby row counts share one compiled program.
-                Xa, _ = fitting.pad_rows(Xa, None, n_rows)
+                Xa, _ = _sizes.pad_rows(Xa, None, n_rows)
             return np.asarray(fn(params, Xa))[:n]
 
     def score_samples(self, X):

@@ -18,7 +18,7 @@ from emjax import _compile_cache, em, kmeans
 from emjax import _validation as v
 from emjax._batching import rare_cond
 from emjax._chunks import fold_chunks, rows
-from emjax._sizes import history_class, restart_class, size_class
+from emjax._sizes import history_class, pad_rows, padded_rows, restart_class
 from emjax.gmm import GMMParams, kernels, steps, unrolled
 from emjax.gmm import covariance as cov_lib
 from emjax.gmm import plan as plan_lib
@@ -651,35 +651,6 @@ def component_class(n_components: int, n_rows: int, n_features: int,
             and n_weighted >= k):
         return k
     return None
-
-
-#: Fits of up to this many rows are padded to their size class. Past it a fit runs long enough
-#: that a compilation per row count costs little, while padding would add rows, a weighted pass
-#: and a copy to every iteration.
-PAD_MAX_ROWS = 2**15
-
-
-def padded_rows(n: int, row_bytes: int) -> int | None:
-    """Rows a fit of ``n`` rows runs on: its :func:`size_class`, or None (as given) past
-    ``PAD_MAX_ROWS`` rows or when the padded copy would reach ``LARGE_DATA_BYTES``."""
-    c = size_class(n)
-    return None if n > PAD_MAX_ROWS or c * row_bytes >= LARGE_DATA_BYTES else c
-
-
-def pad_rows(X: np.ndarray, sample_weight: np.ndarray | None, n_rows: int):
-    """``(X, sample_weight)`` with rows appended up to ``n_rows``: copies of the first row, of
-    weight 0, so they add nothing to any statistic (and their log-likelihood is finite). The
-    weights are always explicit (ones when not given), so every size of a class runs the same
-    program."""
-    n = X.shape[0]
-    wp = np.zeros((n_rows,), X.dtype)
-    wp[:n] = 1.0 if sample_weight is None else sample_weight
-    if n_rows == n:
-        return X, wp
-    Xp = np.empty((n_rows, X.shape[1]), X.dtype)
-    Xp[:n] = X
-    Xp[n:] = X[0]
-    return Xp, wp
 
 
 #: Compiled fitting programs kept in memory; beyond it the cache is cleared (the disk cache,

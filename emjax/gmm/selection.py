@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
+from emjax import _sizes, _xla, em
 from emjax import _validation as v
-from emjax import _xla, em
 from emjax.gmm import GMMParams, fitting, steps
 from emjax.gmm import covariance as cov_lib
 from emjax.gmm import reseed as reseed_lib
@@ -281,9 +281,9 @@ def fit_grid(
     Xa, w, key, tol = c.X, c.sample_weight, c.key, c.tol
     _, covariance_type, init_method, reg_covar, max_iter, n_init, n_lloyd = c.options
     n, dtype = Xa.shape[0], Xa.dtype
-    n_rows = fitting.padded_rows(n, Xa.nbytes // n)
+    n_rows = _sizes.padded_rows(n, Xa.nbytes // n)
     if n_rows is not None:  # as emjax.fit: one program per size class
-        Xa, w = fitting.pad_rows(Xa, w, n_rows)
+        Xa, w = _sizes.pad_rows(Xa, w, n_rows)
         n = n_rows
     Xj = jnp.asarray(Xa)
     wj = None if w is None else jnp.asarray(w)

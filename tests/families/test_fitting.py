@@ -191,3 +191,24 @@ def test_estimator_matches_functional_fit_and_round_trips(mixed_fit, tmp_path):
     with pytest.raises(ValueError, match="not an emjax families model"):
         (tmp_path / "junk.npz").write_bytes(b"junk")
         fio.load(tmp_path / "junk.npz")
+
+
+def test_row_counts_of_one_size_class_share_one_program_and_equal_the_fit_as_given(mixed_fit):
+    """Rows are padded to a size class with zero-weight copies of the first row and ``max_iter``
+    is an argument: 590 rows and 260 iterations after the fixture's 600 and 300 compile
+    nothing, and the result equals the program run on the 590 rows as given."""
+    X, _, _ = mixed_fit
+    assert emjax._sizes.size_class(590) == emjax._sizes.size_class(600)
+    before = F.fitting._fit_compiled._cache_size()
+    kw = dict(n_init=3, tol=1e-9, max_iter=260)
+    got = F.fit(X[:590], _mixed_family(), 2, key=jax.random.key(1), **kw)
+    assert F.fitting._fit_compiled._cache_size() == before
+    assert got.history.shape == (260,) and got.restarts.history.shape == (3, 260)
+    fam = _mixed_family().bind(X)
+    ref = F.fitting._fit_compiled[()](
+        X[:590], jax.random.key(1), None, np.float64(1e-9), None, np.int32(260), family=fam,
+        n_components=2, history_size=512, n_init=3)
+    np.testing.assert_allclose(got.log_likelihood, ref.log_likelihood, rtol=1e-12)
+    np.testing.assert_array_equal(got.restarts.n_iter, ref.restarts.n_iter)
+    for a, b in zip(jax.tree_util.tree_leaves(got.params), jax.tree_util.tree_leaves(ref.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)

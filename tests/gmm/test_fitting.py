@@ -7,7 +7,7 @@ import pytest
 from sklearn.mixture import GaussianMixture as SKGaussianMixture
 
 import emjax
-from emjax import em
+from emjax import _sizes, em
 from emjax.gmm import fitting
 from tests.conftest import COV_TYPES, DTYPES
 
@@ -101,7 +101,7 @@ def test_driver_compiles_once_per_configuration(blobs):
     assert np.all(np.isfinite(long.history))
     emjax.fit(blobs[:100], 2, covariance_type="tied", n_init=2, max_iter=20)
     assert fitting.compiled_programs() - before == 2  # a new size class compiles once
-    assert [fitting.history_class(m) for m in (0, 1, 2, 3, 20, 100, 128, 129)] == [
+    assert [_sizes.history_class(m) for m in (0, 1, 2, 3, 20, 100, 128, 129)] == [
         1, 1, 2, 4, 32, 128, 128, 256]
 
 
@@ -229,7 +229,7 @@ def test_small_plan_fit_equals_lapack_plan_fit(blobs):
     """The small-problem plan (no LAPACK, XLA level 0, LLVM IR emitters) fits what the default
     path fits, and an int seed is the key ``jax.random.key(seed)``."""
     n, d = blobs.shape
-    small = emjax.make_plan("full", blobs.dtype, fitting.size_class(n), d, 3)
+    small = emjax.make_plan("full", blobs.dtype, _sizes.size_class(n), d, 3)
     assert not small.lapack and small.opt_level == 0 and not small.fusion_emitters
     lapack = small.replace(lapack=True, blocked_inverse=False, opt_level=1, fusion_emitters=True)
     a = emjax.fit(blobs, 3, key=7, n_init=2, plan=small)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import emjax
-from emjax import kmeans
+from emjax import _sizes, kmeans
 from emjax.gmm import fitting
 
 
@@ -26,7 +26,7 @@ KW = dict(n_init=2, tol=1e-6, max_iter=40)
                                          (np.float64, "random"), (np.float64, "random_from_data")])
 def test_padded_fit_equals_the_unpadded_traced_fit(dtype, init):
     X = _data(101, dtype=dtype)  # padded to the size class 104
-    assert fitting.size_class(101) > 101
+    assert _sizes.size_class(101) > 101
     key = jax.random.key(3)
     kw = dict(KW, covariance_type="full", init_params=init)
     padded = emjax.fit(X, 3, key=key, **kw)
@@ -43,7 +43,7 @@ def test_padded_fit_equals_the_unpadded_traced_fit(dtype, init):
 
 def test_row_counts_of_one_size_class_share_one_program():
     before = fitting.compiled_programs()
-    classes = {fitting.size_class(n) for n in range(90, 97)}
+    classes = {_sizes.size_class(n) for n in range(90, 97)}
     assert len(classes) == 1
     for n in range(90, 97):
         res = emjax.fit(_data(n, seed=n), 3, covariance_type="diag", **KW)
@@ -53,10 +53,10 @@ def test_row_counts_of_one_size_class_share_one_program():
 
 def test_size_classes_cover_every_count_with_bounded_padding():
     for n in list(range(1, 3000)) + [10**5, 10**6 + 7]:
-        c = fitting.size_class(n)
+        c = _sizes.size_class(n)
         assert c >= n and c % 8 == 0
         assert c <= max(64, 1.2 * n + 8)
-    assert len({fitting.size_class(n) for n in range(65, 2**14)}) <= 4 * 8 + 1
+    assert len({_sizes.size_class(n) for n in range(65, 2**14)}) <= 4 * 8 + 1
 
 
 def test_zero_weight_rows_are_never_drawn():
@@ -127,7 +127,7 @@ def test_failure_mode_fit_under_jit_equals_the_plain_fit():
 def test_restart_counts_of_one_class_share_one_program():
     """n_init 9 and 10 run one program (10 restarts; the first 9 keys are those of a split into
     9); n_init = 9 equals the traced fit, which runs exactly 9 restarts."""
-    assert [fitting.restart_class(n) for n in (1, 5, 8, 9, 10, 11, 33)] == [1, 5, 8, 10, 10,
+    assert [_sizes.restart_class(n) for n in (1, 5, 8, 9, 10, 11, 33)] == [1, 5, 8, 10, 10,
                                                                                12, 40]
     X = _data(90)
     kw = dict(KW, covariance_type="spherical", n_init=9)
@@ -148,11 +148,11 @@ def test_restart_counts_of_one_class_share_one_program():
 def test_only_small_data_is_padded():
     """Padding saves compilations for small fits; large data runs on its own rows (no extra
     rows, weights or copy in every iteration)."""
-    assert fitting.padded_rows(1000, 40) == fitting.size_class(1000) > 1000
-    assert fitting.padded_rows(10_000, 512) == fitting.size_class(10_000)  # wide, still small
-    assert fitting.padded_rows(100_000, 64) is None
-    n = fitting.PAD_MAX_ROWS
-    assert fitting.padded_rows(n, 8) is not None and fitting.padded_rows(n + 1, 8) is None
+    assert _sizes.padded_rows(1000, 40) == _sizes.size_class(1000) > 1000
+    assert _sizes.padded_rows(10_000, 512) == _sizes.size_class(10_000)  # wide, still small
+    assert _sizes.padded_rows(100_000, 64) is None
+    n = _sizes.PAD_MAX_ROWS
+    assert _sizes.padded_rows(n, 8) is not None and _sizes.padded_rows(n + 1, 8) is None
 
 
 @pytest.mark.parametrize("covariance_type", ["tied", "diag"])
@@ -162,7 +162,7 @@ def test_padded_components_fit_equals_the_unpadded_traced_fit(covariance_type):
     weights (re-seeding: the next test)."""
     X = _data(97, seed=4)
     w = np.random.default_rng(5).uniform(0.5, 2.0, 97)
-    assert fitting.component_class(5, fitting.size_class(97), 2, 97) == 8
+    assert fitting.component_class(5, _sizes.size_class(97), 2, 97) == 8
     kw = dict(KW, n_init=3, covariance_type=covariance_type, sample_weight=w)
     padded = emjax.fit(X, 5, key=7, **kw)
     exact = jax.jit(lambda X, k: emjax.fit(X, 5, key=k, **kw))(jnp.asarray(X),

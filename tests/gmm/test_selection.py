@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import emjax
+from emjax import _sizes
 from emjax.gmm import fitting, selection
 from tests.conftest import rtol_for
 
@@ -19,7 +20,7 @@ def _compare_grid_to_separate_fits(X, ks, cov, key):
     for i, k in enumerate(ks):
         # The separate fit compiled as the grid is (the dense steps, LAPACK, XLA level 1): the
         # same rounding, so even float32 stops at the same iteration.
-        plan = emjax.make_plan(cov, dtype, fitting.size_class(X.shape[0]), X.shape[1], k).replace(
+        plan = emjax.make_plan(cov, dtype, _sizes.size_class(X.shape[0]), X.shape[1], k).replace(
             lapack=True, blocked_inverse=False, opt_level=1, fusion_emitters=True,
             unrolled=False, compact=0)
         ref = fitting.fit(X, k, plan=plan, **kw)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import emjax
-from emjax import _batching
+from emjax import _batching, _sizes
 from emjax.gmm import covariance as cov_lib
-from emjax.gmm import fitting, steps, unrolled
+from emjax.gmm import steps, unrolled
 from emjax.gmm.plan import make_plan
 
 
@@ -70,7 +70,7 @@ def _data(n, seed, dtype):
                                             ("spherical", "random_from_data")])
 def test_unrolled_fit_equals_the_dense_fit(cov_type, init):
     X = _data(120, 1, np.float64)
-    plan = make_plan(cov_type, X.dtype, fitting.size_class(X.shape[0]), 2, 3)
+    plan = make_plan(cov_type, X.dtype, _sizes.size_class(X.shape[0]), 2, 3)
     assert plan.unrolled and not plan.fused
     kw = dict(covariance_type=cov_type, init_params=init, key=jax.random.key(2), n_init=2,
               tol=1e-8)
