@@ -64,15 +64,20 @@ class JitByOptions:
 
     ``f[options]`` is the jitted function with ``options`` (a tuple from
     :func:`compiler_options`); ``f[()]`` has none, the one to call inside a caller's trace
-    (a nested jit may not carry compiler options).
+    (a nested jit may not carry compiler options). Once ``max_programs`` compiled programs are
+    held, taking one clears them all, so a long-running process holds a bounded number.
     """
 
-    def __init__(self, fun: Callable, **jit_kwargs):
+    def __init__(self, fun: Callable, max_programs: int = 32, **jit_kwargs):
         self.fun = fun
+        self.max_programs = max_programs
         self.jit_kwargs = jit_kwargs
         self._jitted: dict = {}
 
     def __getitem__(self, options: tuple) -> Callable:
+        if self._cache_size() >= self.max_programs:
+            for f in self._jitted.values():
+                f.clear_cache()
         if options not in self._jitted:
             kw = dict(self.jit_kwargs, compiler_options=dict(options)) if options else \
                 self.jit_kwargs

@@ -35,3 +35,10 @@ def test_each_option_set_is_its_own_program_with_the_same_result():
     assert f._cache_size() == 2
     # inside a caller's trace the option-free instance nests
     np.testing.assert_allclose(jax.jit(lambda y: f[()](y, n=2))(x), plain, rtol=1e-6)
+
+
+def test_the_programs_held_are_bounded():
+    f = _xla.JitByOptions(lambda x: x * 2.0, max_programs=2)
+    for n in range(1, 6):
+        np.testing.assert_allclose(f[()](jnp.ones(n)), 2.0)
+        assert f._cache_size() <= 2
