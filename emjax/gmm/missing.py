@@ -81,8 +81,9 @@ class MissingData(NamedTuple):
         ``[x_i x_j (i <= j), x, 1, n_observed]`` (``F = D(D+1)/2 + D + 2``): one GEMM with the
         parameters gives every log-density of the completed row (missing entries at the
         centre), one with the responsibilities every moment of it.
-      feats_t: the same, transposed per chunk, ``(n_chunks, F, chunk_rows)`` (the moments' GEMMs
-        are then plain ones; XLA:CPU runs a transposed-operand GEMM far more slowly).
+      feats_t: the same, transposed, ``(F, n_chunks * chunk_rows)``: the moments of a bucket are
+        one plain GEMM with its responsibilities (XLA:CPU runs a transposed-operand GEMM far
+        more slowly), and a chunk's ``[x, 1]`` rows are a slice of it.
       bidx: one int32 array per bucket, ``(n_chunks, n_slots, chunk_rows)``: ``row * D + slot``
         within the chunk, where each missing entry's row of ``(Lambda_k x)`` sits in the
         chunk's ``(rows * D, K)`` product (padded slots: ``row * D``, masked).
@@ -334,7 +335,7 @@ def layout(X: np.ndarray, sample_weight: np.ndarray | None, n_components: int,
             f = np.concatenate([xp[:, iu] * xp[:, ju], xp, np.ones((len(xp), 1), dtype),
                                 op.sum(1, keepdims=True)], axis=1).reshape(n_chunks, c, -1)
             feats.append(np.ascontiguousarray(f))
-            feats_t.append(np.ascontiguousarray(np.swapaxes(f, 1, 2)))
+            feats_t.append(np.ascontiguousarray(f.reshape(n_chunks * c, -1).T))
             local = (np.arange(n_chunks * c) % c)[:, None]
             bidx.append(np.ascontiguousarray(
                 (local * d + np.maximum(sp, 0)).astype(np.int32).reshape(n_chunks, c, j)
@@ -735,15 +736,21 @@ def _matrix_pass(params: GMMParams, data: MissingData):
         else:
             ptab = None
 
-        def body(i, cr, f_b=f_b, ft_b=ft_b, bi_b=bi_b, pi_b=pi_b, s_b=s_b, c=c, J=J,
+        # The completed rows' log-densities of the whole bucket in one GEMM (large GEMMs run
+        # faster than one per chunk, on every core), read by each chunk in place.
+        lp_b = jnp.dot(f_b.reshape(n_chunks * c, nf), tab.W, precision=hi).reshape(
+            n_chunks, c, k)
+
+        def body(i, cr, lp_b=lp_b, ft_b=ft_b, bi_b=bi_b, pi_b=pi_b, s_b=s_b, c=c, J=J,
                  start=start, pat_b=pat_b, n_pat=n_pat, ptab=ptab, pw_b=pw_b, uc_b=uc_b,
                  ui_b=ui_b):
-            st, xh, shh, ll_buf = cr
+            g_buf, xh, shh, ll_buf = cr
             idx = functools.partial(jax.lax.dynamic_index_in_dim, index=i, keepdims=False)
-            f, ft = idx(f_b), idx(ft_b)
+            # the chunk's [x, 1]: columns of the completed rows' features, transposed
+            x1t = jax.lax.dynamic_slice(ft_b, (nq, i * c), (d + 1, c))
             row = start + i * c
             w = jax.lax.dynamic_slice_in_dim(data.weight, row, c)
-            lp = jnp.dot(f, tab.W, precision=hi)  # (c, K)
+            lp = idx(lp_b)  # (c, K)
             if J:
                 bi, pi = idx(bi_b), idx(pi_b)
                 valid = (idx(s_b) >= 0).T.astype(dtype)[:, :, None]  # (J, c, 1)
@@ -754,7 +761,8 @@ def _matrix_pass(params: GMMParams, data: MissingData):
                     Wg = Wg3.at[:, uc].get(mode="promise_in_bounds").reshape(d + 1, u * k)
                 else:
                     u, Wg = d, tab.Wg
-                G = jnp.dot(f[:, nq:nq + d + 1], Wg, precision=hi).reshape(c * u, k)
+                xr = jax.lax.dynamic_slice_in_dim(data.x, row, c)  # the chunk's x, by rows
+                G = (jnp.dot(xr, Wg[:d], precision=hi) + Wg[d]).reshape(c * u, k)
                 b = G.at[bi].get(mode="promise_in_bounds") * valid  # (J, c, K)
                 if n_pat:
                     # each row's pattern by a one-hot GEMM over the chunk's window of
@@ -780,13 +788,13 @@ def _matrix_pass(params: GMMParams, data: MissingData):
                 lp = lp - 0.5 * (logdet - quad)
             ll, g = _lse_resp(lp)
             g = g * w[:, None]
-            st = st + jnp.dot(ft, g, precision=hi)
+            g_buf = jax.lax.dynamic_update_slice_in_dim(g_buf, g, i * c, 0)
             if J:
                 # sum g h over rows, h = -A^-1 b on the missing entries, placed in (c, U, K)
                 gh = -(g[None] * y)
                 H = jnp.zeros((c * u, k), dtype).at[bi.reshape(-1)].add(
                     gh.reshape(J * c, k), mode="promise_in_bounds")
-                xhc = jnp.dot(ft[nq:nq + d + 1], H.reshape(c, u * k), precision=hi)
+                xhc = jnp.dot(x1t, H.reshape(c, u * k), precision=hi)
                 if u < d:  # padded union columns carry zeros
                     xh = xh.reshape(d + 1, d, k).at[:, uc].add(
                         xhc.reshape(d + 1, u, k), mode="promise_in_bounds").reshape(
@@ -798,9 +806,13 @@ def _matrix_pass(params: GMMParams, data: MissingData):
                 shh = shh.at[pi.reshape(-1)].add(vals.reshape(J * J * c, k),
                                                  mode="promise_in_bounds")
             ll_buf = jax.lax.dynamic_update_slice_in_dim(ll_buf, ll, row, 0)
-            return st, xh, shh, ll_buf
+            return g_buf, xh, shh, ll_buf
 
-        carry = body(0, carry) if n_chunks == 1 else jax.lax.fori_loop(0, n_chunks, body, carry)
+        st, xh, shh, ll_buf = carry
+        cr = (jnp.zeros((n_chunks * c, k), dtype), xh, shh, ll_buf)
+        cr = body(0, cr) if n_chunks == 1 else jax.lax.fori_loop(0, n_chunks, body, cr)
+        # the bucket's moments of the completed rows: one GEMM
+        carry = (st + jnp.dot(ft_b, cr[0], precision=hi),) + cr[1:]
         start += n_chunks * c
     st, xh, shh, ll = carry
     iu, ju = np.triu_indices(d)
