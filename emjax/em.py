@@ -386,6 +386,13 @@ class FitResult:
         """A copy with ``changes`` (as a NamedTuple's ``_replace``)."""
         return dataclasses.replace(self, **changes)
 
+    def first_iterations(self, max_iter: int) -> FitResult:
+        """A copy whose histories (the best restart's and every restart's) keep their first
+        ``max_iter`` entries, for a fit run with its history padded to a class. Call it on NumPy
+        leaves: slicing device arrays would compile a small program per shape."""
+        return self._replace(history=self.history[:max_iter], restarts=self.restarts._replace(
+            history=self.restarts.history[:, :max_iter]))
+
     @classmethod
     def extend(cls, result: FitResult, **changes) -> FitResult:
         """``result``'s fields with ``changes`` (a subclass's own fields among them) as ``cls``."""

@@ -767,10 +767,8 @@ def fit(
         return res
     # Drop the padding units and history entries on the host (slicing device arrays would
     # compile a small program per shape).
-    res = jax.tree_util.tree_map(np.asarray, res)
-    return jax.device_put(dataclasses.replace(
-        res, history=res.history[:max_iter], responsibilities=res.responsibilities[:L],
-        restarts=res.restarts._replace(history=res.restarts.history[:, :max_iter])))
+    res = jax.tree_util.tree_map(np.asarray, res).first_iterations(max_iter)
+    return jax.device_put(res._replace(responsibilities=res.responsibilities[:L]))
 
 
 def _pad_units(data: FMMData, n_units: int) -> tuple[FMMData, np.ndarray]:

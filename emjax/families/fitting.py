@@ -184,10 +184,7 @@ def fit(
     if static["history_size"] == max_iter:
         return res
     # Drop the history past max_iter on the host (slicing on the device compiles per shape).
-    res = jax.tree_util.tree_map(np.asarray, res)
-    return jax.device_put(dataclasses.replace(
-        res, history=res.history[:max_iter],
-        restarts=res.restarts._replace(history=res.restarts.history[:, :max_iter])))
+    return jax.device_put(jax.tree_util.tree_map(np.asarray, res).first_iterations(max_iter))
 
 
 @functools.partial(jax.jit, static_argnames=("family",))

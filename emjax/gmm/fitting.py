@@ -619,13 +619,12 @@ def fit(
         # Drop the padded restarts, history entries and components on the host (slicing device
         # arrays would compile a small program per shape).
         res = jax.tree_util.tree_map(np.asarray, res)
-        restarts = jax.tree_util.tree_map(lambda a: a[:n_init], res.restarts)
+        res = res._replace(restarts=jax.tree_util.tree_map(lambda a: a[:n_init], res.restarts))
+        res = res.first_iterations(max_iter)
         res = jax.device_put(res._replace(
             params=steps.first_components(res.params, n_components),
-            history=res.history[:max_iter],
-            restarts=restarts._replace(
-                params=steps.first_components(restarts.params, n_components, lead=1),
-                history=restarts.history[:, :max_iter])))
+            restarts=res.restarts._replace(
+                params=steps.first_components(res.restarts.params, n_components, lead=1))))
     if _shares_memory(Xd, Xa):
         # The fit runs asynchronously: finish it before returning, so that a later change to the
         # caller's array cannot reach a running fit.

@@ -141,8 +141,8 @@ def _centre(X, w):
     return X - shift, shift
 
 
-def _initial_responsibilities_program(X, key, sample_weight, ks, *, k_max, n_init, init_method,
-                              n_lloyd):
+def _initial_responsibilities_program(X, key, sample_weight, ks, *, k_max, n_init,
+                                      init_method, n_lloyd):
     """``(G, R, n_samples, K_max)`` initial responsibilities, zero in padded columns: for each K
     of the grid ``ks`` ``(G,)`` (traced), :func:`fitting.responsibilities_init` of ``K_max``
     components with the first K active (the draws of K components) on the centred data, with
@@ -169,7 +169,7 @@ _initial_responsibilities = _xla.JitByOptions(
 
 
 def _grid_program(X, resp0, sample_weight, tol, ks, n_parameters, *, covariance_type,
-                   reg_covar, max_iter, callback):
+                  reg_covar, max_iter, callback):
     # ks (G,) and n_parameters (G,) are traced: grids of one length and K_max share a program.
     w = sample_weight
     n, d = X.shape
