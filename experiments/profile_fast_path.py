@@ -61,6 +61,25 @@ def hlo_ops(text: str) -> dict[str, str]:
     return out
 
 
+def leaf_events(run, rounds: int, ops: dict) -> list:
+    """The Perfetto events of the leaf XLA operations (named in ``ops``, from :func:`hlo_ops`;
+    not the control flow, which contains the others) of ``rounds`` calls of ``run()`` under
+    ``jax.profiler``, in time order."""
+    tmp = tempfile.mkdtemp()
+    try:
+        jax.profiler.start_trace(tmp, create_perfetto_trace=True)
+        for _ in range(rounds):
+            jax.block_until_ready(run())
+        jax.profiler.stop_trace()
+        trace = glob.glob(f"{tmp}/**/*.trace.json.gz", recursive=True)[0]
+        events = json.load(gzip.open(trace))["traceEvents"]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return sorted((e for e in events if e.get("ph") == "X" and e["name"] in ops
+                   and not ops[e["name"]].startswith(("while", "call", "conditional"))),
+                  key=lambda e: e["ts"])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=100_000)
@@ -100,26 +119,13 @@ def main():
         compiled(p0, X).block_until_ready()
     wall = (time.perf_counter() - t0) / (args.rounds * (T + 1))
 
-    tmp = tempfile.mkdtemp()
-    try:
-        jax.profiler.start_trace(tmp, create_perfetto_trace=True)
-        for _ in range(args.rounds):
-            compiled(p0, X).block_until_ready()
-        jax.profiler.stop_trace()
-        trace = glob.glob(f"{tmp}/**/*.trace.json.gz", recursive=True)[0]
-        events = json.load(gzip.open(trace))["traceEvents"]
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     agg = collections.defaultdict(lambda: [0, 0.0, 0.0])
-    # Control flow (while / call thunks) contains the others: leaf operations only.
-    leaf_events = sorted((e for e in events if e.get("ph") == "X" and e["name"] in ops
-                          and not ops[e["name"]].startswith(("while", "call", "conditional"))),
-                         key=lambda e: e["ts"])
+    events = leaf_events(lambda: compiled(p0, X), args.rounds, ops)
     # Idle time: from the end of everything so far to the next operation's start, charged to
     # the operation that ended last. An operation that hands its work to another thread pool
     # (Eigen's GEMMs, LAPACK) ends its event early, and its real cost shows up here.
     end, last = None, None
-    for e in leaf_events:
+    for e in events:
         agg[e["name"]][0] += 1
         agg[e["name"]][1] += e.get("dur", 0.0)
         if end is not None and e["ts"] > end:

@@ -15,14 +15,10 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
-import gzip
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,9 +30,8 @@ jax.config.update("jax_enable_x64", True)
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import missing_data as md  # noqa: E402
-from profile_fast_path import hlo_ops  # noqa: E402
+from profile_fast_path import hlo_ops, leaf_events  # noqa: E402
 
-import emjax  # noqa: E402
 from emjax.gmm import missing as M  # noqa: E402
 
 FIELDS = ("feats", "feats_t", "bidx", "pidx", "pat", "ppidx", "pwin", "ucols", "uidx")
@@ -48,12 +43,8 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--out", default=str(HERE / "results" / "profile_missing.json"))
     args = ap.parse_args()
-    rng = np.random.default_rng(0)
-    n, d, k = 100_000, 16, 16
-    w, means, covs = md.truth(rng, k, d)
-    X = md.draw(rng, w, means, covs, n)
-    Xn = md.remove(rng, X, 0.2)
-    params = emjax.fit(X[:20000], k, max_iter=5).params
+    k = 16
+    _, Xn, params = md.speed_case(100_000, 16, k)
     data, _ = M.layout(Xn, None, k, "full")
     params = params._replace(means=params.means - data.center)
     data = jax.tree_util.tree_map(jnp.asarray, data)
@@ -90,21 +81,9 @@ def main() -> None:
             compiled = fn.lower(params, sub).compile()
             ops = hlo_ops(compiled.as_text())
             jax.block_until_ready(compiled(params, sub))
-            tmp = tempfile.mkdtemp()
-            try:
-                jax.profiler.start_trace(tmp, create_perfetto_trace=True)
-                for _ in range(5):
-                    jax.block_until_ready(compiled(params, sub))
-                jax.profiler.stop_trace()
-                trace = glob.glob(f"{tmp}/**/*.trace.json.gz", recursive=True)[0]
-                events = json.load(gzip.open(trace))["traceEvents"]
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
             agg = collections.defaultdict(float)
-            for e in events:
-                if e.get("ph") == "X" and e["name"] in ops and not ops[e["name"]].startswith(
-                        ("while", "call", "conditional")):
-                    agg[e["name"]] += e.get("dur", 0.0) / 1e3 / 5
+            for e in leaf_events(lambda sub=sub: compiled(params, sub), 5, ops):
+                agg[e["name"]] += e.get("dur", 0.0) / 1e3 / 5
             row["ops_ms"] = sum(agg.values())
             row["top_ops"] = [dict(name=nm, op=ops[nm], ms=ms) for nm, ms in
                               sorted(agg.items(), key=lambda x: -x[1])[:args.top]]

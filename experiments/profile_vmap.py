@@ -15,13 +15,9 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
-import gzip
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +26,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from profile_fast_path import hlo_ops  # noqa: E402
+from profile_fast_path import hlo_ops, leaf_events  # noqa: E402
 
 import emjax  # noqa: E402
 from emjax.gmm.plan import make_plan  # noqa: E402
@@ -61,22 +57,10 @@ def main():
     for _ in range(args.rounds):
         jax.block_until_ready(compiled(Xs, keys))
     wall = (time.perf_counter() - t0) / args.rounds
-    tmp = tempfile.mkdtemp()
-    try:
-        jax.profiler.start_trace(tmp, create_perfetto_trace=True)
-        for _ in range(args.rounds):
-            jax.block_until_ready(compiled(Xs, keys))
-        jax.profiler.stop_trace()
-        trace = glob.glob(f"{tmp}/**/*.trace.json.gz", recursive=True)[0]
-        events = json.load(gzip.open(trace))["traceEvents"]
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     agg = collections.defaultdict(lambda: [0, 0.0])
-    for e in events:
-        if (e.get("ph") == "X" and e["name"] in ops
-                and not ops[e["name"]].startswith(("while", "call", "conditional"))):
-            agg[e["name"]][0] += 1
-            agg[e["name"]][1] += e.get("dur", 0.0)
+    for e in leaf_events(lambda: compiled(Xs, keys), args.rounds, ops):
+        agg[e["name"]][0] += 1
+        agg[e["name"]][1] += e.get("dur", 0.0)
     rows = sorted(({"name": nm, "op": ops[nm], "calls": c / args.rounds,
                     "ms": d / 1e3 / args.rounds} for nm, (c, d) in agg.items()),
                   key=lambda r: -r["ms"])

@@ -81,12 +81,8 @@ def part_missing(chunks) -> dict:
     import emjax
     from emjax.gmm import missing as missing_lib
 
-    rng = np.random.default_rng(0)
-    n, d, k = 100_000, 16, 16
-    w, means, covs = md.truth(rng, k, d)
-    X = md.draw(rng, w, means, covs, n)
-    Xn = md.remove(rng, X, 0.2)
-    start = emjax.fit(X[:20000], k, max_iter=5).params
+    k = 16
+    X, Xn, start = md.speed_case(100_000, 16, k)
     kw = dict(tol=0.0, weights_init=np.asarray(start.weights),
               means_init=np.asarray(start.means),
               precisions_init=np.linalg.inv(np.asarray(start.covariance.covariances)))
