@@ -7,6 +7,7 @@ import functools
 import hashlib
 import os
 import tempfile
+import threading
 
 #: Programs compiling faster than this are not written (JAX's default, 1 s, would skip most
 #: small fits once they compile quickly).
@@ -26,8 +27,9 @@ def enable_disk_cache(directory: str | None = None) -> str | None:
 
     Off by default in the library; the ``emjax`` command line turns it on (``--no-compile-cache``
     turns it off). It sets JAX's process-wide ``jax_compilation_cache_dir``, so it applies to
-    every program compiled afterwards in this process, emjax's or not. Small fits
-    (:func:`emjax.fit`, the estimator) are also kept whole in its ``emjax-executables``
+    every program compiled afterwards in this process, emjax's or not. emjax's fitting programs
+    (small :func:`emjax.fit` fits and the estimator's, selection grids, the failure-mode,
+    family and missing-value fits) are also kept whole in its ``emjax-executables``
     sub-directory (:func:`load_or_compile`): a new process loads them without tracing.
 
     Args:
@@ -97,19 +99,21 @@ def _environment() -> str:
     return repr(parts)
 
 
-def _fingerprint(jitted, args: tuple, static: dict) -> str | None:
+def _fingerprint(jitted, args: tuple, static: dict, options: tuple = ()) -> str | None:
     """A digest of everything the compiled ``jitted(*args, **static)`` depends on, or None when
-    a static value has no stable text (e.g. a function: its address changes between runs)."""
+    a static value has no stable text (e.g. a function: its address changes between runs).
+    ``options``: the XLA compiler options ``jitted`` was made with."""
     import jax
 
     leaves, tree = jax.tree_util.tree_flatten(args)
     avals = []
     for leaf in leaves:
-        aval = jax.typeof(leaf)
+        # jax.ShapeDtypeStruct (a program compiled before its input exists) is its own aval
+        aval = leaf if isinstance(leaf, jax.ShapeDtypeStruct) else jax.typeof(leaf)
         avals.append((aval.shape, str(aval.dtype), bool(getattr(aval, "weak_type", False))))
     text = repr((_environment(), getattr(jitted, "__qualname__", repr(jitted)),
                  getattr(jitted, "__module__", ""), str(tree), avals,
-                 sorted(static.items())))
+                 sorted(static.items()), tuple(options)))
     if " at 0x" in text:
         return None
     return hashlib.sha256(text.encode()).hexdigest()
@@ -124,10 +128,48 @@ def _initialize_lapack() -> None:
     linalg.initialize_lapack()
 
 
-def load_or_compile(jitted, args: tuple, static: dict, memo: dict, name: str):
+def _register_targets() -> None:
+    """Register the progress report's FFI target (done when a program using it is traced): a
+    program loaded without tracing finds its custom call by name when it is loaded."""
+    import jax
+
+    if jax.default_backend() == "cpu":
+        from emjax import progress
+
+        progress._ffi_target()
+
+
+_JAX_CACHE_HITS = threading.local()
+
+
+def _count_jax_cache_hits(event: str, **kwargs) -> None:
+    if event == "/jax/compilation_cache/cache_hits":
+        _JAX_CACHE_HITS.count = getattr(_JAX_CACHE_HITS, "count", 0) + 1
+
+
+@functools.lru_cache(maxsize=1)
+def _listen_for_jax_cache_hits() -> None:
+    import jax
+
+    jax.monitoring.register_event_listener(_count_jax_cache_hits)
+
+
+def _compile_fresh(jitted, args: tuple, static: dict):
+    """``jitted`` compiled for ``args``, and whether XLA compiled it here (False: JAX's own disk
+    cache had it). jaxlib re-serialises a program it loaded from disk without all of its
+    kernels: a new process that loaded such a copy would fail with ``Function ... not found``."""
+    _listen_for_jax_cache_hits()
+    before = getattr(_JAX_CACHE_HITS, "count", 0)
+    compiled = jitted.lower(*args, **static).compile()
+    return compiled, getattr(_JAX_CACHE_HITS, "count", 0) == before
+
+
+def load_or_compile(jitted, args: tuple, static: dict, memo: dict, name: str,
+                    options: tuple = ()):
     """The compiled ``jitted(*args, **static)`` (call it with ``*args``): from ``memo``, else
     from :func:`executable_directory`, else compiled there and written to it; None when the
     disk cache is off or the program cannot be kept (the caller then calls ``jitted``).
+    ``options``: the XLA compiler options ``jitted`` carries (part of the key).
 
     JAX's own disk cache keys a program by its lowered text, so a new process still traces and
     lowers the program before finding it; this one keys it by the inputs' shapes, the static
@@ -138,7 +180,7 @@ def load_or_compile(jitted, args: tuple, static: dict, memo: dict, name: str):
     if directory is None:
         return None
     try:
-        fingerprint = _fingerprint(jitted, args, static)
+        fingerprint = _fingerprint(jitted, args, static, options)
     except TypeError:
         return None
     if fingerprint is None:
@@ -153,12 +195,16 @@ def load_or_compile(jitted, args: tuple, static: dict, memo: dict, name: str):
     compiled = None
     try:
         with open(path, "rb") as f:
-            compiled = serialize_executable.deserialize_and_load(*pickle.load(f))
+            blob = pickle.load(f)
+        _register_targets()
+        compiled = serialize_executable.deserialize_and_load(*blob)
         _initialize_lapack()
     except Exception:  # absent, unreadable or from an incompatible build: compile it again
         compiled = None
+    fresh = False
     if compiled is None:
-        compiled = jitted.lower(*args, **static).compile()
+        compiled, fresh = _compile_fresh(jitted, args, static)
+    if fresh:
         tmp = None
         try:
             blob = pickle.dumps(serialize_executable.serialize(compiled))

@@ -10,10 +10,13 @@ at trace time. The measurements behind the table are in ``docs/performance.md``.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import jax
+
+from emjax import _compile_cache
 
 
 class CompileTuning(NamedTuple):
@@ -64,8 +67,10 @@ class JitByOptions:
 
     ``f[options]`` is the jitted function with ``options`` (a tuple from
     :func:`compiler_options`); ``f[()]`` has none, the one to call inside a caller's trace
-    (a nested jit may not carry compiler options). Once ``max_programs`` compiled programs are
-    held, taking one clears them all, so a long-running process holds a bounded number.
+    (a nested jit may not carry compiler options). :meth:`call` and :meth:`compile` also use
+    the disk cache's store of whole programs when it is on. Once ``max_programs`` compiled
+    programs are held, taking one clears them all, so a long-running process holds a bounded
+    number.
     """
 
     def __init__(self, fun: Callable, max_programs: int = 32, **jit_kwargs):
@@ -73,17 +78,52 @@ class JitByOptions:
         self.max_programs = max_programs
         self.jit_kwargs = jit_kwargs
         self._jitted: dict = {}
+        self._executables: dict = {}  # loaded from (or written to) the disk cache
+        _INSTANCES.add(self)
 
     def __getitem__(self, options: tuple) -> Callable:
         if self._cache_size() >= self.max_programs:
-            for f in self._jitted.values():
-                f.clear_cache()
+            self.clear()
         if options not in self._jitted:
             kw = dict(self.jit_kwargs, compiler_options=dict(options)) if options else \
                 self.jit_kwargs
             self._jitted[options] = jax.jit(self.fun, **kw)
         return self._jitted[options]
 
+    def call(self, options: tuple, args: tuple, static: dict, name: str):
+        """``self[options](*args, **static)``; with the disk cache on, the compiled program comes
+        from its store (a new process loads it without tracing; see
+        :func:`emjax._compile_cache.load_or_compile`), ``name`` prefixing its file."""
+        jitted = self[options]
+        compiled = _compile_cache.load_or_compile(jitted, args, static, self._executables, name,
+                                                  options)
+        return jitted(*args, **static) if compiled is None else compiled(*args)
+
+    def compile(self, options: tuple, args: tuple, static: dict, name: str):
+        """The compiled ``self[options]`` for ``args`` (arrays or ``jax.ShapeDtypeStruct``) and
+        ``static``: from the disk cache's store when it is on, as :meth:`call`."""
+        jitted = self[options]
+        compiled = _compile_cache.load_or_compile(jitted, args, static, self._executables, name,
+                                                  options)
+        return jitted.lower(*args, **static).compile() if compiled is None else compiled
+
+    def clear(self) -> None:
+        """Drop every compiled program held (in memory; the disk cache keeps its files)."""
+        for f in self._jitted.values():
+            f.clear_cache()
+        self._executables.clear()
+
     def _cache_size(self) -> int:
         """Compiled programs held, over every option set."""
-        return sum(f._cache_size() for f in self._jitted.values())
+        return sum(f._cache_size() for f in self._jitted.values()) + len(self._executables)
+
+
+#: Every :class:`JitByOptions`, for :func:`clear_all`.
+_INSTANCES: weakref.WeakSet = weakref.WeakSet()
+
+
+def clear_all() -> None:
+    """Drop the compiled programs of every :class:`JitByOptions` (tests release them between
+    modules)."""
+    for f in list(_INSTANCES):
+        f.clear()

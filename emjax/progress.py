@@ -179,12 +179,22 @@ def make_callback(every: int = 10):
     every = int(every)
     if every < 1:
         raise ValueError(f"every must be >= 1; got {every}")
-    report = _make_report(every)
+    return _Callback(every)
 
-    def callback(n_iter, log_likelihood, converged) -> None:
-        report(n_iter, log_likelihood, converged)
 
-    return callback
+class _Callback:
+    """What :func:`make_callback` returns. Its text names ``every`` (no address), so the disk
+    cache's store of whole programs can key a program that takes it as a static argument."""
+
+    def __init__(self, every: int):
+        self.every = every
+        self._report = _make_report(every)
+
+    def __call__(self, n_iter, log_likelihood, converged) -> None:
+        self._report(n_iter, log_likelihood, converged)
+
+    def __repr__(self) -> str:
+        return f"emjax.progress.make_callback({self.every})"
 
 
 def every_for(n_samples: int, n_features: int, n_components: int, n_lanes: int) -> int:

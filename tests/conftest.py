@@ -73,9 +73,11 @@ def _release_compiled_programs():
     yield
     import jax
 
+    from emjax import _xla
     from emjax.gmm import fitting
 
     jax.clear_caches()
+    _xla.clear_all()  # the other fits' programs, with those loaded from the disk cache
 
     fitting._EXECUTABLES.clear()  # the fits loaded from (or written to) the disk cache
     fitting._PROGRAMS.clear()  # what the bound on programs counts: none are held now

@@ -762,7 +762,8 @@ def fit(
     if n_units > L:
         data, w = _pad_units(data, n_units)
     options = _xla.compiler_options("failure_mode", n_units * C * int(n_components) * p * p)
-    res = _fit_compiled[options](data, key, *args, w, np.int32(max_iter), **static)
+    res = _fit_compiled.call(options, (data, key, *args, w, np.int32(max_iter)), static,
+                             "failure_mode")
     if n_units == L and static["history_size"] == max_iter:
         return res
     # Drop the padding units and history entries on the host (slicing device arrays would

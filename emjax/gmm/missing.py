@@ -955,10 +955,13 @@ def _fit_program(data, key, initial, tol, *, options, callback):
 _fit_compiled = _xla.JitByOptions(_fit_program, static_argnames=("options", "callback"))
 
 
-def _compiled_fit(data: MissingData, n_components: int):
-    """The compiled fit with the XLA options of ``data``'s size."""
+def _run_fit(data: MissingData, key, initial, tol, options, callback):
+    """The compiled fit with the XLA options of ``data``'s size (from the disk cache's store of
+    whole programs when it is on)."""
     n, d = data.x.shape
-    return _fit_compiled[_xla.compiler_options("missing", n * d * n_components)]
+    xla = _xla.compiler_options("missing", n * d * options.n_components)
+    return _fit_compiled.call(xla, (data, key, initial, tol),
+                              dict(options=options, callback=callback), "missing")
 
 
 def fit(
@@ -1004,9 +1007,7 @@ def fit(
     o = c.options
     data, _ = layout(c.X, c.sample_weight, o.n_components, o.covariance_type, chunk_size)
     data = jax.tree_util.tree_map(jnp.asarray, data)
-    return _compiled_fit(data, o.n_components)(data, c.key, c.initial,
-                                               jnp.asarray(c.tol, c.X.dtype), options=o,
-                                               callback=callback)
+    return _run_fit(data, c.key, c.initial, jnp.asarray(c.tol, c.X.dtype), o, callback)
 
 
 def fit_grid(X, n_components, *, key=None, covariance_type: str = "full", tol: float = 1e-3,
@@ -1034,9 +1035,8 @@ def fit_grid(X, n_components, *, key=None, covariance_type: str = "full", tol: f
     def fit_k(k):
         data, _ = layout(Xa, w, k, covariance_type)
         data = jax.tree_util.tree_map(jnp.asarray, data)
-        return _compiled_fit(data, k)(data, c.key, c.initial, jnp.asarray(c.tol, Xa.dtype),
-                                      options=c.options._replace(n_components=k),
-                                      callback=callback)
+        return _run_fit(data, c.key, c.initial, jnp.asarray(c.tol, Xa.dtype),
+                        c.options._replace(n_components=k), callback)
 
     fits = [fit_k(k) for k in ks]
     fits = jax.device_get(fits)
@@ -1160,7 +1160,8 @@ def row_results(params: GMMParams, X, *, key: Array | None = None) -> RowResults
     data = jax.tree_util.tree_map(jnp.asarray, data)
     sample = key is not None
     options = _xla.compiler_options("missing", data.x.shape[0] * d * params.means.shape[0])
-    wlp, imp, smp = _rows_compiled[options](params, data, v.as_key(key), sample=sample)
+    wlp, imp, smp = _rows_compiled.call(options, (params, data, v.as_key(key)),
+                                        dict(sample=sample), "missing_rows")
     keep = rows >= 0
     order = np.argsort(rows[keep])
     take = np.flatnonzero(keep)[order]

@@ -294,12 +294,12 @@ def fit_grid(
     init_static = dict(k_max=max(ks), n_init=n_init, init_method=init_method, n_lloyd=n_lloyd)
     init_args = (Xj, key, wj, ks_arr)
     options = _xla.compiler_options("grid", n * Xa.shape[1] * max(ks) * len(ks))
-    init_fn = _initial_responsibilities[options].lower(*init_args, **init_static).compile()
+    init_fn = _initial_responsibilities.compile(options, init_args, init_static, "grid_init")
     args = (Xj, jax.ShapeDtypeStruct((len(ks), n_init, n, max(ks)), dtype), wj,
             jnp.asarray(tol, dtype), ks_arr, n_par)
     static = dict(covariance_type=covariance_type, reg_covar=reg_covar, max_iter=max_iter,
                   callback=callback)
-    grid_fn = _grid_compiled[options].lower(*args, **static).compile()
+    grid_fn = _grid_compiled.compile(options, args, static, "grid")
     t1 = time.perf_counter()
     resp0 = init_fn(*init_args)
     out = jax.block_until_ready(grid_fn(Xj, resp0, wj, *args[3:]))
