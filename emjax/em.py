@@ -425,6 +425,7 @@ def run_restarts(
     compact: bool = False,
     vmap_chunk: int = 0,
     history_size: int | None = None,
+    sequential: bool = False,
 ) -> EMResult:
     """:func:`run` vmapped over a leading restart axis of ``params0_batched`` (and of
     ``estats0_batched``, if given); data and ``ll_prev`` are shared. One restart runs
@@ -437,6 +438,11 @@ def run_restarts(
     the size, down to one, so finished restarts stop costing work. Each restart's arithmetic
     is unchanged (results equal to rounding); the program holds one copy of the loop body per
     stage.
+
+    ``sequential=True`` (static): the restarts run one after the other (``lax.map``), each
+    loop to its own end, in the same single program: for steps whose GEMMs are large, where
+    a batch gains little and every lane would wait for the slowest (the pass plan's
+    ``sequential_restarts``; a progress callback then reports one restart at a time).
 
     ``vmap_chunk > 0`` (static; no ``callback``): one restart is :func:`run_compacted` with
     ``chunk=vmap_chunk``, for fits that a caller vmaps over many data sets (the steps must
@@ -460,6 +466,12 @@ def run_restarts(
         final = jax.lax.while_loop(lambda s: ~s.done, body_fun,
                                    start(first(params0_batched), first(estats0_batched)))
         return jax.tree_util.tree_map(lambda a: a[None], finish(final))
+    if sequential:
+        def one(p0_e0):
+            final = jax.lax.while_loop(lambda s: ~s.done, body_fun, start(*p0_e0))
+            return finish(final)
+
+        return jax.lax.map(one, (params0_batched, estats0_batched))
     states = jax.vmap(start)(params0_batched, estats0_batched)
     if not compact or n < 4:
         return jax.vmap(finish)(jax.lax.while_loop(lambda s: ~jnp.all(s.done),

@@ -176,6 +176,19 @@ def test_compacted_restarts_equal_separate_runs():
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_sequential_restarts_equal_separate_runs():
+    """``sequential=True``: the restarts one after the other (``lax.map``), each equal to its
+    run alone and stopping at its own iteration count."""
+    x0 = jnp.array([1.0, 0.25, 8.0, -3.0])
+    res = jax.jit(lambda x: em.run_restarts(e_halving, m_halving, x, None, tol=1e-6,
+                                            max_iter=50, sequential=True))(x0)
+    assert len(set(np.asarray(res.n_iter).tolist())) > 1
+    for i, x in enumerate(np.asarray(x0)):
+        alone = _run(x0=float(x), tol=1e-6, max_iter=50)
+        for a, b in zip(em.select(res, i), alone):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_best_index_skips_non_finite_and_takes_the_first_tie():
     assert int(em.best_index(jnp.array([-3.0, jnp.nan, -1.0, -1.0, jnp.inf * 0]))) == 2
     assert int(em.best_index(jnp.array([jnp.nan, -5.0]))) == 1

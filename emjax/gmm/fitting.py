@@ -364,7 +364,8 @@ def _fit_program(X, key, sample_weight, initial, tol, ll_prev, n_used=None, max_
         data = (Xc, w, xt) if small else (Xc, w)
     run = functools.partial(em.run_restarts, e_step, m_step, data=data, tol=tol,
                             max_iter=max_iter, repair=repair, callback=callback,
-                            vmap_chunk=plan.compact if small else 0, history_size=history_size)
+                            vmap_chunk=plan.compact if small else 0, history_size=history_size,
+                            sequential=plan.sequential_restarts)
     run_from_params = functools.partial(run, ll_prev=ll_prev)
     init_kw = dict(covariance_type=covariance_type, init_params=init_method, sample_weight=w,
                    n_lloyd=n_lloyd)

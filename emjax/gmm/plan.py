@@ -71,6 +71,9 @@ class PassPlan:
       compact: unrolled steps: under ``jax.vmap`` over more than this many fits, step only the
         unfinished ones, this many at a time (:func:`emjax.em.run_compacted`); 0: the vmapped
         loop steps every fit until the slowest one stops.
+      sequential_restarts: the restarts run one after the other in the program (``lax.map``),
+        each to its own convergence, rather than vmapped (every lane stepped until the
+        slowest stops): for steps whose GEMMs are large enough that batching gains little.
       backend: the backend whose tuning table produced the plan.
     """
 
@@ -89,6 +92,7 @@ class PassPlan:
     fusion_emitters: bool = True
     unrolled: bool = False
     compact: int = 0
+    sequential_restarts: bool = False
     backend: str = "any"
 
     def __post_init__(self):
@@ -164,6 +168,8 @@ class Tuning(NamedTuple):
     unrolled_max_features: int  # unrolled steps and factorisations up to this D
     unrolled_max_components: int  # ... and this K
     compact_chunk: int  # unrolled: fits stepped at a time under vmap (0: all until the slowest)
+    sequential_restarts_min_work: int  # restarts one after the other from this E-step size
+    # per restart, n_samples * n_components * (n_quadratic + n_features) multiply-adds
 
 
 #: The CPU tuning (XLA:CPU, 2-core AVX-512; docs/performance.md has the measurements).
@@ -200,6 +206,7 @@ CPU = Tuning(
     unrolled_max_features=4,
     unrolled_max_components=8,
     compact_chunk=128,
+    sequential_restarts_min_work=2**20,
 )
 
 #: Unmeasured backends (GPU, TPU, others): the plain, batched, GEMM-shaped pass. Full
@@ -239,6 +246,7 @@ PLAIN = Tuning(
     unrolled_max_features=0,
     unrolled_max_components=0,
     compact_chunk=0,
+    sequential_restarts_min_work=2**62,
 )
 
 #: The tuning table: ``jax.default_backend()`` -> :class:`Tuning`; anything else gets PLAIN.
@@ -393,6 +401,8 @@ def make_plan(covariance_type: str, dtype, n_samples: int, n_features: int, n_co
         fusion_emitters=fused or t.dense_fusion_emitters,
         unrolled=unrolled,
         compact=t.compact_chunk if unrolled else 0,
+        sequential_restarts=(not unrolled and n * k * (n_quadratic(covariance_type, d) + d)
+                             >= t.sequential_restarts_min_work),
         backend=backend,
     )
 
@@ -463,6 +473,9 @@ def describe(plan: PassPlan, n_samples: int | None = None, n_features: int | Non
     if plan.compact:
         lines.append(f"  under jax.vmap over many fits: the unfinished ones stepped "
                      f"{plan.compact} at a time")
+    lines.append("  restarts: " + (
+        "one after the other, each to its own convergence (large steps)"
+        if plan.sequential_restarts else "vmapped (stepped together until the slowest stops)"))
     lines.append("  re-seeding candidates ranked: " + (
         "only when a component is empty (lax.cond)" if plan.reseed_cond else "every iteration"))
     return "\n".join(lines)

@@ -225,6 +225,23 @@ def test_run_from_statistics_equals_run_from_their_m_step():
     assert float(bad.params) == -7.0
 
 
+def test_sequential_restarts_fit_equals_vmapped_restarts(blobs):
+    """Restarts one after the other (the plan of large problems) fit what vmapped restarts
+    fit: every restart's iterations, log-likelihood and parameters."""
+    n, d = blobs.shape
+    vmapped = emjax.make_plan("full", blobs.dtype, _sizes.size_class(n), d, 8)
+    assert not vmapped.sequential_restarts
+    a = emjax.fit(blobs, 5, key=3, n_init=3, tol=1e-8, plan=vmapped)
+    b = emjax.fit(blobs, 5, key=3, n_init=3, tol=1e-8,
+                  plan=vmapped.replace(sequential_restarts=True))
+    np.testing.assert_array_equal(a.restarts.n_iter, b.restarts.n_iter)
+    assert len(set(np.asarray(a.restarts.n_iter).tolist())) > 1
+    rtol = 1e-10 if blobs.dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(a.restarts.log_likelihood, b.restarts.log_likelihood, rtol=rtol)
+    for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
+        np.testing.assert_allclose(x, y, rtol=rtol * 100, atol=rtol)
+
+
 def test_small_plan_fit_equals_lapack_plan_fit(blobs):
     """The small-problem plan (no LAPACK, XLA level 0, LLVM IR emitters) fits what the default
     path fits, and an int seed is the key ``jax.random.key(seed)``."""
