@@ -162,29 +162,18 @@ def test_restarts_equal_separate_runs_bit_for_bit():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_compacted_restarts_equal_separate_runs():
-    """``compact=True``: stages of 9 -> 3 -> 1 lanes, each restart still equal to its run alone
-    (a scalar model, so no batched arithmetic differs between stage sizes)."""
+@pytest.mark.parametrize("mode", ("compact", "sequential"))
+def test_compacted_and_sequential_restarts_equal_separate_runs(mode):
+    """``compact=True``: stages of 9 -> 3 -> 1 lanes; ``sequential=True``: one restart after
+    the other (``lax.map``). Each restart still equals its run alone (a scalar model, so no
+    batched arithmetic differs between batch sizes)."""
     x0 = jnp.array([1.0, 0.25, 8.0, -3.0, 1e3, 2.0, -0.5, 64.0, 1e6])
     assert em._stage_sizes(9) == [9, 3, 1] and em._stage_sizes(16) == [16, 4, 1]
     res = jax.jit(lambda x: em.run_restarts(e_halving, m_halving, x, None, tol=1e-6,
-                                            max_iter=60, compact=True))(x0)
+                                            max_iter=60, **{mode: True}))(x0)
     assert len(set(np.asarray(res.n_iter).tolist())) > 3
     for i, x in enumerate(np.asarray(x0)):
         alone = _run(x0=float(x), tol=1e-6, max_iter=60)
-        for a, b in zip(em.select(res, i), alone):
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
-
-def test_sequential_restarts_equal_separate_runs():
-    """``sequential=True``: the restarts one after the other (``lax.map``), each equal to its
-    run alone and stopping at its own iteration count."""
-    x0 = jnp.array([1.0, 0.25, 8.0, -3.0])
-    res = jax.jit(lambda x: em.run_restarts(e_halving, m_halving, x, None, tol=1e-6,
-                                            max_iter=50, sequential=True))(x0)
-    assert len(set(np.asarray(res.n_iter).tolist())) > 1
-    for i, x in enumerate(np.asarray(x0)):
-        alone = _run(x0=float(x), tol=1e-6, max_iter=50)
         for a, b in zip(em.select(res, i), alone):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
