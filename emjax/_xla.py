@@ -25,6 +25,8 @@ class CompileTuning(NamedTuple):
     opt_level: int  # XLA's backend (LLVM) optimisation level of every such program
     ir_emitters_max_values: Mapping[str, int]  # per kind: up to this size, XLA:CPU's LLVM IR
     # emitters, which compile small programs in about half the time (larger ones run slower)
+    sequential_restarts: frozenset = frozenset()  # kinds whose restarts run one after the
+    # other in the program (lax.map), each to its own end, rather than vmapped
 
 
 #: The programs the table covers, each with what :func:`compiler_options` takes as its size.
@@ -41,6 +43,9 @@ CPU = CompileTuning(
     opt_level=1,
     ir_emitters_max_values={"failure_mode": 2**18, "families": 2**21, "missing": 2**22,
                             "grid": 2**23},
+    # the missing-data pass is many small operations: batching restarts adds compile time and
+    # no speed, and every lane waits for the slowest (docs/missing.md)
+    sequential_restarts=frozenset({"missing"}),
 )
 
 #: Unmeasured backends (GPU, TPU, others): level 1 (as every emjax fit), nothing backend-specific.
@@ -60,6 +65,14 @@ def compiler_options(kind: str, size: int, backend: str | None = None) -> tuple:
     if size <= t.ir_emitters_max_values.get(kind, -1):
         options["xla_cpu_use_fusion_emitters"] = False
     return tuple(sorted(options.items()))
+
+
+def sequential_restarts(kind: str, backend: str | None = None) -> bool:
+    """Whether a ``kind`` program (one of :data:`KINDS`) runs its restarts one after the other
+    (``emjax.em.run_restarts(..., sequential=True)``) on ``backend``."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {tuple(KINDS)}, got {kind!r}")
+    return kind in TUNING.get(backend or jax.default_backend(), PLAIN).sequential_restarts
 
 
 class JitByOptions:

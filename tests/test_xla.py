@@ -20,6 +20,12 @@ def test_options_follow_the_backend_table_and_the_size():
         assert _xla.compiler_options(kind, 1, backend="tpu") == (LEVEL_1,)
     with pytest.raises(ValueError, match="kind must be one of"):
         _xla.compiler_options("gmm", 1)
+    # restarts one after the other only where measured (the missing-data fit on CPU)
+    assert _xla.sequential_restarts("missing", backend="cpu")
+    assert not _xla.sequential_restarts("missing", backend="gpu")
+    assert not _xla.sequential_restarts("grid", backend="cpu")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        _xla.sequential_restarts("gmm")
 
 
 def test_each_option_set_is_its_own_program_with_the_same_result():

@@ -911,14 +911,15 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
 # Fitting
 
 
-def _fit_program(data, key, initial, tol, *, options, callback):
+def _fit_program(data, key, initial, tol, *, options, callback, sequential=False):
     k, covariance_type, init_method, reg_covar, max_iter, n_init, n_lloyd = options
     d = data.x.shape[1]
     dtype = data.x.dtype
     keys = jax.random.split(key, n_init)
     e_step, m_step, repair = make_model(covariance_type, reg_covar)
     run = functools.partial(em.run_restarts, e_step, m_step, data=data, tol=tol,
-                            max_iter=max_iter, repair=repair, callback=callback)
+                            max_iter=max_iter, repair=repair, callback=callback,
+                            sequential=sequential)
     init_kw = dict(covariance_type=covariance_type, init_params=init_method,
                    sample_weight=data.weight, n_lloyd=n_lloyd)
 
@@ -952,7 +953,8 @@ def _fit_program(data, key, initial, tol, *, options, callback):
 
 
 #: The compiled fit, one per set of XLA options (:func:`emjax._xla.compiler_options`).
-_fit_compiled = _xla.JitByOptions(_fit_program, static_argnames=("options", "callback"))
+_fit_compiled = _xla.JitByOptions(_fit_program,
+                                  static_argnames=("options", "callback", "sequential"))
 
 
 def _run_fit(data: MissingData, key, initial, tol, options, callback):
@@ -960,8 +962,9 @@ def _run_fit(data: MissingData, key, initial, tol, options, callback):
     whole programs when it is on)."""
     n, d = data.x.shape
     xla = _xla.compiler_options("missing", n * d * options.n_components)
-    return _fit_compiled.call(xla, (data, key, initial, tol),
-                              dict(options=options, callback=callback), "missing")
+    static = dict(options=options, callback=callback,
+                  sequential=_xla.sequential_restarts("missing"))
+    return _fit_compiled.call(xla, (data, key, initial, tol), static, "missing")
 
 
 def fit(
