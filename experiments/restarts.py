@@ -1,0 +1,125 @@
+"""Restarts vmapped against one after the other in the same program (``lax.map``, each to its
+own convergence): first call (compilation and run) in a fresh process and the warm run time.
+
+Gaussian mixtures switch by ``emjax.gmm.plan.Tuning.sequential_restarts_min_work`` (the E-step
+size per restart); the missing-data fit by ``emjax._xla.CompileTuning.sequential_restarts``.
+Each case runs both ways, each in its own fresh process, the order alternated between cases.
+
+Cases: digits (1797 x 64) and breast cancer (569 x 30) from scikit-learn, ``n_init = 5``,
+components padded to 8 as usual; missing-data fits with 30 % of the entries missing,
+``n_init = 4``.
+
+Writes ``experiments/results/restarts.json`` with the command, commit, date and load average.
+Usage::
+
+    PYTHONPATH=. python experiments/restarts.py [--kinds gmm,missing]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+CASES = {
+    "gmm": [dict(data="digits", covariance_type="full", k=5),
+            dict(data="digits", covariance_type="diag", k=5),
+            dict(data="breast_cancer", covariance_type="full", k=5),
+            dict(data="breast_cancer", covariance_type="diag", k=5)],
+    "missing": [dict(n=300, d=4, k=3), dict(n=3000, d=8, k=4), dict(n=20000, d=8, k=4),
+                dict(n=100000, d=16, k=16)],
+}
+
+
+def child(kind: str, case: dict, sequential: bool) -> dict:
+    import warnings
+
+    import jax
+    import numpy as np
+
+    jax.config.update("jax_enable_x64", True)
+    import emjax
+    from emjax import _xla
+    from emjax.gmm import plan as plan_lib
+
+    if kind == "gmm":
+        from sklearn import datasets
+
+        plan_lib.TUNING["cpu"] = plan_lib.CPU._replace(
+            sequential_restarts_min_work=0 if sequential else 2**62)
+        X = getattr(datasets, f"load_{case['data']}")().data.astype(np.float64)
+
+        def once(seed):
+            return emjax.fit(X, case["k"], covariance_type=case["covariance_type"], n_init=5,
+                             key=seed)
+    else:
+        _xla.TUNING["cpu"] = _xla.CPU._replace(
+            sequential_restarts=frozenset({"missing"} if sequential else ()))
+        rng = np.random.default_rng(0)
+        n, d, k = case["n"], case["d"], case["k"]
+        z = rng.integers(0, k, n)
+        X = rng.normal(size=(k, d))[z] * 1.2 + rng.normal(size=(n, d))
+        X[rng.uniform(size=X.shape) < 0.3] = np.nan
+        X = X[~np.isnan(X).all(1)]
+
+        def once(seed):
+            return emjax.fit(X, k, missing="marginalize", n_init=4, max_iter=200, key=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = time.perf_counter()
+        r = jax.block_until_ready(once(0))
+        first = time.perf_counter() - t
+        runs = []
+        for seed in (1, 2):
+            t = time.perf_counter()
+            jax.block_until_ready(once(seed))
+            runs.append(time.perf_counter() - t)
+    return dict(first_s=first, run_s=min(runs), runs_s=runs,
+                n_iter=np.asarray(r.restarts.n_iter).tolist(),
+                log_likelihood=float(r.log_likelihood))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kinds", default=",".join(CASES))
+    ap.add_argument("--out", default="experiments/results/restarts.json")
+    ap.add_argument("--child", nargs=3, metavar=("KIND", "CASE", "SEQUENTIAL"),
+                    help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        kind, case, seq = args.child
+        print(json.dumps(child(kind, json.loads(case), seq == "1")))
+        return
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    out = dict(command="PYTHONPATH=. python experiments/restarts.py --kinds " + args.kinds,
+               commit=commit, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               load_average_before=os.getloadavg(), rows=[])
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    i = 0
+    for kind in args.kinds.split(","):
+        for case in CASES[kind]:
+            row = dict(kind=kind, **case)
+            order = (("vmapped", "0"), ("sequential", "1"))
+            for name, seq in order if i % 2 == 0 else order[::-1]:
+                r = subprocess.run([sys.executable, __file__, "--child", kind, json.dumps(case),
+                                    seq], capture_output=True, text=True, env=env, check=True)
+                row[name] = json.loads(r.stdout.strip().splitlines()[-1])
+            row["run_ratio"] = row["sequential"]["run_s"] / row["vmapped"]["run_s"]
+            row["first_ratio"] = row["sequential"]["first_s"] / row["vmapped"]["first_s"]
+            out["rows"].append(row)
+            print(json.dumps(row), flush=True)
+            i += 1
+    out["load_average_after"] = os.getloadavg()
+    from emjax._files import atomic_write
+
+    with atomic_write(args.out, "w") as f:
+        json.dump(out, f, indent=1)
+    print("->", args.out)
+
+
+if __name__ == "__main__":
+    main()
