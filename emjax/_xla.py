@@ -44,7 +44,8 @@ CPU = CompileTuning(
     ir_emitters_max_values={"failure_mode": 2**18, "families": 2**21, "missing": 2**22,
                             "grid": 2**23},
     # the missing-data pass is many small operations: batching restarts adds compile time and
-    # no speed, and every lane waits for the slowest (docs/missing.md)
+    # no speed, and every lane waits for the slowest (docs/missing.md); the family fits keep
+    # their staged batches, faster for many small restarts (experiments/restarts.py)
     sequential_restarts=frozenset({"missing"}),
 )
 

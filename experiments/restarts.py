@@ -2,17 +2,20 @@
 own convergence): first call (compilation and run) in a fresh process and the warm run time.
 
 Gaussian mixtures switch by ``emjax.gmm.plan.Tuning.sequential_restarts_min_work`` (the E-step
-size per restart); the missing-data fit by ``emjax._xla.CompileTuning.sequential_restarts``.
+size per restart); the missing-data and family fits by
+``emjax._xla.CompileTuning.sequential_restarts``.
 Each case runs both ways, each in its own fresh process, the order alternated between cases.
 
 Cases: digits (1797 x 64) and breast cancer (569 x 30) from scikit-learn, ``n_init = 5``,
 components padded to 8 as usual; missing-data fits with 30 % of the entries missing,
-``n_init = 4``.
+``n_init = 4``; families (vmapped: in shrinking stages, ``compact=True``): 3 full-covariance
+Gaussian and 2 Poisson columns, K = 4, ``n_init = 4``, and experiments/families.py's latent
+class model (10 items of 3 categories, K = 4, 16 restarts).
 
 Writes ``experiments/results/restarts.json`` with the command, commit, date and load average.
 Usage::
 
-    PYTHONPATH=. python experiments/restarts.py [--kinds gmm,missing]
+    PYTHONPATH=. python experiments/restarts.py [--kinds gmm,missing,families]
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ CASES = {
             dict(data="breast_cancer", covariance_type="diag", k=5)],
     "missing": [dict(n=300, d=4, k=3), dict(n=3000, d=8, k=4), dict(n=20000, d=8, k=4),
                 dict(n=100000, d=16, k=16)],
+    "families": [dict(data="mixed", n=2000), dict(data="mixed", n=20000),
+                 dict(data="latent_class", n=5000)],
 }
 
 
@@ -55,6 +60,29 @@ def child(kind: str, case: dict, sequential: bool) -> dict:
         def once(seed):
             return emjax.fit(X, case["k"], covariance_type=case["covariance_type"], n_init=5,
                              key=seed)
+    elif kind == "families":
+        import emjax.families as fam
+
+        _xla.TUNING["cpu"] = _xla.CPU._replace(
+            sequential_restarts=frozenset({"families"} if sequential else ()))
+        rng = np.random.default_rng(0)
+        n = case["n"]
+        if case["data"] == "mixed":
+            X = np.concatenate([rng.normal(size=(n, 3)) + 2 * (np.arange(n) % 3)[:, None],
+                                rng.poisson(3, size=(n, 2)).astype(float)], 1)
+            family = fam.Product({"g": fam.Gaussian("full", n_features=3),
+                                  "p": fam.Poisson(n_features=2)})
+            fit_kw = dict(n_init=4)
+        else:  # experiments/families.py's latent class model: 10 items of 3 categories
+            z = rng.integers(0, 4, n)
+            probs = rng.dirichlet(np.ones(3), size=(4, 10))
+            u = rng.uniform(size=(n, 10, 1))
+            X = (u > np.cumsum(probs[z], -1)).sum(-1).astype(float)
+            family = fam.Categorical(floor=1e-15)
+            fit_kw = dict(n_init=16, tol=1e-8, max_iter=1000)
+
+        def once(seed):
+            return fam.fit(X, family, 4, key=seed, **fit_kw)
     else:
         _xla.TUNING["cpu"] = _xla.CPU._replace(
             sequential_restarts=frozenset({"missing"} if sequential else ()))

@@ -70,7 +70,7 @@ def check_data(X, family: Family, name: str = "X") -> np.ndarray:
 
 
 def _fit_program(X, key, w, tol, params_init, max_iter, *, family, n_components, history_size,
-                 n_init):
+                 n_init, sequential=False):
     # max_iter is traced (history_size static): other iteration limits share the program.
     data = family.encode(X)
     if params_init is None:
@@ -79,14 +79,18 @@ def _fit_program(X, key, w, tol, params_init, max_iter, *, family, n_components,
     else:
         params0 = params_init
     e_step, m_step = make_model(family)
+    # One after the other (where the tuning says so), else vmapped in shrinking stages: either
+    # way finished restarts stop costing work.
     res = em.run_restarts(e_step, m_step, params0, (data, w), tol=tol, max_iter=max_iter,
-                          compact=True, history_size=history_size)
+                          compact=not sequential, sequential=sequential,
+                          history_size=history_size)
     return FitResult.extend(em.best_restart(res), family=family)
 
 
 #: The compiled fit, one per set of XLA options (:func:`emjax._xla.compiler_options`).
 _fit_compiled = _xla.JitByOptions(
-    _fit_program, static_argnames=("family", "n_components", "history_size", "n_init"))
+    _fit_program,
+    static_argnames=("family", "n_components", "history_size", "n_init", "sequential"))
 
 
 def _pads_rows(family: Family) -> bool:
@@ -189,7 +193,7 @@ def fit(
         Xa, w = _sizes.pad_rows(Xa, w, n_rows)
     options = _xla.compiler_options("families", Xa.shape[0] * Xa.shape[1] * k)
     static = dict(family=bound, n_components=k, history_size=_sizes.history_class(max_iter),
-                  n_init=n_init)
+                  n_init=n_init, sequential=_xla.sequential_restarts("families"))
     args = (Xa, v.as_key(key), w, np.asarray(tol, Xa.dtype), p0, np.int32(max_iter))
     if _built_in(bound):  # its text names all it computes: the disk cache may keep it whole
         res = _fit_compiled.call(options, args, static, "families")
