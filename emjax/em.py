@@ -161,15 +161,19 @@ def run(
     return finish(jax.lax.while_loop(lambda s: ~s.done, body_fun, start(params0, estats0)))
 
 
+def _loop_dtype(params):
+    """The loop's floating dtype: that of the first parameter leaf (float if not floating)."""
+    leaves = jax.tree_util.tree_leaves(params)
+    dtype = leaves[0].dtype if leaves else jnp.float32
+    return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.result_type(float)
+
+
 def _loop(e_step, m_step, params0, data, *, tol, max_iter, repair=None, callback=None,
           decrease_tol=1e-6, rtol=0.0, from_stats=False, ll_prev=None, history_size=None):
     """:func:`run`'s loop as ``(start, body, finish)``: ``start(params0, estats0)`` is one
     fit's initial state, so a driver can run the body on any batch of states
     (:func:`run_restarts`' compaction). ``params0`` gives only the dtype here."""
-    leaves = jax.tree_util.tree_leaves(params0)
-    dtype = leaves[0].dtype if leaves else jnp.float32
-    if not jnp.issubdtype(dtype, jnp.floating):
-        dtype = jnp.result_type(float)
+    dtype = _loop_dtype(params0)
     tol = jnp.asarray(tol, dtype)
     rtol = jnp.asarray(rtol, dtype)
     size = max_iter if history_size is None else history_size
@@ -442,7 +446,8 @@ def run_restarts(
     ``sequential=True`` (static): the restarts run one after the other (``lax.map``), each
     loop to its own end, in the same single program: for steps whose GEMMs are large, where
     a batch gains little and every lane would wait for the slowest (the pass plan's
-    ``sequential_restarts``; a progress callback then reports one restart at a time).
+    ``sequential_restarts``). A progress callback still sees every restart at once: the
+    running one's iteration, and each one's log-likelihood and convergence so far.
 
     ``vmap_chunk > 0`` (static; no ``callback``): one restart is :func:`run_compacted` with
     ``chunk=vmap_chunk``, for fits that a caller vmaps over many data sets (the steps must
@@ -466,17 +471,49 @@ def run_restarts(
         final = jax.lax.while_loop(lambda s: ~s.done, body_fun,
                                    start(first(params0_batched), first(estats0_batched)))
         return jax.tree_util.tree_map(lambda a: a[None], finish(final))
-    if sequential:
+    if sequential and callback is None:
         def one(p0_e0):
             final = jax.lax.while_loop(lambda s: ~s.done, body_fun, start(*p0_e0))
             return finish(final)
 
         return jax.lax.map(one, (params0_batched, estats0_batched))
+    if sequential:
+        return _sequential_reporting(e_step, m_step, params0_batched, estats0_batched, data,
+                                     n, callback, dict(tol=tol, max_iter=max_iter,
+                                                       repair=repair, rtol=rtol,
+                                                       from_stats=estats0_batched is not None,
+                                                       ll_prev=ll_prev,
+                                                       history_size=history_size))
     states = jax.vmap(start)(params0_batched, estats0_batched)
     if not compact or n < 4:
         return jax.vmap(finish)(jax.lax.while_loop(lambda s: ~jnp.all(s.done),
                                                    jax.vmap(body_fun), states))
     return jax.vmap(finish)(_staged(body_fun, states, n))
+
+
+def _sequential_reporting(e_step, m_step, params0_batched, estats0_batched, data, n, callback,
+                          loop_kw):
+    """Restarts one after the other whose ``callback`` sees every restart at once, as under
+    ``vmap``: the running one's state, the finished ones' final log-likelihood and convergence
+    (their iteration count reported as 0, so the throttle and the bar follow the running one),
+    and nothing yet for those to come."""
+    dtype = _loop_dtype(params0_batched)
+    seen0 = (jnp.full((n,), -jnp.inf, dtype), jnp.zeros((n,), bool))
+
+    def one(seen, i_p0_e0):
+        i, p0, e0 = i_p0_e0
+        lls, convs = seen
+
+        def report(n_iter, ll, converged):
+            callback(jnp.zeros((n,), jnp.int32).at[i].set(n_iter),
+                     lls.at[i].set(ll.astype(dtype)), convs.at[i].set(converged))
+
+        start, body_fun, finish = _loop(e_step, m_step, p0, data, callback=report, **loop_kw)
+        res = finish(jax.lax.while_loop(lambda s: ~s.done, body_fun, start(p0, e0)))
+        return (lls.at[i].set(res.log_likelihood.astype(dtype)),
+                convs.at[i].set(res.converged)), res
+
+    return jax.lax.scan(one, seen0, (jnp.arange(n), params0_batched, estats0_batched))[1]
 
 
 def _stage_sizes(n: int) -> list:

@@ -66,6 +66,40 @@ def test_callback_reports_every_lane_once_per_iteration_and_changes_nothing():
     assert progress.make_callback(4) is progress.make_callback(4)  # cached: no recompilation
 
 
+def test_sequential_restarts_report_every_restart_at_once():
+    """Restarts run one after the other still reach the bar as one batch: the running restart's
+    iteration, every restart's log-likelihood and convergence so far; results unchanged."""
+    e_step, m_step = _toy_model()
+    starts = jnp.asarray([10.0, -3.0, 0.5, 40.0])
+    data = jnp.linspace(0.0, 2.0, 11)
+
+    def run(callback):
+        return em.run_restarts(e_step, m_step, starts, data, tol=1e-6, max_iter=50,
+                               callback=callback, sequential=True)
+
+    plain = jax.jit(lambda: run(None))()
+    seen = []
+
+    class Recorder(progress.ProgressBar):
+        def update(self, n_iter, ll, converged):
+            seen.append((n_iter.copy(), ll.copy(), converged.copy()))
+            super().update(n_iter, ll, converged)
+
+    stream = io.StringIO()
+    with Recorder("toy", 4, 50, stream=stream, interval=0.0) as bar:
+        reported = jax.jit(lambda: run(progress.make_callback(1)))()
+    for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(reported)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    n_iter = np.asarray(plain.n_iter)
+    assert all(s[0].shape == (4,) for s in seen)
+    assert len(seen) == n_iter.sum()  # one host call per iteration of each restart
+    assert [int(s[0].max()) for s in seen[:n_iter[0]]] == list(range(1, n_iter[0] + 1))
+    last = seen[-1]
+    np.testing.assert_array_equal(last[2], np.asarray(plain.converged))
+    np.testing.assert_allclose(last[1], np.asarray(plain.log_likelihood))
+    assert bar.last[2] == 4 and "converged 4/4" in stream.getvalue()
+
+
 def test_progress_bar_text_and_throttle():
     stream = io.StringIO()
     with progress.ProgressBar("K=1-3", 4, 100, stream=stream, interval=1e9, width=10) as bar:
