@@ -1,6 +1,6 @@
 """XLA compiler options of the compiled fits outside the Gaussian-mixture pass plan (the
 failure-mode mixture, other component families, Gaussian mixtures with missing values, model
-selection grids).
+selection grids, generalised EM).
 
 The options are chosen on the host, before the call, by :func:`compiler_options` from the
 problem's size and a table keyed by backend (:data:`TUNING`); each option set has its own jitted
@@ -35,6 +35,7 @@ KINDS = {
     "families": "rows x columns x components",
     "missing": "rows x features x components",
     "grid": "rows x features x largest number of components x grid points",
+    "gem": "rows x features x components",
 }
 
 #: CPU (XLA:CPU): level 1 compiles faster than 2 with the same run time; the IR emitters up to
@@ -42,7 +43,7 @@ KINDS = {
 CPU = CompileTuning(
     opt_level=1,
     ir_emitters_max_values={"failure_mode": 2**18, "families": 2**21, "missing": 2**22,
-                            "grid": 2**23},
+                            "grid": 2**23, "gem": 2**21},
     # the missing-data pass is many small operations: batching restarts adds compile time and
     # no speed, and every lane waits for the slowest (docs/missing.md); the family fits keep
     # their staged batches, faster for many small restarts (experiments/restarts.py)

@@ -4,12 +4,14 @@ LLVM IR emitters, by kind and problem size. Each measurement runs in a fresh pro
 
 Cases: the failure-mode fit (synthetic fleets of 300 and 3000 units, K = 3), the missing-data
 fit (20 % missing, full covariances), a mixed family (Gaussian + Poisson columns, K = 4) and a
-selection grid (full covariances, K = 1..K_max, 4 restarts), each at a small and a large size.
+selection grid (full covariances, K = 1..K_max, 4 restarts) and a generalised-EM fit (full,
+2 restarts), each at a small and a large size.
 
 Writes ``experiments/results/compile_options.json`` with the command, commit, date and load
 average. Usage::
 
-    PYTHONPATH=. python experiments/compile_options.py [--kinds failure_mode,missing,families,grid]
+    PYTHONPATH=. python experiments/compile_options.py \
+        [--kinds failure_mode,missing,families,grid,gem] [--merge]
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ CASES = {
     "missing": [dict(n=3000, d=8, k=4), dict(n=16000, d=8, k=4), dict(n=100000, d=16, k=16)],
     "families": [dict(n=20000), dict(n=200000)],
     "grid": [dict(n=600, d=2, k=6), dict(n=6000, d=8, k=6), dict(n=30000, d=16, k=8)],
+    "gem": [dict(n=600, d=2, k=3), dict(n=20000, d=8, k=4), dict(n=100000, d=16, k=8)],
 }
 
 
@@ -73,6 +76,15 @@ def child(kind: str, case: dict, ir: bool) -> dict:
 
         def once(seed):
             return fam.fit(X, family, 4, n_init=3, key=seed).log_likelihood
+    elif kind == "gem":
+        import emjax
+
+        n, d, k = case["n"], case["d"], case["k"]
+        X = np.concatenate([rng.normal(size=(n // k, d)) + 3 * i for i in range(k)])
+        size = len(X) * d * k
+
+        def once(seed):
+            return emjax.fit_gem(X, k, key=seed, n_init=2).log_likelihood
     else:
         from emjax.gmm import selection
 
@@ -99,6 +111,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--kinds", default=",".join(CASES))
     ap.add_argument("--out", default="experiments/results/compile_options.json")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the rows of the other kinds in an existing --out file")
     ap.add_argument("--child", nargs=3, metavar=("KIND", "CASE", "IR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -107,13 +121,21 @@ def main() -> None:
         return
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
-    out = dict(command="PYTHONPATH=. python experiments/compile_options.py --kinds " + args.kinds,
-               commit=commit, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               load_average_before=os.getloadavg(), rows=[])
+    command = "PYTHONPATH=. python experiments/compile_options.py --kinds " + args.kinds + (
+        " --merge" if args.merge else "")
+    run = dict(command=command, commit=commit,
+               date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               load_average_before=os.getloadavg())
+    out = dict(run, rows=[])
+    kinds = args.kinds.split(",")
+    if args.merge and os.path.exists(args.out):
+        with open(args.out) as f:
+            out = json.load(f)
+        out["rows"] = [r for r in out["rows"] if r["kind"] not in kinds]
     env = dict(os.environ, PYTHONPATH=os.getcwd())
-    for kind in args.kinds.split(","):
+    for kind in kinds:
         for case in CASES[kind]:
-            row = dict(kind=kind, **case)
+            row = dict(kind=kind, **case, run=run)
             for name, ir in (("fusion_emitters", "0"), ("ir_emitters", "1")):
                 r = subprocess.run([sys.executable, __file__, "--child", kind, json.dumps(case),
                                     ir], capture_output=True, text=True, env=env, check=True)
@@ -122,7 +144,7 @@ def main() -> None:
                 row[name] = res
             out["rows"].append(row)
             print(json.dumps(row), flush=True)
-    out["load_average_after"] = os.getloadavg()
+    out["load_average_after"] = run["load_average_after"] = os.getloadavg()
     from emjax._files import atomic_write
 
     with atomic_write(args.out, "w") as f:

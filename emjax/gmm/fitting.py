@@ -318,7 +318,7 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
     return e_step, m_step, repair
 
 
-#: XLA options of the other compiled GMM programs (selection, GEM, distributed): LLVM's
+#: XLA options of the distributed fit (the others choose theirs by size, emjax._xla): LLVM's
 #: optimisation level 1 compiles faster than 2 with the same run time (docs/performance.md).
 FIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 

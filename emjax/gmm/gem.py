@@ -20,7 +20,7 @@ import optax
 from jax.scipy.linalg import solve_triangular
 
 from emjax import _validation as v
-from emjax import em
+from emjax import _xla, em
 from emjax._linalg import after
 from emjax.gmm import GMMParams, fitting, steps
 from emjax.gmm import covariance as cov_lib
@@ -279,9 +279,7 @@ def make_gem_model(
     return e_step, m_step, repair
 
 
-@functools.partial(jax.jit, static_argnames=("options", "optimizer", "n_steps"),
-                   compiler_options=fitting.FIT_COMPILER_OPTIONS)
-def _fit_gem_compiled(X, key, sample_weight, tol, *, options, optimizer, n_steps):
+def _fit_gem_program(X, key, sample_weight, tol, *, options, optimizer, n_steps):
     n_components, covariance_type, init_method, reg_covar, max_iter, n_init, n_lloyd = options
     w = sample_weight
     shift = jnp.mean(X, 0) if w is None else (w @ X) / jnp.sum(w)
@@ -299,6 +297,12 @@ def _fit_gem_compiled(X, key, sample_weight, tol, *, options, optimizer, n_steps
                           repair=repair)
     res = steps.uncentre(res, shift)
     return em.best_restart(res)
+
+
+#: The compiled generalised-EM fit, one per set of XLA options
+#: (:func:`emjax._xla.compiler_options`).
+_fit_gem_compiled = _xla.JitByOptions(_fit_gem_program,
+                                      static_argnames=("options", "optimizer", "n_steps"))
 
 
 @functools.lru_cache(maxsize=1)
@@ -356,6 +360,7 @@ def fit_gem(
     if optimizer is None:
         optimizer = default_optimizer()
     w = c.sample_weight
-    return _fit_gem_compiled(
+    options = _xla.compiler_options("gem", c.X.shape[0] * c.X.shape[1] * c.options.n_components)
+    return _fit_gem_compiled[options](
         jnp.asarray(c.X), c.key, None if w is None else jnp.asarray(w),
         jnp.asarray(c.tol, c.X.dtype), options=c.options, optimizer=optimizer, n_steps=n_steps)
