@@ -43,7 +43,7 @@ KINDS = {
 CPU = CompileTuning(
     opt_level=1,
     ir_emitters_max_values={"failure_mode": 2**18, "families": 2**21, "missing": 2**22,
-                            "grid": 2**23, "gem": 2**21},
+                            "grid": 2**23, "gem": 2**24},
     # the missing-data pass is many small operations: batching restarts adds compile time and
     # no speed, and every lane waits for the slowest (docs/missing.md); the family fits keep
     # their staged batches, faster for many small restarts (experiments/restarts.py)
