@@ -144,7 +144,9 @@ def main() -> None:
                 row[name] = res
             out["rows"].append(row)
             print(json.dumps(row), flush=True)
-    out["load_average_after"] = run["load_average_after"] = os.getloadavg()
+    run["load_average_after"] = os.getloadavg()
+    if not args.merge:
+        out["load_average_after"] = run["load_average_after"]
     from emjax._files import atomic_write
 
     with atomic_write(args.out, "w") as f:
