@@ -33,8 +33,6 @@ CASES = {
 
 
 def child(kind: str, case: dict, ir: bool) -> dict:
-    import warnings
-
     import jax
     import numpy as np
 
@@ -94,17 +92,35 @@ def child(kind: str, case: dict, ir: bool) -> dict:
 
         def once(seed):
             return selection.fit_grid(X, k, n_init=4, key=seed).bic
+    _, first, runs = first_and_warm(once)
+    return dict(size=size, first_s=first, run_s=min(runs))
+
+
+def first_and_warm(once, warm_seeds=(1, 2)):
+    """``once(0)`` timed in this (fresh) process, compilation included, then ``once(seed)``
+    for each warm seed: (the first call's result, its seconds, the warm calls' seconds)."""
+    import warnings
+
+    import jax
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         t = time.perf_counter()
-        jax.block_until_ready(once(0))
+        result = jax.block_until_ready(once(0))
         first = time.perf_counter() - t
         runs = []
-        for seed in (1, 2):
+        for seed in warm_seeds:
             t = time.perf_counter()
             jax.block_until_ready(once(seed))
             runs.append(time.perf_counter() - t)
-    return dict(size=size, first_s=first, run_s=min(runs))
+    return result, first, runs
+
+
+def run_child(script: str, args: list, env: dict) -> dict:
+    """``script --child *args`` in a fresh process: the JSON of its last line of output."""
+    r = subprocess.run([sys.executable, script, "--child", *args], capture_output=True,
+                       text=True, env=env, check=True)
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -137,9 +153,7 @@ def main() -> None:
         for case in CASES[kind]:
             row = dict(kind=kind, **case, run=run)
             for name, ir in (("fusion_emitters", "0"), ("ir_emitters", "1")):
-                r = subprocess.run([sys.executable, __file__, "--child", kind, json.dumps(case),
-                                    ir], capture_output=True, text=True, env=env, check=True)
-                res = json.loads(r.stdout.strip().splitlines()[-1])
+                res = run_child(__file__, [kind, json.dumps(case), ir], env)
                 row["size"] = res.pop("size")
                 row[name] = res
             out["rows"].append(row)

@@ -24,8 +24,9 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import time
+
+from compile_options import first_and_warm, run_child
 
 CASES = {
     "gmm": [dict(data="digits", covariance_type="full", k=5),
@@ -40,8 +41,6 @@ CASES = {
 
 
 def child(kind: str, case: dict, sequential: bool) -> dict:
-    import warnings
-
     import jax
     import numpy as np
 
@@ -95,16 +94,7 @@ def child(kind: str, case: dict, sequential: bool) -> dict:
 
         def once(seed):
             return emjax.fit(X, k, missing="marginalize", n_init=4, max_iter=200, key=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        t = time.perf_counter()
-        r = jax.block_until_ready(once(0))
-        first = time.perf_counter() - t
-        runs = []
-        for seed in (1, 2):
-            t = time.perf_counter()
-            jax.block_until_ready(once(seed))
-            runs.append(time.perf_counter() - t)
+    r, first, runs = first_and_warm(once)
     return dict(first_s=first, run_s=min(runs), runs_s=runs,
                 n_iter=np.asarray(r.restarts.n_iter).tolist(),
                 log_likelihood=float(r.log_likelihood))
@@ -133,9 +123,7 @@ def main() -> None:
             row = dict(kind=kind, **case)
             order = (("vmapped", "0"), ("sequential", "1"))
             for name, seq in order if i % 2 == 0 else order[::-1]:
-                r = subprocess.run([sys.executable, __file__, "--child", kind, json.dumps(case),
-                                    seq], capture_output=True, text=True, env=env, check=True)
-                row[name] = json.loads(r.stdout.strip().splitlines()[-1])
+                row[name] = run_child(__file__, [kind, json.dumps(case), seq], env)
             row["run_ratio"] = row["sequential"]["run_s"] / row["vmapped"]["run_s"]
             row["first_ratio"] = row["sequential"]["first_s"] / row["vmapped"]["first_s"]
             out["rows"].append(row)
