@@ -109,18 +109,19 @@ class JitByOptions:
         """``self[options](*args, **static)``; with the disk cache on, the compiled program comes
         from its store (a new process loads it without tracing; see
         :func:`emjax._compile_cache.load_or_compile`), ``name`` prefixing its file."""
-        jitted = self[options]
-        compiled = _compile_cache.load_or_compile(jitted, args, static, self._executables, name,
-                                                  options)
-        return jitted(*args, **static) if compiled is None else compiled(*args)
+        compiled = self._stored(options, args, static, name)
+        return self[options](*args, **static) if compiled is None else compiled(*args)
 
     def compile(self, options: tuple, args: tuple, static: dict, name: str):
         """The compiled ``self[options]`` for ``args`` (arrays or ``jax.ShapeDtypeStruct``) and
         ``static``: from the disk cache's store when it is on, as :meth:`call`."""
-        jitted = self[options]
-        compiled = _compile_cache.load_or_compile(jitted, args, static, self._executables, name,
-                                                  options)
-        return jitted.lower(*args, **static).compile() if compiled is None else compiled
+        compiled = self._stored(options, args, static, name)
+        return self[options].lower(*args, **static).compile() if compiled is None else compiled
+
+    def _stored(self, options: tuple, args: tuple, static: dict, name: str):
+        """The program from the disk cache's store, or None when it is off or cannot keep it."""
+        return _compile_cache.load_or_compile(self[options], args, static, self._executables,
+                                              name, options)
 
     def clear(self) -> None:
         """Drop every compiled program held (in memory; the disk cache keeps its files)."""

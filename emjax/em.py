@@ -455,10 +455,12 @@ def run_restarts(
     """
     leaves = jax.tree_util.tree_leaves(params0_batched)
     n = leaves[0].shape[0] if leaves else 0
+    loop_kw = dict(tol=tol, max_iter=max_iter, repair=repair, rtol=rtol,
+                   from_stats=estats0_batched is not None, ll_prev=ll_prev,
+                   history_size=history_size)
     start, body_fun, finish = _loop(
-        e_step, m_step, jax.tree_util.tree_map(lambda a: a[0], params0_batched), data, tol=tol,
-        max_iter=max_iter, repair=repair, callback=callback, rtol=rtol,
-        from_stats=estats0_batched is not None, ll_prev=ll_prev, history_size=history_size)
+        e_step, m_step, jax.tree_util.tree_map(lambda a: a[0], params0_batched), data,
+        callback=callback, **loop_kw)
     if n == 1 and vmap_chunk and callback is None:
         first = functools.partial(jax.tree_util.tree_map, lambda a: a[0])
         res = run_compacted(e_step, m_step, first(params0_batched), data, tol=tol,
@@ -471,19 +473,9 @@ def run_restarts(
         final = jax.lax.while_loop(lambda s: ~s.done, body_fun,
                                    start(first(params0_batched), first(estats0_batched)))
         return jax.tree_util.tree_map(lambda a: a[None], finish(final))
-    if sequential and callback is None:
-        def one(p0_e0):
-            final = jax.lax.while_loop(lambda s: ~s.done, body_fun, start(*p0_e0))
-            return finish(final)
-
-        return jax.lax.map(one, (params0_batched, estats0_batched))
     if sequential:
-        return _sequential_reporting(e_step, m_step, params0_batched, estats0_batched, data,
-                                     n, callback, dict(tol=tol, max_iter=max_iter,
-                                                       repair=repair, rtol=rtol,
-                                                       from_stats=estats0_batched is not None,
-                                                       ll_prev=ll_prev,
-                                                       history_size=history_size))
+        return _sequential(e_step, m_step, params0_batched, estats0_batched, data, n, callback,
+                           loop_kw)
     states = jax.vmap(start)(params0_batched, estats0_batched)
     if not compact or n < 4:
         return jax.vmap(finish)(jax.lax.while_loop(lambda s: ~jnp.all(s.done),
@@ -491,12 +483,11 @@ def run_restarts(
     return jax.vmap(finish)(_staged(body_fun, states, n))
 
 
-def _sequential_reporting(e_step, m_step, params0_batched, estats0_batched, data, n, callback,
-                          loop_kw):
-    """Restarts one after the other whose ``callback`` sees every restart at once, as under
-    ``vmap``: the running one's state, the finished ones' final log-likelihood and convergence
-    (their iteration count reported as 0, so the throttle and the bar follow the running one),
-    and nothing yet for those to come."""
+def _sequential(e_step, m_step, params0_batched, estats0_batched, data, n, callback, loop_kw):
+    """Restarts one after the other (a ``lax.scan``), each loop to its own end. A ``callback``
+    sees every restart at once, as under ``vmap``: the running one's state, the finished ones'
+    final log-likelihood and convergence (their iteration count reported as 0, so the throttle
+    and the bar follow the running one), and nothing yet for those to come."""
     dtype = _loop_dtype(params0_batched)
     seen0 = (jnp.full((n,), -jnp.inf, dtype), jnp.zeros((n,), bool))
 
@@ -508,7 +499,8 @@ def _sequential_reporting(e_step, m_step, params0_batched, estats0_batched, data
             callback(jnp.zeros((n,), jnp.int32).at[i].set(n_iter),
                      lls.at[i].set(ll.astype(dtype)), convs.at[i].set(converged))
 
-        start, body_fun, finish = _loop(e_step, m_step, p0, data, callback=report, **loop_kw)
+        start, body_fun, finish = _loop(e_step, m_step, p0, data,
+                                        callback=None if callback is None else report, **loop_kw)
         res = finish(jax.lax.while_loop(lambda s: ~s.done, body_fun, start(p0, e0)))
         return (lls.at[i].set(res.log_likelihood.astype(dtype)),
                 convs.at[i].set(res.converged)), res
