@@ -3,7 +3,9 @@ library and the command line: a library does not write to the user's disk unless
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import hashlib
 import os
 import tempfile
@@ -12,6 +14,20 @@ import threading
 #: Programs compiling faster than this are not written (JAX's default, 1 s, would skip most
 #: small fits once they compile quickly).
 MIN_COMPILE_SECONDS = 0.1
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """Python's cyclic garbage collector paused (then restored): tracing and lowering a fit
+    allocate so many objects that the full collections they trigger took a third of the trace
+    time (docs/performance.md). Reference counting still frees everything acyclic."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def default_directory() -> str:
@@ -160,7 +176,8 @@ def _compile_fresh(jitted, args: tuple, static: dict):
     kernels: a new process that loaded such a copy would fail with ``Function ... not found``."""
     _listen_for_jax_cache_hits()
     before = getattr(_JAX_CACHE_HITS, "count", 0)
-    compiled = jitted.lower(*args, **static).compile()
+    with gc_paused():
+        compiled = jitted.lower(*args, **static).compile()
     return compiled, getattr(_JAX_CACHE_HITS, "count", 0) == before
 
 

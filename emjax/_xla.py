@@ -110,13 +110,19 @@ class JitByOptions:
         from its store (a new process loads it without tracing; see
         :func:`emjax._compile_cache.load_or_compile`), ``name`` prefixing its file."""
         compiled = self._stored(options, args, static, name)
-        return self[options](*args, **static) if compiled is None else compiled(*args)
+        if compiled is not None:
+            return compiled(*args)
+        with _compile_cache.gc_paused():  # a first call traces
+            return self[options](*args, **static)
 
     def compile(self, options: tuple, args: tuple, static: dict, name: str):
         """The compiled ``self[options]`` for ``args`` (arrays or ``jax.ShapeDtypeStruct``) and
         ``static``: from the disk cache's store when it is on, as :meth:`call`."""
         compiled = self._stored(options, args, static, name)
-        return self[options].lower(*args, **static).compile() if compiled is None else compiled
+        if compiled is not None:
+            return compiled
+        with _compile_cache.gc_paused():
+            return self[options].lower(*args, **static).compile()
 
     def _stored(self, options: tuple, args: tuple, static: dict, name: str):
         """The program from the disk cache's store, or None when it is off or cannot keep it."""

@@ -107,3 +107,14 @@ def blobs():
         rng.normal(size=(50, 3)) * 0.7 + np.array([5.0, 5.0, 0.0]),
         rng.normal(size=(40, 3)) * 0.5 + np.array([-4.0, 3.0, 2.0]),
     ])
+
+
+@pytest.fixture
+def fused_from_2_20(monkeypatch):
+    """CPU plans fused from ``N * D * K = 2^20`` for every covariance type, so tests of the
+    fused pass run it on small data (by default the dense steps run up to 2^23-2^24)."""
+    from emjax.gmm import plan as plan_lib
+
+    cpu = plan_lib.CPU._replace(fused_min_size=dict.fromkeys(plan_lib.CPU.fused_min_size, 2**20))
+    monkeypatch.setitem(plan_lib.TUNING, "cpu", cpu)
+    return cpu

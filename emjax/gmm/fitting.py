@@ -1,7 +1,8 @@
 """Fitting Gaussian mixtures: initialisation, the compiled EM loop and vmapped restarts.
 
-:func:`fit` validates at the boundary, then runs one jitted program: ``n_init`` initialisations
-(vmapped over PRNG keys) and ``n_init`` EM loops (vmapped ``while_loop``), and picks the best.
+:func:`fit` validates at the boundary, then runs two jitted programs: the ``n_init`` hard
+initialisations' centres (vmapped over PRNG keys; shared by every covariance type on the same
+data), then the ``n_init`` EM loops (vmapped, or one after the other), and picks the best.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emjax import _compile_cache, em, kmeans
+from emjax import _compile_cache, _xla, em, kmeans
 from emjax import _validation as v
 from emjax._batching import rare_cond
 from emjax._chunks import fold_chunks, rows
@@ -75,6 +76,7 @@ def responsibilities_init(
     center: Array | None = None,
     chunk_size: int | None = None,
     n_active: Array | None = None,
+    centers: Array | None = None,
 ) -> Array:
     """Initial responsibilities ``(n_samples, n_components)`` (pure, vmappable over ``key``).
 
@@ -85,13 +87,16 @@ def responsibilities_init(
     ``X - center`` if ``center`` is given. :func:`init_params` does not form this array.
     ``n_active`` (traced int): only the first ``n_active`` components exist (the others are
     padding and get no responsibility); the draws are those of ``n_active`` components.
+    ``centers``: the hard initialisation's centres (``(n_components, n_features)``, in the
+    coordinates of ``X - center``), computed elsewhere (:func:`initial_centers`).
     """
     n = X.shape[0]
     active = kmeans.active_centers(n_components, n_active)
     if init_params == "random":
         return uniform_responsibilities(key, 0, n, n_components, X.dtype, active)
-    centers = _init_centers(key, X, n_components, init_params, sample_weight, n_lloyd, center,
-                            chunk_size, n_active)
+    if centers is None:
+        centers = _init_centers(key, X, n_components, init_params, sample_weight, n_lloyd,
+                                center, chunk_size, n_active)
     labels = kmeans.assign(X, centers, center=center, chunk_size=chunk_size, active=active)
     return jax.nn.one_hot(labels, n_components, dtype=X.dtype)
 
@@ -183,6 +188,7 @@ def init_stats(
     center: Array | None = None,
     chunk_size: int | None = None,
     n_active: Array | None = None,
+    centers: Array | None = None,
 ) -> steps.SuffStats:
     """The sufficient statistics of :func:`responsibilities_init` (arguments as there),
     whose M-step gives the initial parameters; computed in chunked passes without the
@@ -197,8 +203,9 @@ def init_stats(
         def resp_of(start, size):
             return uniform_responsibilities(key, start, size, k, dtype, active)
     else:
-        centers = _init_centers(key, X, k, init_params, sample_weight, n_lloyd, center,
-                                chunk_size, n_active)
+        if centers is None:
+            centers = _init_centers(key, X, k, init_params, sample_weight, n_lloyd, center,
+                                    chunk_size, n_active)
 
         def resp_of(start, size):
             x = rows(X, start, size)
@@ -323,25 +330,59 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
 FIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
-def _per_restart(f, keys):
-    """``jax.vmap(f)(keys)``; one key is called unbatched (a batch of one traces, compiles and
-    runs the batched forms of every operation for nothing)."""
+def _per_restart(f, keys, *more):
+    """``jax.vmap(f)(keys, *more)``; one key is called unbatched (a batch of one traces,
+    compiles and runs the batched forms of every operation for nothing)."""
     if keys.shape[0] == 1:
-        return jax.tree_util.tree_map(lambda a: a[None], f(keys[0]))
-    return jax.vmap(f)(keys)
+        return jax.tree_util.tree_map(lambda a: a[None], f(keys[0], *(m[0] for m in more)))
+    return jax.vmap(f)(keys, *more)
+
+
+def _shift(X, w):
+    """The (weighted) mean of the rows: the centre the fit's passes work about."""
+    return jnp.mean(X, 0) if w is None else (w @ X) / jnp.sum(w)
+
+
+def hard_init(init_method: str) -> bool:
+    """Whether ``init_method`` starts from centres (every method but ``"random"``)."""
+    return init_method != "random"
+
+
+def _centers_program(X, key, sample_weight, n_active=None, *, n_components, n_init,
+                     init_method, n_lloyd, unrolled_steps, shifted):
+    """The centres ``(n_init, n_components, n_features)`` of the hard initialisation of each
+    restart, in the coordinates of ``X`` minus its mean (the draws of :func:`_fit_program`'s
+    own). A program of its own, so the fits of every covariance type on the same data (a
+    model-selection sweep) share it: it does not depend on the covariance type.
+
+    ``unrolled_steps``: computed as the unrolled steps do (on ``X^T``); ``shifted``: on ``X``
+    with the mean subtracted inside the passes (the fused pass), else on a centred copy."""
+    w = sample_weight
+    shift = _shift(X, w)
+    keys = jax.random.split(key, n_init)
+    kw = dict(sample_weight=w, n_lloyd=n_lloyd, n_active=n_active)
+    if unrolled_steps:
+        Xc = X - shift
+        xt = Xc.T
+        return _per_restart(lambda k: unrolled.init_centers(
+            k, Xc, xt, n_components, init_params=init_method, **kw), keys)
+    Xs, center = (X, shift) if shifted else (X - shift, None)
+    return _per_restart(lambda k: _init_centers(
+        k, Xs, n_components, init_method, w, n_lloyd, center, None, n_active), keys)
 
 
 def _fit_program(X, key, sample_weight, initial, tol, ll_prev, n_used=None, max_iter=None,
-                 n_active=None, *, options, callback, plan):
+                 n_active=None, centers0=None, *, options, callback, plan):
     # options.max_iter is the history length; a traced max_iter (<= it) stops the loop.
     # A traced n_active: the first n_active of options.n_components components exist, the
-    # others are padding (see make_model).
+    # others are padding (see make_model). centers0: _centers_program's result for these
+    # arguments (else the hard initialisation is computed here).
     n_components, covariance_type, init_method, reg_covar, history_size, n_init, n_lloyd = options
     if max_iter is None:
         max_iter = history_size
     weights_init, means_init, precisions_init = initial
     w = sample_weight
-    shift = jnp.mean(X, 0) if w is None else (w @ X) / jnp.sum(w)
+    shift = _shift(X, w)
     keys = jax.random.split(key, n_init)
     # Fast path: initialisation and EM both run on X itself, each chunk centred at `shift` inside
     # the passes, so a large X is held once (no centred copy). Small problems centre a copy.
@@ -395,24 +436,26 @@ def _fit_program(X, key, sample_weight, initial, tol, ll_prev, n_used=None, max_
     else:
         # The initial parameters are the M-step of the initial responsibilities' statistics,
         # computed by the EM loop's own M-step (one copy of it in the compiled program).
+        given = centers0 is not None
         if fast:
-            def stats0(k):
-                st = init_stats(k, X, n_components, center=shift, n_active=n_active, **init_kw)
+            def stats0(k, c=None):
+                st = init_stats(k, X, n_components, center=shift, n_active=n_active,
+                                centers=c, **init_kw)
                 return (st._replace(ref=st.ref + shift), jnp.zeros((n_components,), jnp.int32))
         elif small:
-            def stats0(k):
+            def stats0(k, c=None):
                 if init_method == "random":
                     g = uniform_responsibilities(k, 0, X.shape[0], n_components, X.dtype,
                                                  active).T
                     st = unrolled.stats(g, xt, w, covariance_type=covariance_type)
                 else:
                     st = unrolled.init_stats(k, Xc, xt, n_components, n_active=n_active,
-                                             **init_kw)
+                                             centers=c, **init_kw)
                 return (st, jnp.zeros((n_components,), jnp.int32))
         else:
-            def stats0(k):
+            def stats0(k, c=None):
                 r = responsibilities_init(k, Xc, n_components, init_method, w, n_lloyd,
-                                          n_active=n_active)
+                                          n_active=n_active, centers=c)
                 return (jnp.log(r), jnp.zeros(X.shape[:1], X.dtype))
         cls = cov_lib.COVARIANCE_CLASSES[covariance_type]
         shape = cov_lib.covariance_shape(covariance_type, n_components, d)
@@ -421,7 +464,7 @@ def _fit_program(X, key, sample_weight, initial, tol, ll_prev, n_used=None, max_
                              cls(jnp.zeros(shape, X.dtype), jnp.zeros(shape, X.dtype)))
         params0 = jax.tree_util.tree_map(
             lambda a: jnp.broadcast_to(a, (n_init,) + a.shape), template)
-        res = run(params0, estats0_batched=_per_restart(stats0, keys))
+        res = run(params0, estats0_batched=_per_restart(stats0, keys, *([centers0] * given)))
     if not fast:
         res = steps.uncentre(res, shift)
     if n_used is not None:  # restarts padded to a size class: the extra ones never win
@@ -453,10 +496,17 @@ def _fit_jitted(plan: plan_lib.PassPlan):
 _fit_compiled = _fit_jitted(plan_lib.PassPlan("diag"))  # level 1, fusion emitters: large fits
 
 
+#: The initialisation's centres (:func:`_centers_program`), for each set of XLA options.
+_centers_compiled = _xla.JitByOptions(
+    _centers_program, static_argnames=("n_components", "n_init", "init_method", "n_lloyd",
+                                       "unrolled_steps", "shifted"))
+
+
 def compiled_programs() -> int:
     """The number of fitting programs held in memory (every option set, and those of the disk
-    cache)."""
-    return sum(f._cache_size() for f in _FIT_JITTED.values()) + len(_EXECUTABLES)
+    cache), the initialisations' included."""
+    return (sum(f._cache_size() for f in _FIT_JITTED.values()) + len(_EXECUTABLES)
+            + _centers_compiled._cache_size())
 # Inside a caller's trace: a nested jit may not carry compiler options.
 _fit_nested = jax.jit(_fit_program, static_argnames=_FIT_STATIC)
 
@@ -603,6 +653,15 @@ def fit(
     o = o._replace(n_init=restart_class(n_init) if pad_restarts else n_init,
                    max_iter=history_class(max_iter), n_components=k_class)
     static = dict(options=o, callback=callback, plan=plan)
+    init = None
+    if not c.initial.given and hard_init(o.init_params):
+        # The initialisation's centres come from a program of their own, which the fits of
+        # every covariance type on these data share (a model-selection sweep compiles it once).
+        init = (tuple(sorted(plan.compiler_options().items())), (c.key, w, n_active),
+                dict(n_components=k_class, n_init=o.n_init, init_method=o.init_params,
+                     n_lloyd=o.n_lloyd, unrolled_steps=plan.unrolled and not plan.fused,
+                     shifted=plan.fused))
+        args = (*args, jax.ShapeDtypeStruct((o.n_init, k_class, d), dtype))
     jitted = _fit_jitted(plan)
     _bound_programs(Xa.shape, dtype, args, static)
     compiled = None
@@ -611,11 +670,19 @@ def fit(
         compiled = _compile_cache.load_or_compile(jitted, (Xa, *args), static, _EXECUTABLES,
                                                   "fit")
     elif Xa.nbytes >= LARGE_DATA_BYTES:
-        _compile_first(Xa, args, static)
+        _compile_first(Xa, args, static, init)
     # On CPU, device_put uses a 64-byte-aligned NumPy buffer in place (no copy; JAX never writes
     # to it) and copies any other one, so aligned data near the memory limit is held once.
     Xd = jax.device_put(Xa)
-    res = jitted(Xd, *args, **static) if compiled is None else compiled(Xd, *args)
+    if init is not None:
+        options, init_args, init_static = init
+        args = (*args[:-1], _centers_compiled.call(options, (Xd, *init_args), init_static,
+                                                   "fit_init"))
+    if compiled is None:
+        with _compile_cache.gc_paused():  # a first call traces
+            res = jitted(Xd, *args, **static)
+    else:
+        res = compiled(Xd, *args)
     if o.n_init != n_init or o.max_iter != max_iter or k_class != n_components:
         # Drop the padded restarts, history entries and components on the host (slicing device
         # arrays would compile a small program per shape).
@@ -677,6 +744,7 @@ def _bound_programs(shape, dtype, args: tuple, static: dict) -> None:
     if len(_PROGRAMS) >= MAX_PROGRAMS:
         for jitted in _FIT_JITTED.values():
             jitted.clear_cache()
+        _centers_compiled.clear()
         _PROGRAMS.clear()
         _EXECUTABLES.clear()
     _PROGRAMS[sig] = None
@@ -689,8 +757,9 @@ LARGE_DATA_BYTES = 2**26
 _PRECOMPILED: set = set()
 
 
-def _compile_first(Xa: np.ndarray, args: tuple, static: dict) -> None:
-    """Compile the fitting program for ``Xa``'s shape before ``Xa`` is put on the device.
+def _compile_first(Xa: np.ndarray, args: tuple, static: dict, init=None) -> None:
+    """Compile the fitting program for ``Xa``'s shape (and ``init``, its initialisation's
+    ``(options, args, static)``) before ``Xa`` is put on the device.
 
     Compiling takes a few hundred MiB of heap for a moment; done while only the host copy of the
     data exists, and with the freed heap handed back to the OS (glibc's ``malloc_trim``), that
@@ -707,7 +776,11 @@ def _compile_first(Xa: np.ndarray, args: tuple, static: dict) -> None:
     if sig in _PRECOMPILED:
         return
     X_spec = jax.ShapeDtypeStruct(Xa.shape, Xa.dtype)
-    _fit_jitted(static["plan"]).lower(X_spec, *args, **static).compile()
+    with _compile_cache.gc_paused():
+        _fit_jitted(static["plan"]).lower(X_spec, *args, **static).compile()
+        if init is not None:
+            options, init_args, init_static = init
+            _centers_compiled[options].lower(X_spec, *init_args, **init_static).compile()
     _PRECOMPILED.add(sig)
     try:
         import ctypes

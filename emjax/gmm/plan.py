@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import NamedTuple
 
 import jax
@@ -136,7 +138,9 @@ class PassPlan:
 class Tuning(NamedTuple):
     """One backend's tuned constants (the reason for each is in ``docs/performance.md``)."""
 
-    fused_min_size: int  # n_samples * n_features * n_components from which the pass is fused
+    fused_min_size: Mapping[str, int]  # per covariance type: n_samples * n_features *
+    # n_components from which the pass is fused (below it the dense steps, which compile faster)
+    dense_max_samples: int  # ... and past this many samples whatever the size
     full_form: str  # "auto": packed unless few components or wide float32; else that form
     few_components_ratio: int  # full: whitened when ratio * K <= D ("auto")
     select_gemm_max_features: int  # float32 packed products by selection GEMMs up to this D
@@ -174,7 +178,9 @@ class Tuning(NamedTuple):
 
 #: The CPU tuning (XLA:CPU, 2-core AVX-512; docs/performance.md has the measurements).
 CPU = Tuning(
-    fused_min_size=2**20,
+    fused_min_size=MappingProxyType({"full": 2**23, "tied": 2**20, "diag": 2**24,
+                                     "spherical": 2**24}),
+    dense_max_samples=2**16,
     full_form="auto",
     few_components_ratio=4,
     select_gemm_max_features=48,
@@ -214,7 +220,8 @@ CPU = Tuning(
 #: large budget, contractions as single ``dot_general``s, triangular solves from LAPACK-like
 #: kernels.
 PLAIN = Tuning(
-    fused_min_size=2**20,
+    fused_min_size=MappingProxyType(dict.fromkeys(_FORMS_OF, 2**20)),
+    dense_max_samples=2**62,
     full_form="whitened",
     few_components_ratio=0,
     select_gemm_max_features=0,
@@ -383,7 +390,8 @@ def make_plan(covariance_type: str, dtype, n_samples: int, n_features: int, n_co
     # Small problems run for milliseconds: compiling fast matters more than running fast.
     small = n * d * k <= t.small_max_size
     no_lapack = small and d <= t.small_max_features
-    fused = n * d * k >= t.fused_min_size
+    # Below these sizes the dense steps compile about 1 s faster and run at most 1.5x slower.
+    fused = n * d * k >= t.fused_min_size[covariance_type] or n > t.dense_max_samples
     unrolled = not fused and d <= t.unrolled_max_features and k <= t.unrolled_max_components
     return PassPlan(
         covariance_type=covariance_type,

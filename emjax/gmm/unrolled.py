@@ -210,20 +210,31 @@ def _lloyd(xt: Array, centers: Array, n_iter: int, sample_weight: Array | None,
     return jax.lax.fori_loop(0, n_iter, step, centers)
 
 
+def init_centers(key: Array, X: Array, xt: Array, n_components: int, *, init_params: str,
+                 sample_weight: Array | None, n_lloyd: int,
+                 n_active: Array | None = None) -> Array:
+    """The centres ``(K, D)`` of the hard initialisations of
+    :func:`emjax.gmm.fitting.responsibilities_init` (``"kmeans"``, ``"k-means++"``,
+    ``"random_from_data"``: the same draws) on ``X`` ``(N, D)`` and its transpose ``xt``;
+    ``n_active`` as there."""
+    k = n_components
+    if init_params == "random_from_data":
+        return X[kmeans.sample_rows(key, X.shape[0], k, sample_weight, X.dtype)]
+    centers = _kmeans_plusplus(key, X, xt, k, sample_weight, n_active)
+    if init_params == "kmeans":
+        centers = _lloyd(xt, centers, n_lloyd, sample_weight,
+                         kmeans.active_centers(k, n_active))
+    return centers
+
+
 def init_stats(key: Array, X: Array, xt: Array, n_components: int, *, covariance_type: str,
                init_params: str, sample_weight: Array | None, n_lloyd: int,
-               n_active: Array | None = None) -> SuffStats:
-    """The statistics of the hard initialisations of
-    :func:`emjax.gmm.fitting.responsibilities_init` (``"kmeans"``, ``"k-means++"``,
-    ``"random_from_data"``: the same draws) on ``X`` ``(N, D)`` and its transpose ``xt``,
-    whose M-step gives the initial parameters; ``n_active`` as there."""
+               n_active: Array | None = None, centers: Array | None = None) -> SuffStats:
+    """The statistics of the hard assignment to :func:`init_centers` (or to the given
+    ``centers``), whose M-step gives the initial parameters."""
     k = n_components
-    active = kmeans.active_centers(k, n_active)
-    if init_params == "random_from_data":
-        centers = X[kmeans.sample_rows(key, X.shape[0], k, sample_weight, X.dtype)]
-    else:
-        centers = _kmeans_plusplus(key, X, xt, k, sample_weight, n_active)
-        if init_params == "kmeans":
-            centers = _lloyd(xt, centers, n_lloyd, sample_weight, active)
-    g = _one_hot(_labels(xt, centers, active), k, X.dtype)
+    if centers is None:
+        centers = init_centers(key, X, xt, k, init_params=init_params,
+                               sample_weight=sample_weight, n_lloyd=n_lloyd, n_active=n_active)
+    g = _one_hot(_labels(xt, centers, kmeans.active_centers(k, n_active)), k, X.dtype)
     return stats(g, xt, sample_weight, covariance_type=covariance_type)

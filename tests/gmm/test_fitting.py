@@ -88,19 +88,24 @@ def test_driver_compiles_once_per_configuration(blobs):
     for seed in range(3):
         emjax.fit(blobs, 2, key=jax.random.key(seed), covariance_type="tied", n_init=2,
                   tol=1e-3 * (seed + 1), max_iter=20 + 5 * seed)
-    # New data values, keys, tol and max_iter (of one history class): no retrace.
-    assert fitting.compiled_programs() - before == 1
+    # New data values, keys, tol and max_iter (of one history class): no retrace. Two
+    # programs: the initialisation's centres, then EM.
+    assert fitting.compiled_programs() - before == 2
     # max_iter, an argument, still stops the loop: with tol = 0 a fit runs exactly max_iter
     # iterations, and a shorter fit is the start of a longer one.
     kw = dict(key=jax.random.key(0), covariance_type="tied", n_init=2, tol=0.0)
     short, long = emjax.fit(blobs, 2, max_iter=21, **kw), emjax.fit(blobs, 2, max_iter=30, **kw)
-    assert fitting.compiled_programs() - before == 1
+    assert fitting.compiled_programs() - before == 2
     assert int(short.n_iter) == 21 and int(long.n_iter) == 30
     assert short.history.shape == (21,) and short.restarts.history.shape == (2, 21)
     np.testing.assert_array_equal(short.restarts.history, long.restarts.history[:, :21])
     assert np.all(np.isfinite(long.history))
     emjax.fit(blobs[:100], 2, covariance_type="tied", n_init=2, max_iter=20)
-    assert fitting.compiled_programs() - before == 2  # a new size class compiles once
+    assert fitting.compiled_programs() - before == 4  # a new size class compiles once
+    # Another covariance type on the same data (a model-selection sweep) shares the
+    # initialisation: only its EM program is new.
+    emjax.fit(blobs[:100], 2, covariance_type="spherical", n_init=2, max_iter=20)
+    assert fitting.compiled_programs() - before == 5
     assert [_sizes.history_class(m) for m in (0, 1, 2, 3, 20, 100, 128, 129)] == [
         1, 1, 2, 4, 32, 128, 128, 256]
 

@@ -154,8 +154,12 @@ def test_make_plan(backend):
                 assert plan == make_plan(ct, dt, n, d, k, backend=backend)
                 assert hash(plan) == hash(make_plan(ct, dt, n, d, k, backend=backend))
                 assert plan.covariance_type == ct and plan.backend == backend
-                # a tiny problem takes the dense reference steps, the larger ones the fused pass
-                assert plan.fused == ((n, d, k) != sizes[0])
+                # small problems take the dense reference steps, the larger ones the fused
+                # pass (from a size per covariance type, or from a number of rows)
+                t = plan_lib.tuning(backend)
+                assert plan.fused == (n * d * k >= t.fused_min_size[ct]
+                                      or n > t.dense_max_samples)
+                assert plan.fused == ((n, d, k) != sizes[0]) or backend == "cpu"
                 n_chunks = -(-n // plan.chunk_size)
                 if plan.layout in ("features", "feature_blocks") or backend != "cpu":
                     assert n_chunks * plan.chunk_size - n < n_chunks  # split evenly
@@ -255,7 +259,7 @@ def test_packed_outer_products(dtype, d):
 
 
 @pytest.mark.parametrize("cov_type", ("full", "diag", "spherical"))
-def test_fast_path_fit_equals_sklearn(cov_type):
+def test_fast_path_fit_equals_sklearn(cov_type, fused_from_2_20):
     """emjax.fit on the fast path (float64: the features built once, gmm.feature_rows; full
     covariances in their packed form) takes the same EM steps as scikit-learn from the same
     start (5 iterations, tol 0)."""
@@ -292,7 +296,7 @@ def test_fast_path_fit_equals_sklearn(cov_type):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_plain_plan_fit_equals_cpu_plan_fit(dtype):
+def test_plain_plan_fit_equals_cpu_plan_fit(dtype, fused_from_2_20):
     """emjax.fit under the GPU/TPU default plan (row chunks, whitened full covariances), forced
     on CPU, gives the CPU plan's fit to rounding."""
     rng = np.random.default_rng(9)
