@@ -9,7 +9,7 @@ compilation, then twice warm.
 
 Usage:
   PYTHONPATH=. python experiments/fused_threshold.py [--sizes 4096,8192,16384,32768]
-      [--features 32] [--components 8] [--dtype float64] [--out FILE]
+      [--features 32] [--components 8] [--dtype float64] [--out FILE] [--merge]
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="float64")
     ap.add_argument("--covariance-types", default="full,tied,diag,spherical")
     ap.add_argument("--out", default="experiments/results/fused_threshold.json")
+    ap.add_argument("--merge", action="store_true",
+                    help="add this run's rows to an existing --out file")
     ap.add_argument("--child", nargs=2, metavar=("CASE", "FUSED"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -69,15 +71,20 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     command = " ".join(["PYTHONPATH=. python experiments/fused_threshold.py", *sys.argv[1:]])
-    out = dict(command=command, commit=commit,
+    run = dict(command=command, commit=commit,
                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               load_average_before=os.getloadavg(), rows=[])
+               load_average_before=os.getloadavg())
+    out = dict(runs=[], rows=[])
+    if args.merge and os.path.exists(args.out):
+        with open(args.out) as f:
+            out = json.load(f)
+    out["runs"].append(run)
     env = dict(os.environ, PYTHONPATH=os.getcwd())
     for n in (int(s) for s in args.sizes.split(",")):
         for ct in args.covariance_types.split(","):
             case = dict(n=n, d=args.features, k=args.components, dtype=args.dtype,
                         covariance_type=ct)
-            row = dict(case, size=n * args.features * args.components)
+            row = dict(case, size=n * args.features * args.components, run=len(out["runs"]) - 1)
             for fused in (False, True):  # alternated within the case: the same machine state
                 r = run_child(__file__, [json.dumps(case), "1" if fused else "0"], env)
                 row["fused" if fused else "dense"] = r
@@ -86,7 +93,7 @@ def main() -> None:
                   f"| warm dense {min(d['warm_s']):.3f} fused {min(f['warm_s']):.3f}",
                   flush=True)
             out["rows"].append(row)
-    out["load_average_after"] = os.getloadavg()
+    run["load_average_after"] = os.getloadavg()
     from emjax._files import atomic_write
 
     with atomic_write(args.out, "w") as f:
