@@ -88,7 +88,7 @@ def responsibilities_init(
     ``n_active`` (traced int): only the first ``n_active`` components exist (the others are
     padding and get no responsibility); the draws are those of ``n_active`` components.
     ``centers``: the hard initialisation's centres (``(n_components, n_features)``, in the
-    coordinates of ``X - center``), computed elsewhere (:func:`initial_centers`).
+    coordinates of ``X - center``), computed elsewhere (:func:`_centers_program`).
     """
     n = X.shape[0]
     active = kmeans.active_centers(n_components, n_active)
