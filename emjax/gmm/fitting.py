@@ -220,18 +220,20 @@ def init_stats(
 
 def m_step_from_stats(stats: steps.SuffStats, *, covariance_type: str,
                       reg_covar: float, blocked_inverse: bool | None = None,
-                      lapack: bool = True, unrolled: bool = False) -> em.Flagged:
+                      lapack: bool = True, unrolled: bool = False,
+                      pool: Array | None = None) -> em.Flagged:
     """The GMM M-step as the driver takes it: :func:`emjax.gmm.params_from_stats`, flagged with
-    ``em.STATUS_REGULARISED`` when a covariance needed a jitter to be factorised."""
+    ``em.STATUS_REGULARISED`` when a covariance needed a jitter to be factorised (``pool``: see
+    :func:`emjax.gmm.steps.params_from_stats_checked`)."""
     params, regularised = steps.params_from_stats_checked(
         stats, covariance_type=covariance_type, reg_covar=reg_covar,
-        blocked_inverse=blocked_inverse, lapack=lapack, unrolled=unrolled)
+        blocked_inverse=blocked_inverse, lapack=lapack, unrolled=unrolled, pool=pool)
     return em.Flagged(params, jnp.where(regularised, em.STATUS_REGULARISED, 0))
 
 
 def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 1e-3, *,
                plan: plan_lib.PassPlan | None = None, center: Array | None = None,
-               inputs=None, active: Array | None = None):
+               inputs=None, active: Array | None = None, pool: Array | None = None):
     """The GMM as the driver sees it: ``(e_step, m_step, repair)`` over ``data = (X, w)``.
 
     The static ``plan`` (:func:`emjax.gmm.plan.make_plan`) chooses the steps. ``plan.fused``:
@@ -259,12 +261,15 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
     others are padding (so that fits of nearby ``n_components`` share one program): weight 0
     (their log-weight is ``-inf`` in every E-step, so they take no responsibility), never
     re-seeded, and the M-step renormalises the weights of the active ones.
+
+    ``pool``: optional traced bool, full and diagonal covariances: the M-step pools them as
+    tied and spherical ones (:func:`emjax.gmm.steps.params_from_stats_checked`).
     """
     blocked = None if plan is None else plan.blocked_inverse
     cond = True if plan is None else plan.reseed_cond
     small = plan is not None and plan.unrolled
     m_kw = dict(covariance_type=covariance_type, reg_covar=reg_covar, blocked_inverse=blocked,
-                lapack=True if plan is None else plan.lapack, unrolled=small)
+                lapack=True if plan is None else plan.lapack, unrolled=small, pool=pool)
     r_kw = dict(covariance_type=covariance_type, empty_threshold=empty_threshold, cond=cond,
                 active=active)
 
@@ -372,11 +377,12 @@ def _centers_program(X, key, sample_weight, n_active=None, *, n_components, n_in
 
 
 def _fit_program(X, key, sample_weight, initial, tol, ll_prev, n_used=None, max_iter=None,
-                 n_active=None, centers0=None, *, options, callback, plan):
+                 n_active=None, centers0=None, pool=None, *, options, callback, plan):
     # options.max_iter is the history length; a traced max_iter (<= it) stops the loop.
     # A traced n_active: the first n_active of options.n_components components exist, the
     # others are padding (see make_model). centers0: _centers_program's result for these
-    # arguments (else the hard initialisation is computed here).
+    # arguments (else the hard initialisation is computed here). A traced pool: full or
+    # diagonal covariances pooled as tied or spherical ones (steps.pooled_as).
     n_components, covariance_type, init_method, reg_covar, history_size, n_init, n_lloyd = options
     if max_iter is None:
         max_iter = history_size
@@ -397,10 +403,11 @@ def _fit_program(X, key, sample_weight, initial, tol, ll_prev, n_used=None, max_
         # What every iteration's pass reads (X^T, or the features [q, x - shift, 1]), built once.
         e_step, m_step, repair = make_model(covariance_type, reg_covar, plan=plan, center=shift,
                                             inputs=kernels.prepare(plan, X, shift),
-                                            active=active)
+                                            active=active, pool=pool)
         data = (X, w)
     else:
-        e_step, m_step, repair = make_model(covariance_type, reg_covar, plan=plan, active=active)
+        e_step, m_step, repair = make_model(covariance_type, reg_covar, plan=plan, active=active,
+                                            pool=pool)
         # X^T in the data, not in a closure: the compacting batch rule sees only arguments.
         data = (Xc, w, xt) if small else (Xc, w)
     run = functools.partial(em.run_restarts, e_step, m_step, data=data, tol=tol,
@@ -633,8 +640,18 @@ def fit(
                                   n if w is None else int(np.count_nonzero(w[:n])))
     n_active = None if k_class is None else np.int32(n_components)
     k_class = k_class or n_components
+    requested, pool = o.covariance_type, None
     if plan is None:  # planned for the rows and components the program runs on
         plan = plan_lib.make_plan(o.covariance_type, dtype, Xa.shape[0], d, k_class)
+        base = steps.POOLED_AS[requested]
+        if n_rows is not None and not c.initial.given and not plan.fused:
+            base_plan = plan_lib.make_plan(base, dtype, Xa.shape[0], d, k_class)
+            if not base_plan.fused:
+                # Small fits run tied covariances as full and spherical as diagonal ones,
+                # pooled by the M-step (the same values): a sweep over the four covariance
+                # types compiles two programs, not four.
+                plan, pool = base_plan, np.bool_(base != requested)
+                o = o._replace(covariance_type=base)
     elif not isinstance(plan, plan_lib.PassPlan) or plan.covariance_type != o.covariance_type:
         raise ValueError(f"plan must be a PassPlan for covariance_type={o.covariance_type!r}, "
                          f"got {plan!r}")
@@ -661,7 +678,8 @@ def fit(
                 dict(n_components=k_class, n_init=o.n_init, init_method=o.init_params,
                      n_lloyd=o.n_lloyd, unrolled_steps=plan.unrolled and not plan.fused,
                      shifted=plan.fused))
-        args = (*args, jax.ShapeDtypeStruct((o.n_init, k_class, d), dtype))
+    centers_spec = None if init is None else jax.ShapeDtypeStruct((o.n_init, k_class, d), dtype)
+    args = (*args, centers_spec, pool)
     jitted = _fit_jitted(plan)
     _bound_programs(Xa.shape, dtype, args, static)
     compiled = None
@@ -676,23 +694,28 @@ def fit(
     Xd = jax.device_put(Xa)
     if init is not None:
         options, init_args, init_static = init
-        args = (*args[:-1], _centers_compiled.call(options, (Xd, *init_args), init_static,
-                                                   "fit_init"))
+        centers0 = _centers_compiled.call(options, (Xd, *init_args), init_static, "fit_init")
+        args = (*args[:-2], centers0, pool)
     if compiled is None:
         with _compile_cache.gc_paused():  # a first call traces
             res = jitted(Xd, *args, **static)
     else:
         res = compiled(Xd, *args)
-    if o.n_init != n_init or o.max_iter != max_iter or k_class != n_components:
+    pooled = o.covariance_type != requested
+    if o.n_init != n_init or o.max_iter != max_iter or k_class != n_components or pooled:
         # Drop the padded restarts, history entries and components on the host (slicing device
-        # arrays would compile a small program per shape).
+        # arrays would compile a small program per shape); pooled covariances in their form.
         res = jax.tree_util.tree_map(np.asarray, res)
         res = res._replace(restarts=jax.tree_util.tree_map(lambda a: a[:n_init], res.restarts))
         res = res.first_iterations(max_iter)
+        params, restart_params = res.params, res.restarts.params
+        if pooled:
+            params = steps.pooled_as(params, requested)
+            restart_params = steps.pooled_as(restart_params, requested, lead=1)
         res = jax.device_put(res._replace(
-            params=steps.first_components(res.params, n_components),
+            params=steps.first_components(params, n_components),
             restarts=res.restarts._replace(
-                params=steps.first_components(res.restarts.params, n_components, lead=1))))
+                params=steps.first_components(restart_params, n_components, lead=1))))
     if _shares_memory(Xd, Xa):
         # The fit runs asynchronously: finish it before returning, so that a later change to the
         # caller's array cannot reach a running fit.

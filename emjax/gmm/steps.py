@@ -217,11 +217,17 @@ def params_from_stats_checked(stats: SuffStats, *, covariance_type: str = "full"
                               reg_covar: float = 1e-6,
                               blocked_inverse: bool | None = None,
                               lapack: bool = True,
-                              unrolled: bool = False) -> tuple[GMMParams, Array]:
+                              unrolled: bool = False,
+                              pool: Array | None = None) -> tuple[GMMParams, Array]:
     """:func:`params_from_stats`, and whether a covariance was not positive definite in the
     working precision and got a jitter on its diagonal (a bool scalar; see
     :func:`emjax.gmm.covariance.from_covariances_checked`, which also takes
-    ``blocked_inverse``, ``lapack`` and ``unrolled``)."""
+    ``blocked_inverse``, ``lapack`` and ``unrolled``).
+
+    ``pool``: optional traced bool, full and diagonal covariances only: when true, every
+    component gets the tied covariance (full) or its spherical variance in each feature
+    (diagonal), the same values as ``covariance_type="tied"`` / ``"spherical"``, so one compiled
+    fit serves both (see :func:`pooled_as`)."""
     dtype = stats.sx.dtype
     nk = stats.nk + 10 * jnp.finfo(dtype).eps
     delta = stats.sx / nk[:, None]
@@ -232,11 +238,17 @@ def params_from_stats_checked(stats: SuffStats, *, covariance_type: str = "full"
         scatter = stats.sxx - nk[:, None, None] * delta[:, :, None] * delta[:, None, :]
         if covariance_type == "full":
             covs = scatter / nk[:, None, None] + reg_covar * eye
+            if pool is not None:
+                tied = jnp.sum(scatter, 0) / jnp.sum(nk) + reg_covar * eye
+                covs = jnp.where(pool, jnp.broadcast_to(tied, covs.shape), covs)
         else:
             covs = jnp.sum(scatter, 0) / jnp.sum(nk) + reg_covar * eye
     else:
         var = stats.sxx / nk[:, None] - delta * delta + reg_covar
         covs = var if covariance_type == "diag" else jnp.mean(var, axis=1)
+        if covariance_type == "diag" and pool is not None:
+            covs = jnp.where(pool, jnp.broadcast_to(jnp.mean(var, axis=1)[:, None], var.shape),
+                             var)
     cov, regularised = cov_lib.from_covariances_checked(covariance_type, covs,
                                                         blocked_inverse=blocked_inverse,
                                                         lapack=lapack, unrolled=unrolled)
@@ -393,6 +405,22 @@ def filler_params(covariance_type: str, k: int, d: int, dtype, lead: tuple = ())
     }[covariance_type]
     cov = cov_lib.COVARIANCE_CLASSES[covariance_type](eye_like, eye_like)
     return GMMParams(jnp.zeros(lead + (k,), dtype), jnp.zeros(lead + (k, d), dtype), cov)
+
+
+#: The covariance type a pooled fit of each type runs as (see :func:`params_from_stats_checked`).
+POOLED_AS = {"full": "full", "tied": "full", "diag": "diag", "spherical": "diag"}
+
+
+def pooled_as(params: GMMParams, covariance_type: str, lead: int = 0) -> GMMParams:
+    """``params`` of a fit run as ``POOLED_AS[covariance_type]`` with pooled covariances (every
+    component's the same matrix, or each component's variances equal), in ``covariance_type``'s
+    own form (``lead`` leading batch axes; NumPy or JAX arrays)."""
+    cov = params.covariance
+    if covariance_type == "tied":
+        cov = cov_lib.TiedCovariance(*(a[(slice(None),) * lead + (0,)] for a in cov))
+    elif covariance_type == "spherical":
+        cov = cov_lib.SphericalCovariance(*(a[..., 0] for a in cov))
+    return GMMParams(params.weights, params.means, cov)
 
 
 def first_components(params: GMMParams, k: int, lead: int = 0) -> GMMParams:

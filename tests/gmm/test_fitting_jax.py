@@ -225,3 +225,31 @@ def test_padding_components_are_never_reseeded(covariance_type):
     np.testing.assert_allclose(a.log_likelihood, b.log_likelihood, rtol=1e-12)
     np.testing.assert_allclose(a.params.means[:3], b.params.means, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(a.params.weights[:3], b.params.weights, rtol=1e-10)
+
+
+@pytest.mark.parametrize("pooled, base", [("tied", "full"), ("spherical", "diag")])
+@pytest.mark.parametrize("n_features", [2, 6])  # the unrolled steps, the dense steps
+def test_tied_and_spherical_fits_share_the_programs_of_full_and_diag(pooled, base, n_features):
+    """A small tied (spherical) fit runs the full (diagonal) fit's program, its M-step pooling
+    the covariances; it equals the fit by the tied (spherical) steps themselves (the traced
+    fit, which runs exactly the type asked for) and comes back in its own form."""
+    X = _data(101)
+    X = np.hstack([X, np.random.default_rng(1).normal(size=(101, n_features - 2))])
+    kw = dict(KW, key=3)
+    emjax.fit(X, 3, covariance_type=base, **kw)
+    before = fitting.compiled_programs()
+    res = emjax.fit(X, 3, covariance_type=pooled, **kw)
+    assert fitting.compiled_programs() == before  # no new program
+    exact = jax.jit(lambda X, key: emjax.fit(X, 3, key=key, covariance_type=pooled, **KW))(
+        jnp.asarray(X), jax.random.key(3))
+    assert res.params.covariance_type == pooled == exact.params.covariance_type
+    assert int(res.n_iter) == int(exact.n_iter)
+    np.testing.assert_allclose(res.log_likelihood, exact.log_likelihood, rtol=1e-12)
+    np.testing.assert_allclose(res.restarts.log_likelihood, exact.restarts.log_likelihood,
+                               rtol=1e-12)
+    for a, b in zip(jax.tree_util.tree_leaves(res.params),
+                    jax.tree_util.tree_leaves(exact.params)):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    shape = (2, n_features, n_features) if pooled == "tied" else (2, 3)
+    assert res.restarts.params.covariance.covariances.shape == shape
