@@ -18,6 +18,8 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from emjax._sizes import PAD_MAX_ROWS
+
 #: How the log-densities are formed (see :mod:`emjax.gmm.kernels`).
 FORMS = ("packed", "whitened", "tied", "diag", "spherical")
 #: What the pass reads: row chunks of X, chunks of X^T, precomputed feature rows, or feature row
@@ -510,7 +512,13 @@ def explain_plan(n_samples: int, n_features: int, n_components: int, *,
         E-step: fused chunked pass, whitened: ...
     """
     plan = make_plan(covariance_type, dtype, n_samples, n_features, n_components, backend)
-    return describe(plan, n_samples, n_features, n_components, dtype)
+    text = describe(plan, n_samples, n_features, n_components, dtype)
+    base = {"tied": "full", "spherical": "diag"}.get(covariance_type)
+    if (base and not plan.fused and n_samples <= PAD_MAX_ROWS
+            and not make_plan(base, dtype, n_samples, n_features, n_components, backend).fused):
+        text += (f"\n  emjax.fit without a given start runs it as {base!r} covariances pooled "
+                 f"by the M-step (the same values; one program with {base!r} fits)")
+    return text
 
 
 __all__ = ["CPU", "PLAIN", "TUNING", "PassPlan", "Tuning", "describe", "explain_plan",

@@ -178,6 +178,11 @@ def test_make_plan(backend):
     for n, d in ((100_000, 16), (1000, 15), (150, 4)):  # fused, dense, unrolled: one M-step line
         text = emjax.explain_plan(n, d, 3, covariance_type="full", backend=backend)
         assert sum(row.lstrip().startswith("M-step") for row in text.splitlines()) == 1, text
+    # a small tied fit runs the full fit's program, pooled; a large one its own
+    assert "as 'full' covariances pooled" in emjax.explain_plan(
+        1000, 15, 3, covariance_type="tied", backend=backend)
+    assert "pooled by" not in emjax.explain_plan(100_000, 16, 16, covariance_type="tied",
+                                              backend=backend)
 
 
 @pytest.mark.parametrize("cov_type", ("full", "spherical"))
