@@ -10,18 +10,19 @@ joined by ``+``: ``FIELD=value`` sets a :class:`emjax.PassPlan` field on the bas
 ``chunk_size=4096``, ``materialise_transposes=False``, ``layout="rows"``), and
 ``tuning.NAME=value`` plans the problem again from the backend's tuning table with one entry
 changed (e.g. ``tuning.feature_blocks_max_bytes=0``). Values are Python expressions. Every
-variant's program is compiled first; the compiled programs then run in turn, ``rounds`` times,
-on the same data and start (the benchmark's). Prints each variant's plan, its ms per iteration
-(a run of ``T`` iterations plus the first E-step, divided by ``T + 1``) and the final
-log-likelihood. The per-iteration A/B figures in docs/performance.md were measured with this
-script (then with module settings that the plan fields and tuning entries replace).
+variant's program is compiled first, with its plan's XLA options (``opt_level``,
+``fusion_emitters``) as ``emjax.fit`` compiles it; the compiled programs then run in turn,
+``rounds`` times, on the same data and start (the benchmark's). Prints each variant's plan,
+its ms per iteration (a run of ``T`` iterations plus the first E-step, divided by ``T + 1``)
+and the final log-likelihood. The per-iteration A/B figures in docs/performance.md were
+measured with this script (then with module settings that the plan fields and tuning entries
+replace, and compiled with XLA's default options).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import sys
 import time
 from pathlib import Path
@@ -76,7 +77,6 @@ def main():
             if not key.startswith("tuning.") and key not in fields:
                 raise SystemExit(f"unknown plan field {key!r}; fields: {sorted(fields)}")
 
-    @functools.partial(jax.jit, static_argnames=("T", "plan"))
     def loop(p, X, T, plan):
         # As emjax.fit's fused pass: chunks centred at the data's mean, the plan's inputs
         # (features, or X^T) built once per fit.
@@ -97,8 +97,11 @@ def main():
         for name, v in zip(names, variants):
             plan = variant_plan(v, ct, np.dtype(args.dtype), n, d, k)
             print(f"{name}: {plan}", flush=True)
+            # compiled with the plan's XLA options, as emjax.fit compiles it
+            jitted = jax.jit(loop, static_argnames=("T", "plan"),
+                             compiler_options=plan.compiler_options())
             for t in (T, args.iters2) if args.iters2 else (T,):
-                fns[name, t] = loop.lower(p0, X, t, plan).compile()
+                fns[name, t] = jitted.lower(p0, X, t, plan).compile()
                 fns[name, t](p0, X).block_until_ready()
         ts = {key: [] for key in fns}
         lls = {}

@@ -171,6 +171,8 @@ class Tuning(NamedTuple):
     small_opt_level: int  # the small plan's XLA backend optimisation level
     opt_level: int  # XLA backend optimisation level of every other plan
     dense_fusion_emitters: bool  # the dense (unfused) plans keep XLA:CPU's fusion emitters
+    fused_fusion_emitters_min_size: int  # fused plans from this n * d * k keep them (below it
+    # the LLVM IR emitters: about 1 s less compilation, iterations 5-20 % slower)
     unrolled_max_features: int  # unrolled steps and factorisations up to this D
     unrolled_max_components: int  # ... and this K
     compact_chunk: int  # unrolled: fits stepped at a time under vmap (0: all until the slowest)
@@ -211,6 +213,7 @@ CPU = Tuning(
     small_opt_level=0,
     opt_level=1,
     dense_fusion_emitters=False,
+    fused_fusion_emitters_min_size=2**22,
     unrolled_max_features=4,
     unrolled_max_components=8,
     compact_chunk=128,
@@ -252,6 +255,7 @@ PLAIN = Tuning(
     small_opt_level=1,
     opt_level=1,
     dense_fusion_emitters=True,
+    fused_fusion_emitters_min_size=0,
     unrolled_max_features=0,
     unrolled_max_components=0,
     compact_chunk=0,
@@ -408,7 +412,8 @@ def make_plan(covariance_type: str, dtype, n_samples: int, n_features: int, n_co
         blocked_inverse=no_lapack or d >= t.blocked_inverse_min_features,
         lapack=not no_lapack,
         opt_level=t.small_opt_level if small else t.opt_level,
-        fusion_emitters=fused or t.dense_fusion_emitters,
+        fusion_emitters=(n * d * k >= t.fused_fusion_emitters_min_size if fused
+                         else t.dense_fusion_emitters),
         unrolled=unrolled,
         compact=t.compact_chunk if unrolled else 0,
         sequential_restarts=(not unrolled and n * k * (n_quadratic(covariance_type, d) + d)
