@@ -343,8 +343,8 @@ def _per_restart(f, keys, *more):
     return jax.vmap(f)(keys, *more)
 
 
-def _shift(X, w):
-    """The (weighted) mean of the rows: the centre the fit's passes work about."""
+def weighted_mean(X, w):
+    """The (``w``-weighted) mean of the rows of ``X``: the centre a fit's passes work about."""
     return jnp.mean(X, 0) if w is None else (w @ X) / jnp.sum(w)
 
 
@@ -363,7 +363,7 @@ def _centers_program(X, key, sample_weight, n_active=None, *, n_components, n_in
     ``unrolled_steps``: computed as the unrolled steps do (on ``X^T``); ``shifted``: on ``X``
     with the mean subtracted inside the passes (the fused pass), else on a centred copy."""
     w = sample_weight
-    shift = _shift(X, w)
+    shift = weighted_mean(X, w)
     keys = jax.random.split(key, n_init)
     kw = dict(sample_weight=w, n_lloyd=n_lloyd, n_active=n_active)
     if unrolled_steps:
@@ -388,7 +388,7 @@ def _fit_program(X, key, sample_weight, initial, tol, ll_prev, n_used=None, max_
         max_iter = history_size
     weights_init, means_init, precisions_init = initial
     w = sample_weight
-    shift = _shift(X, w)
+    shift = weighted_mean(X, w)
     keys = jax.random.split(key, n_init)
     # Fast path: initialisation and EM both run on X itself, each chunk centred at `shift` inside
     # the passes, so a large X is held once (no centred copy). Small problems centre a copy.
@@ -643,15 +643,13 @@ def fit(
     requested, pool = o.covariance_type, None
     if plan is None:  # planned for the rows and components the program runs on
         plan = plan_lib.make_plan(o.covariance_type, dtype, Xa.shape[0], d, k_class)
-        base = steps.POOLED_AS[requested]
-        if n_rows is not None and not c.initial.given and not plan.fused:
-            base_plan = plan_lib.make_plan(base, dtype, Xa.shape[0], d, k_class)
-            if not base_plan.fused:
-                # Small fits run tied covariances as full and spherical as diagonal ones,
-                # pooled by the M-step (the same values): a sweep over the four covariance
-                # types compiles two programs, not four.
-                plan, pool = base_plan, np.bool_(base != requested)
-                o = o._replace(covariance_type=base)
+        pooled = plan_lib.pooled_plan(plan, dtype, Xa.shape[0], d, k_class)
+        if n_rows is not None and not c.initial.given and pooled is not None:
+            # Small fits run tied covariances as full and spherical as diagonal ones, pooled by
+            # the M-step (the same values): a sweep over the four covariance types compiles
+            # two programs, not four.
+            plan, pool = pooled, np.bool_(pooled.covariance_type != requested)
+            o = o._replace(covariance_type=pooled.covariance_type)
     elif not isinstance(plan, plan_lib.PassPlan) or plan.covariance_type != o.covariance_type:
         raise ValueError(f"plan must be a PassPlan for covariance_type={o.covariance_type!r}, "
                          f"got {plan!r}")

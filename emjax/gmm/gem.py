@@ -282,7 +282,7 @@ def make_gem_model(
 def _fit_gem_program(X, key, sample_weight, tol, *, options, optimizer, n_steps):
     n_components, covariance_type, init_method, reg_covar, max_iter, n_init, n_lloyd = options
     w = sample_weight
-    shift = jnp.mean(X, 0) if w is None else (w @ X) / jnp.sum(w)
+    shift = fitting.weighted_mean(X, w)
     Xc = X - shift
 
     def initial(k):

@@ -422,6 +422,26 @@ def make_plan(covariance_type: str, dtype, n_samples: int, n_features: int, n_co
     )
 
 
+#: The covariance type each type's small fits run as, their M-step pooling the covariances
+#: (see :func:`pooled_plan`).
+POOLED_AS = {"full": "full", "tied": "full", "diag": "diag", "spherical": "diag"}
+
+
+def pooled_plan(plan: PassPlan, dtype, n_samples: int, n_features: int,
+                n_components: int) -> PassPlan | None:
+    """The plan of the full (diagonal) fit that a tied (spherical) fit planned as ``plan`` runs
+    as, its M-step pooling the covariances to the same values, so that fits of both types share
+    one program; the plan itself for full and diagonal fits; None when either plan is fused
+    (the fused forms differ), where each type runs its own program."""
+    if plan.fused:
+        return None
+    base = POOLED_AS[plan.covariance_type]
+    if base == plan.covariance_type:
+        return plan
+    base_plan = make_plan(base, dtype, n_samples, n_features, n_components, plan.backend)
+    return None if base_plan.fused else base_plan
+
+
 _FORM_WORDS = {
     "packed": "packed outer products x_i x_j (i <= j) times the packed precisions: one GEMM "
               "for the K log-densities, one for every moment",
@@ -518,13 +538,13 @@ def explain_plan(n_samples: int, n_features: int, n_components: int, *,
     """
     plan = make_plan(covariance_type, dtype, n_samples, n_features, n_components, backend)
     text = describe(plan, n_samples, n_features, n_components, dtype)
-    base = {"tied": "full", "spherical": "diag"}.get(covariance_type)
-    if (base and not plan.fused and n_samples <= PAD_MAX_ROWS
-            and not make_plan(base, dtype, n_samples, n_features, n_components, backend).fused):
+    pooled = pooled_plan(plan, dtype, n_samples, n_features, n_components)
+    if pooled is not None and pooled is not plan and n_samples <= PAD_MAX_ROWS:
+        base = pooled.covariance_type
         text += (f"\n  emjax.fit without a given start runs it as {base!r} covariances pooled "
                  f"by the M-step (the same values; one program with {base!r} fits)")
     return text
 
 
-__all__ = ["CPU", "PLAIN", "TUNING", "PassPlan", "Tuning", "describe", "explain_plan",
-           "make_plan", "tuning"]
+__all__ = ["CPU", "PLAIN", "POOLED_AS", "TUNING", "PassPlan", "Tuning", "describe",
+           "explain_plan", "make_plan", "pooled_plan", "tuning"]

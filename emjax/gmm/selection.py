@@ -137,7 +137,7 @@ class _GridArrays(NamedTuple):
 
 
 def _centre(X, w):
-    shift = jnp.mean(X, 0) if w is None else (w @ X) / jnp.sum(w)
+    shift = fitting.weighted_mean(X, w)
     return X - shift, shift
 
 

@@ -407,12 +407,8 @@ def filler_params(covariance_type: str, k: int, d: int, dtype, lead: tuple = ())
     return GMMParams(jnp.zeros(lead + (k,), dtype), jnp.zeros(lead + (k, d), dtype), cov)
 
 
-#: The covariance type a pooled fit of each type runs as (see :func:`params_from_stats_checked`).
-POOLED_AS = {"full": "full", "tied": "full", "diag": "diag", "spherical": "diag"}
-
-
 def pooled_as(params: GMMParams, covariance_type: str, lead: int = 0) -> GMMParams:
-    """``params`` of a fit run as ``POOLED_AS[covariance_type]`` with pooled covariances (every
+    """``params`` of a fit run as ``plan.POOLED_AS[covariance_type]`` with pooled covariances (every
     component's the same matrix, or each component's variances equal), in ``covariance_type``'s
     own form (``lead`` leading batch axes; NumPy or JAX arrays)."""
     cov = params.covariance
