@@ -123,6 +123,25 @@ def run_child(script: str, args: list, env: dict) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def run_record(command: str) -> dict:
+    """This run's record: its command, the commit, the date and the load average before it."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    return dict(command=command, commit=commit,
+                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                load_average_before=os.getloadavg())
+
+
+def write_results(path: str, results: dict) -> None:
+    """``results`` as JSON at ``path``, written atomically (imported after the measurements:
+    nothing of emjax is loaded before them)."""
+    from emjax._files import atomic_write
+
+    with atomic_write(path, "w") as f:
+        json.dump(results, f, indent=1)
+    print("->", path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--kinds", default=",".join(CASES))
@@ -135,13 +154,8 @@ def main() -> None:
         kind, case, ir = args.child
         print(json.dumps(child(kind, json.loads(case), ir == "1")))
         return
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    command = "PYTHONPATH=. python experiments/compile_options.py --kinds " + args.kinds + (
-        " --merge" if args.merge else "")
-    run = dict(command=command, commit=commit,
-               date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               load_average_before=os.getloadavg())
+    run = run_record("PYTHONPATH=. python experiments/compile_options.py --kinds " + args.kinds
+                     + (" --merge" if args.merge else ""))
     out = dict(run, rows=[])
     kinds = args.kinds.split(",")
     if args.merge and os.path.exists(args.out):
@@ -161,11 +175,7 @@ def main() -> None:
     run["load_average_after"] = os.getloadavg()
     if not args.merge:
         out["load_average_after"] = run["load_average_after"]
-    from emjax._files import atomic_write
-
-    with atomic_write(args.out, "w") as f:
-        json.dump(out, f, indent=1)
-    print("->", args.out)
+    write_results(args.out, out)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compile_options import first_and_warm, run_child  # noqa: E402
+from compile_options import first_and_warm, run_child, run_record, write_results  # noqa: E402
 
 
 def child(case: dict, fused: bool) -> dict:
@@ -68,12 +66,8 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(json.loads(args.child[0]), args.child[1] == "1")))
         return
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    command = " ".join(["PYTHONPATH=. python experiments/fused_threshold.py", *sys.argv[1:]])
-    run = dict(command=command, commit=commit,
-               date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               load_average_before=os.getloadavg())
+    run = run_record(" ".join(["PYTHONPATH=. python experiments/fused_threshold.py",
+                               *sys.argv[1:]]))
     out = dict(runs=[], rows=[])
     if args.merge and os.path.exists(args.out):
         with open(args.out) as f:
@@ -94,10 +88,7 @@ def main() -> None:
                   flush=True)
             out["rows"].append(row)
     run["load_average_after"] = os.getloadavg()
-    from emjax._files import atomic_write
-
-    with atomic_write(args.out, "w") as f:
-        json.dump(out, f, indent=1)
+    write_results(args.out, out)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import time
 
-from compile_options import first_and_warm, run_child
+from compile_options import first_and_warm, run_child, run_record, write_results
 
 CASES = {
     "gmm": [dict(data="digits", covariance_type="full", k=5),
@@ -111,11 +109,8 @@ def main() -> None:
         kind, case, seq = args.child
         print(json.dumps(child(kind, json.loads(case), seq == "1")))
         return
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    out = dict(command="PYTHONPATH=. python experiments/restarts.py --kinds " + args.kinds,
-               commit=commit, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               load_average_before=os.getloadavg(), rows=[])
+    out = dict(run_record("PYTHONPATH=. python experiments/restarts.py --kinds " + args.kinds),
+               rows=[])
     env = dict(os.environ, PYTHONPATH=os.getcwd())
     i = 0
     for kind in args.kinds.split(","):
@@ -130,11 +125,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             i += 1
     out["load_average_after"] = os.getloadavg()
-    from emjax._files import atomic_write
-
-    with atomic_write(args.out, "w") as f:
-        json.dump(out, f, indent=1)
-    print("->", args.out)
+    write_results(args.out, out)
 
 
 if __name__ == "__main__":
