@@ -7,6 +7,7 @@ data), then the ``n_init`` EM loops (vmapped, or one after the other), and picks
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import warnings
 from collections.abc import Callable
@@ -262,8 +263,9 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
     (their log-weight is ``-inf`` in every E-step, so they take no responsibility), never
     re-seeded, and the M-step renormalises the weights of the active ones.
 
-    ``pool``: optional traced bool, full and diagonal covariances: the M-step pools them as
-    tied and spherical ones (:func:`emjax.gmm.steps.params_from_stats_checked`).
+    ``pool``: optional traced :data:`emjax.gmm.steps.POOL` code, full and diagonal
+    covariances: the M-step (and the re-seeding) computes the covariance type it names
+    (:func:`emjax.gmm.steps.params_from_stats_checked`).
     """
     blocked = None if plan is None else plan.blocked_inverse
     cond = True if plan is None else plan.reseed_cond
@@ -271,7 +273,7 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
     m_kw = dict(covariance_type=covariance_type, reg_covar=reg_covar, blocked_inverse=blocked,
                 lapack=True if plan is None else plan.lapack, unrolled=small, pool=pool)
     r_kw = dict(covariance_type=covariance_type, empty_threshold=empty_threshold, cond=cond,
-                active=active)
+                active=active, pool=pool)
 
     def masked(flagged):
         if active is None:
@@ -381,8 +383,8 @@ def _fit_program(X, key, sample_weight, initial, tol, ll_prev, n_used=None, max_
     # options.max_iter is the history length; a traced max_iter (<= it) stops the loop.
     # A traced n_active: the first n_active of options.n_components components exist, the
     # others are padding (see make_model). centers0: _centers_program's result for these
-    # arguments (else the hard initialisation is computed here). A traced pool: full or
-    # diagonal covariances pooled as tied or spherical ones (steps.pooled_as).
+    # arguments (else the hard initialisation is computed here). A traced pool: the
+    # steps.POOL code of the covariance type this full or diagonal fit computes (pooled_as).
     n_components, covariance_type, init_method, reg_covar, history_size, n_init, n_lloyd = options
     if max_iter is None:
         max_iter = history_size
@@ -645,10 +647,10 @@ def fit(
         plan = plan_lib.make_plan(o.covariance_type, dtype, Xa.shape[0], d, k_class)
         pooled = plan_lib.pooled_plan(plan, dtype, Xa.shape[0], d, k_class)
         if n_rows is not None and not c.initial.given and pooled is not None:
-            # Small fits run tied covariances as full and spherical as diagonal ones, pooled by
-            # the M-step (the same values): a sweep over the four covariance types compiles
-            # two programs, not four.
-            plan, pool = pooled, np.bool_(pooled.covariance_type != requested)
+            # Small fits run tied covariances as full and spherical as diagonal ones (with few
+            # features, diagonal and spherical as full ones), pooled by the M-step (the same
+            # values): a sweep over the four covariance types compiles one or two programs.
+            plan, pool = pooled, np.int32(steps.POOL[requested])
             o = o._replace(covariance_type=pooled.covariance_type)
     elif not isinstance(plan, plan_lib.PassPlan) or plan.covariance_type != o.covariance_type:
         raise ValueError(f"plan must be a PassPlan for covariance_type={o.covariance_type!r}, "
@@ -675,7 +677,8 @@ def fit(
         init = (tuple(sorted(plan.compiler_options().items())), (c.key, w, n_active),
                 dict(n_components=k_class, n_init=o.n_init, init_method=o.init_params,
                      n_lloyd=o.n_lloyd, unrolled_steps=plan.unrolled and not plan.fused,
-                     shifted=plan.fused))
+                     # a centred copy of small data: the fused fits share the program too
+                     shifted=plan.fused and n_rows is None))
     centers_spec = None if init is None else jax.ShapeDtypeStruct((o.n_init, k_class, d), dtype)
     args = (*args, centers_spec, pool)
     jitted = _fit_jitted(plan)
@@ -685,7 +688,9 @@ def fit(
         # With the disk cache on, a new process loads a small fit's program without tracing it.
         compiled = _compile_cache.load_or_compile(jitted, (Xa, *args), static, _EXECUTABLES,
                                                   "fit")
-    elif Xa.nbytes >= LARGE_DATA_BYTES:
+    if compiled is None:
+        # Before the data goes to the device (large data), and the initialisation on another
+        # thread while this one traces and compiles EM (a first fit's two programs at once).
         _compile_first(Xa, args, static, init)
     # On CPU, device_put uses a 64-byte-aligned NumPy buffer in place (no copy; JAX never writes
     # to it) and copies any other one, so aligned data near the memory limit is held once.
@@ -767,6 +772,7 @@ def _bound_programs(shape, dtype, args: tuple, static: dict) -> None:
             jitted.clear_cache()
         _centers_compiled.clear()
         _PROGRAMS.clear()
+        _PRECOMPILED.clear()
         _EXECUTABLES.clear()
     _PROGRAMS[sig] = None
 
@@ -782,14 +788,17 @@ def _compile_first(Xa: np.ndarray, args: tuple, static: dict, init=None) -> None
     """Compile the fitting program for ``Xa``'s shape (and ``init``, its initialisation's
     ``(options, args, static)``) before ``Xa`` is put on the device.
 
-    Compiling takes a few hundred MiB of heap for a moment; done while only the host copy of the
-    data exists, and with the freed heap handed back to the OS (glibc's ``malloc_trim``), that
-    memory is not stacked on the device copy. The call that follows finds the program in JAX's
-    cache (no second trace or compile).
+    The initialisation's program compiles on a second thread while this one traces, lowers and
+    compiles the EM program: XLA compiles without Python's lock, and a small program's LLVM
+    passes use one core. Compiling takes a few hundred MiB of heap for a moment; done while
+    only the host copy of large data exists, and with the freed heap handed back to the OS
+    (glibc's ``malloc_trim``), that memory is not stacked on the device copy. The calls that
+    follow find both programs in JAX's caches (no second trace or compile).
     """
     sig = (Xa.shape, Xa.dtype.str, jax.tree_util.tree_structure(args),
            tuple(getattr(a, "shape", None) for a in jax.tree_util.tree_leaves(args)),
-           tuple(sorted(static.items(), key=lambda kv: kv[0])))
+           tuple(sorted(static.items(), key=lambda kv: kv[0])),
+           None if init is None else (init[0], tuple(sorted(init[2].items()))))
     try:
         hash(sig)
     except TypeError:
@@ -797,12 +806,18 @@ def _compile_first(Xa: np.ndarray, args: tuple, static: dict, init=None) -> None
     if sig in _PRECOMPILED:
         return
     X_spec = jax.ShapeDtypeStruct(Xa.shape, Xa.dtype)
-    with _compile_cache.gc_paused():
-        _fit_jitted(static["plan"]).lower(X_spec, *args, **static).compile()
+    with _compile_cache.gc_paused(), concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = None
         if init is not None:
             options, init_args, init_static = init
-            _centers_compiled[options].lower(X_spec, *init_args, **init_static).compile()
+            pending = pool.submit(_centers_compiled[options].lower(
+                X_spec, *init_args, **init_static).compile)
+        _fit_jitted(static["plan"]).lower(X_spec, *args, **static).compile()
+        if pending is not None:
+            pending.result()
     _PRECOMPILED.add(sig)
+    if Xa.nbytes < LARGE_DATA_BYTES:
+        return
     try:
         import ctypes
 

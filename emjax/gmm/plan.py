@@ -177,6 +177,8 @@ class Tuning(NamedTuple):
     unrolled_max_components: int  # ... and this K
     compact_chunk: int  # unrolled: fits stepped at a time under vmap (0: all until the slowest)
     sequential_restarts_min_work: int  # restarts one after the other from this E-step size
+    diagonal_as_full_max_features: int  # small diagonal and spherical fits up to this D run
+    # the full fit's program (pooled_plan): one program per data set instead of two
     # per restart, n_samples * n_components * (n_quadratic + n_features) multiply-adds
 
 
@@ -218,6 +220,7 @@ CPU = Tuning(
     unrolled_max_components=8,
     compact_chunk=128,
     sequential_restarts_min_work=2**20,
+    diagonal_as_full_max_features=16,
 )
 
 #: Unmeasured backends (GPU, TPU, others): the plain, batched, GEMM-shaped pass. Full
@@ -260,6 +263,7 @@ PLAIN = Tuning(
     unrolled_max_components=0,
     compact_chunk=0,
     sequential_restarts_min_work=2**62,
+    diagonal_as_full_max_features=0,
 )
 
 #: The tuning table: ``jax.default_backend()`` -> :class:`Tuning`; anything else gets PLAIN.
@@ -423,19 +427,28 @@ def make_plan(covariance_type: str, dtype, n_samples: int, n_features: int, n_co
 
 
 #: The covariance type each type's small fits run as, their M-step pooling the covariances
-#: (see :func:`pooled_plan`).
+#: (see :func:`pooled_plan`); with few features, diagonal and spherical fits run as full ones.
 POOLED_AS = {"full": "full", "tied": "full", "diag": "diag", "spherical": "diag"}
+
+
+def pooled_as(covariance_type: str, n_features: int, backend: str | None = None) -> str:
+    """The covariance type whose program a small fit of ``covariance_type`` runs."""
+    if (covariance_type in ("diag", "spherical")
+            and n_features <= tuning(backend).diagonal_as_full_max_features):
+        return "full"
+    return POOLED_AS[covariance_type]
 
 
 def pooled_plan(plan: PassPlan, dtype, n_samples: int, n_features: int,
                 n_components: int) -> PassPlan | None:
-    """The plan of the full (diagonal) fit that a tied (spherical) fit planned as ``plan`` runs
-    as, its M-step pooling the covariances to the same values, so that fits of both types share
-    one program; the plan itself for full and diagonal fits; None when either plan is fused
-    (the fused forms differ), where each type runs its own program."""
+    """The plan of the fit that a fit planned as ``plan`` runs as (:func:`pooled_as`: tied as
+    full, spherical as diagonal; with few features diagonal and spherical as full), its M-step
+    pooling the covariances to the same values, so that fits of these types share one program;
+    the plan itself when it runs as planned; None when either plan is fused (the fused forms
+    differ), where each type runs its own program."""
     if plan.fused:
         return None
-    base = POOLED_AS[plan.covariance_type]
+    base = pooled_as(plan.covariance_type, n_features, plan.backend)
     if base == plan.covariance_type:
         return plan
     base_plan = make_plan(base, dtype, n_samples, n_features, n_components, plan.backend)
@@ -547,4 +560,4 @@ def explain_plan(n_samples: int, n_features: int, n_components: int, *,
 
 
 __all__ = ["CPU", "PLAIN", "POOLED_AS", "TUNING", "PassPlan", "Tuning", "describe",
-           "explain_plan", "make_plan", "pooled_plan", "tuning"]
+           "explain_plan", "make_plan", "pooled_as", "pooled_plan", "tuning"]

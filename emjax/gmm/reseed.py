@@ -44,7 +44,7 @@ def reseed_empty(params: GMMParams, log_resp: Array | None, ll: Array | None, X:
                  sample_weight: Array | None, *, covariance_type: str,
                  empty_threshold: float = 1e-3, active: Array | None = None,
                  nk: Array | None = None, candidates: Array | None = None,
-                 cond: bool = True):
+                 cond: bool = True, pool: Array | None = None):
     """Re-seed every (active) component whose responsibility mass is below the threshold.
 
     The responsibility mass is measured in units of the mean sample weight. A re-seeded
@@ -68,6 +68,7 @@ def reseed_empty(params: GMMParams, log_resp: Array | None, ll: Array | None, X:
         (:func:`worst_explained`), used instead of ranking ``ll``.
       cond: static; rank and gather the candidates under a ``lax.cond`` on an empty component
         (only when needed; a batched cond runs both branches), else at every call.
+      pool: optional traced :data:`emjax.gmm.steps.POOL` code, as in :func:`reseed`.
 
     Returns:
       ``(params, flags)`` with ``flags = em.STATUS_RESEEDED`` if anything was re-seeded.
@@ -81,7 +82,7 @@ def reseed_empty(params: GMMParams, log_resp: Array | None, ll: Array | None, X:
         cand = worst_explained(ll, w, params.means.shape[0]) if candidates is None else candidates
         # The candidates are ranked already, worst first.
         return reseed(params, empty, X[cand], jnp.arange(cand.shape[0], dtype=jnp.float32),
-                      covariance_type=covariance_type, active=active)
+                      covariance_type=covariance_type, active=active, pool=pool)
 
     if not cond:
         return fix(params)
@@ -91,7 +92,7 @@ def reseed_empty(params: GMMParams, log_resp: Array | None, ll: Array | None, X:
 
 
 def reseed(params: GMMParams, empty: Array, X: Array, score: Array, *, covariance_type: str,
-           active: Array | None = None):
+           active: Array | None = None, pool: Array | None = None):
     """Re-seed the ``empty`` (and ``active``) components of ``params``.
 
     Each one's mean moves to one of the rows of ``X`` with the lowest ``score`` (a different
@@ -108,6 +109,8 @@ def reseed(params: GMMParams, empty: Array, X: Array, score: Array, *, covarianc
       score: ``(n_rows,)`` how well each row is explained (log-likelihood; ``+inf`` excludes).
       covariance_type: static.
       active: optional ``(n_components,)`` bool mask, as in :func:`reseed_empty`.
+      pool: optional traced :data:`emjax.gmm.steps.POOL` code of a full fit run for diagonal
+        or spherical covariances: the healthy components' average, as those types take it.
 
     Returns:
       ``(params, flags)`` with ``flags = em.STATUS_RESEEDED`` if anything was re-seeded.
@@ -128,9 +131,18 @@ def reseed(params: GMMParams, empty: Array, X: Array, score: Array, *, covarianc
         # (an average would need its own Cholesky, a third one in the compiled loop).
         heavy = jnp.argmax(jnp.where(healthy, params.weights, -jnp.inf))
         eb = empty[:, None, None]
-        cov = cov_lib.FullCovariance(
-            jnp.where(eb, cov.covariances[heavy][None], cov.covariances),
-            jnp.where(eb, cov.precisions_cholesky[heavy][None], cov.precisions_cholesky))
+        new_cov, new_pc = cov.covariances[heavy], cov.precisions_cholesky[heavy]
+        if pool is not None:
+            # Diagonal matrices (pooled diagonal or spherical fits): their average, as those
+            # types re-seed, and its factor elementwise.
+            hb = healthy.astype(X.dtype)[:, None, None]
+            avg = jnp.sum(hb * cov.covariances, 0) / jnp.maximum(jnp.sum(hb), 1.0)
+            eye = jnp.eye(avg.shape[-1], dtype=avg.dtype)
+            diagonal = pool >= steps.POOL["diag"]
+            new_cov = jnp.where(diagonal, avg, new_cov)
+            new_pc = jnp.where(diagonal, jax.lax.rsqrt(jnp.diagonal(avg))[None, :] * eye, new_pc)
+        cov = cov_lib.FullCovariance(jnp.where(eb, new_cov[None], cov.covariances),
+                                     jnp.where(eb, new_pc[None], cov.precisions_cholesky))
     elif not isinstance(cov, cov_lib.TiedCovariance):
         healthy = healthy.astype(X.dtype)
         c = cov.covariances

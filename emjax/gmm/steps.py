@@ -201,6 +201,11 @@ def suff_stats(
     return SuffStats(*acc, ref)
 
 
+#: The codes of the traced ``pool`` argument (:func:`params_from_stats_checked`): the covariance
+#: type asked for, whose values a full (diagonal) fit's M-step computes.
+POOL = {"full": 0, "tied": 1, "diag": 2, "spherical": 3}
+
+
 def params_from_stats(stats: SuffStats, *, covariance_type: str = "full",
                       reg_covar: float = 1e-6) -> GMMParams:
     r"""The closed-form M-step from sufficient statistics.
@@ -224,10 +229,11 @@ def params_from_stats_checked(stats: SuffStats, *, covariance_type: str = "full"
     :func:`emjax.gmm.covariance.from_covariances_checked`, which also takes
     ``blocked_inverse``, ``lapack`` and ``unrolled``).
 
-    ``pool``: optional traced bool, full and diagonal covariances only: when true, every
-    component gets the tied covariance (full) or its spherical variance in each feature
-    (diagonal), the same values as ``covariance_type="tied"`` / ``"spherical"``, so one compiled
-    fit serves both (see :func:`pooled_as`)."""
+    ``pool``: optional traced int32 :data:`POOL` code of the covariance type asked for, full
+    and diagonal covariances only: the M-step gives every component the tied covariance
+    (``POOL["tied"]``, full), each component its diagonal (``"diag"``, full) or its spherical
+    variance in each feature (``"spherical"``, full or diagonal), the same values as that
+    type's own M-step, so one compiled fit serves several types (see :func:`pooled_as`)."""
     dtype = stats.sx.dtype
     nk = stats.nk + 10 * jnp.finfo(dtype).eps
     delta = stats.sx / nk[:, None]
@@ -240,15 +246,21 @@ def params_from_stats_checked(stats: SuffStats, *, covariance_type: str = "full"
             covs = scatter / nk[:, None, None] + reg_covar * eye
             if pool is not None:
                 tied = jnp.sum(scatter, 0) / jnp.sum(nk) + reg_covar * eye
-                covs = jnp.where(pool, jnp.broadcast_to(tied, covs.shape), covs)
+                # The diagonal M-step's own expression, from the diagonal of the moments.
+                var = (jnp.diagonal(stats.sxx, axis1=1, axis2=2) / nk[:, None] - delta * delta
+                       + reg_covar)
+                var = jnp.where(pool == POOL["spherical"],
+                                jnp.broadcast_to(jnp.mean(var, axis=1)[:, None], var.shape), var)
+                covs = jnp.where(pool == POOL["tied"], jnp.broadcast_to(tied, covs.shape),
+                                 jnp.where(pool >= POOL["diag"], var[:, :, None] * eye, covs))
         else:
             covs = jnp.sum(scatter, 0) / jnp.sum(nk) + reg_covar * eye
     else:
         var = stats.sxx / nk[:, None] - delta * delta + reg_covar
         covs = var if covariance_type == "diag" else jnp.mean(var, axis=1)
         if covariance_type == "diag" and pool is not None:
-            covs = jnp.where(pool, jnp.broadcast_to(jnp.mean(var, axis=1)[:, None], var.shape),
-                             var)
+            covs = jnp.where(pool == POOL["spherical"],
+                             jnp.broadcast_to(jnp.mean(var, axis=1)[:, None], var.shape), var)
     cov, regularised = cov_lib.from_covariances_checked(covariance_type, covs,
                                                         blocked_inverse=blocked_inverse,
                                                         lapack=lapack, unrolled=unrolled)
@@ -408,14 +420,18 @@ def filler_params(covariance_type: str, k: int, d: int, dtype, lead: tuple = ())
 
 
 def pooled_as(params: GMMParams, covariance_type: str, lead: int = 0) -> GMMParams:
-    """``params`` of a fit run as ``plan.POOLED_AS[covariance_type]`` with pooled covariances (every
-    component's the same matrix, or each component's variances equal), in ``covariance_type``'s
-    own form (``lead`` leading batch axes; NumPy or JAX arrays)."""
+    """``params`` of a fit run as ``plan.pooled_as(covariance_type, ...)`` with pooled covariances
+    (every component's the same matrix, diagonal matrices, or each component's variances
+    equal), in ``covariance_type``'s own form (``lead`` leading batch axes; NumPy or JAX
+    arrays)."""
     cov = params.covariance
+    full = isinstance(cov, cov_lib.FullCovariance)
     if covariance_type == "tied":
         cov = cov_lib.TiedCovariance(*(a[(slice(None),) * lead + (0,)] for a in cov))
+    elif covariance_type == "diag" and full:
+        cov = cov_lib.DiagCovariance(*(a.diagonal(axis1=-2, axis2=-1) for a in cov))
     elif covariance_type == "spherical":
-        cov = cov_lib.SphericalCovariance(*(a[..., 0] for a in cov))
+        cov = cov_lib.SphericalCovariance(*(a[..., 0, 0] if full else a[..., 0] for a in cov))
     return GMMParams(params.weights, params.means, cov)
 
 

@@ -102,10 +102,18 @@ def test_driver_compiles_once_per_configuration(blobs):
     assert np.all(np.isfinite(long.history))
     emjax.fit(blobs[:100], 2, covariance_type="tied", n_init=2, max_iter=20)
     assert fitting.compiled_programs() - before == 4  # a new size class compiles once
-    # Another covariance type on the same data (a model-selection sweep) shares the
-    # initialisation: only its EM program is new.
+    # Another covariance type on the same data (a model-selection sweep): with few features
+    # every type runs the full fit's programs (plan.pooled_as).
     emjax.fit(blobs[:100], 2, covariance_type="spherical", n_init=2, max_iter=20)
-    assert fitting.compiled_programs() - before == 5
+    emjax.fit(blobs[:100], 2, covariance_type="diag", n_init=2, max_iter=20)
+    assert fitting.compiled_programs() - before == 4
+    # With more features a diagonal fit runs its own EM program, and shares the
+    # initialisation's.
+    wide = np.hstack([blobs[:100], np.random.default_rng(0).normal(size=(100, 16))])
+    emjax.fit(wide, 2, covariance_type="full", n_init=2, max_iter=20)
+    assert fitting.compiled_programs() - before == 6
+    emjax.fit(wide, 2, covariance_type="diag", n_init=2, max_iter=20)
+    assert fitting.compiled_programs() - before == 7
     assert [_sizes.history_class(m) for m in (0, 1, 2, 3, 20, 100, 128, 129)] == [
         1, 1, 2, 4, 32, 128, 128, 256]
 

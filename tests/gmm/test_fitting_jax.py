@@ -9,6 +9,7 @@ import pytest
 import emjax
 from emjax import _sizes, kmeans
 from emjax.gmm import fitting
+from emjax.gmm import plan as plan_lib
 
 
 def _data(n, seed=0, dtype=np.float64):
@@ -200,7 +201,6 @@ def test_padding_components_are_never_reseeded(covariance_type):
     from emjax import em
     from emjax.gmm import GMMParams, steps
     from emjax.gmm import covariance as cov_lib
-    from emjax.gmm import plan as plan_lib
 
     Xn = _data(64, seed=8)
     X, w = jnp.asarray(Xn), jnp.ones((64,))
@@ -227,12 +227,16 @@ def test_padding_components_are_never_reseeded(covariance_type):
     np.testing.assert_allclose(a.params.weights[:3], b.params.weights, rtol=1e-10)
 
 
-@pytest.mark.parametrize("pooled, base", [("tied", "full"), ("spherical", "diag")])
-@pytest.mark.parametrize("n_features", [2, 6])  # the unrolled steps, the dense steps
-def test_tied_and_spherical_fits_share_the_programs_of_full_and_diag(pooled, base, n_features):
-    """A small tied (spherical) fit runs the full (diagonal) fit's program, its M-step pooling
-    the covariances; it equals the fit by the tied (spherical) steps themselves (the traced
-    fit, which runs exactly the type asked for) and comes back in its own form."""
+@pytest.mark.parametrize("pooled, base, n_features", [
+    ("tied", "full", 2), ("tied", "full", 6),  # the unrolled steps, the dense steps
+    ("diag", "full", 2), ("spherical", "full", 6),  # few features: as full covariances
+    ("spherical", "diag", 20)])
+def test_small_fits_share_the_programs_of_full_and_diag(pooled, base, n_features):
+    """A small tied fit runs the full fit's program, its M-step pooling the covariances;
+    diagonal and spherical ones too with few features, else a spherical fit runs the diagonal
+    fit's. It equals the fit by the type's own steps (the traced fit, which runs exactly the
+    type asked for) and comes back in its own form."""
+    assert plan_lib.pooled_as(pooled, n_features) == base
     X = _data(101)
     X = np.hstack([X, np.random.default_rng(1).normal(size=(101, n_features - 2))])
     kw = dict(KW, key=3)
@@ -251,5 +255,35 @@ def test_tied_and_spherical_fits_share_the_programs_of_full_and_diag(pooled, bas
                     jax.tree_util.tree_leaves(exact.params)):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
-    shape = (2, n_features, n_features) if pooled == "tied" else (2, 3)
+    shape = {"tied": (2, n_features, n_features), "diag": (2, 3, n_features),
+             "spherical": (2, 3)}[pooled]
     assert res.restarts.params.covariance.covariances.shape == shape
+
+
+@pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
+def test_pooled_full_reseed_equals_the_diagonal_types_own(covariance_type):
+    """A full fit run for diagonal (spherical) covariances re-seeds an empty component as
+    those types do: the healthy components' average, not the heaviest one's matrix."""
+    from emjax.gmm import covariance as cov_lib
+    from emjax.gmm import reseed as reseed_lib
+    from emjax.gmm import steps
+
+    rng = np.random.default_rng(0)
+    var = rng.uniform(0.5, 2.0, (4, 3))
+    if covariance_type == "spherical":
+        var = np.repeat(var[:, :1], 3, axis=1)
+    own_var = var if covariance_type == "diag" else var[:, 0]
+    weights = np.array([0.5, 0.3, 0.2, 0.0])
+    means = rng.normal(size=(4, 3))
+    X, score = rng.normal(size=(6, 3)), rng.normal(size=6)
+    empty = np.array([False, False, False, True])
+    full = emjax.GMMParams(weights, means, cov_lib.from_covariances(
+        "full", np.stack([np.diag(v) for v in var])))
+    own = emjax.GMMParams(weights, means, cov_lib.from_covariances(covariance_type, own_var))
+    a, fa = reseed_lib.reseed(full, empty, X, score, covariance_type="full",
+                              pool=np.int32(steps.POOL[covariance_type]))
+    b, fb = reseed_lib.reseed(own, empty, X, score, covariance_type=covariance_type)
+    assert int(fa) == int(fb) != 0
+    a = steps.pooled_as(jax.tree_util.tree_map(np.asarray, a), covariance_type)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=1e-12)
