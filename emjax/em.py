@@ -351,9 +351,12 @@ def run_compacted(
 
 
 def best_index(log_likelihoods: Array) -> Array:
-    """Index of the best restart: highest finite log-likelihood (first on ties)."""
+    """Index of the best restart: highest finite log-likelihood, the first of ties, where
+    values within 16 ulps of the highest tie (restarts that reached one optimum differ in their
+    last bits, which a padded or batched program rounds otherwise: it still picks the same)."""
     ll = jnp.where(jnp.isfinite(log_likelihoods), log_likelihoods, -jnp.inf)
-    return jnp.argmax(ll)
+    top = jnp.max(ll)
+    return jnp.argmax(ll >= top - 16 * jnp.finfo(ll.dtype).eps * jnp.abs(top))
 
 
 def select(tree: Any, index: Array) -> Any:

@@ -19,10 +19,12 @@ Parts (``--parts``, default all):
            (the programs loaded from disk, not traced or compiled); scikit-learn in each.
 
 Writes ``experiments/results/latency.json`` (``--merge``: replaces only the parts run, each
-part with its own command, commit, date and load average). Usage::
+part with its own command, commit, date and load average). ``--tuning JSON`` runs the real part
+with entries of the CPU tuning replaced (``emjax.gmm.plan.Tuning``; an A/B of an entry, e.g.
+``'{"tiny_features": 0}'``). Usage::
 
     PYTHONPATH=. python experiments/latency.py \
-        [--parts first,rows,vmap,small,real,real_cache] [--merge]
+        [--parts first,rows,vmap,small,real,real_cache] [--merge] [--tuning JSON]
 """
 
 from __future__ import annotations
@@ -177,15 +179,18 @@ def part_vmap(n_sets: int = 1000, repeats: int = 2) -> dict:
                 max_abs_ll_diff_vs_alone=max(diffs))
 
 
-def part_real(disk_cache: str | None = None) -> dict:
+def part_real(disk_cache: str | None = None, tuning: str | None = None) -> dict:
     import jax
     import numpy as np
     from sklearn import datasets
     from sklearn.mixture import GaussianMixture
 
     import emjax
+    from emjax.gmm import plan
 
     jax.config.update("jax_enable_x64", True)
+    if tuning:
+        plan.TUNING["cpu"] = plan.CPU._replace(**json.loads(tuning))
     if disk_cache is not None:
         emjax.enable_disk_cache(disk_cache)
     sets = dict(iris=datasets.load_iris().data, wine=datasets.load_wine().data,
@@ -276,6 +281,8 @@ def main() -> None:
     ap.add_argument("--merge", action="store_true",
                     help="keep the other parts of an existing --out file")
     ap.add_argument("--repeats", type=int, default=3, help="fresh processes per case (first)")
+    ap.add_argument("--tuning", metavar="JSON",
+                    help="real part: CPU tuning entries replaced, e.g. '{\"tiny_features\": 0}'")
     ap.add_argument("--real-child", metavar="CACHE_DIR",
                     help="(internal) the real part with this disk cache, as JSON on stdout")
     args = ap.parse_args()
@@ -285,7 +292,7 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     command = "PYTHONPATH=. python experiments/latency.py --parts " + args.parts + (
-        " --merge" if args.merge else "")
+        " --merge" if args.merge else "") + (f" --tuning '{args.tuning}'" if args.tuning else "")
     results = dict(command=command, commit=commit, load_average=os.getloadavg())
     if args.merge and os.path.exists(args.out):
         with open(args.out) as f:
@@ -293,6 +300,8 @@ def main() -> None:
     for part in args.parts.split(","):
         load = os.getloadavg()
         kwargs = dict(repeats=args.repeats) if part == "first" else {}
+        if part == "real":
+            kwargs = dict(tuning=args.tuning)
         results[part] = globals()[f"part_{part}"](**kwargs)
         results[part + "_run"] = dict(command=command, commit=commit,
                                       date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

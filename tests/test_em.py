@@ -181,6 +181,13 @@ def test_compacted_and_sequential_restarts_equal_separate_runs(mode):
 def test_best_index_skips_non_finite_and_takes_the_first_tie():
     assert int(em.best_index(jnp.array([-3.0, jnp.nan, -1.0, -1.0, jnp.inf * 0]))) == 2
     assert int(em.best_index(jnp.array([jnp.nan, -5.0]))) == 1
+    # Within rounding of the best (restarts of one optimum) is a tie: the first wins.
+    for dtype in (np.float32, np.float64):
+        eps = np.finfo(dtype).eps
+        near = np.array([-3.0 * (1 + 4 * eps), -3.0], dtype)
+        assert int(em.best_index(jnp.asarray(near))) == 0
+        apart = np.array([-3.0 * (1 + 64 * eps), -3.0], dtype)
+        assert int(em.best_index(jnp.asarray(apart))) == 1
 
 
 def test_describe_status_names_every_bit():

@@ -222,19 +222,21 @@ def init_stats(
 def m_step_from_stats(stats: steps.SuffStats, *, covariance_type: str,
                       reg_covar: float, blocked_inverse: bool | None = None,
                       lapack: bool = True, unrolled: bool = False,
-                      pool: Array | None = None) -> em.Flagged:
+                      pool: Array | None = None, n_features: Array | None = None) -> em.Flagged:
     """The GMM M-step as the driver takes it: :func:`emjax.gmm.params_from_stats`, flagged with
-    ``em.STATUS_REGULARISED`` when a covariance needed a jitter to be factorised (``pool``: see
-    :func:`emjax.gmm.steps.params_from_stats_checked`)."""
+    ``em.STATUS_REGULARISED`` when a covariance needed a jitter to be factorised (``pool``,
+    ``n_features``: see :func:`emjax.gmm.steps.params_from_stats_checked`)."""
     params, regularised = steps.params_from_stats_checked(
         stats, covariance_type=covariance_type, reg_covar=reg_covar,
-        blocked_inverse=blocked_inverse, lapack=lapack, unrolled=unrolled, pool=pool)
+        blocked_inverse=blocked_inverse, lapack=lapack, unrolled=unrolled, pool=pool,
+        n_features=n_features)
     return em.Flagged(params, jnp.where(regularised, em.STATUS_REGULARISED, 0))
 
 
 def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 1e-3, *,
                plan: plan_lib.PassPlan | None = None, center: Array | None = None,
-               inputs=None, active: Array | None = None, pool: Array | None = None):
+               inputs=None, active: Array | None = None, pool: Array | None = None,
+               n_features: Array | None = None):
     """The GMM as the driver sees it: ``(e_step, m_step, repair)`` over ``data = (X, w)``.
 
     The static ``plan`` (:func:`emjax.gmm.plan.make_plan`) chooses the steps. ``plan.fused``:
@@ -265,13 +267,17 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
 
     ``pool``: optional traced :data:`emjax.gmm.steps.POOL` code, full and diagonal
     covariances: the M-step (and the re-seeding) computes the covariance type it names
-    (:func:`emjax.gmm.steps.params_from_stats_checked`).
+    (:func:`emjax.gmm.steps.params_from_stats_checked`). ``n_features``: optional traced int,
+    full covariances on the dense steps: the features after the first ``n_features`` are zero
+    padding, whose covariance block the M-step keeps at the identity (same function) and which
+    the E-step's constant leaves out (:func:`emjax.gmm.steps.component_log_prob`).
     """
     blocked = None if plan is None else plan.blocked_inverse
     cond = True if plan is None else plan.reseed_cond
     small = plan is not None and plan.unrolled
     m_kw = dict(covariance_type=covariance_type, reg_covar=reg_covar, blocked_inverse=blocked,
-                lapack=True if plan is None else plan.lapack, unrolled=small, pool=pool)
+                lapack=True if plan is None else plan.lapack, unrolled=small, pool=pool,
+                n_features=n_features)
     r_kw = dict(covariance_type=covariance_type, empty_threshold=empty_threshold, cond=cond,
                 active=active, pool=pool)
 
@@ -310,7 +316,7 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
         return small_e_step, m_step, repair
     if plan is None or not plan.fused:
         def dense_e_step(params, data):
-            log_resp, ll = steps.e_step_full(params, data[0])
+            log_resp, ll = steps.e_step_full(params, data[0], n_features)
             return (log_resp, ll), steps._mean(ll, data[1])
 
         def dense_m_step(estats, data):
@@ -379,12 +385,14 @@ def _centers_program(X, key, sample_weight, n_active=None, *, n_components, n_in
 
 
 def _fit_program(X, key, sample_weight, initial, tol, ll_prev, n_used=None, max_iter=None,
-                 n_active=None, centers0=None, pool=None, *, options, callback, plan):
+                 n_active=None, centers0=None, pool=None, n_features=None, *, options, callback,
+                 plan):
     # options.max_iter is the history length; a traced max_iter (<= it) stops the loop.
     # A traced n_active: the first n_active of options.n_components components exist, the
     # others are padding (see make_model). centers0: _centers_program's result for these
     # arguments (else the hard initialisation is computed here). A traced pool: the
     # steps.POOL code of the covariance type this full or diagonal fit computes (pooled_as).
+    # A traced n_features: X's columns after the first n_features are zero padding (a tiny fit).
     n_components, covariance_type, init_method, reg_covar, history_size, n_init, n_lloyd = options
     if max_iter is None:
         max_iter = history_size
@@ -399,17 +407,19 @@ def _fit_program(X, key, sample_weight, initial, tol, ll_prev, n_used=None, max_
     active = kmeans.active_centers(n_components, n_active)
     Xc = None if fast else X - shift
     xt = Xc.T if small else None  # what the unrolled steps read, built once
+    if n_features is not None and (fast or small or covariance_type != "full"):
+        raise ValueError("padded features need full covariances on the dense steps")
 
     d = X.shape[1]
     if fast:
         # What every iteration's pass reads (X^T, or the features [q, x - shift, 1]), built once.
         e_step, m_step, repair = make_model(covariance_type, reg_covar, plan=plan, center=shift,
                                             inputs=kernels.prepare(plan, X, shift),
-                                            active=active, pool=pool)
+                                            active=active, pool=pool, n_features=n_features)
         data = (X, w)
     else:
         e_step, m_step, repair = make_model(covariance_type, reg_covar, plan=plan, active=active,
-                                            pool=pool)
+                                            pool=pool, n_features=n_features)
         # X^T in the data, not in a closure: the compacting batch rule sees only arguments.
         data = (Xc, w, xt) if small else (Xc, w)
     run = functools.partial(em.run_restarts, e_step, m_step, data=data, tol=tol,
@@ -629,9 +639,21 @@ def fit(
     elif params_init is None:
         raise ValueError("previous_log_likelihood continues a fit: it needs params_init")
     n_rows = padded_rows(n, Xa.nbytes // n)
+    tune = plan_lib.tuning()
+    n_features = None
+    if (n_rows is not None and plan is None and not c.initial.given and n <= tune.tiny_max_rows
+            and d <= tune.tiny_features
+            and plan_lib.pooled_as(o.covariance_type, tune.tiny_features) == "full"):
+        # Tiny data: a power of two of rows and tiny_features features, zero columns whose
+        # covariance block the M-step keeps at the identity (so they change no log-density):
+        # tiny data sets of any shape share one program.
+        n_rows, n_features = max(64, 1 << (n - 1).bit_length()), np.int32(d)
     if n_rows is not None:
         # Zero-weight rows up to the size class: fits of nearby sizes share one program.
         Xa, w = pad_rows(Xa, w, n_rows)
+    if n_features is not None and d < tune.tiny_features:
+        Xa = np.concatenate([Xa, np.zeros((n_rows, tune.tiny_features - d), Xa.dtype)], axis=1)
+        d = tune.tiny_features
     n_components = o.n_components
     k_class = None
     if (plan is None and n_rows is not None and callback is None and not c.initial.given
@@ -652,6 +674,9 @@ def fit(
             # values): a sweep over the four covariance types compiles one or two programs.
             plan, pool = pooled, np.int32(steps.POOL[requested])
             o = o._replace(covariance_type=pooled.covariance_type)
+        if n_features is not None:
+            # One program serves every tiny data set: compiled to run fast, not to compile fast.
+            plan = plan.replace(opt_level=tune.tiny_opt_level)
     elif not isinstance(plan, plan_lib.PassPlan) or plan.covariance_type != o.covariance_type:
         raise ValueError(f"plan must be a PassPlan for covariance_type={o.covariance_type!r}, "
                          f"got {plan!r}")
@@ -680,7 +705,7 @@ def fit(
                      # a centred copy of small data: the fused fits share the program too
                      shifted=plan.fused and n_rows is None))
     centers_spec = None if init is None else jax.ShapeDtypeStruct((o.n_init, k_class, d), dtype)
-    args = (*args, centers_spec, pool)
+    args = (*args, centers_spec, pool, n_features)
     jitted = _fit_jitted(plan)
     _bound_programs(Xa.shape, dtype, args, static)
     compiled = None
@@ -698,19 +723,23 @@ def fit(
     if init is not None:
         options, init_args, init_static = init
         centers0 = _centers_compiled.call(options, (Xd, *init_args), init_static, "fit_init")
-        args = (*args[:-2], centers0, pool)
+        args = (*args[:-3], centers0, pool, n_features)
     if compiled is None:
         with _compile_cache.gc_paused():  # a first call traces
             res = jitted(Xd, *args, **static)
     else:
         res = compiled(Xd, *args)
     pooled = o.covariance_type != requested
-    if o.n_init != n_init or o.max_iter != max_iter or k_class != n_components or pooled:
-        # Drop the padded restarts, history entries and components on the host (slicing device
-        # arrays would compile a small program per shape); pooled covariances in their form.
+    if (o.n_init != n_init or o.max_iter != max_iter or k_class != n_components or pooled
+            or n_features is not None):
+        # Drop the padded restarts, history entries, components and features on the host
+        # (slicing device arrays would compile a small program per shape); pooled covariances
+        # in their form.
         res = jax.tree_util.tree_map(np.asarray, res)
         res = res._replace(restarts=jax.tree_util.tree_map(lambda a: a[:n_init], res.restarts))
         res = res.first_iterations(max_iter)
+        if n_features is not None:
+            res = _real_features(res, int(n_features))
         params, restart_params = res.params, res.restarts.params
         if pooled:
             params = steps.pooled_as(params, requested)
@@ -724,6 +753,19 @@ def fit(
         # caller's array cannot reach a running fit.
         jax.block_until_ready(res)
     return res
+
+
+def _real_features(res: FitResult, d: int) -> FitResult:
+    """``res`` (NumPy leaves) of a full fit on ``d`` features padded with zero columns: its
+    parameters on those ``d`` (the padded block of every covariance and factor is the
+    identity, so the rest is exact)."""
+
+    def cut(p):
+        cov = type(p.covariance)(*(a[..., :d, :d] for a in p.covariance))
+        return GMMParams(p.weights, p.means[..., :d], cov)
+
+    return res._replace(params=cut(res.params),
+                        restarts=res.restarts._replace(params=cut(res.restarts.params)))
 
 
 #: Fits of up to this many components run with their components padded to it (and masked)...

@@ -179,6 +179,10 @@ class Tuning(NamedTuple):
     sequential_restarts_min_work: int  # restarts one after the other from this E-step size
     diagonal_as_full_max_features: int  # small diagonal and spherical fits up to this D run
     # the full fit's program (pooled_plan): one program per data set instead of two
+    tiny_features: int  # fits of at most this many features ...
+    tiny_max_rows: int  # ... and rows run on this many features (zero columns) and a power of
+    # two of rows: tiny data sets of different shapes share one program (0: never) ...
+    tiny_opt_level: int  # ... compiled at this XLA backend optimisation level
     # per restart, n_samples * n_components * (n_quadratic + n_features) multiply-adds
 
 
@@ -221,6 +225,9 @@ CPU = Tuning(
     compact_chunk=128,
     sequential_restarts_min_work=2**20,
     diagonal_as_full_max_features=16,
+    tiny_features=16,
+    tiny_max_rows=512,
+    tiny_opt_level=1,
 )
 
 #: Unmeasured backends (GPU, TPU, others): the plain, batched, GEMM-shaped pass. Full
@@ -264,6 +271,9 @@ PLAIN = Tuning(
     compact_chunk=0,
     sequential_restarts_min_work=2**62,
     diagonal_as_full_max_features=0,
+    tiny_features=0,
+    tiny_max_rows=0,
+    tiny_opt_level=1,
 )
 
 #: The tuning table: ``jax.default_backend()`` -> :class:`Tuning`; anything else gets PLAIN.
@@ -556,6 +566,12 @@ def explain_plan(n_samples: int, n_features: int, n_components: int, *,
         base = pooled.covariance_type
         text += (f"\n  emjax.fit without a given start runs it as {base!r} covariances pooled "
                  f"by the M-step (the same values; one program with {base!r} fits)")
+    t = tuning(backend)
+    if (n_samples <= t.tiny_max_rows and n_features <= t.tiny_features
+            and pooled_as(covariance_type, t.tiny_features, backend) == "full"):
+        text += (f"\n  tiny data: emjax.fit without a given start runs it on {t.tiny_features} "
+                 "features (zero columns, identity covariance blocks) and a power of two of rows, "
+                 f"at optimisation level {t.tiny_opt_level}: one program for every tiny data set")
     return text
 
 

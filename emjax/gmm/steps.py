@@ -71,21 +71,29 @@ def _shift(params: GMMParams) -> Array:
     return jax.lax.stop_gradient(params.weights @ params.means)
 
 
-def component_log_prob(params: GMMParams, X: Array) -> Array:
+def component_log_prob(params: GMMParams, X: Array, n_features: Array | None = None) -> Array:
     """``log N(x_n | mu_k, Sigma_k)``, shape ``(n_samples, n_components)``.
 
     .. math:: \\log N = -\\tfrac{D}{2}\\log 2\\pi + \\log|U_k| - \\tfrac12 \\|U_k^T(x-\\mu_k)\\|^2
+
+    ``n_features``: optional traced int, the ``D`` of the constant: the features after the
+    first ``n_features`` are zero padding with identity covariance blocks (which add nothing
+    else; see :func:`params_from_stats_checked`).
     """
     c = _shift(params)
     d = X.shape[-1]
     maha = cov_lib.mahalanobis_squared(params.covariance, X - c, params.means - c)
     log_det = cov_lib.log_det_precision_cholesky(params.covariance, d)
-    return -0.5 * (d * math.log(2 * math.pi) + maha) + log_det
+    const = d * math.log(2 * math.pi)
+    if n_features is not None:
+        # Each count's constant rounded as the unpadded program rounds its own.
+        const = jnp.asarray(np.arange(d + 1) * math.log(2 * math.pi), X.dtype)[n_features]
+    return -0.5 * (const + maha) + log_det
 
 
-def weighted_log_prob(params: GMMParams, X: Array) -> Array:
+def weighted_log_prob(params: GMMParams, X: Array, n_features: Array | None = None) -> Array:
     """``log pi_k + log N(x_n | mu_k, Sigma_k)``, shape ``(n_samples, n_components)``."""
-    return component_log_prob(params, X) + jnp.log(params.weights)[None, :]
+    return component_log_prob(params, X, n_features) + jnp.log(params.weights)[None, :]
 
 
 def _mean(values: Array, sample_weight: Array | None) -> Array:
@@ -94,9 +102,11 @@ def _mean(values: Array, sample_weight: Array | None) -> Array:
     return jnp.sum(sample_weight * values) / jnp.sum(sample_weight)
 
 
-def e_step_full(params: GMMParams, X: Array) -> tuple[Array, Array]:
-    """Log-responsibilities ``(n_samples, n_components)`` and per-sample log-likelihood."""
-    wlp = weighted_log_prob(params, X)
+def e_step_full(params: GMMParams, X: Array,
+                n_features: Array | None = None) -> tuple[Array, Array]:
+    """Log-responsibilities ``(n_samples, n_components)`` and per-sample log-likelihood
+    (``n_features``: see :func:`component_log_prob`)."""
+    wlp = weighted_log_prob(params, X, n_features)
     ll = logsumexp(wlp, axis=1)
     return wlp - ll[:, None], ll
 
@@ -223,7 +233,8 @@ def params_from_stats_checked(stats: SuffStats, *, covariance_type: str = "full"
                               blocked_inverse: bool | None = None,
                               lapack: bool = True,
                               unrolled: bool = False,
-                              pool: Array | None = None) -> tuple[GMMParams, Array]:
+                              pool: Array | None = None,
+                              n_features: Array | None = None) -> tuple[GMMParams, Array]:
     """:func:`params_from_stats`, and whether a covariance was not positive definite in the
     working precision and got a jitter on its diagonal (a bool scalar; see
     :func:`emjax.gmm.covariance.from_covariances_checked`, which also takes
@@ -233,7 +244,12 @@ def params_from_stats_checked(stats: SuffStats, *, covariance_type: str = "full"
     and diagonal covariances only: the M-step gives every component the tied covariance
     (``POOL["tied"]``, full), each component its diagonal (``"diag"``, full) or its spherical
     variance in each feature (``"spherical"``, full or diagonal), the same values as that
-    type's own M-step, so one compiled fit serves several types (see :func:`pooled_as`)."""
+    type's own M-step, so one compiled fit serves several types (see :func:`pooled_as`).
+
+    ``n_features``: optional traced int, full covariances only: the features after the first
+    ``n_features`` are padding (zero columns): their block is the identity, so they add
+    nothing to any log-density but the constant ``-log(2 pi) / 2`` each, and a spherical
+    variance is the mean over the others."""
     dtype = stats.sx.dtype
     nk = stats.nk + 10 * jnp.finfo(dtype).eps
     delta = stats.sx / nk[:, None]
@@ -244,15 +260,20 @@ def params_from_stats_checked(stats: SuffStats, *, covariance_type: str = "full"
         scatter = stats.sxx - nk[:, None, None] * delta[:, :, None] * delta[:, None, :]
         if covariance_type == "full":
             covs = scatter / nk[:, None, None] + reg_covar * eye
+            real = None if n_features is None else jnp.arange(d) < n_features
             if pool is not None:
                 tied = jnp.sum(scatter, 0) / jnp.sum(nk) + reg_covar * eye
                 # The diagonal M-step's own expression, from the diagonal of the moments.
                 var = (jnp.diagonal(stats.sxx, axis1=1, axis2=2) / nk[:, None] - delta * delta
                        + reg_covar)
+                mean_var = (jnp.mean(var, axis=1) if real is None else
+                            jnp.sum(jnp.where(real, var, 0.0), axis=1) / n_features)
                 var = jnp.where(pool == POOL["spherical"],
-                                jnp.broadcast_to(jnp.mean(var, axis=1)[:, None], var.shape), var)
+                                jnp.broadcast_to(mean_var[:, None], var.shape), var)
                 covs = jnp.where(pool == POOL["tied"], jnp.broadcast_to(tied, covs.shape),
                                  jnp.where(pool >= POOL["diag"], var[:, :, None] * eye, covs))
+            if real is not None:
+                covs = jnp.where(real[:, None] & real[None, :], covs, eye)
         else:
             covs = jnp.sum(scatter, 0) / jnp.sum(nk) + reg_covar * eye
     else:

@@ -23,11 +23,13 @@ def _data(n, seed=0, dtype=np.float64):
 KW = dict(n_init=2, tol=1e-6, max_iter=40)
 
 
-@pytest.mark.parametrize("dtype, init", [(np.float32, "kmeans"), (np.float64, "kmeans"),
-                                         (np.float64, "random"), (np.float64, "random_from_data")])
-def test_padded_fit_equals_the_unpadded_traced_fit(dtype, init):
-    X = _data(101, dtype=dtype)  # padded to the size class 104
-    assert _sizes.size_class(101) > 101
+@pytest.mark.parametrize("dtype, init, n", [
+    (np.float32, "kmeans", 101), (np.float64, "kmeans", 101), (np.float64, "random", 101),
+    (np.float64, "random_from_data", 101),  # tiny: 128 rows, 16 features (14 of them padding)
+    (np.float64, "kmeans", 601)])  # rows padded to the size class 608
+def test_padded_fit_equals_the_unpadded_traced_fit(dtype, init, n):
+    X = _data(n, dtype=dtype)
+    assert _sizes.size_class(n) > n
     key = jax.random.key(3)
     kw = dict(KW, covariance_type="full", init_params=init)
     padded = emjax.fit(X, 3, key=key, **kw)
@@ -40,6 +42,30 @@ def test_padded_fit_equals_the_unpadded_traced_fit(dtype, init):
     for a, b in zip(jax.tree_util.tree_leaves(padded.params),
                     jax.tree_util.tree_leaves(exact.params)):
         np.testing.assert_allclose(a, b, **tol)
+
+
+def test_tiny_data_sets_of_any_shape_share_one_program():
+    """Tiny data (at most 512 rows and 16 features) run on 16 features, zero columns with
+    identity covariance blocks, and a power of two of rows: iris-like and wine-like shapes
+    share the programs, and each fit equals its unpadded (traced) fit."""
+    rng = np.random.default_rng(5)
+    shapes = [(150, 4), (178, 13), (200, 16)]
+    data = [rng.normal(size=s) + 3.0 * (np.arange(s[0]) % 2)[:, None] for s in shapes]
+    kw = dict(KW, key=1)
+    emjax.fit(data[0], 3, covariance_type="tied", **kw)
+    before = fitting.compiled_programs()
+    for X, ct in zip(data, ("diag", "full", "spherical")):
+        res = emjax.fit(X, 3, covariance_type=ct, **kw)
+        assert fitting.compiled_programs() == before
+        exact = jax.jit(lambda X, key, ct=ct: emjax.fit(X, 3, key=key, covariance_type=ct, **KW))(
+            jnp.asarray(X), jax.random.key(1))
+        assert int(res.n_iter) == int(exact.n_iter)
+        np.testing.assert_allclose(res.log_likelihood, exact.log_likelihood, rtol=1e-12)
+        np.testing.assert_allclose(res.restarts.history, exact.restarts.history, rtol=1e-12)
+        for a, b in zip(jax.tree_util.tree_leaves(res.params),
+                        jax.tree_util.tree_leaves(exact.params)):
+            assert a.shape == b.shape
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
 def test_row_counts_of_one_size_class_share_one_program():
@@ -228,7 +254,8 @@ def test_padding_components_are_never_reseeded(covariance_type):
 
 
 @pytest.mark.parametrize("pooled, base, n_features", [
-    ("tied", "full", 2), ("tied", "full", 6),  # the unrolled steps, the dense steps
+    # tiny data on 16 features; the traced fits run the unrolled (2) and dense (6) steps
+    ("tied", "full", 2), ("tied", "full", 6),
     ("diag", "full", 2), ("spherical", "full", 6),  # few features: as full covariances
     ("spherical", "diag", 20)])
 def test_small_fits_share_the_programs_of_full_and_diag(pooled, base, n_features):
