@@ -81,6 +81,7 @@ def _release_compiled_programs():
 
     fitting._EXECUTABLES.clear()  # the fits loaded from (or written to) the disk cache
     fitting._PROGRAMS.clear()  # what the bound on programs counts: none are held now
+    fitting._PRECOMPILED.clear()  # so a module's first fits compile their two programs at once
     gc.collect()
     _trim_heap()
 
