@@ -22,6 +22,7 @@ from emjax import _sizes, _xla, em
 from emjax import _validation as v
 from emjax.gmm import GMMParams, fitting, steps
 from emjax.gmm import covariance as cov_lib
+from emjax.gmm import plan as plan_lib
 from emjax.gmm import reseed as reseed_lib
 from emjax.gmm.options import check_fit
 from emjax.gmm.steps import mask_params
@@ -89,12 +90,14 @@ class SelectionResult(NamedTuple):
     params: GMMParams
 
 
-def make_masked_model(covariance_type: str, reg_covar: float, empty_threshold: float = 1e-3):
+def make_masked_model(covariance_type: str, reg_covar: float, empty_threshold: float = 1e-3,
+                      pool: Array | None = None):
     """The padded, masked GMM as the driver sees it, over ``data = (X, w, active)``.
 
     The same steps as :func:`fitting.make_model`, except that inactive components get
     log-weight ``-inf`` in the E-step (so responsibility exactly 0 and no part in any statistic),
-    are reset to the padding values after the M-step, and are never re-seeded.
+    are reset to the padding values after the M-step, and are never re-seeded. ``pool``: as in
+    :func:`fitting.make_model` (a full or diagonal grid computing another covariance type).
     """
 
     def e_step(params, data):
@@ -107,23 +110,26 @@ def make_masked_model(covariance_type: str, reg_covar: float, empty_threshold: f
 
     def m_step(estats, data):
         return masked_m_step(jnp.exp(estats[0]), data, covariance_type=covariance_type,
-                             reg_covar=reg_covar)
+                             reg_covar=reg_covar, pool=pool)
 
     def repair(params, estats, data):
         X, w, active = data
         log_resp, ll = estats
         return reseed_lib.reseed_empty(params, log_resp, ll, X, w, covariance_type=covariance_type,
-                                    empty_threshold=empty_threshold, active=active)
+                                    empty_threshold=empty_threshold, active=active, pool=pool)
 
     return e_step, m_step, repair
 
 
-def masked_m_step(gamma: Array, data, *, covariance_type: str, reg_covar: float) -> GMMParams:
+def masked_m_step(gamma: Array, data, *, covariance_type: str, reg_covar: float,
+                  pool: Array | None = None) -> GMMParams:
     """The M-step of the padded model from responsibilities ``gamma`` ``(n_samples, K_max)``
-    (zero in inactive columns) over ``data = (X, w, active)``."""
+    (zero in inactive columns) over ``data = (X, w, active)`` (``pool``: see
+    :func:`emjax.gmm.steps.params_from_stats_checked`)."""
     X, w, active = data
-    p = steps.m_step(gamma, X, covariance_type=covariance_type, reg_covar=reg_covar,
-                   sample_weight=w)
+    stats = steps.m_step_stats(gamma, X, covariance_type=covariance_type, sample_weight=w)
+    p = steps.params_from_stats_checked(stats, covariance_type=covariance_type,
+                                        reg_covar=reg_covar, pool=pool)[0]
     return mask_params(p, active)
 
 
@@ -168,20 +174,22 @@ _initial_responsibilities = _xla.JitByOptions(
                                                         "n_lloyd"))
 
 
-def _grid_program(X, resp0, sample_weight, tol, ks, n_parameters, *, covariance_type,
-                  reg_covar, max_iter, callback):
+def _grid_program(X, resp0, sample_weight, tol, ks, n_parameters, pool=None, *,
+                  covariance_type, reg_covar, max_iter, callback):
     # ks (G,) and n_parameters (G,) are traced: grids of one length and K_max share a program.
+    # A traced pool: the steps.POOL code of the covariance type this full or diagonal grid
+    # computes (plan.pooled_as: a sweep over covariance types shares the program).
     w = sample_weight
     n, d = X.shape
     Xc, shift = _centre(X, w)
     k_max = resp0.shape[-1]
     active = jnp.arange(k_max)[None, :] < ks[:, None]
-    e_step, m_step, repair = make_masked_model(covariance_type, reg_covar)
+    e_step, m_step, repair = make_masked_model(covariance_type, reg_covar, pool=pool)
 
     # fitting.init_params = responsibilities + one M-step; here one vmapped masked M-step.
     def init_m_step(g, act):
         return masked_m_step(g, (Xc, w, act), covariance_type=covariance_type,
-                             reg_covar=reg_covar)
+                             reg_covar=reg_covar, pool=pool)
 
     params0 = jax.vmap(jax.vmap(init_m_step, in_axes=(0, None)))(resp0, active)
 
@@ -295,9 +303,16 @@ def fit_grid(
     init_args = (Xj, key, wj, ks_arr)
     options = _xla.compiler_options("grid", n * Xa.shape[1] * max(ks) * len(ks))
     init_fn = _initial_responsibilities.compile(options, init_args, init_static, "grid_init")
+    run_as, pool = covariance_type, None
+    if n_rows is not None:
+        # As emjax.fit: a small grid runs the program of the type its M-step pools from (tied
+        # as full, spherical as diagonal; with few features every type as full), the same
+        # values, so a sweep over covariance types compiles one or two programs.
+        run_as = plan_lib.pooled_as(covariance_type, Xa.shape[1])
+        pool = np.int32(steps.POOL[covariance_type])
     args = (Xj, jax.ShapeDtypeStruct((len(ks), n_init, n, max(ks)), dtype), wj,
-            jnp.asarray(tol, dtype), ks_arr, n_par)
-    static = dict(covariance_type=covariance_type, reg_covar=reg_covar, max_iter=max_iter,
+            jnp.asarray(tol, dtype), ks_arr, n_par, pool)
+    static = dict(covariance_type=run_as, reg_covar=reg_covar, max_iter=max_iter,
                   callback=callback)
     grid_fn = _grid_compiled.compile(options, args, static, "grid")
     t1 = time.perf_counter()
@@ -305,10 +320,14 @@ def fit_grid(
     out = jax.block_until_ready(grid_fn(Xj, resp0, wj, *args[3:]))
     t2 = time.perf_counter()
     r = out.res
+    params = out.params
+    if run_as != covariance_type:  # on the host: slicing device arrays compiles a program each
+        params = jax.device_put(steps.pooled_as(jax.tree_util.tree_map(np.asarray, params),
+                                                covariance_type, lead=2))
     return GridResult(
         covariance_type=covariance_type,
         n_components=np.asarray(ks),
-        params=out.params,
+        params=params,
         active=np.asarray(out.active),
         log_likelihood=np.asarray(r.log_likelihood),
         n_iter=np.asarray(r.n_iter),
