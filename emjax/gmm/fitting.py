@@ -710,9 +710,19 @@ def fit(
     _bound_programs(Xa.shape, dtype, args, static)
     compiled = None
     if n_rows is not None:
-        # With the disk cache on, a new process loads a small fit's program without tracing it.
-        compiled = _compile_cache.load_or_compile(jitted, (Xa, *args), static, _EXECUTABLES,
-                                                  "fit")
+        # With the disk cache on, a new process loads a small fit's program without tracing it
+        # (and the initialisation's meanwhile, on a second thread).
+        with concurrent.futures.ThreadPoolExecutor(1) as worker:
+            pending = None
+            if init is not None and _compile_cache.executable_directory() is not None:
+                options, init_args, init_static = init
+                pending = worker.submit(_centers_compiled.compile, options,
+                                      (jax.ShapeDtypeStruct(Xa.shape, dtype), *init_args),
+                                      init_static, "fit_init")
+            compiled = _compile_cache.load_or_compile(jitted, (Xa, *args), static, _EXECUTABLES,
+                                                      "fit")
+            if pending is not None:
+                pending.result()
     if compiled is None:
         # Before the data goes to the device (large data), and the initialisation on another
         # thread while this one traces and compiles EM (a first fit's two programs at once).
@@ -848,11 +858,11 @@ def _compile_first(Xa: np.ndarray, args: tuple, static: dict, init=None) -> None
     if sig in _PRECOMPILED:
         return
     X_spec = jax.ShapeDtypeStruct(Xa.shape, Xa.dtype)
-    with _compile_cache.gc_paused(), concurrent.futures.ThreadPoolExecutor(1) as pool:
+    with _compile_cache.gc_paused(), concurrent.futures.ThreadPoolExecutor(1) as worker:
         pending = None
         if init is not None:
             options, init_args, init_static = init
-            pending = pool.submit(_centers_compiled[options].lower(
+            pending = worker.submit(_centers_compiled[options].lower(
                 X_spec, *init_args, **init_static).compile)
         _fit_jitted(static["plan"]).lower(X_spec, *args, **static).compile()
         if pending is not None:
