@@ -639,21 +639,19 @@ def fit(
     elif params_init is None:
         raise ValueError("previous_log_likelihood continues a fit: it needs params_init")
     n_rows = padded_rows(n, Xa.nbytes // n)
-    tune = plan_lib.tuning()
     n_features = None
-    if (n_rows is not None and plan is None and not c.initial.given and n <= tune.tiny_max_rows
-            and d <= tune.tiny_features
-            and plan_lib.pooled_as(o.covariance_type, tune.tiny_features) == "full"):
-        # Tiny data: a power of two of rows and tiny_features features, zero columns whose
-        # covariance block the M-step keeps at the identity (so they change no log-density):
-        # tiny data sets of any shape share one program.
-        n_rows, n_features = max(64, 1 << (n - 1).bit_length()), np.int32(d)
+    tiny = (None if n_rows is None or plan is not None or c.initial.given
+            else plan_lib.tiny_shape(o.covariance_type, n, d))
+    if tiny is not None:
+        # Tiny data: zero columns whose covariance block the M-step keeps at the identity (so
+        # they change no log-density): tiny data sets of any shape share one program.
+        n_rows, n_features = tiny[0], np.int32(d)
     if n_rows is not None:
         # Zero-weight rows up to the size class: fits of nearby sizes share one program.
         Xa, w = pad_rows(Xa, w, n_rows)
-    if n_features is not None and d < tune.tiny_features:
-        Xa = np.concatenate([Xa, np.zeros((n_rows, tune.tiny_features - d), Xa.dtype)], axis=1)
-        d = tune.tiny_features
+    if tiny is not None and d < tiny[1]:
+        Xa = np.concatenate([Xa, np.zeros((n_rows, tiny[1] - d), Xa.dtype)], axis=1)
+        d = tiny[1]
     n_components = o.n_components
     k_class = None
     if (plan is None and n_rows is not None and callback is None and not c.initial.given
@@ -676,7 +674,7 @@ def fit(
             o = o._replace(covariance_type=pooled.covariance_type)
         if n_features is not None:
             # One program serves every tiny data set: compiled to run fast, not to compile fast.
-            plan = plan.replace(opt_level=tune.tiny_opt_level)
+            plan = plan.replace(opt_level=plan_lib.tuning().tiny_opt_level)
     elif not isinstance(plan, plan_lib.PassPlan) or plan.covariance_type != o.covariance_type:
         raise ValueError(f"plan must be a PassPlan for covariance_type={o.covariance_type!r}, "
                          f"got {plan!r}")
@@ -708,21 +706,19 @@ def fit(
     args = (*args, centers_spec, pool, n_features)
     jitted = _fit_jitted(plan)
     _bound_programs(Xa.shape, dtype, args, static)
-    compiled = None
+    compiled = init_compiled = None
     if n_rows is not None:
         # With the disk cache on, a new process loads a small fit's program without tracing it
-        # (and the initialisation's meanwhile, on a second thread).
-        with concurrent.futures.ThreadPoolExecutor(1) as worker:
-            pending = None
-            if init is not None and _compile_cache.executable_directory() is not None:
-                options, init_args, init_static = init
-                pending = worker.submit(_centers_compiled.compile, options,
-                                      (jax.ShapeDtypeStruct(Xa.shape, dtype), *init_args),
-                                      init_static, "fit_init")
-            compiled = _compile_cache.load_or_compile(jitted, (Xa, *args), static, _EXECUTABLES,
-                                                      "fit")
-            if pending is not None:
-                pending.result()
+        # (and the initialisation's meanwhile, on the second thread).
+        load_init = None
+        if init is not None and _compile_cache.executable_directory() is not None:
+            options, init_args, init_static = init
+            load_init = functools.partial(
+                _centers_compiled.compile, options,
+                (jax.ShapeDtypeStruct(Xa.shape, dtype), *init_args), init_static, "fit_init")
+        compiled, init_compiled = _alongside(functools.partial(
+            _compile_cache.load_or_compile, jitted, (Xa, *args), static, _EXECUTABLES, "fit"),
+            load_init)
     if compiled is None:
         # Before the data goes to the device (large data), and the initialisation on another
         # thread while this one traces and compiles EM (a first fit's two programs at once).
@@ -732,7 +728,8 @@ def fit(
     Xd = jax.device_put(Xa)
     if init is not None:
         options, init_args, init_static = init
-        centers0 = _centers_compiled.call(options, (Xd, *init_args), init_static, "fit_init")
+        centers0 = (_centers_compiled.call(options, (Xd, *init_args), init_static, "fit_init")
+                    if init_compiled is None else init_compiled(Xd, *init_args))
         args = (*args[:-3], centers0, pool, n_features)
     if compiled is None:
         with _compile_cache.gc_paused():  # a first call traces
@@ -836,6 +833,22 @@ LARGE_DATA_BYTES = 2**26
 _PRECOMPILED: set = set()
 
 
+@functools.cache
+def _second_thread() -> concurrent.futures.ThreadPoolExecutor:
+    """The thread a fit's initialisation compiles (or loads) on, made once."""
+    return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="emjax-compile")
+
+
+def _alongside(foreground: Callable, background: Callable | None):
+    """``(foreground(), background())``, ``background`` run on :func:`_second_thread` meanwhile
+    (XLA compiles without Python's lock, and a small program's LLVM passes use one core);
+    ``(foreground(), None)`` without one."""
+    if background is None:
+        return foreground(), None
+    pending = _second_thread().submit(background)
+    return foreground(), pending.result()
+
+
 def _compile_first(Xa: np.ndarray, args: tuple, static: dict, init=None) -> None:
     """Compile the fitting program for ``Xa``'s shape (and ``init``, its initialisation's
     ``(options, args, static)``) before ``Xa`` is put on the device.
@@ -858,15 +871,14 @@ def _compile_first(Xa: np.ndarray, args: tuple, static: dict, init=None) -> None
     if sig in _PRECOMPILED:
         return
     X_spec = jax.ShapeDtypeStruct(Xa.shape, Xa.dtype)
-    with _compile_cache.gc_paused(), concurrent.futures.ThreadPoolExecutor(1) as worker:
-        pending = None
+    with _compile_cache.gc_paused():
+        compile_init = None
         if init is not None:
             options, init_args, init_static = init
-            pending = worker.submit(_centers_compiled[options].lower(
-                X_spec, *init_args, **init_static).compile)
-        _fit_jitted(static["plan"]).lower(X_spec, *args, **static).compile()
-        if pending is not None:
-            pending.result()
+            compile_init = _centers_compiled[options].lower(X_spec, *init_args,
+                                                            **init_static).compile
+        _alongside(lambda: _fit_jitted(static["plan"]).lower(X_spec, *args, **static).compile(),
+                   compile_init)
     _PRECOMPILED.add(sig)
     if Xa.nbytes < LARGE_DATA_BYTES:
         return

@@ -465,6 +465,18 @@ def pooled_plan(plan: PassPlan, dtype, n_samples: int, n_features: int,
     return None if base_plan.fused else base_plan
 
 
+def tiny_shape(covariance_type: str, n_samples: int, n_features: int,
+               backend: str | None = None) -> tuple[int, int] | None:
+    """The ``(rows, features)`` a small fit of tiny data runs on: a power of two of rows (at
+    least 64) and ``Tuning.tiny_features`` features, which every tiny data set shares (as full
+    covariances, :func:`pooled_as`); None when the data are not tiny on ``backend``."""
+    t = tuning(backend)
+    if (n_samples <= t.tiny_max_rows and n_features <= t.tiny_features
+            and pooled_as(covariance_type, t.tiny_features, backend) == "full"):
+        return max(64, 1 << (n_samples - 1).bit_length()), t.tiny_features
+    return None
+
+
 _FORM_WORDS = {
     "packed": "packed outer products x_i x_j (i <= j) times the packed precisions: one GEMM "
               "for the K log-densities, one for every moment",
@@ -566,14 +578,14 @@ def explain_plan(n_samples: int, n_features: int, n_components: int, *,
         base = pooled.covariance_type
         text += (f"\n  emjax.fit without a given start runs it as {base!r} covariances pooled "
                  f"by the M-step (the same values; one program with {base!r} fits)")
-    t = tuning(backend)
-    if (n_samples <= t.tiny_max_rows and n_features <= t.tiny_features
-            and pooled_as(covariance_type, t.tiny_features, backend) == "full"):
-        text += (f"\n  tiny data: emjax.fit without a given start runs it on {t.tiny_features} "
-                 "features (zero columns, identity covariance blocks) and a power of two of rows, "
-                 f"at optimisation level {t.tiny_opt_level}: one program for every tiny data set")
+    tiny = tiny_shape(covariance_type, n_samples, n_features, backend)
+    if tiny is not None:
+        text += (f"\n  tiny data: emjax.fit without a given start runs it on {tiny[1]} features "
+                 "(zero columns, identity covariance blocks) and a power of two of rows, at "
+                 f"optimisation level {tuning(backend).tiny_opt_level}: one program for every "
+                 "tiny data set")
     return text
 
 
 __all__ = ["CPU", "PLAIN", "POOLED_AS", "TUNING", "PassPlan", "Tuning", "describe",
-           "explain_plan", "make_plan", "pooled_as", "pooled_plan", "tuning"]
+           "explain_plan", "make_plan", "pooled_as", "pooled_plan", "tiny_shape", "tuning"]
