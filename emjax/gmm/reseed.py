@@ -135,8 +135,7 @@ def reseed(params: GMMParams, empty: Array, X: Array, score: Array, *, covarianc
         if pool is not None:
             # Diagonal matrices (pooled diagonal or spherical fits): their average, as those
             # types re-seed, and its factor elementwise.
-            hb = healthy.astype(X.dtype)[:, None, None]
-            avg = jnp.sum(hb * cov.covariances, 0) / jnp.maximum(jnp.sum(hb), 1.0)
+            avg = _healthy_average(cov.covariances, healthy)
             eye = jnp.eye(avg.shape[-1], dtype=avg.dtype)
             diagonal = pool >= steps.POOL["diag"]
             new_cov = jnp.where(diagonal, avg, new_cov)
@@ -144,11 +143,9 @@ def reseed(params: GMMParams, empty: Array, X: Array, score: Array, *, covarianc
         cov = cov_lib.FullCovariance(jnp.where(eb, new_cov[None], cov.covariances),
                                      jnp.where(eb, new_pc[None], cov.precisions_cholesky))
     elif not isinstance(cov, cov_lib.TiedCovariance):
-        healthy = healthy.astype(X.dtype)
         c = cov.covariances
-        hb = healthy.reshape((-1,) + (1,) * (c.ndim - 1))
-        avg = jnp.sum(hb * c, 0) / jnp.maximum(jnp.sum(healthy), 1.0)
-        eb = empty.reshape(hb.shape)
+        eb = empty.reshape((-1,) + (1,) * (c.ndim - 1))
+        avg = _healthy_average(c, healthy)
         cov = cov_lib.from_covariances(covariance_type, jnp.where(eb, avg[None], c))
     weights = jnp.where(empty, 1.0 / (2 * n_active), params.weights)
     weights = weights / jnp.sum(weights)
@@ -156,6 +153,12 @@ def reseed(params: GMMParams, empty: Array, X: Array, score: Array, *, covarianc
     any_empty = jnp.any(empty)
     out = jax.tree_util.tree_map(lambda a, b: jnp.where(any_empty, a, b), fixed, params)
     return out, jnp.where(any_empty, em.STATUS_RESEEDED, 0).astype(jnp.int32)
+
+
+def _healthy_average(c: Array, healthy: Array) -> Array:
+    """The mean over the ``healthy`` components (bool, ``(K,)``) of ``c`` ``(K, ...)``."""
+    hb = healthy.astype(c.dtype).reshape((-1,) + (1,) * (c.ndim - 1))
+    return jnp.sum(hb * c, 0) / jnp.maximum(jnp.sum(hb), 1.0)
 
 
 def dense_repair(covariance_type: str, empty_threshold: float = 1e-3):
