@@ -236,7 +236,7 @@ def m_step_from_stats(stats: steps.SuffStats, *, covariance_type: str,
 def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 1e-3, *,
                plan: plan_lib.PassPlan | None = None, center: Array | None = None,
                inputs=None, active: Array | None = None, pool: Array | None = None,
-               n_features: Array | None = None):
+               n_features: Array | None = None, n_active: Array | None = None):
     """The GMM as the driver sees it: ``(e_step, m_step, repair)`` over ``data = (X, w)``.
 
     The static ``plan`` (:func:`emjax.gmm.plan.make_plan`) chooses the steps. ``plan.fused``:
@@ -263,7 +263,9 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
     ``active``: optional ``(n_components,)`` bool (traced), the components that exist; the
     others are padding (so that fits of nearby ``n_components`` share one program): weight 0
     (their log-weight is ``-inf`` in every E-step, so they take no responsibility), never
-    re-seeded, and the M-step renormalises the weights of the active ones.
+    re-seeded, and the M-step renormalises the weights of the active ones. ``n_active``:
+    optional traced int, their count (the first ``n_active`` are active); with
+    ``plan.active_loop`` the dense steps compute only those components' distances and scatter.
 
     ``pool``: optional traced :data:`emjax.gmm.steps.POOL` code, full and diagonal
     covariances: the M-step (and the re-seeding) computes the covariance type it names
@@ -315,14 +317,17 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
 
         return small_e_step, m_step, repair
     if plan is None or not plan.fused:
+        # Padded components skip the per-component GEMMs (plan.active_loop).
+        loop_active = n_active if plan is not None and plan.active_loop else None
+
         def dense_e_step(params, data):
-            log_resp, ll = steps.e_step_full(params, data[0], n_features)
+            log_resp, ll = steps.e_step_full(params, data[0], n_features, loop_active)
             return (log_resp, ll), steps._mean(ll, data[1])
 
         def dense_m_step(estats, data):
             X, w = data
             stats = steps.m_step_stats(jnp.exp(estats[0]), X, covariance_type=covariance_type,
-                                       sample_weight=w)
+                                       sample_weight=w, n_active=loop_active)
             return masked(m_step_from_stats(stats, **m_kw))
 
         def dense_repair(params, estats, data):
@@ -419,7 +424,7 @@ def _fit_program(X, key, sample_weight, initial, tol, ll_prev, n_used=None, max_
         data = (X, w)
     else:
         e_step, m_step, repair = make_model(covariance_type, reg_covar, plan=plan, active=active,
-                                            pool=pool, n_features=n_features)
+                                            pool=pool, n_features=n_features, n_active=n_active)
         # X^T in the data, not in a closure: the compacting batch rule sees only arguments.
         data = (Xc, w, xt) if small else (Xc, w)
     run = functools.partial(em.run_restarts, e_step, m_step, data=data, tol=tol,

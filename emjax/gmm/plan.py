@@ -75,6 +75,10 @@ class PassPlan:
       compact: unrolled steps: under ``jax.vmap`` over more than this many fits, step only the
         unfinished ones, this many at a time (:func:`emjax.em.run_compacted`); 0: the vmapped
         loop steps every fit until the slowest one stops.
+      active_loop: dense steps of full (and tied) covariances with padded components compute
+        each active component's whitened distances and scatter in a loop over the active ones
+        (a traced count), so the padding costs nothing; ``False``: one batched product over
+        every component, padding included.
       sequential_restarts: the restarts run one after the other in the program (``lax.map``),
         each to its own convergence, rather than vmapped (every lane stepped until the
         slowest stops): for steps whose GEMMs are large enough that batching gains little.
@@ -96,6 +100,7 @@ class PassPlan:
     fusion_emitters: bool = True
     unrolled: bool = False
     compact: int = 0
+    active_loop: bool = False
     sequential_restarts: bool = False
     backend: str = "any"
 
@@ -176,6 +181,8 @@ class Tuning(NamedTuple):
     unrolled_max_features: int  # unrolled steps and factorisations up to this D
     unrolled_max_components: int  # ... and this K
     compact_chunk: int  # unrolled: fits stepped at a time under vmap (0: all until the slowest)
+    active_loop_min_features: int  # dense full/tied steps loop over the active components
+    # from this D (PassPlan.active_loop)
     sequential_restarts_min_work: int  # restarts one after the other from this E-step size
     diagonal_as_full_max_features: int  # small diagonal and spherical fits up to this D run
     # the full fit's program (pooled_plan): one program per data set instead of two
@@ -223,6 +230,7 @@ CPU = Tuning(
     unrolled_max_features=4,
     unrolled_max_components=8,
     compact_chunk=128,
+    active_loop_min_features=12,
     sequential_restarts_min_work=2**20,
     diagonal_as_full_max_features=16,
     tiny_features=16,
@@ -269,6 +277,7 @@ PLAIN = Tuning(
     unrolled_max_features=0,
     unrolled_max_components=0,
     compact_chunk=0,
+    active_loop_min_features=2**31,
     sequential_restarts_min_work=2**62,
     diagonal_as_full_max_features=0,
     tiny_features=0,
@@ -430,6 +439,8 @@ def make_plan(covariance_type: str, dtype, n_samples: int, n_features: int, n_co
                          else t.dense_fusion_emitters),
         unrolled=unrolled,
         compact=t.compact_chunk if unrolled else 0,
+        active_loop=(not fused and not unrolled and covariance_type in ("full", "tied")
+                     and d >= t.active_loop_min_features),
         sequential_restarts=(not unrolled and n * k * (n_quadratic(covariance_type, d) + d)
                              >= t.sequential_restarts_min_work),
         backend=backend,

@@ -71,7 +71,16 @@ def _shift(params: GMMParams) -> Array:
     return jax.lax.stop_gradient(params.weights @ params.means)
 
 
-def component_log_prob(params: GMMParams, X: Array, n_features: Array | None = None) -> Array:
+def over_active(fn, n_active: Array, k: int, shape: tuple, dtype) -> Array:
+    """``fn(j)`` stacked for ``j < n_active`` into ``(k, *shape)``, zeros after: per-component
+    work that costs nothing for padded components (a loop with a traced trip count)."""
+    def body(j, acc):
+        return jax.lax.dynamic_update_index_in_dim(acc, fn(j).astype(dtype), j, 0)
+    return jax.lax.fori_loop(0, n_active, body, jnp.zeros((k,) + tuple(shape), dtype))
+
+
+def component_log_prob(params: GMMParams, X: Array, n_features: Array | None = None,
+                       n_active: Array | None = None) -> Array:
     """``log N(x_n | mu_k, Sigma_k)``, shape ``(n_samples, n_components)``.
 
     .. math:: \\log N = -\\tfrac{D}{2}\\log 2\\pi + \\log|U_k| - \\tfrac12 \\|U_k^T(x-\\mu_k)\\|^2
@@ -82,7 +91,17 @@ def component_log_prob(params: GMMParams, X: Array, n_features: Array | None = N
     """
     c = _shift(params)
     d = X.shape[-1]
-    maha = cov_lib.mahalanobis_squared(params.covariance, X - c, params.means - c)
+    if n_active is not None and isinstance(params.covariance, cov_lib.FullCovariance):
+        pc, xc, mc = params.covariance.precisions_cholesky, X - c, params.means - c
+
+        def one(j):
+            u = jax.lax.dynamic_index_in_dim(pc, j, keepdims=False)
+            y = xc @ u - jax.lax.dynamic_index_in_dim(mc, j, keepdims=False) @ u
+            return jnp.sum(y * y, axis=-1)
+
+        maha = over_active(one, n_active, pc.shape[0], X.shape[:1], X.dtype).T
+    else:
+        maha = cov_lib.mahalanobis_squared(params.covariance, X - c, params.means - c)
     log_det = cov_lib.log_det_precision_cholesky(params.covariance, d)
     const = d * math.log(2 * math.pi)
     if n_features is not None:
@@ -91,9 +110,11 @@ def component_log_prob(params: GMMParams, X: Array, n_features: Array | None = N
     return -0.5 * (const + maha) + log_det
 
 
-def weighted_log_prob(params: GMMParams, X: Array, n_features: Array | None = None) -> Array:
+def weighted_log_prob(params: GMMParams, X: Array, n_features: Array | None = None,
+                      n_active: Array | None = None) -> Array:
     """``log pi_k + log N(x_n | mu_k, Sigma_k)``, shape ``(n_samples, n_components)``."""
-    return component_log_prob(params, X, n_features) + jnp.log(params.weights)[None, :]
+    return (component_log_prob(params, X, n_features, n_active)
+            + jnp.log(params.weights)[None, :])
 
 
 def _mean(values: Array, sample_weight: Array | None) -> Array:
@@ -102,11 +123,11 @@ def _mean(values: Array, sample_weight: Array | None) -> Array:
     return jnp.sum(sample_weight * values) / jnp.sum(sample_weight)
 
 
-def e_step_full(params: GMMParams, X: Array,
-                n_features: Array | None = None) -> tuple[Array, Array]:
+def e_step_full(params: GMMParams, X: Array, n_features: Array | None = None,
+                n_active: Array | None = None) -> tuple[Array, Array]:
     """Log-responsibilities ``(n_samples, n_components)`` and per-sample log-likelihood
     (``n_features``: see :func:`component_log_prob`)."""
-    wlp = weighted_log_prob(params, X, n_features)
+    wlp = weighted_log_prob(params, X, n_features, n_active)
     ll = logsumexp(wlp, axis=1)
     return wlp - ll[:, None], ll
 
@@ -163,7 +184,7 @@ class SuffStats(NamedTuple):
     ref: Array
 
 
-def _suff_stats_dense(gamma, X, ref, covariance_type, sample_weight):
+def _suff_stats_dense(gamma, X, ref, covariance_type, sample_weight, n_active=None):
     if sample_weight is not None:
         gamma = gamma * sample_weight[:, None]
     nk = jnp.sum(gamma, axis=0)
@@ -174,7 +195,13 @@ def _suff_stats_dense(gamma, X, ref, covariance_type, sample_weight):
             diff = X - r
             return (g[:, None] * diff).T @ diff
 
-        sxx = jax.vmap(scatter, in_axes=(1, 0))(gamma, ref)
+        if n_active is None:
+            sxx = jax.vmap(scatter, in_axes=(1, 0))(gamma, ref)
+        else:
+            d = X.shape[1]
+            sxx = over_active(lambda j: scatter(jax.lax.dynamic_index_in_dim(gamma, j, 1, False),
+                                                jax.lax.dynamic_index_in_dim(ref, j, 0, False)),
+                              n_active, ref.shape[0], (d, d), X.dtype)
     else:
         sxx = jnp.einsum("nk,knd->kd", gamma, jax.vmap(lambda r: jnp.square(X - r))(ref))
     return nk, sx, sxx
@@ -188,6 +215,7 @@ def suff_stats(
     covariance_type: str = "full",
     sample_weight: Array | None = None,
     chunk_size: int | None = None,
+    n_active: Array | None = None,
 ) -> SuffStats:
     """Sufficient statistics of ``(gamma, X)`` about ``ref`` (see :class:`SuffStats`).
 
@@ -202,7 +230,7 @@ def suff_stats(
 
     def part(acc, start, size):
         st = _suff_stats_dense(rows(gamma, start, size), rows(X, start, size), ref,
-                               covariance_type, rows(sample_weight, start, size))
+                               covariance_type, rows(sample_weight, start, size), n_active)
         return jax.tree_util.tree_map(jnp.add, acc, st)
 
     shapes = jax.eval_shape(lambda: _suff_stats_dense(gamma, X, ref, covariance_type,
@@ -317,14 +345,15 @@ def m_step(
 
 
 def m_step_stats(gamma: Array, X: Array, *, covariance_type: str = "full",
-                 sample_weight: Array | None = None) -> SuffStats:
+                 sample_weight: Array | None = None,
+                 n_active: Array | None = None) -> SuffStats:
     """The statistics :func:`m_step` completes: moments about the new means themselves (a first
     pass over ``X`` for the means, a second for the scatter about them)."""
     g = gamma if sample_weight is None else gamma * sample_weight[:, None]
     nk = jnp.sum(g, axis=0) + 10 * jnp.finfo(X.dtype).eps
     ref = (g.T @ X) / nk[:, None]
     return suff_stats(gamma, X, ref, covariance_type=covariance_type,
-                      sample_weight=sample_weight)
+                      sample_weight=sample_weight, n_active=n_active)
 
 
 def score_samples(params: GMMParams, X: Array) -> Array:

@@ -219,11 +219,12 @@ def test_component_counts_of_one_class_share_one_program():
     assert fitting.component_class(3, 64, 2, 7) is None
 
 
-@pytest.mark.parametrize("covariance_type", ["full", "diag"])
-def test_padding_components_are_never_reseeded(covariance_type):
+@pytest.mark.parametrize("covariance_type, active_loop", [("full", False), ("full", True),
+                                                          ("diag", False)])
+def test_padding_components_are_never_reseeded(covariance_type, active_loop):
     """A component far from the data empties at once and is re-seeded; with 5 padding
     components after it (inactive), the EM steps do exactly what they do on the 3 alone, and the
-    padding keeps weight 0."""
+    padding keeps weight 0 (``active_loop``: the dense steps loop over the 3 active ones)."""
     from emjax import em
     from emjax.gmm import GMMParams, steps
     from emjax.gmm import covariance as cov_lib
@@ -238,10 +239,13 @@ def test_padding_components_are_never_reseeded(covariance_type):
     fill = steps.filler_params(covariance_type, 5, 2, X.dtype)
     p8 = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), far, fill)
     active = jnp.arange(8) < 3
-    plan = plan_lib.make_plan(covariance_type, X.dtype, 64, 2, 8)
+    plan = plan_lib.make_plan(covariance_type, X.dtype, 64, 2, 8).replace(
+        active_loop=active_loop)
 
     def run(params, active):
-        e, m, r = fitting.make_model(covariance_type, 1e-6, plan=plan, active=active)
+        n_active = None if active is None else jnp.sum(active)
+        e, m, r = fitting.make_model(covariance_type, 1e-6, plan=plan, active=active,
+                                     n_active=n_active)
         data = (X, w, X.T) if plan.unrolled else (X, w)
         return em.run(e, m, params, data, tol=0.0, max_iter=5, repair=r)
 
@@ -251,6 +255,30 @@ def test_padding_components_are_never_reseeded(covariance_type):
     np.testing.assert_allclose(a.log_likelihood, b.log_likelihood, rtol=1e-12)
     np.testing.assert_allclose(a.params.means[:3], b.params.means, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(a.params.weights[:3], b.params.weights, rtol=1e-10)
+
+
+def test_active_loop_steps_equal_the_batched_steps():
+    """The dense steps over the active components only (a loop with a traced count) give the
+    batched steps' values for those, and nothing for the padding."""
+    from emjax.gmm import steps
+
+    rng = np.random.default_rng(11)
+    k, d, n = 5, 12, 60
+    A = rng.normal(size=(k, d, d))
+    params = steps.make_params(np.array([0.3, 0.3, 0.4, 0.0, 0.0]), rng.normal(size=(k, d)),
+                               A @ np.swapaxes(A, 1, 2) + d * np.eye(d), "full")
+    X = jnp.asarray(rng.normal(size=(n, d)))
+    lr, ll = steps.e_step_full(params, X)
+    lr3, ll3 = jax.jit(steps.e_step_full)(params, X, None, jnp.int32(3))
+    np.testing.assert_allclose(lr3[:, :3], lr[:, :3], rtol=1e-12)
+    assert np.all(np.isneginf(np.asarray(lr3[:, 3:])))
+    np.testing.assert_allclose(ll3, ll, rtol=1e-12)
+    g = jnp.exp(lr)
+    full = steps.m_step_stats(g, X)
+    loop = jax.jit(lambda g, X, m: steps.m_step_stats(g, X, n_active=m))(g, X, jnp.int32(3))
+    np.testing.assert_allclose(loop.sxx[:3], full.sxx[:3], rtol=1e-12)
+    np.testing.assert_array_equal(loop.sxx[3:], 0.0)
+    np.testing.assert_allclose(loop.sx, full.sx, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("pooled, base, n_features", [
