@@ -73,3 +73,23 @@ def pad_rows(X: np.ndarray, sample_weight: np.ndarray | None, n_rows: int):
     Xp[:n] = X
     Xp[n:] = X[0]
     return Xp, wp
+
+
+#: Fits of up to this many components run with their components padded to it (and masked)...
+COMPONENT_CLASS = 8
+#: ... when the padded problem has at most this many values ``rows * features * components``:
+#: past it the padding's run time would outweigh a compilation.
+PAD_COMPONENTS_MAX_SIZE = 2**20
+
+
+def component_class(n_components: int, n_rows: int, n_features: int,
+                    n_weighted: int) -> int | None:
+    """The number of components a small fit of ``n_components`` runs with, the first
+    ``n_components`` active: :data:`COMPONENT_CLASS` for 2 up to it, when the padded problem is
+    small and at least that many rows have positive weight (a random start draws a distinct row
+    per component); None (not padded) otherwise."""
+    k = COMPONENT_CLASS
+    if (2 <= n_components <= k and n_rows * n_features * k <= PAD_COMPONENTS_MAX_SIZE
+            and n_weighted >= k):
+        return k
+    return None

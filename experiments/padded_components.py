@@ -2,7 +2,7 @@
 included) against a loop over the active ones only (``PassPlan.active_loop``, switched by
 ``emjax.gmm.plan.Tuning.active_loop_min_features``).
 
-Small fits run with their components padded to 8 (``emjax.gmm.fitting.component_class``), so
+Small fits run with their components padded to 8 (``emjax._sizes.component_class``), so
 that K = 2..8 share one program; batched, a fit of K = 2 pays for 8 components. Each case: one
 process, both programs compiled first, then warm fits (``n_init = 5``, 30 iterations, float64)
 interleaved, median of ``--repeats``. Cases span the feature counts around the threshold, each

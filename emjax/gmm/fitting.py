@@ -644,27 +644,25 @@ def fit(
     elif params_init is None:
         raise ValueError("previous_log_likelihood continues a fit: it needs params_init")
     n_rows = padded_rows(n, Xa.nbytes // n)
-    n_features = None
-    tiny = (None if n_rows is None or plan is not None or c.initial.given
-            else plan_lib.tiny_shape(o.covariance_type, n, d))
-    if tiny is not None:
-        # Tiny data: zero columns whose covariance block the M-step keeps at the identity (so
-        # they change no log-density): tiny data sets of any shape share one program.
-        n_rows, n_features = tiny[0], np.int32(d)
+    n_features = tiny = k_class = None
+    n_components = o.n_components
+    if n_rows is not None and plan is None and not c.initial.given:
+        # The rows' size class; tiny data: zero columns whose covariance block the M-step keeps
+        # at the identity (so they change no log-density), one program for every tiny data set;
+        # components up to their class, the extra ones padding (weight 0, never re-seeded).
+        shape = plan_lib.run_shape(
+            o.covariance_type, n, d, n_components, Xa.nbytes // n,
+            n if w is None else int(np.count_nonzero(w)),
+            pad_components=callback is None and jax.config.jax_threefry_partitionable)
+        n_rows, k_class = shape.rows, shape.component_class
+        if shape.tiny:
+            tiny, n_features = shape.features, np.int32(d)
     if n_rows is not None:
         # Zero-weight rows up to the size class: fits of nearby sizes share one program.
         Xa, w = pad_rows(Xa, w, n_rows)
-    if tiny is not None and d < tiny[1]:
-        Xa = np.concatenate([Xa, np.zeros((n_rows, tiny[1] - d), Xa.dtype)], axis=1)
-        d = tiny[1]
-    n_components = o.n_components
-    k_class = None
-    if (plan is None and n_rows is not None and callback is None and not c.initial.given
-            and jax.config.jax_threefry_partitionable):
-        # Components up to their class, the extra ones padding (weight 0, never re-seeded): fits
-        # of nearby n_components share one program; the extra components are dropped.
-        k_class = component_class(n_components, n_rows, d,
-                                  n if w is None else int(np.count_nonzero(w[:n])))
+    if tiny is not None and d < tiny:
+        Xa = np.concatenate([Xa, np.zeros((n_rows, tiny - d), Xa.dtype)], axis=1)
+        d = tiny
     n_active = None if k_class is None else np.int32(n_components)
     k_class = k_class or n_components
     requested, pool = o.covariance_type, None
@@ -780,24 +778,6 @@ def _real_features(res: FitResult, d: int) -> FitResult:
                         restarts=res.restarts._replace(params=cut(res.restarts.params)))
 
 
-#: Fits of up to this many components run with their components padded to it (and masked)...
-COMPONENT_CLASS = 8
-#: ... when the padded problem has at most this many values ``rows * features * components``:
-#: past it the padding's run time would outweigh a compilation.
-PAD_COMPONENTS_MAX_SIZE = 2**20
-
-
-def component_class(n_components: int, n_rows: int, n_features: int,
-                    n_weighted: int) -> int | None:
-    """The number of components a small fit of ``n_components`` runs with, the first
-    ``n_components`` active: :data:`COMPONENT_CLASS` for 2 up to it, when the padded problem is
-    small and at least that many rows have positive weight (a random start draws a distinct row
-    per component); None (not padded) otherwise."""
-    k = COMPONENT_CLASS
-    if (2 <= n_components <= k and n_rows * n_features * k <= PAD_COMPONENTS_MAX_SIZE
-            and n_weighted >= k):
-        return k
-    return None
 
 
 #: Compiled fitting programs kept in memory; beyond it the cache is cleared (the disk cache,

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from emjax._sizes import PAD_MAX_ROWS
+from emjax._sizes import component_class, padded_rows
 
 #: How the log-densities are formed (see :mod:`emjax.gmm.kernels`).
 FORMS = ("packed", "whitened", "tied", "diag", "spherical")
@@ -488,6 +488,33 @@ def tiny_shape(covariance_type: str, n_samples: int, n_features: int,
     return None
 
 
+class RunShape(NamedTuple):
+    """What :func:`emjax.fit` runs a small fit on (:func:`run_shape`)."""
+
+    rows: int  # the rows' size class (the padding rows of weight 0)
+    features: int  # the features (tiny data: Tuning.tiny_features, the extra ones zero)
+    component_class: int | None  # the components (the first n_components active); None: K
+    tiny: bool  # tiny data (rows and features padded: one program for every tiny data set)
+
+
+def run_shape(covariance_type: str, n_samples: int, n_features: int, n_components: int,
+              row_bytes: int, n_weighted: int, *, pad_components: bool = True,
+              backend: str | None = None) -> RunShape | None:
+    """The shape of the program :func:`emjax.fit` runs a fit without a given start or plan on:
+    its rows padded to their size class (tiny data also to :attr:`Tuning.tiny_features`
+    features, :func:`tiny_shape`), and with ``pad_components`` its components to their class
+    (``n_weighted``: the rows of positive weight); None when the data are too large to pad."""
+    rows = padded_rows(n_samples, row_bytes)
+    if rows is None:
+        return None
+    tiny = tiny_shape(covariance_type, n_samples, n_features, backend)
+    d = n_features
+    if tiny is not None:
+        rows, d = tiny
+    k = component_class(n_components, rows, d, n_weighted) if pad_components else None
+    return RunShape(rows, d, k, tiny is not None)
+
+
 _FORM_WORDS = {
     "packed": "packed outer products x_i x_j (i <= j) times the packed precisions: one GEMM "
               "for the K log-densities, one for every moment",
@@ -551,6 +578,9 @@ def describe(plan: PassPlan, n_samples: int | None = None, n_features: int | Non
                      "LAPACK call)")
     lines.append(f"  XLA backend optimisation level: {plan.opt_level}" + (
         "" if plan.fusion_emitters else ", LLVM IR fusion emitters"))
+    if plan.active_loop:
+        lines.append("  padded components: the dense steps compute the active ones only (a "
+                     "loop over them)")
     if plan.compact:
         lines.append(f"  under jax.vmap over many fits: the unfinished ones stepped "
                      f"{plan.compact} at a time")
@@ -582,16 +612,26 @@ def explain_plan(n_samples: int, n_features: int, n_components: int, *,
       ... # doctest: +ELLIPSIS
         E-step: fused chunked pass, whitened: ...
     """
-    plan = make_plan(covariance_type, dtype, n_samples, n_features, n_components, backend)
+    dtype = np.dtype(dtype)
+    shape = run_shape(covariance_type, n_samples, n_features, n_components,
+                      dtype.itemsize * n_features, n_samples,
+                      pad_components=jax.config.jax_threefry_partitionable, backend=backend)
+    n, d, k = n_samples, n_features, n_components
+    if shape is not None:  # planned, as emjax.fit plans it, for the shape its program runs on
+        n, d, k = shape.rows, shape.features, shape.component_class or n_components
+    plan = make_plan(covariance_type, dtype, n, d, k, backend)
     text = describe(plan, n_samples, n_features, n_components, dtype)
-    pooled = pooled_plan(plan, dtype, n_samples, n_features, n_components)
-    if pooled is not None and pooled is not plan and n_samples <= PAD_MAX_ROWS:
+    if shape is not None and (n, k) != (n_samples, n_components):
+        text += (f"\n  emjax.fit without a given start runs it on {n} rows ({n - n_samples} of "
+                 f"weight 0) and {k} components ({k - n_components} of weight 0): fits of "
+                 "nearby sizes share its program")
+    pooled = pooled_plan(plan, dtype, n, d, k)
+    if pooled is not None and pooled is not plan and shape is not None:
         base = pooled.covariance_type
         text += (f"\n  emjax.fit without a given start runs it as {base!r} covariances pooled "
                  f"by the M-step (the same values; one program with {base!r} fits)")
-    tiny = tiny_shape(covariance_type, n_samples, n_features, backend)
-    if tiny is not None:
-        text += (f"\n  tiny data: emjax.fit without a given start runs it on {tiny[1]} features "
+    if shape is not None and shape.tiny:
+        text += (f"\n  tiny data: emjax.fit without a given start runs it on {d} features "
                  "(zero columns, identity covariance blocks) and a power of two of rows, at "
                  f"optimisation level {tuning(backend).tiny_opt_level}: one program for every "
                  "tiny data set")

@@ -189,7 +189,7 @@ def test_padded_components_fit_equals_the_unpadded_traced_fit(covariance_type):
     weights (re-seeding: the next test)."""
     X = _data(97, seed=4)
     w = np.random.default_rng(5).uniform(0.5, 2.0, 97)
-    assert fitting.component_class(5, _sizes.size_class(97), 2, 97) == 8
+    assert _sizes.component_class(5, _sizes.size_class(97), 2, 97) == 8
     kw = dict(KW, n_init=3, covariance_type=covariance_type, sample_weight=w)
     padded = emjax.fit(X, 5, key=7, **kw)
     exact = jax.jit(lambda X, k: emjax.fit(X, 5, key=k, **kw))(jnp.asarray(X),
@@ -213,10 +213,10 @@ def test_component_counts_of_one_class_share_one_program():
         assert res.params.means.shape == (k, 2)
     assert fitting.compiled_programs() == before
     # Not padded: one component, large problems, fewer weighted rows than the class.
-    assert fitting.component_class(1, 128, 2, 128) is None
-    assert fitting.component_class(9, 128, 2, 128) is None
-    assert fitting.component_class(3, 2**15, 64, 2**15) is None
-    assert fitting.component_class(3, 64, 2, 7) is None
+    assert _sizes.component_class(1, 128, 2, 128) is None
+    assert _sizes.component_class(9, 128, 2, 128) is None
+    assert _sizes.component_class(3, 2**15, 64, 2**15) is None
+    assert _sizes.component_class(3, 64, 2, 7) is None
 
 
 @pytest.mark.parametrize("covariance_type, active_loop", [("full", False), ("full", True),

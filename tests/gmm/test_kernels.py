@@ -183,6 +183,12 @@ def test_make_plan(backend):
         1000, 15, 3, covariance_type="tied", backend=backend)
     assert "pooled by" not in emjax.explain_plan(100_000, 16, 16, covariance_type="tied",
                                               backend=backend)
+    # planned for the shape emjax.fit runs: rows and components padded to their classes
+    # (here 2048 x 64 x 8 = 2^20: the fused tied pass, not the full program's)
+    text = emjax.explain_plan(1797, 64, 2, covariance_type="tied", dtype="float64",
+                              backend=backend)
+    assert "2048 rows (251 of weight 0) and 8 components (6 of weight 0)" in text
+    assert "fused chunked pass" in text and "pooled by" not in text
 
 
 @pytest.mark.parametrize("cov_type", ("full", "spherical"))
