@@ -291,12 +291,18 @@ def main() -> None:
         return
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
-    command = "PYTHONPATH=. python experiments/latency.py --parts " + args.parts + (
+    threads = os.environ.get("OMP_NUM_THREADS")
+    command = (f"OMP_NUM_THREADS={threads} " if threads else "") + (
+        "PYTHONPATH=. python experiments/latency.py --parts " + args.parts) + (
         " --merge" if args.merge else "") + (f" --tuning '{args.tuning}'" if args.tuning else "")
-    results = dict(command=command, commit=commit, load_average=os.getloadavg())
+    results = {}
     if args.merge and os.path.exists(args.out):
         with open(args.out) as f:
             results = json.load(f)
+    # Each part has its own run record ({part}_run); no record of the file as a whole.
+    for stale in ("command", "commit", "load_average", "vmap_command", "vmap_commit",
+                  "vmap_load_average"):
+        results.pop(stale, None)
     for part in args.parts.split(","):
         load = os.getloadavg()
         kwargs = dict(repeats=args.repeats) if part == "first" else {}
