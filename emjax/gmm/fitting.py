@@ -778,8 +778,6 @@ def _real_features(res: FitResult, d: int) -> FitResult:
                         restarts=res.restarts._replace(params=cut(res.restarts.params)))
 
 
-
-
 #: Compiled fitting programs kept in memory; beyond it the cache is cleared (the disk cache,
 #: when on, still has them).
 MAX_PROGRAMS = 64

@@ -87,7 +87,9 @@ def component_log_prob(params: GMMParams, X: Array, n_features: Array | None = N
 
     ``n_features``: optional traced int, the ``D`` of the constant: the features after the
     first ``n_features`` are zero padding with identity covariance blocks (which add nothing
-    else; see :func:`params_from_stats_checked`).
+    else; see :func:`params_from_stats_checked`). ``n_active``: optional traced int, full
+    covariances: only the first ``n_active`` components are computed, one GEMM each in a loop
+    (the others are padding of weight 0, their distances 0; not reverse-differentiable).
     """
     c = _shift(params)
     d = X.shape[-1]
@@ -126,7 +128,7 @@ def _mean(values: Array, sample_weight: Array | None) -> Array:
 def e_step_full(params: GMMParams, X: Array, n_features: Array | None = None,
                 n_active: Array | None = None) -> tuple[Array, Array]:
     """Log-responsibilities ``(n_samples, n_components)`` and per-sample log-likelihood
-    (``n_features``: see :func:`component_log_prob`)."""
+    (``n_features``, ``n_active``: see :func:`component_log_prob`)."""
     wlp = weighted_log_prob(params, X, n_features, n_active)
     ll = logsumexp(wlp, axis=1)
     return wlp - ll[:, None], ll
@@ -221,7 +223,9 @@ def suff_stats(
 
     The per-component differences ``x_n - ref_k`` are formed ``chunk_size`` rows at a time
     (static; default: chunks of about 2^20 elements of ``(K, chunk, D)``) and the statistics summed
-    over chunks, so memory stays O(chunk K D) whatever ``n_samples``.
+    over chunks, so memory stays O(chunk K D) whatever ``n_samples``. ``n_active``: optional
+    traced int, full and tied: the scatter of only the first ``n_active`` components, one GEMM
+    each in a loop (the others' is 0).
     """
     n, d = X.shape
     k = ref.shape[0]
@@ -348,7 +352,8 @@ def m_step_stats(gamma: Array, X: Array, *, covariance_type: str = "full",
                  sample_weight: Array | None = None,
                  n_active: Array | None = None) -> SuffStats:
     """The statistics :func:`m_step` completes: moments about the new means themselves (a first
-    pass over ``X`` for the means, a second for the scatter about them)."""
+    pass over ``X`` for the means, a second for the scatter about them; ``n_active``: see
+    :func:`suff_stats`)."""
     g = gamma if sample_weight is None else gamma * sample_weight[:, None]
     nk = jnp.sum(g, axis=0) + 10 * jnp.finfo(X.dtype).eps
     ref = (g.T @ X) / nk[:, None]
