@@ -50,8 +50,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default="experiments/results/padded_components.json")
     args = ap.parse_args()
-    record = run_record("PYTHONPATH=. python experiments/padded_components.py "
-                        + " ".join(sys.argv[1:]))
+    record = run_record(" ".join(["PYTHONPATH=. python experiments/padded_components.py",
+                                  *sys.argv[1:]]))
     import warnings
 
     import jax
