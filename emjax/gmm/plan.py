@@ -620,21 +620,24 @@ def explain_plan(n_samples: int, n_features: int, n_components: int, *,
     if shape is not None:  # planned, as emjax.fit plans it, for the shape its program runs on
         n, d, k = shape.rows, shape.features, shape.component_class or n_components
     plan = make_plan(covariance_type, dtype, n, d, k, backend)
-    text = describe(plan, n_samples, n_features, n_components, dtype)
+    pooled = None if shape is None else pooled_plan(plan, dtype, n, d, k)
+    runs = plan if pooled is None else pooled  # the program emjax.fit runs, as it plans it
+    if shape is not None and shape.tiny:
+        runs = runs.replace(opt_level=tuning(backend).tiny_opt_level)
+    text = describe(runs, n_samples, n_features, n_components, dtype)
+    if runs.covariance_type != covariance_type:
+        base = runs.covariance_type
+        text += (f"\n  covariance_type={covariance_type!r}: emjax.fit without a given start runs "
+                 f"it as {base!r} covariances pooled by the M-step (the same values; one "
+                 f"program with {base!r} fits)")
     if shape is not None and (n, k) != (n_samples, n_components):
         text += (f"\n  emjax.fit without a given start runs it on {n} rows ({n - n_samples} of "
                  f"weight 0) and {k} components ({k - n_components} of weight 0): fits of "
                  "nearby sizes share its program")
-    pooled = pooled_plan(plan, dtype, n, d, k)
-    if pooled is not None and pooled is not plan and shape is not None:
-        base = pooled.covariance_type
-        text += (f"\n  emjax.fit without a given start runs it as {base!r} covariances pooled "
-                 f"by the M-step (the same values; one program with {base!r} fits)")
     if shape is not None and shape.tiny:
         text += (f"\n  tiny data: emjax.fit without a given start runs it on {d} features "
-                 "(zero columns, identity covariance blocks) and a power of two of rows, at "
-                 f"optimisation level {tuning(backend).tiny_opt_level}: one program for every "
-                 "tiny data set")
+                 "(zero columns, identity covariance blocks) and a power of two of rows: one "
+                 "program for every tiny data set")
     return text
 
 

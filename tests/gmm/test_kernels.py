@@ -189,6 +189,12 @@ def test_make_plan(backend):
                               backend=backend)
     assert "2048 rows (251 of weight 0) and 8 components (6 of weight 0)" in text
     assert "fused chunked pass" in text and "pooled by" not in text
+    # a pooled fit is described by the program it runs (the full one), at the tiny level
+    text = emjax.explain_plan(150, 4, 3, covariance_type="diag", backend=backend)
+    if backend == "cpu":
+        assert text.startswith("PassPlan for covariance_type='full'")
+        assert "covariance_type='diag': emjax.fit" in text and "tiny data" in text
+        assert "optimisation level: 1" in text
 
 
 @pytest.mark.parametrize("cov_type", ("full", "spherical"))
