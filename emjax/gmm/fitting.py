@@ -646,7 +646,8 @@ def fit(
     n_rows = padded_rows(n, Xa.nbytes // n)
     n_features = tiny = k_class = None
     n_components = o.n_components
-    if n_rows is not None and plan is None and not c.initial.given:
+    padded = n_rows is not None and plan is None and not c.initial.given
+    if padded:
         # The rows' size class; tiny data: zero columns whose covariance block the M-step keeps
         # at the identity (so they change no log-density), one program for every tiny data set;
         # components up to their class, the extra ones padding (weight 0, never re-seeded).
@@ -667,17 +668,11 @@ def fit(
     k_class = k_class or n_components
     requested, pool = o.covariance_type, None
     if plan is None:  # planned for the rows and components the program runs on
-        plan = plan_lib.make_plan(o.covariance_type, dtype, Xa.shape[0], d, k_class)
-        pooled = plan_lib.pooled_plan(plan, dtype, Xa.shape[0], d, k_class)
-        if n_rows is not None and not c.initial.given and pooled is not None:
-            # Small fits run tied covariances as full and spherical as diagonal ones (with few
-            # features, diagonal and spherical as full ones), pooled by the M-step (the same
-            # values): a sweep over the four covariance types compiles one or two programs.
-            plan, pool = pooled, np.int32(steps.POOL[requested])
-            o = o._replace(covariance_type=pooled.covariance_type)
-        if n_features is not None:
-            # One program serves every tiny data set: compiled to run fast, not to compile fast.
-            plan = plan.replace(opt_level=plan_lib.tuning().tiny_opt_level)
+        plan, pools = plan_lib.run_plan(o.covariance_type, dtype, Xa.shape[0], d, k_class,
+                                        padded=padded, tiny=n_features is not None)
+        if pools:  # the program of the type the M-step pools from (the same values)
+            pool = np.int32(steps.POOL[requested])
+            o = o._replace(covariance_type=plan.covariance_type)
     elif not isinstance(plan, plan_lib.PassPlan) or plan.covariance_type != o.covariance_type:
         raise ValueError(f"plan must be a PassPlan for covariance_type={o.covariance_type!r}, "
                          f"got {plan!r}")

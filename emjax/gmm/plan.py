@@ -515,6 +515,25 @@ def run_shape(covariance_type: str, n_samples: int, n_features: int, n_component
     return RunShape(rows, d, k, tiny is not None)
 
 
+def run_plan(covariance_type: str, dtype, n_samples: int, n_features: int, n_components: int,
+             *, padded: bool, tiny: bool, backend: str | None = None) -> tuple[PassPlan, bool]:
+    """The plan :func:`emjax.fit` runs for sizes ``n_samples, n_features, n_components`` (those
+    of its program: :func:`run_shape`'s when ``padded``), and whether its M-step pools them.
+
+    A padded (small) fit runs the program of the type its M-step pools from
+    (:func:`pooled_plan`; tied as full, spherical as diagonal; with few features diagonal and
+    spherical as full), so a sweep over the four covariance types compiles one or two programs.
+    One program serves every tiny data set: compiled at :attr:`Tuning.tiny_opt_level`, to run
+    fast rather than to compile fast."""
+    plan = make_plan(covariance_type, dtype, n_samples, n_features, n_components, backend)
+    pooled = pooled_plan(plan, dtype, n_samples, n_features, n_components) if padded else None
+    if pooled is not None:
+        plan = pooled
+    if tiny:
+        plan = plan.replace(opt_level=tuning(backend).tiny_opt_level)
+    return plan, pooled is not None
+
+
 _FORM_WORDS = {
     "packed": "packed outer products x_i x_j (i <= j) times the packed precisions: one GEMM "
               "for the K log-densities, one for every moment",
@@ -619,11 +638,8 @@ def explain_plan(n_samples: int, n_features: int, n_components: int, *,
     n, d, k = n_samples, n_features, n_components
     if shape is not None:  # planned, as emjax.fit plans it, for the shape its program runs on
         n, d, k = shape.rows, shape.features, shape.component_class or n_components
-    plan = make_plan(covariance_type, dtype, n, d, k, backend)
-    pooled = None if shape is None else pooled_plan(plan, dtype, n, d, k)
-    runs = plan if pooled is None else pooled  # the program emjax.fit runs, as it plans it
-    if shape is not None and shape.tiny:
-        runs = runs.replace(opt_level=tuning(backend).tiny_opt_level)
+    runs, _ = run_plan(covariance_type, dtype, n, d, k, padded=shape is not None,
+                       tiny=shape is not None and shape.tiny, backend=backend)
     text = describe(runs, n_samples, n_features, n_components, dtype)
     if runs.covariance_type != covariance_type:
         base = runs.covariance_type
@@ -641,5 +657,6 @@ def explain_plan(n_samples: int, n_features: int, n_components: int, *,
     return text
 
 
-__all__ = ["CPU", "PLAIN", "POOLED_AS", "TUNING", "PassPlan", "Tuning", "describe",
-           "explain_plan", "make_plan", "pooled_as", "pooled_plan", "tiny_shape", "tuning"]
+__all__ = ["CPU", "PLAIN", "POOLED_AS", "TUNING", "PassPlan", "RunShape", "Tuning", "describe",
+           "explain_plan", "make_plan", "pooled_as", "pooled_plan", "run_plan", "run_shape",
+           "tiny_shape", "tuning"]

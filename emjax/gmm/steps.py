@@ -248,6 +248,15 @@ def suff_stats(
 POOL = {"full": 0, "tied": 1, "diag": 2, "spherical": 3}
 
 
+def _spherical_if_pooled(var: Array, pool: Array, real: Array | None = None,
+                         n_features: Array | None = None) -> Array:
+    """Variances ``(K, D)``, each component's replaced by their mean when ``pool`` is the
+    spherical code (``real``: the features that count, ``n_features`` of them)."""
+    mean = (jnp.mean(var, axis=1) if real is None
+            else jnp.sum(jnp.where(real, var, 0.0), axis=1) / n_features)
+    return jnp.where(pool == POOL["spherical"], jnp.broadcast_to(mean[:, None], var.shape), var)
+
+
 def params_from_stats(stats: SuffStats, *, covariance_type: str = "full",
                       reg_covar: float = 1e-6) -> GMMParams:
     r"""The closed-form M-step from sufficient statistics.
@@ -298,10 +307,7 @@ def params_from_stats_checked(stats: SuffStats, *, covariance_type: str = "full"
                 # The diagonal M-step's own expression, from the diagonal of the moments.
                 var = (jnp.diagonal(stats.sxx, axis1=1, axis2=2) / nk[:, None] - delta * delta
                        + reg_covar)
-                mean_var = (jnp.mean(var, axis=1) if real is None else
-                            jnp.sum(jnp.where(real, var, 0.0), axis=1) / n_features)
-                var = jnp.where(pool == POOL["spherical"],
-                                jnp.broadcast_to(mean_var[:, None], var.shape), var)
+                var = _spherical_if_pooled(var, pool, real, n_features)
                 covs = jnp.where(pool == POOL["tied"], jnp.broadcast_to(tied, covs.shape),
                                  jnp.where(pool >= POOL["diag"], var[:, :, None] * eye, covs))
             if real is not None:
@@ -312,8 +318,7 @@ def params_from_stats_checked(stats: SuffStats, *, covariance_type: str = "full"
         var = stats.sxx / nk[:, None] - delta * delta + reg_covar
         covs = var if covariance_type == "diag" else jnp.mean(var, axis=1)
         if covariance_type == "diag" and pool is not None:
-            covs = jnp.where(pool == POOL["spherical"],
-                             jnp.broadcast_to(jnp.mean(var, axis=1)[:, None], var.shape), var)
+            covs = _spherical_if_pooled(var, pool)
     cov, regularised = cov_lib.from_covariances_checked(covariance_type, covs,
                                                         blocked_inverse=blocked_inverse,
                                                         lapack=lapack, unrolled=unrolled)
