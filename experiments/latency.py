@@ -17,6 +17,13 @@ Parts (``--parts``, default all):
   real_cache  the same 64 fits with the disk cache on (emjax.enable_disk_cache, the command
            line's default), each run in a fresh process: first with the cache empty, then warm
            (the programs loaded from disk, not traced or compiled); scikit-learn in each.
+  missing  data with holes (missing="marginalize"), each layout in a fresh process: the
+           size-class layout (what runs up to emjax.gmm.missing.CLASS_MAX_ROWS rows) and the
+           exact one (CLASS_MAX_ROWS = 0). Small: a first fit of 1000 x 5 (20 % NaN, K = 3,
+           full, float64), then fits of 8 other data sets of 950..1100 rows and scores of 8
+           new batches of 150..250 rows (medians, and the programs compiled); large: 8192 x 16,
+           K = 16, 20 % NaN, the first fit of 10 iterations (compilation included) and the
+           time per iteration (best of 3 fits of 10).
 
 Writes ``experiments/results/latency.json`` (``--merge``: replaces only the parts run, each
 part with its own command, commit, date and load average). ``--tuning JSON`` runs the real part
@@ -24,7 +31,7 @@ with entries of the CPU tuning replaced (``emjax.gmm.plan.Tuning``; an A/B of an
 ``'{"tiny_features": 0}'``). Usage::
 
     PYTHONPATH=. python experiments/latency.py \
-        [--parts first,rows,vmap,small,real,real_cache] [--merge] [--tuning JSON]
+        [--parts first,rows,vmap,small,real,real_cache,missing] [--merge] [--tuning JSON]
 """
 
 from __future__ import annotations
@@ -274,6 +281,58 @@ def part_real_cache() -> dict:
     return out
 
 
+def _missing_child(layout: str) -> dict:
+    import jax
+    import numpy as np
+
+    from emjax.gmm import missing as ms
+
+    jax.config.update("jax_enable_x64", True)
+    if layout == "exact":
+        ms.CLASS_MAX_ROWS = 0
+    rng = np.random.default_rng(0)
+
+    def holes(n, d, p=0.2):
+        X = rng.normal(size=(n, d)) + 3.0 * (rng.integers(0, 3, n)[:, None] == np.arange(d) % 3)
+        m = rng.uniform(size=X.shape) < p
+        m[m.all(1), 0] = False  # every row keeps an entry
+        X[m] = np.nan
+        return X
+
+    def timed(fn):
+        t = time.perf_counter()
+        out = jax.block_until_ready(fn())
+        return time.perf_counter() - t, out
+
+    kw = dict(key=jax.random.key(0))
+    first, res = timed(lambda: ms.fit(holes(1000, 5), 3, **kw))
+    fits = [timed(lambda: ms.fit(holes(n, 5), 3, **kw))[0]
+            for n in rng.integers(950, 1101, 8)]
+    scores = [timed(lambda: ms.score_samples(res.params, holes(n, 5)))[0]
+              for n in rng.integers(150, 251, 8)]
+    out = dict(first_fit_s=first, new_data_fit_ms=1e3 * float(np.median(fits)),
+               new_data_fit_ms_max=1e3 * max(fits), new_batch_score_ms=1e3 * float(np.median(
+                   scores)), new_batch_score_ms_max=1e3 * max(scores),
+               fit_programs=ms._fit_compiled._cache_size(),
+               row_programs=ms._rows_compiled._cache_size())
+    X = holes(8192, 16)
+    kw = dict(key=jax.random.key(0), max_iter=10, tol=0.0)
+    out["large_first_fit_s"] = timed(lambda: ms.fit(X, 16, **kw))[0]
+    out["large_iteration_ms"] = 1e3 * min(timed(lambda: ms.fit(X, 16, **kw))[0]
+                                          for _ in range(3)) / 10
+    return out
+
+
+def part_missing() -> dict:
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    out = {}
+    for layout in ("size_classes", "exact"):
+        r = subprocess.run([sys.executable, __file__, "--missing-child", layout],
+                           capture_output=True, text=True, env=env, check=True)
+        out[layout] = json.loads(r.stdout.strip().splitlines()[-1])
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--parts", default="first,rows,vmap,small,real,real_cache")
@@ -285,7 +344,12 @@ def main() -> None:
                     help="real part: CPU tuning entries replaced, e.g. '{\"tiny_features\": 0}'")
     ap.add_argument("--real-child", metavar="CACHE_DIR",
                     help="(internal) the real part with this disk cache, as JSON on stdout")
+    ap.add_argument("--missing-child", metavar="LAYOUT",
+                    help="(internal) the missing part with this layout, as JSON on stdout")
     args = ap.parse_args()
+    if args.missing_child:
+        print(json.dumps(_missing_child(args.missing_child)))
+        return
     if args.real_child:
         print(json.dumps(part_real(args.real_child)))
         return

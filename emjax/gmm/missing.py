@@ -45,8 +45,8 @@ import numpy as np
 from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import logsumexp
 
+from emjax import _sizes, _xla, em
 from emjax import _validation as v
-from emjax import _xla, em
 from emjax._linalg import after
 from emjax.gmm import covariance as cov_lib
 from emjax.gmm import fitting
@@ -105,6 +105,10 @@ class MissingData(NamedTuple):
       uidx: one int32 array per bucket, ``(n_chunks, n_slots, chunk_rows)``: ``row * U + u``,
         where each missing entry's column ``ucols[u]`` sits in the chunk's ``(rows * U, K)``
         products (padded slots: ``row * U``; empty when ``ucols`` is).
+      init_rows: ``(N'',)`` int32, the position of each row of ``X`` in order (then of
+        padding rows, up to the rows' size class in a size-class layout): the fit's
+        initialisation reads the rows in this order, so that its draws do not depend on the
+        layout.
     """
 
     x: Array
@@ -121,6 +125,7 @@ class MissingData(NamedTuple):
     pwin: tuple = ()
     ucols: tuple = ()
     uidx: tuple = ()
+    init_rows: Array | None = None
 
 
 def union_width(n_union: int, n_features: int) -> int:
@@ -176,6 +181,95 @@ def slot_ladder(n_features: int) -> tuple:
         s = s + s // 2 if (s & (s - 1)) == 0 else 1 << s.bit_length()
         sizes.append(min(s, top))
     return tuple(j for j in sizes if j <= top)
+
+
+def class_slot_ladder(n_features: int) -> tuple:
+    """The bucket sizes of a layout in size classes (:func:`layout`, ``size_classes=True``):
+    0, 1, 2, 4, 8, ... below ``n_features - 1``, then ``n_features - 1`` (a row misses at most
+    that many). Fewer buckets than :func:`slot_ladder`: a smaller program, whose shape the
+    data's largest number of missing entries per row moves less."""
+    top = max(n_features - 1, 0)
+    sizes = [0] + [1 << i for i in range(max(top, 1).bit_length()) if (1 << i) < top]
+    return tuple(sizes + [top] if top else sizes)
+
+
+#: Layouts of data with up to this many rows are in size classes (:func:`layout`): fits and
+#: row results of such data share compiled programs; past it a fit runs long enough that a
+#: compilation per data set costs little, and the exact layout's buckets run faster.
+CLASS_MAX_ROWS = _sizes.PAD_MAX_ROWS
+
+
+#: Size classes per doubling of the rows a size-class layout's buckets hold (coarser than the
+#: rows' classes: each bucket's rows move with the data's holes).
+TAIL_CLASSES_PER_OCTAVE = 2
+
+
+def _tail_class(n: int) -> int:
+    """The smallest ``2^(j / TAIL_CLASSES_PER_OCTAVE)``, rounded up to a multiple of 8, that
+    is ``>= n`` (at least 16)."""
+    if n <= 16:
+        return 16
+    j = math.floor(TAIL_CLASSES_PER_OCTAVE * math.log2(n))
+    while True:
+        c = -(-math.ceil(2.0 ** (j / TAIL_CLASSES_PER_OCTAVE)) // 8) * 8
+        if c >= n:
+            return c
+        j += 1
+
+
+#: The cumulative capacities (:func:`bucket_capacities`) of the size-class layouts made in
+#: this process, newest last, by (rows class, buckets): later data whose rows fit one of them
+#: (without doubling any bucket) takes it, and so the compiled program made for it.
+_CAPACITIES: dict = {}
+_MAX_CAPACITIES = 8
+
+
+def rows_class(n: int, coarse: bool = False) -> int:
+    """The rows a size-class layout of ``n`` rows holds at least: their
+    :func:`emjax._sizes.size_class`, or with ``coarse`` (the per-row results, whose rows cost
+    little and come in batches of any size) the next power of two, at least 256."""
+    return max(256, 1 << (int(n) - 1).bit_length()) if coarse else _sizes.size_class(n)
+
+
+def _fresh_capacities(tail: np.ndarray, coarse: bool = False) -> np.ndarray:
+    """``CC_b`` from the rows needing bucket ``b`` or above, ``tail`` (``C_b``): above bucket
+    0, room for three standard deviations more (a count of rows with holes at random), so
+    that other data of the same kind fit, within the rows' class."""
+    nb = len(tail)
+    total = rows_class(int(tail[0]), coarse)
+    cc = np.zeros(nb + 1, np.int64)
+    for b in range(nb - 1, -1, -1):
+        t = int(tail[b])
+        cls = total if b == 0 else min(_tail_class(t + math.ceil(3 * math.sqrt(t)) + 8), total)
+        cc[b] = max(cls, cc[b + 1] + 16)
+    return cc[:-1]
+
+
+def bucket_capacities(n_miss_bucket: np.ndarray, n_buckets: int,
+                      coarse: bool = False) -> np.ndarray:
+    """Rows each bucket of a size-class layout holds (``(n_buckets,)``, each at least 16), from
+    each row's bucket ``n_miss_bucket``.
+
+    ``C_b``, the rows needing bucket ``b`` or above, is padded to ``CC_b``:
+    :func:`rows_class` for all rows (``coarse`` as there), else :func:`_tail_class`, and at least 16
+    more than ``CC_{b+1}``; bucket ``b`` holds ``CC_b - CC_{b+1}``. A row may sit in a bucket
+    with more slots than it misses (padded slots), so the rows of ``C_b`` fit in buckets ``b``
+    and above whenever ``C_b <= CC_b``: a capacity made for earlier data of the same rows
+    class is taken when the rows fit it and no ``CC_b`` is over twice this data's own (plus
+    64), so data
+    sets of nearby sizes and similar holes share one program (:data:`_CAPACITIES`)."""
+    counts = np.bincount(n_miss_bucket, minlength=n_buckets)[:n_buckets]
+    tail = np.cumsum(counts[::-1])[::-1]  # C_b
+    fresh = _fresh_capacities(tail, coarse)
+    made = _CAPACITIES.setdefault((rows_class(int(tail[0]), coarse), n_buckets), [])
+    for cc in reversed(made):
+        if np.all(cc >= tail) and np.all(cc <= 2 * fresh + 64):
+            return np.diff(np.append(cc, 0)) * -1
+    if made and np.all(made[-1] <= 2 * fresh + 64):
+        fresh = np.maximum(fresh, made[-1])  # also holds the data the last one was made for
+    made.append(fresh)
+    del made[:-_MAX_CAPACITIES]
+    return np.diff(np.append(fresh, 0)) * -1
 
 
 def chunk_rows(n_components: int, n_features: int, n_slots: int, dtype) -> int:
@@ -247,7 +341,8 @@ def as_data_with_nan(X, name: str = "X", dtype=None, *, for_fit: bool = True) ->
 
 def layout(X: np.ndarray, sample_weight: np.ndarray | None, n_components: int,
            covariance_type: str = "full", chunk_size: int | None = None,
-           center: np.ndarray | None = None, features: bool = True
+           center: np.ndarray | None = None, features: bool = True,
+           size_classes: bool = False, coarse: bool = False
            ) -> tuple[MissingData, np.ndarray]:
     """Sort the rows of ``X`` (NaN = missing, checked by :func:`as_data_with_nan`) into buckets
     by their number of missing entries (host side, NumPy).
@@ -262,6 +357,13 @@ def layout(X: np.ndarray, sample_weight: np.ndarray | None, n_components: int,
         values of each column).
       features: build the fit's constant per-chunk arrays (``feats``, ``feats_t``, ``bidx``,
         ``pidx``; full and tied covariances only).
+      size_classes: shapes that depend on sizes only, so that data sets of nearby sizes
+        share one compiled program: every bucket of :func:`class_slot_ladder`, each holding
+        :func:`bucket_capacities` rows (rows fill them from the most missing entries down),
+        factorised per row, with every column in ``Lambda_k r`` (no pattern or column union
+        shared, which depend on the data). The same values as the exact layout's, in another
+        order.
+      coarse: with ``size_classes``, the rows padded to a power of two (:func:`rows_class`).
 
     Returns:
       ``(data, rows)``: :class:`MissingData` (NumPy leaves) and ``rows`` ``(N',)``, the row of
@@ -276,22 +378,35 @@ def layout(X: np.ndarray, sample_weight: np.ndarray | None, n_components: int,
         center = np.where(obs, X, 0).astype(np.float64).T @ w / np.maximum(wo.sum(0), 1e-300)
     center = np.asarray(center, dtype)
     n_miss = d - obs.sum(1)
-    ladder = slot_ladder(d) if covariance_type in ("full", "tied") else (max(d - 1, 0),)
-    ladder_arr = np.asarray(ladder)
-    bucket_of = np.searchsorted(ladder_arr, n_miss) if covariance_type in ("full", "tied") \
-        else np.zeros(n, np.int64)
-    order = np.argsort(bucket_of, kind="stable")
     matrix = covariance_type in ("full", "tied")
+    if matrix:
+        ladder = class_slot_ladder(d) if size_classes else slot_ladder(d)
+    else:
+        ladder = (max(d - 1, 0),)
+    ladder_arr = np.asarray(ladder)
+    bucket_of = np.searchsorted(ladder_arr, n_miss) if matrix else np.zeros(n, np.int64)
+    order = np.argsort(bucket_of, kind="stable")
     build = features and matrix
     iu, ju = np.triu_indices(d)
     xs, os_, ws, slots, rows = [], [], [], [], []
     feats, feats_t, bidx, pidx, pat, ppidx, pwin, ucols, uidx = ([] for _ in range(9))
     groups = []
-    for b, j in enumerate(ladder):
+    if size_classes:
+        # from the most missing entries down, each bucket takes its capacity of rows
+        caps = bucket_capacities(bucket_of, len(ladder), coarse)
+        desc = np.argsort(-n_miss, kind="stable")
+        end = np.cumsum(caps[::-1])[::-1]  # CC_b: rows in buckets b and above
+        for b in range(len(caps) - 1, -1, -1):
+            if caps[b]:
+                above = int(end[b + 1]) if b + 1 < len(caps) else 0
+                idx = np.sort(desc[above:above + int(caps[b])])
+                groups.append((ladder[b] if matrix else 0, idx, int(caps[b])))
+        groups.reverse()
+    for b, j in enumerate(() if size_classes else ladder):
         idx = order[bucket_of[order] == b]
         if idx.size == 0:
             continue
-        j = j if covariance_type in ("full", "tied") else 0
+        j = j if matrix else 0
         if build and j:
             # a bucket whose patterns are mostly a row's own: the rows of its patterns shared
             # by at least 4 rows, if a chunk's worth, make a bucket factorised per pattern
@@ -300,13 +415,16 @@ def layout(X: np.ndarray, sample_weight: np.ndarray | None, n_components: int,
             shared = cnt[inv.reshape(-1)] >= 4
             if (not shares_patterns(idx.size, len(cnt), j) and (~shared).any()
                     and shared.sum() >= (chunk_size or chunk_rows(n_components, d, j, dtype))):
-                groups += [(j, idx[shared]), (j, idx[~shared])]
+                groups += [(j, idx[shared], idx[shared].size),
+                           (j, idx[~shared], idx[~shared].size)]
                 continue
-        groups.append((j, idx))
-    for j, idx in groups:
+        groups.append((j, idx, idx.size))
+    for j, idx, capacity in groups:
         c = chunk_size or chunk_rows(n_components, d, j, dtype)
-        c = int(min(c, idx.size))
-        n_chunks = -(-idx.size // c)
+        c = int(min(c, capacity))
+        n_chunks = -(-capacity // c)
+        if size_classes:  # chunks of equal size, a multiple of 8: little padding past the class
+            c = min(c, -(-capacity // (8 * n_chunks)) * 8)
         pad = n_chunks * c - idx.size
         s_b = np.full((idx.size, j), -1, np.int32)
         if j:
@@ -316,7 +434,7 @@ def layout(X: np.ndarray, sample_weight: np.ndarray | None, n_components: int,
             r_i, c_i = np.nonzero(miss)
             s_b[r_i, pos[r_i, c_i]] = c_i
         uniq, inv = s_b[:1], np.zeros(idx.size, np.int64)
-        if j:
+        if j and idx.size:
             # rows sorted by pattern: rows sharing one follow each other
             uniq, inv = np.unique(s_b, axis=0, return_inverse=True)
             inv = inv.reshape(-1)
@@ -342,10 +460,11 @@ def layout(X: np.ndarray, sample_weight: np.ndarray | None, n_components: int,
                 .transpose(0, 2, 1)))
             pidx.append(np.ascontiguousarray(
                 _pair_index(sp, d).reshape(j * j, n_chunks, c).transpose(1, 0, 2)))
-            uc, ui = _union_columns(slots[-1], d)
+            uc, ui = (np.zeros((n_chunks, 0), np.int32), np.zeros((n_chunks, j, 0), np.int32)) \
+                if size_classes else _union_columns(slots[-1], d)
             ucols.append(uc)
             uidx.append(ui)
-            if shares_patterns(idx.size, len(uniq), j):
+            if not size_classes and shares_patterns(idx.size, len(uniq), j):
                 # the padding rows' pattern: every slot padded (an identity block). A chunk's
                 # rows span a window of consecutive patterns (sorted): each row stores its
                 # offset in the window
@@ -365,10 +484,15 @@ def layout(X: np.ndarray, sample_weight: np.ndarray | None, n_components: int,
                 ppidx.append(np.zeros((0, j * j, c), np.int32))
                 pwin.append(np.zeros((n_chunks, 0), np.int32))
     x_all, o_all = np.concatenate(xs), np.concatenate(os_)
+    rows = np.concatenate(rows)
+    real = rows >= 0
+    init_rows = np.empty(rows_class(n, coarse) if size_classes else n, np.int32)
+    init_rows[rows[real]] = np.flatnonzero(real)
+    init_rows[n:] = np.flatnonzero(~real)[:1]  # a padding row (weight 0)
     data = MissingData(x_all, o_all, np.concatenate(ws), tuple(slots), center,
                        tuple(feats), tuple(feats_t), tuple(bidx), tuple(pidx), tuple(pat),
-                       tuple(ppidx), tuple(pwin), tuple(ucols), tuple(uidx))
-    return data, np.concatenate(rows)
+                       tuple(ppidx), tuple(pwin), tuple(ucols), tuple(uidx), init_rows)
+    return data, rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -920,12 +1044,15 @@ def _fit_program(data, key, initial, tol, *, options, callback, sequential=False
     run = functools.partial(em.run_restarts, e_step, m_step, data=data, tol=tol,
                             max_iter=max_iter, repair=repair, callback=callback,
                             sequential=sequential)
+    # the rows of X in order (then padding): the draws do not depend on the layout
+    x0, w0 = ((data.x, data.weight) if data.init_rows is None
+              else (data.x[data.init_rows], data.weight[data.init_rows]))
     init_kw = dict(covariance_type=covariance_type, init_params=init_method,
-                   sample_weight=data.weight, n_lloyd=n_lloyd)
+                   sample_weight=w0, n_lloyd=n_lloyd)
 
     def stats0(kk):
         # k-means and the first M-step on the mean-imputed data (x is zero at missing entries)
-        return (fitting.init_stats(kk, data.x, k, **init_kw), jnp.zeros((k,), jnp.int32))
+        return (fitting.init_stats(kk, x0, k, **init_kw), jnp.zeros((k,), jnp.int32))
 
     weights_init, means_init, cov_init = initial
     if initial.given:
@@ -1008,8 +1135,9 @@ def fit(
                   means_init=means_init, precisions_init=precisions_init,
                   params_init=params_init, read=as_data_with_nan)
     o = c.options
-    data, _ = layout(c.X, c.sample_weight, o.n_components, o.covariance_type, chunk_size)
-    data = jax.tree_util.tree_map(jnp.asarray, data)
+    data, _ = layout(c.X, c.sample_weight, o.n_components, o.covariance_type, chunk_size,
+                     size_classes=len(c.X) <= CLASS_MAX_ROWS)
+    data = jax.device_put(data)
     return _run_fit(data, c.key, c.initial, jnp.asarray(c.tol, c.X.dtype), o, callback)
 
 
@@ -1036,8 +1164,8 @@ def fit_grid(X, n_components, *, key=None, covariance_type: str = "full", tol: f
     t0 = time.perf_counter()
 
     def fit_k(k):
-        data, _ = layout(Xa, w, k, covariance_type)
-        data = jax.tree_util.tree_map(jnp.asarray, data)
+        data, _ = layout(Xa, w, k, covariance_type, size_classes=n <= CLASS_MAX_ROWS)
+        data = jax.device_put(data)
         return _run_fit(data, c.key, c.initial, jnp.asarray(c.tol, Xa.dtype),
                         c.options._replace(n_components=k), callback)
 
@@ -1159,8 +1287,8 @@ def row_results(params: GMMParams, X, *, key: Array | None = None) -> RowResults
                          f"{params.means.shape[-1]}")
     data, rows = layout(Xa, None, params.means.shape[0], params.covariance_type,
                         center=np.asarray(params.weights @ params.means, Xa.dtype),
-                        features=False)
-    data = jax.tree_util.tree_map(jnp.asarray, data)
+                        features=False, size_classes=n <= CLASS_MAX_ROWS, coarse=True)
+    data = jax.device_put(data)
     sample = key is not None
     options = _xla.compiler_options("missing", data.x.shape[0] * d * params.means.shape[0])
     wlp, imp, smp = _rows_compiled.call(options, (params, data, v.as_key(key)),
@@ -1168,30 +1296,41 @@ def row_results(params: GMMParams, X, *, key: Array | None = None) -> RowResults
     keep = rows >= 0
     order = np.argsort(rows[keep])
     take = np.flatnonzero(keep)[order]
-
-    def back(a):
-        return None if a is None else jnp.asarray(a)[take]
-
+    # back in the rows of X on the host: device ops on these shapes would compile per size
     obs = ~np.isnan(Xa)
-    imputed = jnp.where(obs, jnp.asarray(np.nan_to_num(Xa)), back(imp))
-    sampled = None if smp is None else jnp.where(obs, jnp.asarray(np.nan_to_num(Xa)),
-                                                 back(smp))
-    return RowResults(back(wlp), imputed, sampled)
+
+    def back(a, fill=False):
+        if a is None:
+            return None
+        a = np.asarray(a)[take]
+        return jax.device_put(np.where(obs, Xa, a) if fill else a)
+
+    return RowResults(back(wlp), back(imp, True), back(smp, True))
+
+
+def _lse_host(wlp: Array) -> tuple[np.ndarray, np.ndarray]:
+    """``(logsumexp(wlp, 1), wlp - it)`` in NumPy: a device op on ``(n_samples, K)`` would
+    compile per number of rows (and so would ``jnp.asarray`` of the result: ``device_put``)."""
+    a = np.asarray(wlp)
+    m = np.max(a, axis=1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    lse = m + np.log(np.sum(np.exp(a - m), axis=1, keepdims=True))
+    return lse[:, 0], a - lse
 
 
 def score_samples(params: GMMParams, X) -> Array:
     """``log p(x_n,o)``: each row's log-density of its observed entries, ``(n_samples,)``."""
-    return logsumexp(row_results(params, X).weighted_log_prob, axis=1)
+    return jax.device_put(_lse_host(row_results(params, X).weighted_log_prob)[0])
 
 
 def predict_proba(params: GMMParams, X) -> Array:
     """``p(z_n = k | x_n,o)``, ``(n_samples, n_components)``."""
-    return jax.nn.softmax(row_results(params, X).weighted_log_prob, axis=1)
+    return jax.device_put(np.exp(_lse_host(row_results(params, X).weighted_log_prob)[1]))
 
 
 def predict(params: GMMParams, X) -> Array:
     """The most probable component of each row given its observed entries."""
-    return jnp.argmax(row_results(params, X).weighted_log_prob, axis=1)
+    return jax.device_put(np.argmax(np.asarray(row_results(params, X).weighted_log_prob), axis=1))
 
 
 def impute(params: GMMParams, X, *, key: Array | None = None) -> Array:

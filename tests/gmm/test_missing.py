@@ -12,7 +12,7 @@ import pytest
 from scipy.stats import multivariate_normal
 
 import emjax
-from emjax import gmm
+from emjax import _sizes, gmm
 from emjax.gmm import missing as ms
 from emjax.gmm import objective as obj
 from tests.conftest import COV_TYPES
@@ -87,8 +87,8 @@ def ref_m_step(params, X, w, cov_type, reg_covar):
     return nk / nk.sum(), means, covs, np.logaddexp.reduce(wlp, axis=1), gamma, xhat
 
 
-def _data(X, w, cov_type, k=K, chunk_size=None):
-    data, rows = ms.layout(X, w, k, cov_type, chunk_size)
+def _data(X, w, cov_type, k=K, chunk_size=None, size_classes=False):
+    data, rows = ms.layout(X, w, k, cov_type, chunk_size, size_classes=size_classes)
     return jax.tree_util.tree_map(jnp.asarray, data), rows
 
 
@@ -104,16 +104,21 @@ def one_step(params, data, cov_type, reg):
 # ------------------------------------------------------------------------------------------ tests
 
 
-@pytest.mark.parametrize("cov_type", COV_TYPES)
-def test_e_step_m_step_and_log_likelihood_match_reference(cov_type):
+@pytest.mark.parametrize("cov_type, classes",
+                         [(c, False) for c in COV_TYPES] + [("full", True), ("diag", True)])
+def test_e_step_m_step_and_log_likelihood_match_reference(cov_type, classes):
     rng = np.random.default_rng(1)
     X = holes(rng)
     w = rng.uniform(0.5, 2.0, N)
     params = random_params(rng, cov_type, K, D)
     wts, means, covs, ll_ref, gamma_ref, xhat = ref_m_step(params, X, w, cov_type, REG)
     # chunks of 3 rows: several chunks per bucket and padding rows
-    data, rows = _data(X, w, cov_type, chunk_size=3)
-    if cov_type in ("full", "tied"):  # a bucket factorised per pattern, over several chunks
+    data, rows = _data(X, w, cov_type, chunk_size=3, size_classes=classes)
+    if classes:  # every bucket of the coarse ladder, rows padded past their size class
+        assert data.x.shape[0] >= _sizes.size_class(N) > N
+        if cov_type == "full":
+            assert [s.shape[2] for s in data.slots] == list(ms.class_slot_ladder(D))
+    elif cov_type in ("full", "tied"):  # a bucket factorised per pattern, over several chunks
         assert any(p.shape[1] for p in data.pwin)
         # chunks restricted to their missing columns; a bucket split into rows of shared
         # patterns (factorised per pattern) and the others (per row)
@@ -216,6 +221,31 @@ def test_no_missing_equals_dense_steps():
         np.testing.assert_allclose(new.means + data.center, ref.means, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(new.covariance.covariances, ref.covariance.covariances,
                                    rtol=1e-10, atol=1e-12)
+
+
+def test_size_class_layouts_share_programs_and_equal_the_exact_layout(monkeypatch):
+    """Data sets of one size class with other values and fewer rows run the compiled fit and
+    row program of the first; the fit equals the one on the exact layout (same draws)."""
+    rng = np.random.default_rng(7)
+    X1 = holes(rng, n=150)
+    X2 = X1[rng.permutation(150)[:143]] * 1.5 + 0.3  # the same class (160 rows), new values
+    kw = dict(covariance_type="full", n_init=2, key=jax.random.key(0), max_iter=20)
+    rr1 = ms.row_results(ms.fit(X1, 3, **kw).params, X1)
+    fits, rows = ms._fit_compiled._cache_size(), ms._rows_compiled._cache_size()
+    r2 = ms.fit(X2, 3, **kw)
+    rr2 = ms.row_results(r2.params, X2)
+    assert (ms._fit_compiled._cache_size(), ms._rows_compiled._cache_size()) == (fits, rows)
+    assert rr1.imputed.shape == X1.shape and rr2.imputed.shape == X2.shape
+    monkeypatch.setattr(ms, "CLASS_MAX_ROWS", 0)  # the exact layout: another program
+    r3 = ms.fit(X2, 3, **kw)
+    assert int(r3.n_iter) == int(r2.n_iter)
+    np.testing.assert_allclose(r3.log_likelihood, r2.log_likelihood, rtol=1e-12)
+    np.testing.assert_allclose(r3.params.means, r2.params.means, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(r3.params.covariance.covariances,
+                               r2.params.covariance.covariances, rtol=1e-9, atol=1e-9)
+    rr3 = ms.row_results(r2.params, X2)
+    np.testing.assert_allclose(rr3.weighted_log_prob, rr2.weighted_log_prob, rtol=1e-12)
+    np.testing.assert_allclose(rr3.imputed, rr2.imputed, rtol=1e-12, atol=1e-12)
 
 
 def test_errors_name_the_problem():
