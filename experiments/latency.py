@@ -18,12 +18,13 @@ Parts (``--parts``, default all):
            line's default), each run in a fresh process: first with the cache empty, then warm
            (the programs loaded from disk, not traced or compiled); scikit-learn in each.
   missing  data with holes (missing="marginalize"), each layout in a fresh process: the
-           size-class layout (what runs up to emjax.gmm.missing.CLASS_MAX_ROWS rows) and the
-           exact one (CLASS_MAX_ROWS = 0). Small: a first fit of 1000 x 5 (20 % NaN, K = 3,
-           full, float64), then fits of 8 other data sets of 950..1100 rows and scores of 8
-           new batches of 150..250 rows (medians, and the programs compiled); large: 8192 x 16,
-           K = 16, 20 % NaN, the first fit of 10 iterations (compilation included) and the
-           time per iteration (best of 3 fits of 10).
+           size-class layout with 2..8 components padded to 8 (what runs up to
+           emjax.gmm.missing.CLASS_MAX_ROWS rows) and the exact one with the components as
+           asked. Small: a first fit of 1000 x 5 (20 % NaN, K = 3, full, float64), then fits of
+           8 other data sets of 950..1100 rows and scores of 8 new batches of 150..250 rows
+           (medians, and the programs compiled), then select_model over K = 1..6 on another;
+           large: 8192 x 16, K = 16, 20 % NaN, the first fit of 10 iterations (compilation
+           included) and the time per iteration (best of 3 fits of 10).
 
 Writes ``experiments/results/latency.json`` (``--merge``: replaces only the parts run, each
 part with its own command, commit, date and load average). ``--tuning JSON`` runs the real part
@@ -288,8 +289,9 @@ def _missing_child(layout: str) -> dict:
     from emjax.gmm import missing as ms
 
     jax.config.update("jax_enable_x64", True)
-    if layout == "exact":
+    if layout == "exact":  # and the components as asked
         ms.CLASS_MAX_ROWS = 0
+        ms._component_class = lambda *a: None
     rng = np.random.default_rng(0)
 
     def holes(n, d, p=0.2):
@@ -315,6 +317,10 @@ def _missing_child(layout: str) -> dict:
                    scores)), new_batch_score_ms_max=1e3 * max(scores),
                fit_programs=ms._fit_compiled._cache_size(),
                row_programs=ms._rows_compiled._cache_size())
+    import emjax
+
+    out["select_model_1_to_6_s"] = timed(
+        lambda: emjax.select_model(holes(1000, 5), 6, missing="marginalize").params.weights)[0]
     X = holes(8192, 16)
     kw = dict(key=jax.random.key(0), max_iter=10, tol=0.0)
     out["large_first_fit_s"] = timed(lambda: ms.fit(X, 16, **kw))[0]

@@ -45,11 +45,11 @@ import numpy as np
 from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import logsumexp
 
-from emjax import _sizes, _xla, em
+from emjax import _sizes, _xla, em, kmeans
 from emjax import _validation as v
 from emjax._linalg import after
 from emjax.gmm import covariance as cov_lib
-from emjax.gmm import fitting
+from emjax.gmm import fitting, steps
 from emjax.gmm import reseed as reseed_lib
 from emjax.gmm.options import check_fit
 from emjax.gmm.steps import GMMParams, SuffStats
@@ -1000,33 +1000,40 @@ def mean_log_likelihood(ll: Array, weight: Array) -> Array:
     return jnp.sum(weight * ll) / jnp.sum(weight)
 
 
-def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 1e-3):
+def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 1e-3,
+               active: Array | None = None):
     """The mixture with missing entries as :func:`emjax.em.run` sees it, over
     ``data = MissingData``: ``(e_step, m_step, repair)``.
 
     The E-step is :func:`e_step_stats` (the monitored value is the weighted mean observed-data
     log-likelihood); the M-step is :func:`emjax.gmm.params_from_stats` flagged as in
     :func:`emjax.fitting.m_step_from_stats`; ``repair`` re-seeds empty components at the
-    worst-explained rows, their missing entries at the column means.
+    worst-explained rows, their missing entries at the column means. ``active``: optional
+    ``(n_components,)`` bool (traced), the components that exist, as in
+    :func:`emjax.gmm.fitting.make_model` (the others: weight 0, never re-seeded).
     """
     def e_step(params, data):
         stats, ll = e_step_stats(params, data)
         k = params.means.shape[0]
         w = data.weight
+        empty = reseed_lib.empty_components(stats.nk, w, empty_threshold)
         cand = jax.lax.cond(
-            jnp.any(reseed_lib.empty_components(stats.nk, w, empty_threshold)),
+            jnp.any(empty if active is None else empty & active),
             lambda ll: reseed_lib.worst_explained(ll, w, k), lambda ll: jnp.zeros((k,), jnp.int32),
             ll)
         return (stats, cand), mean_log_likelihood(ll, w)
 
     def m_step(estats, data):
-        return fitting.m_step_from_stats(estats[0], covariance_type=covariance_type,
-                                         reg_covar=reg_covar)
+        flagged = fitting.m_step_from_stats(estats[0], covariance_type=covariance_type,
+                                            reg_covar=reg_covar)
+        if active is None:
+            return flagged
+        return em.Flagged(steps.mask_params(flagged.params, active), flagged.flags)
 
     def repair(params, estats, data):
         return reseed_lib.reseed_empty(params, None, None, data.x, data.weight, nk=estats[0].nk,
                                     candidates=estats[1], covariance_type=covariance_type,
-                                    empty_threshold=empty_threshold)
+                                    empty_threshold=empty_threshold, active=active)
 
     return e_step, m_step, repair
 
@@ -1035,12 +1042,16 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
 # Fitting
 
 
-def _fit_program(data, key, initial, tol, *, options, callback, sequential=False):
+def _fit_program(data, key, initial, tol, n_active=None, *, options, callback,
+                 sequential=False):
+    # A traced n_active: the first n_active of options.n_components components exist, the
+    # others are padding (fits of 2..8 components share one program).
     k, covariance_type, init_method, reg_covar, max_iter, n_init, n_lloyd = options
     d = data.x.shape[1]
     dtype = data.x.dtype
     keys = jax.random.split(key, n_init)
-    e_step, m_step, repair = make_model(covariance_type, reg_covar)
+    e_step, m_step, repair = make_model(covariance_type, reg_covar,
+                                        active=kmeans.active_centers(k, n_active))
     run = functools.partial(em.run_restarts, e_step, m_step, data=data, tol=tol,
                             max_iter=max_iter, repair=repair, callback=callback,
                             sequential=sequential)
@@ -1048,7 +1059,7 @@ def _fit_program(data, key, initial, tol, *, options, callback, sequential=False
     x0, w0 = ((data.x, data.weight) if data.init_rows is None
               else (data.x[data.init_rows], data.weight[data.init_rows]))
     init_kw = dict(covariance_type=covariance_type, init_params=init_method,
-                   sample_weight=w0, n_lloyd=n_lloyd)
+                   sample_weight=w0, n_lloyd=n_lloyd, n_active=n_active)
 
     def stats0(kk):
         # k-means and the first M-step on the mean-imputed data (x is zero at missing entries)
@@ -1084,14 +1095,43 @@ _fit_compiled = _xla.JitByOptions(_fit_program,
                                   static_argnames=("options", "callback", "sequential"))
 
 
-def _run_fit(data: MissingData, key, initial, tol, options, callback):
-    """The compiled fit with the XLA options of ``data``'s size (from the disk cache's store of
-    whole programs when it is on)."""
+def _component_class(X: np.ndarray, w: np.ndarray | None, options, initial, callback):
+    """The components a fit runs with (:func:`emjax._sizes.component_class`: 2..8 padded to
+    8 on small data, as :func:`emjax.fit`), or None (as asked)."""
+    if initial.given or callback is not None or not jax.config.jax_threefry_partitionable:
+        return None
+    n, d = X.shape
+    return _sizes.component_class(options.n_components, n, d,
+                                  n if w is None else int(np.count_nonzero(w)))
+
+
+def _run_fit(X: np.ndarray, w: np.ndarray | None, key, initial, tol, options, callback,
+             chunk_size=None):
+    """Lay out ``X`` and run the compiled fit with the XLA options of its size (from the disk
+    cache's store of whole programs when it is on): up to :data:`CLASS_MAX_ROWS` rows in size
+    classes, components padded to their class."""
+    n_components = options.n_components
+    k_class = _component_class(X, w, options, initial, callback)
+    if k_class is not None:
+        options = options._replace(n_components=k_class)
+    data, _ = layout(X, w, options.n_components, options.covariance_type, chunk_size,
+                     size_classes=len(X) <= CLASS_MAX_ROWS)
+    data = jax.device_put(data)
     n, d = data.x.shape
     xla = _xla.compiler_options("missing", n * d * options.n_components)
     static = dict(options=options, callback=callback,
                   sequential=_xla.sequential_restarts("missing"))
-    return _fit_compiled.call(xla, (data, key, initial, tol), static, "missing")
+    n_active = None if k_class is None else np.int32(n_components)
+    res = _fit_compiled.call(xla, (data, key, initial, jnp.asarray(tol, X.dtype), n_active),
+                             static, "missing")
+    if k_class is None:
+        return res
+    # the padding components dropped on the host (slicing device arrays compiles per shape)
+    res = jax.tree_util.tree_map(np.asarray, res)
+    return jax.device_put(res._replace(
+        params=steps.first_components(res.params, n_components),
+        restarts=res.restarts._replace(
+            params=steps.first_components(res.restarts.params, n_components, lead=1))))
 
 
 def fit(
@@ -1134,11 +1174,8 @@ def fit(
                   n_lloyd=n_lloyd, sample_weight=sample_weight, weights_init=weights_init,
                   means_init=means_init, precisions_init=precisions_init,
                   params_init=params_init, read=as_data_with_nan)
-    o = c.options
-    data, _ = layout(c.X, c.sample_weight, o.n_components, o.covariance_type, chunk_size,
-                     size_classes=len(c.X) <= CLASS_MAX_ROWS)
-    data = jax.device_put(data)
-    return _run_fit(data, c.key, c.initial, jnp.asarray(c.tol, c.X.dtype), o, callback)
+    return _run_fit(c.X, c.sample_weight, c.key, c.initial, c.tol, c.options, callback,
+                    chunk_size)
 
 
 def fit_grid(X, n_components, *, key=None, covariance_type: str = "full", tol: float = 1e-3,
@@ -1151,7 +1188,7 @@ def fit_grid(X, n_components, *, key=None, covariance_type: str = "full", tol: f
     log-likelihood and the usual parameter count."""
     import time
 
-    from emjax.gmm import selection, steps
+    from emjax.gmm import selection
 
     ks = selection._check_grid(n_components)
     k_max = max(ks)
@@ -1164,10 +1201,8 @@ def fit_grid(X, n_components, *, key=None, covariance_type: str = "full", tol: f
     t0 = time.perf_counter()
 
     def fit_k(k):
-        data, _ = layout(Xa, w, k, covariance_type, size_classes=n <= CLASS_MAX_ROWS)
-        data = jax.device_put(data)
-        return _run_fit(data, c.key, c.initial, jnp.asarray(c.tol, Xa.dtype),
-                        c.options._replace(n_components=k), callback)
+        return _run_fit(Xa, w, c.key, c.initial, c.tol, c.options._replace(n_components=k),
+                        callback)
 
     fits = [fit_k(k) for k in ks]
     fits = jax.device_get(fits)

@@ -224,8 +224,9 @@ def test_no_missing_equals_dense_steps():
 
 
 def test_size_class_layouts_share_programs_and_equal_the_exact_layout(monkeypatch):
-    """Data sets of one size class with other values and fewer rows run the compiled fit and
-    row program of the first; the fit equals the one on the exact layout (same draws)."""
+    """Data sets of one size class with other values and fewer rows, and 2..8 components, run
+    the compiled fit and row program of the first; the fit equals the one on the exact layout
+    with its components as asked (same draws)."""
     rng = np.random.default_rng(7)
     X1 = holes(rng, n=150)
     X2 = X1[rng.permutation(150)[:143]] * 1.5 + 0.3  # the same class (160 rows), new values
@@ -234,9 +235,14 @@ def test_size_class_layouts_share_programs_and_equal_the_exact_layout(monkeypatc
     fits, rows = ms._fit_compiled._cache_size(), ms._rows_compiled._cache_size()
     r2 = ms.fit(X2, 3, **kw)
     rr2 = ms.row_results(r2.params, X2)
+    r5 = ms.fit(X2, 5, **kw)
     assert (ms._fit_compiled._cache_size(), ms._rows_compiled._cache_size()) == (fits, rows)
     assert rr1.imputed.shape == X1.shape and rr2.imputed.shape == X2.shape
-    monkeypatch.setattr(ms, "CLASS_MAX_ROWS", 0)  # the exact layout: another program
+    assert r2.params.means.shape == (3, D) and r5.restarts.params.means.shape == (2, 5, D)
+    np.testing.assert_allclose(np.sum(r5.params.weights), 1.0, rtol=1e-12)
+    # the exact layout and 3 components: another program
+    monkeypatch.setattr(ms, "CLASS_MAX_ROWS", 0)
+    monkeypatch.setattr(ms, "_component_class", lambda *a: None)
     r3 = ms.fit(X2, 3, **kw)
     assert int(r3.n_iter) == int(r2.n_iter)
     np.testing.assert_allclose(r3.log_likelihood, r2.log_likelihood, rtol=1e-12)
