@@ -44,6 +44,12 @@ def size_class(n: int) -> int:
     return 64 if n <= 64 else _ladder_class(n, 8)
 
 
+def power_class(n: int) -> int:
+    """The next power of two ``>= n``, at least 256: the coarse class of work that costs
+    little per row (draws, per-row results), where fewer programs beat less padding."""
+    return max(256, 1 << (int(n) - 1).bit_length())
+
+
 #: Fits of up to this many rows are padded to their size class. Past it a fit runs long enough
 #: that a compilation per row count costs little, while padding would add rows, a weighted pass
 #: and a copy to every iteration.

@@ -263,9 +263,15 @@ def _sample_compiled(key, params, *, family, n_samples):
 
 
 def sample(key: Array, family: Family, params: MixtureParams, n_samples: int) -> tuple:
-    """``(X, labels)``: ``n_samples`` draws from the mixture and their components."""
+    """``(X, labels)``: ``n_samples`` draws from the mixture and their components (one compiled
+    program per class of ``n_samples``, as :func:`emjax.gmm.steps.sample`)."""
     n_samples = v.check_positive_int(n_samples, "n_samples")
-    return _sample_compiled(key, params, family=family, n_samples=n_samples)
+    n_class = _sizes.power_class(n_samples) if jax.config.jax_threefry_partitionable \
+        else n_samples
+    out = _sample_compiled(key, params, family=family, n_samples=n_class)
+    if n_class == n_samples:
+        return out
+    return jax.tree_util.tree_map(lambda a: jax.device_put(np.asarray(a)[:n_samples]), out)
 
 
 

@@ -228,7 +228,7 @@ def rows_class(n: int, coarse: bool = False) -> int:
     """The rows a size-class layout of ``n`` rows holds at least: their
     :func:`emjax._sizes.size_class`, or with ``coarse`` (the per-row results, whose rows cost
     little and come in batches of any size) the next power of two, at least 256."""
-    return max(256, 1 << (int(n) - 1).bit_length()) if coarse else _sizes.size_class(n)
+    return _sizes.power_class(n) if coarse else _sizes.size_class(n)
 
 
 def _fresh_capacities(tail: np.ndarray, coarse: bool = False) -> np.ndarray:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
+from emjax import _sizes
 from emjax import _validation as v
 from emjax._chunks import fold_chunks, rows
 from emjax.gmm import covariance as cov_lib
@@ -402,14 +403,31 @@ def predict(params: GMMParams, X: Array) -> Array:
 def sample(key: Array, params: GMMParams, n_samples: int) -> tuple[Array, Array]:
     """Draw ``n_samples`` points: returns ``(X, labels)``.
 
+    Outside a trace the draws run as one compiled program for ``n_samples``' class
+    (:func:`emjax._sizes.power_class`), whose first ``n_samples`` rows are these draws (JAX's
+    partitionable PRNG draws each row from its index), so a new ``n_samples`` rarely compiles.
+
     Args:
       key: a PRNG key.
       params: the mixture.
       n_samples: static number of samples.
     """
-    if not v.is_traced(key, params):
-        v.check_params(params)
-        v.check_model_x64(params)
+    if v.is_traced(key, params):
+        return _draw(key, params, n_samples)
+    v.check_params(params)
+    v.check_model_x64(params)
+    n_samples = v.check_positive_int(n_samples, "n_samples")
+    n_class = _sizes.power_class(n_samples) if jax.config.jax_threefry_partitionable \
+        else n_samples
+    Xs, labels = _draw_compiled(key, params, n_class)
+    if n_class == n_samples:
+        return Xs, labels
+    # cut on the host: slicing on the device would compile per n_samples
+    return (jax.device_put(np.asarray(Xs)[:n_samples]),
+            jax.device_put(np.asarray(labels)[:n_samples]))
+
+
+def _draw(key: Array, params: GMMParams, n_samples: int) -> tuple[Array, Array]:
     k_label, k_noise = jax.random.split(key)
     k, d = params.means.shape
     dtype = params.means.dtype
@@ -424,6 +442,9 @@ def sample(key: Array, params: GMMParams, n_samples: int) -> tuple[Array, Array]
     else:
         noise = z * jnp.sqrt(cov.covariances)[labels][:, None]
     return params.means[labels] + noise, labels
+
+
+_draw_compiled = jax.jit(_draw, static_argnums=2)
 
 
 def n_parameters(covariance_type: str, n_components: int, n_features: int) -> int:

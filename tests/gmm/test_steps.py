@@ -11,6 +11,7 @@ from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
 import emjax
 from emjax import gmm
 from emjax.gmm import covariance as cov_lib
+from emjax.gmm import steps
 from tests.conftest import COV_TYPES, DTYPES, rtol_for
 from tests.gmm._random import spd
 from tests.gmm.test_covariance import indefinite as indefinite_covariances
@@ -226,3 +227,22 @@ def test_driver_reports_regularised_covariance():
         assert bool(int(res.status) & em.STATUS_REGULARISED) == indefinite
         if indefinite:
             assert "regularised" in emjax.describe_status(int(res.status))
+
+
+def test_sample_sizes_share_one_program_and_draw_prefixes():
+    """Draws for 300 and 301 points run one compiled program (their class, 512) and are the
+    first rows of the draws for the class itself, as the unpadded draw in a trace gives them."""
+    rng = np.random.default_rng(7)
+    w, m, c = random_params(rng, 3, 2, "full", np.float64)
+    params = emjax.make_params(w, m, c, "full")
+    key = jax.random.key(3)
+    a, la = emjax.sample(key, params, 300)
+    programs = steps._draw_compiled._cache_size()
+    b, lb = emjax.sample(key, params, 301)
+    assert steps._draw_compiled._cache_size() == programs
+    assert a.shape == (300, 2) and b.shape == (301, 2) and la.shape == (300,)
+    np.testing.assert_array_equal(np.asarray(b)[:300], np.asarray(a))
+    np.testing.assert_array_equal(np.asarray(lb)[:300], np.asarray(la))
+    traced, lt = jax.jit(emjax.sample, static_argnums=2)(key, params, 300)
+    np.testing.assert_allclose(np.asarray(traced), np.asarray(a), rtol=1e-12)
+    np.testing.assert_array_equal(np.asarray(lt), np.asarray(la))
