@@ -212,28 +212,35 @@ def _score_compiled(params, X, *, family):
     return wlp - ll[:, None], ll
 
 
-def _score(family: Family, params: MixtureParams, X) -> tuple[Array, Array]:
+def _score(family: Family, params: MixtureParams, X) -> tuple[np.ndarray, np.ndarray]:
+    """``(log responsibilities, log p(x_n))`` as NumPy arrays: one compiled program per size
+    class of the rows (padded with copies of the first row, cut on the host)."""
     Xa = check_data(X, family)
     if Xa.shape[1] != family.n_features:
         raise ValueError(f"X has shape {Xa.shape}; the family was fitted to "
                          f"{family.n_features} columns")
-    return _score_compiled(_as_params(params, Xa.dtype), jnp.asarray(Xa), family=family)
+    n = Xa.shape[0]
+    n_rows = _sizes.padded_rows(n, Xa.itemsize * Xa.shape[1]) if n else None
+    if n_rows is not None and n_rows > n:
+        Xa = np.concatenate([Xa, np.repeat(Xa[:1], n_rows - n, axis=0)])
+    lr, ll = _score_compiled(_as_params(params, Xa.dtype), Xa, family=family)
+    return np.asarray(lr)[:n], np.asarray(ll)[:n]
 
 
 def score_samples(family: Family, params: MixtureParams, X) -> Array:
     """``log p(x_n)`` under the mixture, ``(n_samples,)`` (``family`` bound, e.g.
     ``FitResult.family``); missing entries are marginalised."""
-    return _score(family, params, X)[1]
+    return jax.device_put(_score(family, params, X)[1])
 
 
 def predict_proba(family: Family, params: MixtureParams, X) -> Array:
     """Responsibilities ``(n_samples, n_components)``."""
-    return jnp.exp(_score(family, params, X)[0])
+    return jax.device_put(np.exp(_score(family, params, X)[0]))
 
 
 def predict(family: Family, params: MixtureParams, X) -> Array:
     """The most responsible component of each row, ``(n_samples,)``."""
-    return jnp.argmax(_score(family, params, X)[0], axis=1)
+    return jax.device_put(np.argmax(_score(family, params, X)[0], axis=1))
 
 
 def n_parameters(family: Family, n_components: int) -> int:
@@ -243,16 +250,17 @@ def n_parameters(family: Family, n_components: int) -> int:
 
 def bic(family: Family, params: MixtureParams, X) -> float:
     """Bayesian information criterion ``-2 log L + p log n`` (lower is better)."""
-    ll = score_samples(family, params, X)
+    ll = _score(family, params, X)[1]
     k = params.weights.shape[0]
-    return float(-2 * jnp.sum(ll) + n_parameters(family, k) * math.log(ll.shape[0]))
+    return float(-2 * np.sum(ll, dtype=np.float64) + n_parameters(family, k)
+                 * math.log(ll.shape[0]))
 
 
 def aic(family: Family, params: MixtureParams, X) -> float:
     """Akaike information criterion ``-2 log L + 2 p`` (lower is better)."""
-    ll = score_samples(family, params, X)
+    ll = _score(family, params, X)[1]
     k = params.weights.shape[0]
-    return float(-2 * jnp.sum(ll) + 2 * n_parameters(family, k))
+    return float(-2 * np.sum(ll, dtype=np.float64) + 2 * n_parameters(family, k))
 
 
 @functools.partial(jax.jit, static_argnames=("family", "n_samples"))

@@ -160,10 +160,16 @@ def e_step(
         checked.
     """
     X = v.check_model_data(params, X)
-    if sample_weight is not None and not v.is_traced(params, X, sample_weight):
+    if v.is_traced(params, X, sample_weight):
+        log_resp, ll = e_step_full(params, X)
+        return jnp.exp(log_resp), _mean(ll, sample_weight)
+    if sample_weight is not None:
         sample_weight = v.check_sample_weight(sample_weight, X.shape[0], np.float64)
-    log_resp, ll = e_step_full(params, X)
-    return jnp.exp(log_resp), _mean(ll, sample_weight)
+    # on concrete data: one program per size class of the rows (_per_row), the rest on the host
+    log_resp, ll = (np.asarray(a) for a in _per_row(_e_rows, params, X))
+    w = np.ones(ll.shape, np.float64) if sample_weight is None else np.asarray(sample_weight)
+    mean = np.sum(w * ll, dtype=np.float64) / np.sum(w, dtype=np.float64)
+    return jax.device_put(np.exp(log_resp)), jax.device_put(np.asarray(mean, ll.dtype))
 
 
 class SuffStats(NamedTuple):
@@ -367,14 +373,47 @@ def m_step_stats(gamma: Array, X: Array, *, covariance_type: str = "full",
                       sample_weight=sample_weight, n_active=n_active)
 
 
+def _per_row(fn, params: GMMParams, X: Array):
+    """``fn(params, X)`` (outputs with a leading axis of rows). In a trace, as it is; on
+    concrete data, ``jax.jit(fn)`` on ``X``'s rows padded to their size class (copies of the
+    first row; :func:`emjax._sizes.padded_rows`) and cut on the host, so a new number of rows
+    rarely compiles (op by op, every operation would compile for every shape)."""
+    if v.is_traced(params, X):
+        return fn(params, X)
+    n = X.shape[0]
+    n_rows = _sizes.padded_rows(n, X.dtype.itemsize * X.shape[1]) if n else None
+    if n_rows is None or n_rows == n:
+        return _PER_ROW[fn](params, X)
+    Xp = np.empty((n_rows, X.shape[1]), X.dtype)
+    Xp[:n] = np.asarray(X)
+    Xp[n:] = Xp[0]
+    out = _PER_ROW[fn](params, Xp)
+    return jax.tree_util.tree_map(lambda a: jax.device_put(np.asarray(a)[:n]), out)
+
+
+def _e_rows(params, X):
+    return e_step_full(params, X)
+
+
+def _score_rows(params, X):
+    return logsumexp(weighted_log_prob(params, X), axis=1)
+
+
+def _proba_rows(params, X):
+    return jnp.exp(e_step_full(params, X)[0])
+
+
+def _predict_rows(params, X):
+    return jnp.argmax(weighted_log_prob(params, X), axis=1)
+
+
 def score_samples(params: GMMParams, X: Array) -> Array:
     """``log p(x_n)`` for each sample, shape ``(n_samples,)``.
 
     Checked when called outside ``jit`` (see :func:`emjax._validation.check_model_data`);
     inside ``jit``/``vmap``/``grad`` nothing is checked.
     """
-    X = v.check_model_data(params, X)
-    return logsumexp(weighted_log_prob(params, X), axis=1)
+    return _per_row(_score_rows, params, v.check_model_data(params, X))
 
 
 log_prob = score_samples
@@ -386,8 +425,7 @@ def predict_proba(params: GMMParams, X: Array) -> Array:
     Checked when called outside ``jit`` (see :func:`emjax._validation.check_model_data`);
     inside ``jit``/``vmap``/``grad`` nothing is checked.
     """
-    X = v.check_model_data(params, X)
-    return jnp.exp(e_step_full(params, X)[0])
+    return _per_row(_proba_rows, params, v.check_model_data(params, X))
 
 
 def predict(params: GMMParams, X: Array) -> Array:
@@ -396,8 +434,7 @@ def predict(params: GMMParams, X: Array) -> Array:
     Checked when called outside ``jit`` (see :func:`emjax._validation.check_model_data`);
     inside ``jit``/``vmap``/``grad`` nothing is checked.
     """
-    X = v.check_model_data(params, X)
-    return jnp.argmax(weighted_log_prob(params, X), axis=1)
+    return _per_row(_predict_rows, params, v.check_model_data(params, X))
 
 
 def sample(key: Array, params: GMMParams, n_samples: int) -> tuple[Array, Array]:
@@ -445,6 +482,7 @@ def _draw(key: Array, params: GMMParams, n_samples: int) -> tuple[Array, Array]:
 
 
 _draw_compiled = jax.jit(_draw, static_argnums=2)
+_PER_ROW = {fn: jax.jit(fn) for fn in (_e_rows, _score_rows, _proba_rows, _predict_rows)}
 
 
 def n_parameters(covariance_type: str, n_components: int, n_features: int) -> int:
@@ -466,7 +504,7 @@ def bic(params: GMMParams, X: Array) -> Array:
     X = v.check_model_data(params, X)
     n = X.shape[0]
     p = n_parameters(params.covariance_type, params.n_components, params.n_features)
-    return -2.0 * jnp.sum(score_samples(params, X)) + p * math.log(n)
+    return -2.0 * _total(score_samples(params, X)) + p * math.log(n)
 
 
 def aic(params: GMMParams, X: Array) -> Array:
@@ -477,7 +515,15 @@ def aic(params: GMMParams, X: Array) -> Array:
     """
     X = v.check_model_data(params, X)
     p = n_parameters(params.covariance_type, params.n_components, params.n_features)
-    return -2.0 * jnp.sum(score_samples(params, X)) + 2 * p
+    return -2.0 * _total(score_samples(params, X)) + 2 * p
+
+
+def _total(ll: Array) -> Array:
+    """``sum(ll)``: in a trace by JAX, else on the host (a device sum compiles per shape)."""
+    if v.is_traced(ll):
+        return jnp.sum(ll)
+    a = np.asarray(ll)
+    return jax.device_put(np.asarray(np.sum(a, dtype=np.float64), a.dtype))
 
 
 def responsibilities_mass(gamma: Array, sample_weight: Array | None = None) -> Array:

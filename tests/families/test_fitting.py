@@ -212,3 +212,19 @@ def test_row_counts_of_one_size_class_share_one_program_and_equal_the_fit_as_giv
     np.testing.assert_array_equal(got.restarts.n_iter, ref.restarts.n_iter)
     for a, b in zip(jax.tree_util.tree_leaves(got.params), jax.tree_util.tree_leaves(ref.params)):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_scores_of_one_size_class_share_one_program(mixed_fit):
+    """score_samples, predict_proba and predict on 590 and 600 rows (one size class, missing
+    entries included) run one compiled program, with the values of the rows as given."""
+    X, _, res = mixed_fit
+    F.score_samples(res.family, res.params, X)
+    before = F.fitting._score_compiled._cache_size()
+    ll = F.score_samples(res.family, res.params, X[:590])
+    proba = F.predict_proba(res.family, res.params, X[:590])
+    labels = F.predict(res.family, res.params, X[:590])
+    assert F.fitting._score_compiled._cache_size() == before
+    lr_ref, ll_ref = F.fitting._score_compiled(res.params, X[:590], family=res.family)
+    np.testing.assert_allclose(ll, ll_ref, rtol=1e-12)
+    np.testing.assert_allclose(proba, np.exp(lr_ref), rtol=1e-12, atol=1e-300)
+    np.testing.assert_array_equal(labels, np.argmax(lr_ref, axis=1))

@@ -246,3 +246,27 @@ def test_sample_sizes_share_one_program_and_draw_prefixes():
     traced, lt = jax.jit(emjax.sample, static_argnums=2)(key, params, 300)
     np.testing.assert_allclose(np.asarray(traced), np.asarray(a), rtol=1e-12)
     np.testing.assert_array_equal(np.asarray(lt), np.asarray(la))
+
+
+def test_functional_api_on_new_row_counts_shares_programs():
+    """score_samples, predict_proba, predict, e_step and bic on concrete data of 300 and 301
+    rows run one compiled program each (rows padded to their class), with the values of the
+    same functions traced on the rows as given."""
+    rng = np.random.default_rng(8)
+    w, m, c = random_params(rng, 3, 2, "full", np.float64)
+    params = emjax.make_params(w, m, c, "full")
+    fns = (emjax.score_samples, emjax.predict_proba, emjax.predict)
+    X = rng.normal(size=(301, 2)) * 3.0
+    sw = rng.uniform(0.5, 2.0, 301)
+    for f in fns:
+        f(params, X[:300])
+    gmm.e_step(params, X[:300], sw[:300])
+    sizes = [f._cache_size() for f in steps._PER_ROW.values()]
+    for f in fns:
+        np.testing.assert_allclose(f(params, X), jax.jit(f)(params, X), rtol=1e-12)
+    gamma, ll = gmm.e_step(params, X, sw)
+    gamma_t, ll_t = jax.jit(gmm.e_step)(params, X, sw)
+    np.testing.assert_allclose(gamma, gamma_t, rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(ll, ll_t, rtol=1e-12)
+    np.testing.assert_allclose(emjax.bic(params, X), jax.jit(emjax.bic)(params, X), rtol=1e-12)
+    assert [f._cache_size() for f in steps._PER_ROW.values()] == sizes
