@@ -6,7 +6,8 @@ Parts (``--parts``, default all):
            estimator (emjax.GaussianMixture(3).fit); scikit-learn likewise. Repeated
            (--repeats, interleaved): median and range.
   rows     40 fits with distinct row counts 701..740 (D = 5, K = 3, full) in one warm process:
-           median time per fit and RSS growth, emjax and scikit-learn.
+           median time per fit and RSS growth, emjax and scikit-learn; then score_samples and
+           sample on the same 40 row counts (median and slowest call).
   vmap     1000 data sets of 200 x 2 (K = 3) in one jitted, vmapped call against a loop of
            scikit-learn fits; checks a few results against the data set fitted alone.
   real     the 64 real-data fits (iris, wine, breast cancer, digits; K in 2, 3, 5, 8; four
@@ -130,11 +131,28 @@ def part_rows() -> dict:
     sk = []
     for n in range(701, 741):
         t = time.perf_counter()
-        GaussianMixture(3).fit(X[:n])
+        g = GaussianMixture(3).fit(X[:n])
         sk.append(time.perf_counter() - t)
+    # the functional API and sampling on the same 40 row counts, warm
+    params = emjax.fit(X[:700], 3).params
+    emjax.score_samples(params, X[:700])
+    emjax.sample(jax.random.key(0), params, 700)
+    per = {"emjax_score_samples": lambda n: emjax.score_samples(params, X[:n]),
+           "emjax_sample": lambda n: emjax.sample(jax.random.key(n), params, n),
+           "sklearn_score_samples": lambda n: g.score_samples(X[:n]),
+           "sklearn_sample": lambda n: g.sample(n)}
+    calls = {}
+    for name, f in per.items():
+        ts = []
+        for n in range(701, 741):
+            t = time.perf_counter()
+            jax.block_until_ready(f(n))
+            ts.append(time.perf_counter() - t)
+        calls[name + "_median_ms"] = 1e3 * float(np.median(ts))
+        calls[name + "_max_ms"] = 1e3 * float(np.max(ts))
     return dict(emjax_median_s=float(np.median(times)), emjax_max_s=float(np.max(times)),
                 sklearn_median_s=float(np.median(sk)), rss_growth_mib=rss1 - rss0,
-                n_fits=len(times))
+                n_fits=len(times), **calls)
 
 
 def part_vmap(n_sets: int = 1000, repeats: int = 2) -> dict:
