@@ -281,8 +281,18 @@ def make_data(times, values, obs=None, *, basis: Basis = QUADRATIC, t_scale=None
         raise ValueError(f"t_scale must be positive and finite, got {t_scale}")
     tau = np.where(np.isfinite(times), times / t_scale, 0.0).astype(dtype)
     x = np.where(mask, values, 0.0).astype(dtype)
-    return data_from_arrays(jnp.asarray(tau), jnp.asarray(x), jnp.asarray(mask.astype(dtype)),
-                            basis=basis, t_scale=t_scale)
+    # One compiled program per size class of units and observations (padding: unobserved
+    # zeros, which enter no statistic), cut on the host: op by op, every operation would
+    # compile for every new shape.
+    n_units, n_obs = size_class(L), size_class(N)
+    grow = ((0, n_units - L), (0, 0), (0, n_obs - N))
+    d = _data_compiled(np.pad(tau, (grow[0], grow[2])), np.pad(x, grow),
+                       np.pad(mask.astype(dtype), grow), np.asarray(t_scale, dtype), basis=basis)
+    units, obs_ = slice(0, L), slice(0, N)
+    cuts = ((units, obs_), (units, slice(None), obs_), (units, slice(None), obs_),
+            (units, obs_), (units,), (units,), (units,))
+    return FMMData(*(jax.device_put(np.asarray(a)[c]) for a, c in zip(d[:-1], cuts)),
+                   jax.device_put(np.asarray(d.t_scale)))
 
 
 def data_from_arrays(tau: Array, x: Array, obs: Array, *, basis: Basis, t_scale=1.0) -> FMMData:
@@ -295,6 +305,12 @@ def data_from_arrays(tau: Array, x: Array, obs: Array, *, basis: Basis, t_scale=
     A = jnp.einsum("lcnp,lcnq->lcpq", phim, phim)
     b = jnp.einsum("lcnp,lcn->lcp", phim, x)
     return FMMData(tau, x, obs, design, A, b, jnp.sum(obs, -1), jnp.asarray(t_scale, x.dtype))
+
+
+_data_compiled = jax.jit(
+    lambda tau, x, obs, t_scale, *, basis: data_from_arrays(tau, x, obs, basis=basis,
+                                                           t_scale=t_scale),
+    static_argnames=("basis",))
 
 
 # --------------------------------------------------------------------------------------------

@@ -196,3 +196,28 @@ def test_match_modes_names_its_direction():
     np.testing.assert_array_equal(m.true_to_fitted, [2, 0, 1])
     np.testing.assert_array_equal(m.fitted_to_true[fitted][:6], true[:6])
     assert m.accuracy == pytest.approx(6 / 7)
+
+
+def test_forecasts_of_new_units_share_one_program_and_equal_the_unpadded_one(fitted):
+    """New units of other counts and lengths in one size class are prepared and forecast by
+    the compiled programs of the first; the forecast equals the unpadded computation."""
+    res, _ = fitted
+    model = res.model
+    t1, v1, f1 = fleet(5, 20)
+    t2, v2, f2 = fleet(6, 23)
+    model.forecast((t1, v1), cut=f1 * 0.6)
+    sizes = (pg._forecast_compiled._cache_size(), fm._data_compiled._cache_size())
+    fc = model.forecast((t2, v2), cut=f2 * 0.6)
+    assert (pg._forecast_compiled._cache_size(), fm._data_compiled._cache_size()) == sizes
+    data = model.prepare(t2, v2, cut=f2 * 0.6)
+    assert data.x.shape[0] == 23 and fc.cdf.shape == (23, 2000)
+    f = model.failure
+    level = (f.level - model.center[0]) / model.scale[0]
+    grid, cdf, gamma = pg._forecast(model.params, data, f2 * 0.6, f2 * 0.6 + 2 * model.t_scale,
+                                    level, (f.level_sd / model.scale[0]) ** 2, f.direction,
+                                    basis=model.basis, channel=0, n_grid=2000,
+                                    include_noise=f.on == "observed")
+    np.testing.assert_allclose(fc.cdf, cdf, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(fc.times, grid, rtol=1e-12)
+    np.testing.assert_allclose(fc.proba, gamma, rtol=1e-12)
+    np.testing.assert_allclose(model.predict_proba(data), gamma, rtol=1e-12)
