@@ -18,6 +18,10 @@ Parts (``--parts``, default all):
   real_cache  the same 64 fits with the disk cache on (emjax.enable_disk_cache, the command
            line's default), each run in a fresh process: first with the cache empty, then warm
            (the programs loaded from disk, not traced or compiled); scikit-learn in each.
+  forecast  remaining-life forecasts (PrognosticModel.forecast, 2000 grid points) of 8 new
+           synthetic fleets of 15, 17, ..., 29 units and 50..57 observation slots in a warm
+           process, against the same computation op by op (what forecast ran before): first,
+           median and slowest of the rest.
   missing  data with holes (missing="marginalize"), each layout in a fresh process: the
            size-class layout with 2..8 components padded to 8 (what runs up to
            emjax.gmm.missing.CLASS_MAX_ROWS rows) and the exact one with the components as
@@ -344,6 +348,52 @@ def _missing_child(layout: str) -> dict:
     out["large_first_fit_s"] = timed(lambda: ms.fit(X, 16, **kw))[0]
     out["large_iteration_ms"] = 1e3 * min(timed(lambda: ms.fit(X, 16, **kw))[0]
                                           for _ in range(3)) / 10
+    return out
+
+
+def part_forecast(n_fleets: int = 8) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from emjax.failure_mode import model as fm
+    from emjax.failure_mode import prognostics as pg
+    from emjax.failure_mode.data import make_synthetic, observed_until
+
+    jax.config.update("jax_enable_x64", True)
+    train = make_synthetic(0, n_units=200, run_to_failure=True)
+    model = pg.fit_prognostic(train.times, train.values, basis=fm.QUADRATIC, n_components=1,
+                              n_init=1, max_iter=100).model
+    f = model.failure
+    level = (f.level - model.center[f.channel]) / model.scale[f.channel]
+    level_var = (f.level_sd / model.scale[f.channel]) ** 2
+
+    def op_by_op(times, values, cut):
+        # what a forecast ran before 622b9f5: the statistics and the forecast op by op
+        mask = observed_until(times, values, cut)
+        z = (values - model.center[None, :, None]) / model.scale[None, :, None]
+        tau = np.where(np.isfinite(times), times / model.t_scale, 0.0)
+        data = fm.data_from_arrays(jnp.asarray(tau), jnp.asarray(np.where(mask, z, 0.0)),
+                                   jnp.asarray(mask.astype(float)), basis=model.basis,
+                                   t_scale=model.t_scale)
+        return pg._forecast(model.params, data, jnp.asarray(cut), jnp.asarray(
+            cut + 2 * model.t_scale), level, level_var, f.direction, basis=model.basis,
+            channel=int(f.channel), n_grid=2000, include_noise=f.on == "observed")[1]
+
+    out = {}
+    for name, run in (("compiled", lambda t, v, c: model.forecast((t, v), cut=c).cdf),
+                      ("op_by_op", op_by_op)):
+        ts = []
+        for seed in range(n_fleets):
+            # distinct unit counts and lengths: every fleet a new shape
+            fleet = make_synthetic(100 + seed, n_units=15 + 2 * seed, n_obs=(10, 50 + seed),
+                                   run_to_failure=True)
+            cut = 0.6 * np.nanmax(fleet.times, axis=1)
+            t = time.perf_counter()
+            jax.block_until_ready(run(fleet.times, fleet.values, cut))
+            ts.append(time.perf_counter() - t)
+        out[name] = dict(first_ms=1e3 * ts[0], median_ms=1e3 * float(np.median(ts[1:])),
+                         max_ms=1e3 * max(ts[1:]))
     return out
 
 
