@@ -807,14 +807,48 @@ def _pad_units(data: FMMData, n_units: int) -> tuple[FMMData, np.ndarray]:
 # --------------------------------------------------------------------------------------------
 
 
+def pad_to_classes(data: FMMData) -> FMMData:
+    """``data`` (NumPy leaves) with units of no observation appended up to the units' size class
+    and unobserved slots up to the observations' (:func:`emjax._sizes.size_class`): both enter
+    no statistic, so units of nearby shapes share one compiled program."""
+    L, N = data.tau.shape
+    n_units, n_obs = size_class(L), size_class(N)
+
+    def pad(a, obs_axis):
+        a = np.asarray(a)
+        widths = [(0, n_units - L)] + [(0, 0)] * (a.ndim - 1)
+        if obs_axis is not None:
+            widths[obs_axis] = (0, n_obs - N)
+        return np.pad(a, widths)
+
+    return FMMData(pad(data.tau, 1), pad(data.x, 2), pad(data.obs, 2), pad(data.design, 1),
+                   pad(data.A, None), pad(data.b, None), pad(data.n, None),
+                   np.asarray(data.t_scale))
+
+
+@jax.jit
+def _log_resp_compiled(params, data):
+    return posterior(params, data).log_resp
+
+
+def log_responsibilities(params: FMMParams, data: FMMData):
+    """``(L, K)`` log mode probabilities: in a trace, :func:`posterior`'s; on concrete data, a
+    NumPy array from one compiled program per size class (:func:`pad_to_classes`)."""
+    if v.is_traced(params, data):
+        return posterior(params, data).log_resp
+    return np.asarray(_log_resp_compiled(params, pad_to_classes(data)))[:data.tau.shape[0]]
+
+
 def predict_proba(params: FMMParams, data: FMMData) -> Array:
     """Failure-mode probabilities ``(L, K)`` from whatever data each unit has (partial is fine)."""
-    return jnp.exp(posterior(params, data).log_resp)
+    lr = log_responsibilities(params, data)
+    return jnp.exp(lr) if v.is_traced(lr) else jax.device_put(np.exp(lr))
 
 
 def predict(params: FMMParams, data: FMMData) -> Array:
     """Most probable failure mode ``(L,)``."""
-    return jnp.argmax(posterior(params, data).log_resp, axis=1)
+    lr = log_responsibilities(params, data)
+    return jnp.argmax(lr, axis=1) if v.is_traced(lr) else jax.device_put(np.argmax(lr, axis=1))
 
 
 class PathPrediction(NamedTuple):
@@ -1048,8 +1082,9 @@ __all__ = [
     "QUADRATIC", "Basis", "FMMData", "FMMFitResult", "FMMParams", "FMMPosterior", "ModeMatch",
     "PathPrediction", "Prior",
     "bic", "bspline_basis", "data_from_arrays", "e_step", "failure_cdf", "failure_time_samples",
-    "fit", "icl", "init_params", "log_prior", "m_step", "make_data", "make_model", "match_labels",
-    "match_modes",
-    "n_parameters", "permute_modes", "polynomial_basis", "posterior", "predict", "predict_path",
+    "fit", "icl", "init_params", "log_prior", "log_responsibilities", "m_step", "make_data",
+    "make_model", "match_labels", "match_modes",
+    "n_parameters", "pad_to_classes", "permute_modes", "polynomial_basis", "posterior", "predict",
+    "predict_path",
     "predict_proba", "q_function", "ridge_coefficients", "rul_point",
 ]

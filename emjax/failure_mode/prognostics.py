@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from emjax._files import atomic_write, read_npz_with_metadata
-from emjax._sizes import size_class
 from emjax._version import __version__
 from emjax.failure_mode.data import PaddedTable, observed_until
 from emjax.failure_mode.model import (
@@ -28,7 +27,9 @@ from emjax.failure_mode.model import (
     FMMFitResult,
     FMMParams,
     fit,
+    log_responsibilities,
     make_data,
+    pad_to_classes,
     posterior,
 )
 
@@ -169,30 +170,6 @@ _forecast_compiled = jax.jit(
     _forecast, static_argnames=("basis", "channel", "n_grid", "include_noise"))
 
 
-@jax.jit
-def _log_resp_compiled(params, data):
-    return posterior(params, data).log_resp
-
-
-def _pad_to_classes(data: FMMData) -> FMMData:
-    """``data`` (NumPy leaves) with units of no observation appended up to the units' size class
-    and unobserved slots up to the observations' (:func:`emjax._sizes.size_class`): both enter
-    no statistic, so units of nearby shapes share one compiled forecast."""
-    L, N = data.tau.shape
-    n_units, n_obs = size_class(L), size_class(N)
-
-    def pad(a, obs_axis):
-        a = np.asarray(a)
-        widths = [(0, n_units - L)] + [(0, 0)] * (a.ndim - 1)
-        if obs_axis is not None:
-            widths[obs_axis] = (0, n_obs - N)
-        return np.pad(a, widths)
-
-    return FMMData(pad(data.tau, 1), pad(data.x, 2), pad(data.obs, 2), pad(data.design, 1),
-                   pad(data.A, None), pad(data.b, None), pad(data.n, None),
-                   np.asarray(data.t_scale))
-
-
 @dataclasses.dataclass(frozen=True)
 class PrognosticModel:
     """Everything a forecast needs, in one object: parameters, basis, time scale, per-channel
@@ -270,8 +247,7 @@ class PrognosticModel:
     def predict_proba(self, data: FMMData) -> np.ndarray:
         """``(L, K)`` failure-mode probabilities of prepared units."""
         self._check(data)
-        L = data.x.shape[0]
-        return np.exp(np.asarray(_log_resp_compiled(self.params, _pad_to_classes(data)))[:L])
+        return np.exp(log_responsibilities(self.params, data))
 
     def forecast(self, data, t_now=None, *, horizon=None, cut=None, n_grid: int = 2000,
                  fails_by_horizon: bool = False) -> FailureForecast:
@@ -329,7 +305,7 @@ class PrognosticModel:
         dt = self.dtype
         # one compiled forecast per size class of the units and observations (padding units:
         # no observation, a horizon after their t_now), cut on the host
-        padded = _pad_to_classes(data)
+        padded = pad_to_classes(data)
         extra = padded.tau.shape[0] - L
         grid, cdf, gamma = _forecast_compiled(
             self.params, padded, np.concatenate([t_now, np.zeros(extra)]).astype(dt),

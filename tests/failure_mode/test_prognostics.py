@@ -206,10 +206,17 @@ def test_forecasts_of_new_units_share_one_program_and_equal_the_unpadded_one(fit
     t1, v1, f1 = fleet(5, 20)
     t2, v2, f2 = fleet(6, 23)
     model.forecast((t1, v1), cut=f1 * 0.6)
-    sizes = (pg._forecast_compiled._cache_size(), fm._data_compiled._cache_size())
+    model.predict_proba(model.prepare(t1, v1))
+
+    def sizes():
+        return (pg._forecast_compiled._cache_size(), fm._data_compiled._cache_size(),
+                fm._log_resp_compiled._cache_size())
+
+    before = sizes()
     fc = model.forecast((t2, v2), cut=f2 * 0.6)
-    assert (pg._forecast_compiled._cache_size(), fm._data_compiled._cache_size()) == sizes
     data = model.prepare(t2, v2, cut=f2 * 0.6)
+    labels = fm.predict(model.params, data)
+    assert sizes() == before
     assert data.x.shape[0] == 23 and fc.cdf.shape == (23, 2000)
     f = model.failure
     level = (f.level - model.center[0]) / model.scale[0]
@@ -221,3 +228,4 @@ def test_forecasts_of_new_units_share_one_program_and_equal_the_unpadded_one(fit
     np.testing.assert_allclose(fc.times, grid, rtol=1e-12)
     np.testing.assert_allclose(fc.proba, gamma, rtol=1e-12)
     np.testing.assert_allclose(model.predict_proba(data), gamma, rtol=1e-12)
+    np.testing.assert_array_equal(labels, np.argmax(gamma, axis=1))
