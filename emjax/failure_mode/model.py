@@ -34,7 +34,7 @@ from jax.scipy.special import logsumexp
 
 from emjax import _validation as v
 from emjax import _xla, em, kmeans
-from emjax._linalg import after
+from emjax._linalg import after, diagonal
 from emjax._sizes import history_class, size_class
 
 Array = jax.Array
@@ -355,7 +355,7 @@ def posterior(params: FMMParams, data: FMMData) -> FMMPosterior:
     res = (data.x[:, :, None] - fitted) * data.obs[:, :, None]
     rss = jnp.sum(res * res, -1)  # (L, C, K)
     n = data.n[..., None]
-    logdet_b = 2.0 * jnp.sum(jnp.log(jnp.diagonal(CB, axis1=-2, axis2=-1)), -1)
+    logdet_b = 2.0 * jnp.sum(jnp.log(diagonal(CB)), -1)
     logdet_v = n * jnp.log(s2)[None] + logdet_b
     quad = rss * inv_s2[None] + jnp.sum(v * v, -1) * (inv_s2 * inv_s2)[None]
     log_dens = -0.5 * (n * _LOG_2PI + logdet_v + quad)  # (L, C, K)
@@ -373,7 +373,7 @@ def log_prior(params: FMMParams, prior: Prior | None) -> Array:
     p = params.means.shape[-1]
     if prior.cov_scale is not None:
         G = jnp.linalg.cholesky(params.covs)
-        logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(G, axis1=-2, axis2=-1)), -1)
+        logdet = 2.0 * jnp.sum(jnp.log(diagonal(G)), -1)
         Gi_psi = solve_triangular(G, jnp.broadcast_to(prior.cov_scale, G.shape), lower=True)
         tr = jnp.trace(solve_triangular(G, _swap(Gi_psi), lower=True), axis1=-2, axis2=-1)
         out = out + jnp.sum(-0.5 * (prior.cov_dof + p + 1) * logdet - 0.5 * tr)
@@ -480,7 +480,7 @@ def q_function(params: FMMParams, post: FMMPosterior, data: FMMData,
     pi, mu, Sig, s2 = params
     p = mu.shape[-1]
     G = jnp.linalg.cholesky(Sig)
-    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(G, axis1=-2, axis2=-1)), -1)  # (C, K)
+    logdet = 2.0 * jnp.sum(jnp.log(diagonal(G)), -1)  # (C, K)
     d = post.coef_mean - mu[None]
     M = post.coef_cov + d[..., :, None] * d[..., None, :]  # (L, C, K, p, p)
     Gi = solve_triangular(jnp.broadcast_to(G[None], M.shape), M, lower=True)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
+from emjax._linalg import diagonal
 from emjax.gmm import plan as plan_lib
 
 Array = jax.Array
@@ -114,7 +115,7 @@ def _precision_cholesky_of_matrix(cov: Array, blocked_inverse: bool | None = Non
     """
     d = cov.shape[-1]
     eye = jnp.eye(d, dtype=cov.dtype)
-    scale = jnp.mean(jnp.diagonal(cov, axis1=-2, axis2=-1), axis=-1)[..., None, None]
+    scale = jnp.mean(diagonal(cov), axis=-1)[..., None, None]
     rel = relative_jitter(cov.dtype, d)
     retry = rel * jnp.abs(scale) + jnp.finfo(cov.dtype).tiny ** 0.5
     if unrolled:
@@ -218,13 +219,15 @@ def lower_triangular_inverse(L: Array) -> Array:
         pad = jnp.pad(L, [(0, 0)] * len(batch) + [(0, p - d), (0, p - d)])
         L = pad + jnp.diag(jnp.arange(p) >= d).astype(L.dtype)
     hi = jax.lax.Precision.HIGHEST
-    inv = (1.0 / jnp.diagonal(L, axis1=-2, axis2=-1))[..., None, None]  # p blocks of 1 x 1
+    inv = (1.0 / diagonal(L))[..., None, None]  # p blocks of 1 x 1
     s = 1
     while s < p:
         nb = p // (2 * s)
-        # the nb diagonal blocks of size 2s, (..., nb, 2s, 2s), and their lower-left quarters
-        blocks = jnp.diagonal(L.reshape(batch + (nb, 2 * s, nb, 2 * s)), axis1=-4, axis2=-2)
-        b = jnp.moveaxis(blocks, -1, -3)[..., s:, :s]
+        # the nb diagonal blocks of size 2s, (..., nb, 2s, 2s), and their lower-left quarters:
+        # blocks (i, i) of the (nb, nb) grid of blocks, a strided slice
+        grid = jnp.moveaxis(L.reshape(batch + (nb, 2 * s, nb, 2 * s)), -2, -3)
+        blocks = grid.reshape(batch + (nb * nb, 2 * s, 2 * s))[..., :: nb + 1, :, :]
+        b = blocks[..., s:, :s]
         ai, ci = inv[..., 0::2, :, :], inv[..., 1::2, :, :]
         bi = -jnp.matmul(ci, jnp.matmul(b, ai, precision=hi), precision=hi)
         top = jnp.concatenate([ai, jnp.zeros_like(ai)], -1)
@@ -278,7 +281,7 @@ def log_det_precision_cholesky(cov: Covariance, n_features: int) -> Array:
     """``log|U_k|``, i.e. ``-0.5 log|Sigma_k|``: shape ``(n_components,)`` or ``()`` for tied."""
     pc = cov.precisions_cholesky
     if isinstance(cov, (FullCovariance, TiedCovariance)):
-        return jnp.sum(jnp.log(jnp.diagonal(pc, axis1=-2, axis2=-1)), axis=-1)
+        return jnp.sum(jnp.log(diagonal(pc)), axis=-1)
     if isinstance(cov, DiagCovariance):
         return jnp.sum(jnp.log(pc), axis=-1)
     return n_features * jnp.log(pc)

@@ -21,7 +21,7 @@ from jax.scipy.linalg import solve_triangular
 
 from emjax import _validation as v
 from emjax import _xla, em
-from emjax._linalg import after
+from emjax._linalg import after, diagonal
 from emjax.gmm import GMMParams, fitting, steps
 from emjax.gmm import covariance as cov_lib
 from emjax.gmm import reseed as reseed_lib
@@ -64,13 +64,13 @@ def _is_matrix(covariance_type: str) -> bool:
 
 def _tri_exp_diag(raw: Array) -> Array:
     """Upper-triangular factor from raw entries: strict upper triangle kept, diagonal exp'ed."""
-    diag = jnp.diagonal(raw, axis1=-2, axis2=-1)
+    diag = diagonal(raw)
     eye = jnp.eye(raw.shape[-1], dtype=raw.dtype)
     return jnp.triu(raw, 1) + jnp.exp(diag)[..., None] * eye
 
 
 def _tri_log_diag(u: Array) -> Array:
-    diag = jnp.diagonal(u, axis1=-2, axis2=-1)
+    diag = diagonal(u)
     eye = jnp.eye(u.shape[-1], dtype=u.dtype)
     return jnp.triu(u, 1) + jnp.log(diag)[..., None] * eye
 

@@ -47,7 +47,7 @@ from jax.scipy.special import logsumexp
 
 from emjax import _sizes, _xla, em, kmeans
 from emjax import _validation as v
-from emjax._linalg import after
+from emjax._linalg import after, diagonal
 from emjax.gmm import covariance as cov_lib
 from emjax.gmm import fitting, steps
 from emjax.gmm import reseed as reseed_lib
@@ -579,7 +579,7 @@ def _factor_lapack(A: Array, b: Array, floor: float, want: bool) -> _Factor:
     bb = jnp.moveaxis(b.reshape(J, -1), -1, 0)  # (B, J)
     z = jnp.einsum("bij,bj->bi", Li, bb)
     y = jnp.einsum("bij,bi->bj", Li, z)
-    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=1, axis2=2)), axis=1)
+    logdet = 2.0 * jnp.sum(jnp.log(diagonal(L)), axis=1)
 
     def back(a, lead):  # (B, *lead) -> (*lead, *batch)
         return jnp.moveaxis(a, 0, -1).reshape(lead + batch)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from emjax import em
+from emjax import _linalg, em
 from emjax.gmm import GMMParams, steps
 from emjax.gmm import covariance as cov_lib
 
@@ -139,7 +139,8 @@ def reseed(params: GMMParams, empty: Array, X: Array, score: Array, *, covarianc
             eye = jnp.eye(avg.shape[-1], dtype=avg.dtype)
             diagonal = pool >= steps.POOL["diag"]
             new_cov = jnp.where(diagonal, avg, new_cov)
-            new_pc = jnp.where(diagonal, jax.lax.rsqrt(jnp.diagonal(avg))[None, :] * eye, new_pc)
+            new_pc = jnp.where(diagonal, jax.lax.rsqrt(_linalg.diagonal(avg))[None, :] * eye,
+                               new_pc)
         cov = cov_lib.FullCovariance(jnp.where(eb, new_cov[None], cov.covariances),
                                      jnp.where(eb, new_pc[None], cov.precisions_cholesky))
     elif not isinstance(cov, cov_lib.TiedCovariance):

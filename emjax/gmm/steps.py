@@ -18,6 +18,7 @@ from jax.scipy.special import logsumexp
 from emjax import _sizes
 from emjax import _validation as v
 from emjax._chunks import fold_chunks, rows
+from emjax._linalg import diagonal
 from emjax.gmm import covariance as cov_lib
 from emjax.gmm.covariance import Covariance
 
@@ -312,7 +313,7 @@ def params_from_stats_checked(stats: SuffStats, *, covariance_type: str = "full"
             if pool is not None:
                 tied = jnp.sum(scatter, 0) / jnp.sum(nk) + reg_covar * eye
                 # The diagonal M-step's own expression, from the diagonal of the moments.
-                var = (jnp.diagonal(stats.sxx, axis1=1, axis2=2) / nk[:, None] - delta * delta
+                var = (diagonal(stats.sxx) / nk[:, None] - delta * delta
                        + reg_covar)
                 var = _spherical_if_pooled(var, pool, real, n_features)
                 covs = jnp.where(pool == POOL["tied"], jnp.broadcast_to(tied, covs.shape),
