@@ -362,8 +362,8 @@ def best_index(log_likelihoods: Array) -> Array:
 def select(tree: Any, index: Array) -> Any:
     """Take element ``index`` (in range) along the leading (restart) axis of every leaf (a
     dynamic slice: ``x[index]`` adds index normalisation to every leaf)."""
-    return jax.tree_util.tree_map(
-        lambda x: jax.lax.dynamic_index_in_dim(x, index, keepdims=False), tree)
+    return jax.tree_util.tree_map(lambda x: jax.lax.dynamic_index_in_dim(
+        x, index, keepdims=False, allow_negative_indices=False), tree)
 
 
 @jax.tree_util.register_dataclass
