@@ -396,7 +396,7 @@ def _fit_program(X, key, sample_weight, initial, tol, ll_prev, n_used=None, max_
     # A traced n_active: the first n_active of options.n_components components exist, the
     # others are padding (see make_model). centers0: _centers_program's result for these
     # arguments (else the hard initialisation is computed here). A traced pool: the
-    # steps.POOL code of the covariance type this full or diagonal fit computes (pooled_as).
+    # steps.POOL code of the covariance type this full or diagonal fit computes (plan.pooled_type).
     # A traced n_features: X's columns after the first n_features are zero padding (a tiny fit).
     n_components, covariance_type, init_method, reg_covar, history_size, n_init, n_lloyd = options
     if max_iter is None:
@@ -747,8 +747,8 @@ def fit(
             res = _real_features(res, int(n_features))
         params, restart_params = res.params, res.restarts.params
         if pooled:
-            params = steps.pooled_as(params, requested)
-            restart_params = steps.pooled_as(restart_params, requested, lead=1)
+            params = steps.from_pooled(params, requested)
+            restart_params = steps.from_pooled(restart_params, requested, lead=1)
         res = jax.device_put(res._replace(
             params=steps.first_components(params, n_components),
             restarts=res.restarts._replace(

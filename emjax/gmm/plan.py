@@ -452,7 +452,7 @@ def make_plan(covariance_type: str, dtype, n_samples: int, n_features: int, n_co
 POOLED_AS = {"full": "full", "tied": "full", "diag": "diag", "spherical": "diag"}
 
 
-def pooled_as(covariance_type: str, n_features: int, backend: str | None = None) -> str:
+def pooled_type(covariance_type: str, n_features: int, backend: str | None = None) -> str:
     """The covariance type whose program a small fit of ``covariance_type`` runs."""
     if (covariance_type in ("diag", "spherical")
             and n_features <= tuning(backend).diagonal_as_full_max_features):
@@ -462,14 +462,14 @@ def pooled_as(covariance_type: str, n_features: int, backend: str | None = None)
 
 def pooled_plan(plan: PassPlan, dtype, n_samples: int, n_features: int,
                 n_components: int) -> PassPlan | None:
-    """The plan of the fit that a fit planned as ``plan`` runs as (:func:`pooled_as`: tied as
+    """The plan of the fit that a fit planned as ``plan`` runs as (:func:`pooled_type`: tied as
     full, spherical as diagonal; with few features diagonal and spherical as full), its M-step
     pooling the covariances to the same values, so that fits of these types share one program;
     the plan itself when it runs as planned; None when either plan is fused (the fused forms
     differ), where each type runs its own program."""
     if plan.fused:
         return None
-    base = pooled_as(plan.covariance_type, n_features, plan.backend)
+    base = pooled_type(plan.covariance_type, n_features, plan.backend)
     if base == plan.covariance_type:
         return plan
     base_plan = make_plan(base, dtype, n_samples, n_features, n_components, plan.backend)
@@ -480,10 +480,10 @@ def tiny_shape(covariance_type: str, n_samples: int, n_features: int,
                backend: str | None = None) -> tuple[int, int] | None:
     """The ``(rows, features)`` a small fit of tiny data runs on: a power of two of rows (at
     least 64) and ``Tuning.tiny_features`` features, which every tiny data set shares (as full
-    covariances, :func:`pooled_as`); None when the data are not tiny on ``backend``."""
+    covariances, :func:`pooled_type`); None when the data are not tiny on ``backend``."""
     t = tuning(backend)
     if (n_samples <= t.tiny_max_rows and n_features <= t.tiny_features
-            and pooled_as(covariance_type, t.tiny_features, backend) == "full"):
+            and pooled_type(covariance_type, t.tiny_features, backend) == "full"):
         return max(64, 1 << (n_samples - 1).bit_length()), t.tiny_features
     return None
 
@@ -658,5 +658,5 @@ def explain_plan(n_samples: int, n_features: int, n_components: int, *,
 
 
 __all__ = ["CPU", "PLAIN", "POOLED_AS", "TUNING", "PassPlan", "RunShape", "Tuning", "describe",
-           "explain_plan", "make_plan", "pooled_as", "pooled_plan", "run_plan", "run_shape",
+           "explain_plan", "make_plan", "pooled_plan", "pooled_type", "run_plan", "run_shape",
            "tiny_shape", "tuning"]

@@ -178,7 +178,7 @@ def _grid_program(X, resp0, sample_weight, tol, ks, n_parameters, pool=None, *,
                   covariance_type, reg_covar, max_iter, callback):
     # ks (G,) and n_parameters (G,) are traced: grids of one length and K_max share a program.
     # A traced pool: the steps.POOL code of the covariance type this full or diagonal grid
-    # computes (plan.pooled_as: a sweep over covariance types shares the program).
+    # computes (plan.pooled_type: a sweep over covariance types shares the program).
     w = sample_weight
     n, d = X.shape
     Xc, shift = _centre(X, w)
@@ -308,7 +308,7 @@ def fit_grid(
         # As emjax.fit: a small grid runs the program of the type its M-step pools from (tied
         # as full, spherical as diagonal; with few features every type as full), the same
         # values, so a sweep over covariance types compiles one or two programs.
-        run_as = plan_lib.pooled_as(covariance_type, Xa.shape[1])
+        run_as = plan_lib.pooled_type(covariance_type, Xa.shape[1])
         pool = np.int32(steps.POOL[covariance_type])
     args = (Xj, jax.ShapeDtypeStruct((len(ks), n_init, n, max(ks)), dtype), wj,
             jnp.asarray(tol, dtype), ks_arr, n_par, pool)
@@ -322,7 +322,7 @@ def fit_grid(
     r = out.res
     params = out.params
     if run_as != covariance_type:  # on the host: slicing device arrays compiles a program each
-        params = jax.device_put(steps.pooled_as(jax.tree_util.tree_map(np.asarray, params),
+        params = jax.device_put(steps.from_pooled(jax.tree_util.tree_map(np.asarray, params),
                                                 covariance_type, lead=2))
     return GridResult(
         covariance_type=covariance_type,

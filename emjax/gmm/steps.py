@@ -293,7 +293,8 @@ def params_from_stats_checked(stats: SuffStats, *, covariance_type: str = "full"
     and diagonal covariances only: the M-step gives every component the tied covariance
     (``POOL["tied"]``, full), each component its diagonal (``"diag"``, full) or its spherical
     variance in each feature (``"spherical"``, full or diagonal), the same values as that
-    type's own M-step, so one compiled fit serves several types (see :func:`pooled_as`).
+    type's own M-step, so one compiled fit serves several types (see
+    :func:`emjax.gmm.plan.pooled_type`).
 
     ``n_features``: optional traced int, full covariances only: the features after the first
     ``n_features`` are padding (zero columns): their block is the identity, so they add
@@ -547,10 +548,10 @@ def filler_params(covariance_type: str, k: int, d: int, dtype, lead: tuple = ())
     return GMMParams(jnp.zeros(lead + (k,), dtype), jnp.zeros(lead + (k, d), dtype), cov)
 
 
-def pooled_as(params: GMMParams, covariance_type: str, lead: int = 0) -> GMMParams:
-    """``params`` of a fit run as ``plan.pooled_as(covariance_type, ...)`` with pooled covariances
-    (every component's the same matrix, diagonal matrices, or each component's variances
-    equal), in ``covariance_type``'s own form (``lead`` leading batch axes; NumPy or JAX
+def from_pooled(params: GMMParams, covariance_type: str, lead: int = 0) -> GMMParams:
+    """``params`` of a fit run as ``plan.pooled_type(covariance_type, ...)`` with pooled
+    covariances (every component's the same matrix, diagonal matrices, or each component's
+    variances equal), in ``covariance_type``'s own form (``lead`` leading batch axes; NumPy or JAX
     arrays)."""
     cov = params.covariance
     full = isinstance(cov, cov_lib.FullCovariance)

@@ -105,7 +105,7 @@ def test_driver_compiles_once_per_configuration(blobs):
     emjax.fit(blobs[:100], 2, covariance_type="tied", n_init=2, max_iter=20)
     assert fitting.compiled_programs() - before == 4  # a new size class compiles once
     # Another covariance type on the same data (a model-selection sweep): with few features
-    # every type runs the full fit's programs (plan.pooled_as).
+    # every type runs the full fit's programs (plan.pooled_type).
     emjax.fit(blobs[:100], 2, covariance_type="spherical", n_init=2, max_iter=20)
     emjax.fit(blobs[:100], 2, covariance_type="diag", n_init=2, max_iter=20)
     assert fitting.compiled_programs() - before == 4

@@ -294,7 +294,7 @@ def test_small_fits_share_the_programs_of_full_and_diag(pooled, base, n_features
     diagonal and spherical ones too with few features, else a spherical fit runs the diagonal
     fit's. It equals the fit by the type's own steps (the traced fit, which runs exactly the
     type asked for) and comes back in its own form."""
-    assert plan_lib.pooled_as(pooled, n_features) == base
+    assert plan_lib.pooled_type(pooled, n_features) == base
     X = _data(101)
     X = np.hstack([X, np.random.default_rng(1).normal(size=(101, n_features - 2))])
     kw = dict(KW, key=3)
@@ -342,6 +342,6 @@ def test_pooled_full_reseed_equals_the_diagonal_types_own(covariance_type):
                               pool=np.int32(steps.POOL[covariance_type]))
     b, fb = reseed_lib.reseed(own, empty, X, score, covariance_type=covariance_type)
     assert int(fa) == int(fb) != 0
-    a = steps.pooled_as(jax.tree_util.tree_map(np.asarray, a), covariance_type)
+    a = steps.from_pooled(jax.tree_util.tree_map(np.asarray, a), covariance_type)
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
         np.testing.assert_allclose(x, y, rtol=1e-12)

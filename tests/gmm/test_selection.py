@@ -50,7 +50,7 @@ def _compare_grid_to_separate_fits(X, ks, cov, key):
 
 # Few cases: every grid and every K is one compilation. Full covers the per-component padding
 # (diag and spherical pad the same way), in float32 iteration for iteration; tied, which a small
-# grid runs in the full program pooled (plan.pooled_as), in float64 (float32 rounds the pooled
+# grid runs in the full program pooled (plan.pooled_type), in float64 (float32 rounds the pooled
 # M-step otherwise than tied's own, and tol = 1e-9 is below its rounding). All four types, in
 # both precisions: experiments/grid_vs_separate.py.
 @pytest.mark.parametrize("cov,dtype,ks", [
@@ -64,7 +64,7 @@ def test_grid_equals_separate_fits(blobs, cov, dtype, ks):
 
 def test_small_grids_of_every_covariance_type_share_one_program(blobs):
     """With few features a small grid of any covariance type runs the full grid's program, the
-    M-step pooling the covariances (plan.pooled_as); each comes back in its own form."""
+    M-step pooling the covariances (plan.pooled_type); each comes back in its own form."""
     kw = dict(n_init=1, max_iter=20, key=jax.random.key(0))
     selection.fit_grid(blobs, (1, 2), covariance_type="full", **kw)
     before = selection._grid_compiled._cache_size()
