@@ -868,6 +868,9 @@ class PathPrediction(NamedTuple):
     proba: Array
 
 
+_basis_values = jax.jit(lambda tau, *, basis: basis(tau), static_argnames=("basis",))
+
+
 def _check_basis(basis: Basis, data: FMMData) -> None:
     """Predicting with another basis than the one the data were prepared with is a user error:
     caught by size always, and by value when the data are concrete (not traced under jit)."""
@@ -880,7 +883,10 @@ def _check_basis(basis: Basis, data: FMMData) -> None:
     if isinstance(data.tau, jax.core.Tracer) or isinstance(data.design, jax.core.Tracer):
         return
     tau, design = np.asarray(data.tau), np.asarray(data.design)
-    again = np.asarray(basis(jnp.asarray(tau)), design.dtype)
+    L, N = tau.shape
+    # compiled on tau padded to its size classes (op by op it would compile per shape)
+    grown = np.pad(tau, ((0, size_class(L) - L), (0, size_class(N) - N)))
+    again = np.asarray(_basis_values(grown, basis=basis), design.dtype)[:L, :N]
     tol = 1e-4 if design.dtype == np.float32 else 1e-9
     if not np.allclose(again, design, rtol=tol, atol=tol):
         raise ValueError(f"basis {basis} is not the basis the data were prepared with (same size "
@@ -899,6 +905,17 @@ def predict_path(params: FMMParams, data: FMMData, times: Array, *, basis: Basis
     probabilities (docs/failure_mode.md, "in-service unit").
     """
     _check_basis(basis, data)
+    if not v.is_traced(params, data, times):
+        L, Lp, padded = _padded(data)
+        times = np.asarray(times, data.x.dtype)
+        if times.ndim == 2:
+            times = np.pad(times, ((0, Lp - L), (0, 0)), mode="edge")
+        return _cut(_compiled["path"](params, padded, times, basis=basis,
+                                      include_noise=include_noise), L)
+    return _predict_path(params, data, times, basis=basis, include_noise=include_noise)
+
+
+def _predict_path(params, data, times, *, basis, include_noise):
     post = posterior(params, data)
     L = data.n.shape[0]
     times = jnp.asarray(times, data.x.dtype)
@@ -945,6 +962,12 @@ def failure_time_samples(key: Array, params: FMMParams, data: FMMData, t_now, *,
         ``(horizon - t_now) / n_grid``.
     """
     _check_basis(basis, data)
+    return _unit_call("samples", (key,), params, data, t_now, horizon, threshold, basis=basis,
+                      channel=channel, n_samples=n_samples, n_grid=n_grid)
+
+
+def _failure_time_samples(key, params, data, t_now, horizon, threshold, *, basis, channel,
+                          n_samples, n_grid):
     post = posterior(params, data)
     t_now, grid = _rul_grid(data, t_now, horizon, n_grid)
     phi = basis(grid / data.t_scale).astype(data.x.dtype)  # (L, G, p)
@@ -984,6 +1007,11 @@ def failure_cdf(params: FMMParams, data: FMMData, t_now, *, basis: Basis, thresh
       ``(grid, cdf)``, both ``(L, n_grid)``; ``grid`` in original time units.
     """
     _check_basis(basis, data)
+    return _unit_call("cdf", (), params, data, t_now, horizon, threshold, basis=basis,
+                      channel=channel, n_grid=n_grid)
+
+
+def _failure_cdf(params, data, t_now, horizon, threshold, *, basis, channel, n_grid):
     post = posterior(params, data)
     t_now, grid = _rul_grid(data, t_now, horizon, n_grid)
     phi = basis(grid / data.t_scale).astype(data.x.dtype)
@@ -1005,12 +1033,62 @@ def rul_point(params: FMMParams, data: FMMData, t_now, *, basis: Basis, threshol
     failure level and the observation noise, use
     :class:`~emjax.failure_mode.prognostics.PrognosticModel`.
     """
-    grid, cdf = failure_cdf(params, data, t_now, basis=basis, threshold=threshold,
-                            horizon=horizon, channel=channel, n_grid=n_grid)
+    _check_basis(basis, data)
+    return _unit_call("rul", (), params, data, t_now, horizon, threshold, basis=basis,
+                      channel=channel, n_grid=n_grid)
+
+
+def _rul_point(params, data, t_now, horizon, threshold, *, basis, channel, n_grid):
+    grid, cdf = _failure_cdf(params, data, t_now, horizon, threshold, basis=basis,
+                             channel=channel, n_grid=n_grid)
     t_now = jnp.broadcast_to(jnp.asarray(t_now, data.x.dtype), grid.shape[:1])
     hit = cdf >= 0.5
     t = jnp.take_along_axis(grid, jnp.argmax(hit, -1)[:, None], -1)[:, 0]
     return jnp.where(jnp.any(hit, -1), t - t_now, jnp.inf)
+
+
+# On concrete data the functions above run compiled, on units and observations padded to their
+# size classes (pad_to_classes), and cut on the host: op by op, every operation would compile
+# for every new shape (1.5-3.5 s a call).
+
+
+def _padded(data: FMMData) -> tuple[int, int, FMMData]:
+    padded = pad_to_classes(data)
+    return data.n.shape[0], padded.n.shape[0], padded
+
+
+def _per_unit(a, data: FMMData, n_units: int) -> np.ndarray:
+    """A ``()`` or ``(L,)`` per-unit value, ``(n_units,)``: the padding units repeat the last
+    unit's (finite, in order)."""
+    L = data.n.shape[0]
+    a = np.broadcast_to(np.asarray(a, data.x.dtype), (L,))
+    return np.pad(a, (0, n_units - L), mode="edge")
+
+
+def _cut(out, L: int):
+    return jax.tree_util.tree_map(lambda a: jax.device_put(np.asarray(a)[:L]), out)
+
+
+def _unit_call(name: str, lead: tuple, params, data, t_now, horizon, threshold, **static):
+    """``impl(*lead, params, data, t_now, horizon, threshold, **static)`` of the function
+    ``name``: in a trace as it is; on concrete data compiled on the padded units, cut to
+    ``L``."""
+    if v.is_traced(*lead, params, data, t_now, horizon, threshold):
+        return _IMPLS[name](*lead, params, data, t_now, horizon, threshold, **static)
+    L, Lp, padded = _padded(data)
+    return _cut(_compiled[name](*lead, params, padded, _per_unit(t_now, data, Lp),
+                                _per_unit(horizon, data, Lp),
+                                np.asarray(threshold, data.x.dtype), **static), L)
+
+
+_IMPLS = {"samples": _failure_time_samples, "cdf": _failure_cdf, "rul": _rul_point}
+_compiled = {
+    "path": jax.jit(_predict_path, static_argnames=("basis", "include_noise")),
+    "samples": jax.jit(_failure_time_samples,
+                       static_argnames=("basis", "channel", "n_samples", "n_grid")),
+    "cdf": jax.jit(_failure_cdf, static_argnames=("basis", "channel", "n_grid")),
+    "rul": jax.jit(_rul_point, static_argnames=("basis", "channel", "n_grid")),
+}
 
 
 # --------------------------------------------------------------------------------------------

@@ -460,3 +460,45 @@ def test_fleets_of_one_size_class_share_one_program_and_equal_the_fit_as_given()
     np.testing.assert_allclose(got.responsibilities, ref.responsibilities, atol=1e-10)
     np.testing.assert_allclose(got.params.means, ref.params.means, rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(got.restarts.n_iter, ref.restarts.n_iter)
+
+
+def test_predictions_on_concrete_data_share_programs_and_equal_the_traced_ones(easy):
+    """predict_path, failure_cdf, rul_point and failure_time_samples on concrete units run one
+    compiled program per size class (6 and 7 units, other lengths: the same), with the values
+    of the same functions traced on the units as given."""
+    _, _, res = easy
+    basis = fm.Basis()
+
+    def part(seed, n):
+        syn = fd.make_synthetic(seed, n_units=n, run_to_failure=True, horizon=(2.0, 2.0))
+        t_now = 0.5 * np.where(np.isfinite(syn.end), syn.end, 1.0)
+        seen = np.isfinite(syn.values) & (syn.times <= t_now[:, None])[:, None]
+        return fm.make_data(syn.times, syn.values, seen, t_scale=1.0), t_now
+
+    grid = np.linspace(0.0, 1.5, 20)
+    kw = dict(basis=basis, threshold=2.5, horizon=3.0, n_grid=100)
+    calls = {
+        "path": lambda d, t: fm.predict_path(res.params, d, grid, basis=basis),
+        "cdf": lambda d, t: fm.failure_cdf(res.params, d, t, **kw),
+        "rul": lambda d, t: fm.rul_point(res.params, d, t, **kw),
+        "samples": lambda d, t: fm.failure_time_samples(jax.random.key(2), res.params, d, t,
+                                                        n_samples=50, **kw),
+    }
+    traced = {
+        "path": lambda d, t: predict_path(res.params, d, grid, basis=basis),
+        "cdf": lambda d, t: failure_cdf(res.params, d, t, **kw),
+        "rul": lambda d, t: rul_point(res.params, d, t, **kw),
+        "samples": lambda d, t: failure_time_samples(jax.random.key(2), res.params, d, t,
+                                                     n_samples=50, **kw),
+    }
+    d6, t6 = part(21, 6)
+    for f in calls.values():
+        f(d6, t6)
+    sizes = {k: f._cache_size() for k, f in fm.model._compiled.items()}
+    d7, t7 = part(22, 7)
+    for name, f in calls.items():
+        got, ref = f(d7, t7), traced[name](d7, t7)
+        for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
+            assert np.shape(a)[0] == 7
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    assert {k: f._cache_size() for k, f in fm.model._compiled.items()} == sizes
