@@ -26,12 +26,14 @@ def restart_class(n_init: int) -> int:
     return n_init if n_init <= 8 else _ladder_class(n_init, 2)
 
 
-def _ladder_class(n: int, multiple: int) -> int:
-    """The smallest ``2^(j / SIZE_CLASSES_PER_OCTAVE)``, rounded up to a multiple of
-    ``multiple``, that is ``>= n``: the one geometric ladder of row and restart classes."""
-    j = math.ceil(SIZE_CLASSES_PER_OCTAVE * math.log2(n)) - 1
+def _ladder_class(n: int, multiple: int, per_octave: int | None = None) -> int:
+    """The smallest ``2^(j / per_octave)``, rounded up to a multiple of ``multiple``, that is
+    ``>= n``: the one geometric ladder of row and restart classes (``per_octave`` default
+    :data:`SIZE_CLASSES_PER_OCTAVE`; coarser for the missing-data layout's buckets)."""
+    per_octave = per_octave or SIZE_CLASSES_PER_OCTAVE
+    j = math.ceil(per_octave * math.log2(n)) - 1
     while True:
-        c = -(-math.ceil(2.0 ** (j / SIZE_CLASSES_PER_OCTAVE)) // multiple) * multiple
+        c = -(-math.ceil(2.0 ** (j / per_octave)) // multiple) * multiple
         if c >= n:
             return c
         j += 1
@@ -48,6 +50,24 @@ def power_class(n: int) -> int:
     """The next power of two ``>= n``, at least 256: the coarse class of work that costs
     little per row (draws, per-row results), where fewer programs beat less padding."""
     return max(256, 1 << (int(n) - 1).bit_length())
+
+
+def draw_class(n_samples: int) -> int:
+    """The draws a sampler makes for ``n_samples``: its :func:`power_class` when JAX's PRNG is
+    partitionable (each row drawn from its index, so the first ``n_samples`` rows are the draws
+    for ``n_samples`` itself), else ``n_samples``."""
+    import jax
+
+    return power_class(n_samples) if jax.config.jax_threefry_partitionable else n_samples
+
+
+def first_rows(tree, n: int):
+    """Every leaf of ``tree`` cut to its first ``n`` rows on the host, back on the device: what a
+    program run on rows padded to a class returns for the rows asked for (slicing on the
+    device would compile a small program per ``n``)."""
+    import jax
+
+    return jax.tree_util.tree_map(lambda a: jax.device_put(np.asarray(a)[:n]), tree)
 
 
 #: Fits of up to this many rows are padded to their size class. Past it a fit runs long enough

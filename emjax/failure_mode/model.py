@@ -35,7 +35,7 @@ from jax.scipy.special import logsumexp
 from emjax import _validation as v
 from emjax import _xla, em, kmeans
 from emjax._linalg import after, diagonal
-from emjax._sizes import history_class, size_class
+from emjax._sizes import first_rows, history_class, size_class
 
 Array = jax.Array
 
@@ -910,8 +910,8 @@ def predict_path(params: FMMParams, data: FMMData, times: Array, *, basis: Basis
         times = np.asarray(times, data.x.dtype)
         if times.ndim == 2:
             times = np.pad(times, ((0, Lp - L), (0, 0)), mode="edge")
-        return _cut(_compiled["path"](params, padded, times, basis=basis,
-                                      include_noise=include_noise), L)
+        return first_rows(_compiled["path"](params, padded, times, basis=basis,
+                                            include_noise=include_noise), L)
     return _predict_path(params, data, times, basis=basis, include_noise=include_noise)
 
 
@@ -1057,16 +1057,12 @@ def _padded(data: FMMData) -> tuple[int, int, FMMData]:
     return data.n.shape[0], padded.n.shape[0], padded
 
 
-def _per_unit(a, data: FMMData, n_units: int) -> np.ndarray:
+def per_unit(a, data: FMMData, n_units: int) -> np.ndarray:
     """A ``()`` or ``(L,)`` per-unit value, ``(n_units,)``: the padding units repeat the last
     unit's (finite, in order)."""
     L = data.n.shape[0]
     a = np.broadcast_to(np.asarray(a, data.x.dtype), (L,))
     return np.pad(a, (0, n_units - L), mode="edge")
-
-
-def _cut(out, L: int):
-    return jax.tree_util.tree_map(lambda a: jax.device_put(np.asarray(a)[:L]), out)
 
 
 def _unit_call(name: str, lead: tuple, params, data, t_now, horizon, threshold, **static):
@@ -1076,9 +1072,9 @@ def _unit_call(name: str, lead: tuple, params, data, t_now, horizon, threshold, 
     if v.is_traced(*lead, params, data, t_now, horizon, threshold):
         return _IMPLS[name](*lead, params, data, t_now, horizon, threshold, **static)
     L, Lp, padded = _padded(data)
-    return _cut(_compiled[name](*lead, params, padded, _per_unit(t_now, data, Lp),
-                                _per_unit(horizon, data, Lp),
-                                np.asarray(threshold, data.x.dtype), **static), L)
+    return first_rows(_compiled[name](*lead, params, padded, per_unit(t_now, data, Lp),
+                                      per_unit(horizon, data, Lp),
+                                      np.asarray(threshold, data.x.dtype), **static), L)
 
 
 _IMPLS = {"samples": _failure_time_samples, "cdf": _failure_cdf, "rul": _rul_point}
@@ -1162,7 +1158,7 @@ __all__ = [
     "bic", "bspline_basis", "data_from_arrays", "e_step", "failure_cdf", "failure_time_samples",
     "fit", "icl", "init_params", "log_prior", "log_responsibilities", "m_step", "make_data",
     "make_model", "match_labels", "match_modes",
-    "n_parameters", "pad_to_classes", "permute_modes", "polynomial_basis", "posterior", "predict",
-    "predict_path",
+    "n_parameters", "pad_to_classes", "per_unit", "permute_modes", "polynomial_basis",
+    "posterior", "predict", "predict_path",
     "predict_proba", "q_function", "ridge_coefficients", "rul_point",
 ]

@@ -30,6 +30,7 @@ from emjax.failure_mode.model import (
     log_responsibilities,
     make_data,
     pad_to_classes,
+    per_unit,
     posterior,
 )
 
@@ -304,12 +305,12 @@ class PrognosticModel:
         level_var = (f.level_sd / self.scale[c]) ** 2
         dt = self.dtype
         # one compiled forecast per size class of the units and observations (padding units:
-        # no observation, a horizon after their t_now), cut on the host
+        # no observation, the last unit's t_now and horizon), cut on the host
         padded = pad_to_classes(data)
-        extra = padded.tau.shape[0] - L
+        n_units = padded.tau.shape[0]
         grid, cdf, gamma = _forecast_compiled(
-            self.params, padded, np.concatenate([t_now, np.zeros(extra)]).astype(dt),
-            np.concatenate([horizon, np.ones(extra)]).astype(dt), np.asarray(level, dt),
+            self.params, padded, per_unit(t_now, data, n_units),
+            per_unit(horizon, data, n_units), np.asarray(level, dt),
             np.asarray(level_var, dt), np.asarray(f.direction, dt),
             basis=self.basis, channel=int(c), n_grid=int(n_grid),
             include_noise=f.on == "observed")

@@ -222,7 +222,7 @@ def _score(family: Family, params: MixtureParams, X) -> tuple[np.ndarray, np.nda
     n = Xa.shape[0]
     n_rows = _sizes.padded_rows(n, Xa.itemsize * Xa.shape[1]) if n else None
     if n_rows is not None and n_rows > n:
-        Xa = np.concatenate([Xa, np.repeat(Xa[:1], n_rows - n, axis=0)])
+        Xa, _ = _sizes.pad_rows(Xa, None, n_rows)
     lr, ll = _score_compiled(_as_params(params, Xa.dtype), Xa, family=family)
     return np.asarray(lr)[:n], np.asarray(ll)[:n]
 
@@ -274,12 +274,9 @@ def sample(key: Array, family: Family, params: MixtureParams, n_samples: int) ->
     """``(X, labels)``: ``n_samples`` draws from the mixture and their components (one compiled
     program per class of ``n_samples``, as :func:`emjax.gmm.steps.sample`)."""
     n_samples = v.check_positive_int(n_samples, "n_samples")
-    n_class = _sizes.power_class(n_samples) if jax.config.jax_threefry_partitionable \
-        else n_samples
+    n_class = _sizes.draw_class(n_samples)
     out = _sample_compiled(key, params, family=family, n_samples=n_class)
-    if n_class == n_samples:
-        return out
-    return jax.tree_util.tree_map(lambda a: jax.device_put(np.asarray(a)[:n_samples]), out)
+    return out if n_class == n_samples else _sizes.first_rows(out, n_samples)
 
 
 

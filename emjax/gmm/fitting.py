@@ -745,14 +745,9 @@ def fit(
         res = res.first_iterations(max_iter)
         if n_features is not None:
             res = _real_features(res, int(n_features))
-        params, restart_params = res.params, res.restarts.params
         if pooled:
-            params = steps.from_pooled(params, requested)
-            restart_params = steps.from_pooled(restart_params, requested, lead=1)
-        res = jax.device_put(res._replace(
-            params=steps.first_components(params, n_components),
-            restarts=res.restarts._replace(
-                params=steps.first_components(restart_params, n_components, lead=1))))
+            res = each_params(res, lambda p, lead: steps.from_pooled(p, requested, lead=lead))
+        res = jax.device_put(first_components(res, n_components))
     if _shares_memory(Xd, Xa):
         # The fit runs asynchronously: finish it before returning, so that a later change to the
         # caller's array cannot reach a running fit.
@@ -765,12 +760,25 @@ def _real_features(res: FitResult, d: int) -> FitResult:
     parameters on those ``d`` (the padded block of every covariance and factor is the
     identity, so the rest is exact)."""
 
-    def cut(p):
+    def cut(p, lead):
         cov = type(p.covariance)(*(a[..., :d, :d] for a in p.covariance))
         return GMMParams(p.weights, p.means[..., :d], cov)
 
-    return res._replace(params=cut(res.params),
-                        restarts=res.restarts._replace(params=cut(res.restarts.params)))
+    return each_params(res, cut)
+
+
+def each_params(res: FitResult, fn) -> FitResult:
+    """``res`` with ``fn(params, lead)`` applied to the best restart's parameters (``lead`` 0)
+    and to every restart's (``lead`` 1, the restart axis)."""
+    return res._replace(params=fn(res.params, 0),
+                        restarts=res.restarts._replace(params=fn(res.restarts.params, 1)))
+
+
+def first_components(res: FitResult, k: int) -> FitResult:
+    """``res`` without the padding components after the first ``k``
+    (:func:`emjax.gmm.steps.first_components`; NumPy leaves: slicing device arrays would
+    compile a small program per shape)."""
+    return each_params(res, lambda p, lead: steps.first_components(p, k, lead=lead))
 
 
 #: Compiled fitting programs kept in memory; beyond it the cache is cleared (the disk cache,

@@ -207,14 +207,7 @@ TAIL_CLASSES_PER_OCTAVE = 2
 def _tail_class(n: int) -> int:
     """The smallest ``2^(j / TAIL_CLASSES_PER_OCTAVE)``, rounded up to a multiple of 8, that
     is ``>= n`` (at least 16)."""
-    if n <= 16:
-        return 16
-    j = math.floor(TAIL_CLASSES_PER_OCTAVE * math.log2(n))
-    while True:
-        c = -(-math.ceil(2.0 ** (j / TAIL_CLASSES_PER_OCTAVE)) // 8) * 8
-        if c >= n:
-            return c
-        j += 1
+    return 16 if n <= 16 else _sizes._ladder_class(n, 8, TAIL_CLASSES_PER_OCTAVE)
 
 
 #: The cumulative capacities (:func:`bucket_capacities`) of the size-class layouts made in
@@ -251,25 +244,27 @@ def bucket_capacities(n_miss_bucket: np.ndarray, n_buckets: int,
     each row's bucket ``n_miss_bucket``.
 
     ``C_b``, the rows needing bucket ``b`` or above, is padded to ``CC_b``:
-    :func:`rows_class` for all rows (``coarse`` as there), else :func:`_tail_class`, and at least 16
-    more than ``CC_{b+1}``; bucket ``b`` holds ``CC_b - CC_{b+1}``. A row may sit in a bucket
-    with more slots than it misses (padded slots), so the rows of ``C_b`` fit in buckets ``b``
-    and above whenever ``C_b <= CC_b``: a capacity made for earlier data of the same rows
-    class is taken when the rows fit it and no ``CC_b`` is over twice this data's own (plus
-    64), so data
-    sets of nearby sizes and similar holes share one program (:data:`_CAPACITIES`)."""
+    :func:`rows_class` for all rows (``coarse`` as there), else :func:`_tail_class`, and at
+    least 16 more than ``CC_{b+1}``; bucket ``b`` holds ``CC_b - CC_{b+1}``. A row may sit in
+    a bucket with more slots than it misses (padded slots), so the rows of ``C_b`` fit in
+    buckets ``b`` and above whenever ``C_b <= CC_b``: a capacity made for earlier data of the
+    same rows class is taken when the rows fit it and no ``CC_b`` is over twice this data's
+    own (plus 64), so data sets of nearby sizes and similar holes share one program
+    (:data:`_CAPACITIES`)."""
     counts = np.bincount(n_miss_bucket, minlength=n_buckets)[:n_buckets]
     tail = np.cumsum(counts[::-1])[::-1]  # C_b
     fresh = _fresh_capacities(tail, coarse)
     made = _CAPACITIES.setdefault((rows_class(int(tail[0]), coarse), n_buckets), [])
-    for cc in reversed(made):
-        if np.all(cc >= tail) and np.all(cc <= 2 * fresh + 64):
-            return np.diff(np.append(cc, 0)) * -1
-    if made and np.all(made[-1] <= 2 * fresh + 64):
-        fresh = np.maximum(fresh, made[-1])  # also holds the data the last one was made for
-    made.append(fresh)
-    del made[:-_MAX_CAPACITIES]
-    return np.diff(np.append(fresh, 0)) * -1
+    fits = [cc for cc in made if np.all(cc >= tail) and np.all(cc <= 2 * fresh + 64)]
+    if fits:
+        cc = fits[-1]  # the newest
+    else:
+        if made and np.all(made[-1] <= 2 * fresh + 64):
+            fresh = np.maximum(fresh, made[-1])  # also holds the data the last one was made for
+        cc = fresh
+        made.append(cc)
+        del made[:-_MAX_CAPACITIES]
+    return cc - np.append(cc[1:], 0)
 
 
 def chunk_rows(n_components: int, n_features: int, n_slots: int, dtype) -> int:
@@ -1126,12 +1121,8 @@ def _run_fit(X: np.ndarray, w: np.ndarray | None, key, initial, tol, options, ca
                              static, "missing")
     if k_class is None:
         return res
-    # the padding components dropped on the host (slicing device arrays compiles per shape)
-    res = jax.tree_util.tree_map(np.asarray, res)
-    return jax.device_put(res._replace(
-        params=steps.first_components(res.params, n_components),
-        restarts=res.restarts._replace(
-            params=steps.first_components(res.restarts.params, n_components, lead=1))))
+    return jax.device_put(fitting.first_components(jax.tree_util.tree_map(np.asarray, res),
+                                                   n_components))
 
 
 def fit(

@@ -386,11 +386,8 @@ def _per_row(fn, params: GMMParams, X: Array):
     n_rows = _sizes.padded_rows(n, X.dtype.itemsize * X.shape[1]) if n else None
     if n_rows is None or n_rows == n:
         return _PER_ROW[fn](params, X)
-    Xp = np.empty((n_rows, X.shape[1]), X.dtype)
-    Xp[:n] = np.asarray(X)
-    Xp[n:] = Xp[0]
-    out = _PER_ROW[fn](params, Xp)
-    return jax.tree_util.tree_map(lambda a: jax.device_put(np.asarray(a)[:n]), out)
+    Xp, _ = _sizes.pad_rows(np.asarray(X), None, n_rows)
+    return _sizes.first_rows(_PER_ROW[fn](params, Xp), n)
 
 
 def _e_rows(params, X):
@@ -443,7 +440,7 @@ def sample(key: Array, params: GMMParams, n_samples: int) -> tuple[Array, Array]
     """Draw ``n_samples`` points: returns ``(X, labels)``.
 
     Outside a trace the draws run as one compiled program for ``n_samples``' class
-    (:func:`emjax._sizes.power_class`), whose first ``n_samples`` rows are these draws (JAX's
+    (:func:`emjax._sizes.draw_class`), whose first ``n_samples`` rows are these draws (JAX's
     partitionable PRNG draws each row from its index), so a new ``n_samples`` rarely compiles.
 
     Args:
@@ -456,14 +453,9 @@ def sample(key: Array, params: GMMParams, n_samples: int) -> tuple[Array, Array]
     v.check_params(params)
     v.check_model_x64(params)
     n_samples = v.check_positive_int(n_samples, "n_samples")
-    n_class = _sizes.power_class(n_samples) if jax.config.jax_threefry_partitionable \
-        else n_samples
-    Xs, labels = _draw_compiled(key, params, n_class)
-    if n_class == n_samples:
-        return Xs, labels
-    # cut on the host: slicing on the device would compile per n_samples
-    return (jax.device_put(np.asarray(Xs)[:n_samples]),
-            jax.device_put(np.asarray(labels)[:n_samples]))
+    n_class = _sizes.draw_class(n_samples)
+    out = _draw_compiled(key, params, n_class)
+    return out if n_class == n_samples else _sizes.first_rows(out, n_samples)
 
 
 def _draw(key: Array, params: GMMParams, n_samples: int) -> tuple[Array, Array]:
