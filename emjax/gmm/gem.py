@@ -16,11 +16,12 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.scipy.linalg import solve_triangular
 
+from emjax import _sizes, _xla, em
 from emjax import _validation as v
-from emjax import _xla, em
 from emjax._linalg import after, diagonal
 from emjax.gmm import GMMParams, fitting, steps
 from emjax.gmm import covariance as cov_lib
@@ -279,8 +280,11 @@ def make_gem_model(
     return e_step, m_step, repair
 
 
-def _fit_gem_program(X, key, sample_weight, tol, *, options, optimizer, n_steps):
-    n_components, covariance_type, init_method, reg_covar, max_iter, n_init, n_lloyd = options
+def _fit_gem_program(X, key, sample_weight, tol, max_iter=None, *, options, optimizer, n_steps):
+    # options.max_iter is the history length; a traced max_iter (<= it) stops the loop.
+    n_components, covariance_type, init_method, reg_covar, history_size, n_init, n_lloyd = options
+    if max_iter is None:
+        max_iter = history_size
     w = sample_weight
     shift = fitting.weighted_mean(X, w)
     Xc = X - shift
@@ -294,7 +298,7 @@ def _fit_gem_program(X, key, sample_weight, tol, *, options, optimizer, n_steps)
     e_step, m_step, repair = make_gem_model(covariance_type, reg_covar, optimizer=optimizer,
                                             n_steps=n_steps)
     res = em.run_restarts(e_step, m_step, params0, (Xc, w), tol=tol, max_iter=max_iter,
-                          repair=repair)
+                          repair=repair, history_size=history_size)
     res = steps.uncentre(res, shift)
     return em.best_restart(res)
 
@@ -359,8 +363,20 @@ def fit_gem(
     n_steps = v.check_positive_int(n_steps, "n_steps")
     if optimizer is None:
         optimizer = default_optimizer()
-    w = c.sample_weight
-    options = _xla.compiler_options("gem", c.X.shape[0] * c.X.shape[1] * c.options.n_components)
-    return _fit_gem_compiled[options](
-        jnp.asarray(c.X), c.key, None if w is None else jnp.asarray(w),
-        jnp.asarray(c.tol, c.X.dtype), options=c.options, optimizer=optimizer, n_steps=n_steps)
+    Xa, w = c.X, c.sample_weight
+    n, max_iter = Xa.shape[0], c.options.max_iter
+    # Rows up to their size class (zero-weight copies of the first row) and the history up to
+    # its class, max_iter an argument: fits of nearby sizes and lengths share one program.
+    n_rows = _sizes.padded_rows(n, Xa.nbytes // n)
+    if n_rows is not None:
+        Xa, w = _sizes.pad_rows(Xa, w, n_rows)
+    o = c.options._replace(max_iter=_sizes.history_class(max_iter))
+    options = _xla.compiler_options("gem", Xa.shape[0] * Xa.shape[1] * o.n_components)
+    # NumPy arguments go to the device with the call (converting them first compiles per shape)
+    res = _fit_gem_compiled[options](Xa, c.key, w, np.asarray(c.tol, Xa.dtype),
+                                     np.int32(max_iter), options=o, optimizer=optimizer,
+                                     n_steps=n_steps)
+    if o.max_iter == max_iter:
+        return res
+    # the history past max_iter dropped on the host (slicing on the device compiles per shape)
+    return jax.device_put(jax.tree_util.tree_map(np.asarray, res).first_iterations(max_iter))

@@ -110,19 +110,28 @@ def test_gem_in_driver_is_monotone_and_ends_where_closed_form_em_ends(cov_type):
 
 
 def test_fit_gem_public_api_runs_and_caches_its_program():
+    """Fits of nearby sizes and lengths share one program (rows padded with zero weight, the
+    history to its class) and equal the program run on the rows as given."""
     X = np.asarray(_problem("diag")[0])
     before = gem._fit_gem_compiled._cache_size()
-    kw = dict(key=jax.random.key(1), covariance_type="diag", max_iter=15, n_steps=5,
+    kw = dict(key=jax.random.key(1), covariance_type="diag", n_steps=5,
               init_params="random_from_data")
-    res = gem.fit_gem(X, 3, **kw)
-    res2 = gem.fit_gem(X, 3, **kw)
-    # The default optimiser object is cached: one program for both calls.
+    res = gem.fit_gem(X, 3, max_iter=15, **kw)
+    res2 = gem.fit_gem(X[:71], 3, max_iter=13, **kw)
+    # One program for both calls (the default optimiser object is cached: it is static).
     assert gem._fit_gem_compiled._cache_size() == before + 1
-    chex.assert_trees_all_equal(res.log_likelihood, res2.log_likelihood)
     chex.assert_shape(res.params.means, (3, 3))
-    assert np.isfinite(float(res.log_likelihood))
+    assert res.history.shape == (15,) and res2.history.shape == (13,)
+    assert int(res2.n_iter) <= 13
     hist = np.asarray(res.history)
     assert np.all(np.diff(hist[np.isfinite(hist)]) >= -1e-12)
+    # the unpadded reference: the program itself, jitted on the 75 rows as given
+    c = gem.check_fit(X, 3, max_iter=15, **{k: v for k, v in kw.items() if k != "n_steps"})
+    ref = jax.jit(gem._fit_gem_program, static_argnames=("options", "optimizer", "n_steps"))(
+        X, c.key, None, c.tol, options=c.options, optimizer=gem.default_optimizer(), n_steps=5)
+    assert int(res.n_iter) == int(ref.n_iter)
+    np.testing.assert_allclose(float(res.log_likelihood), float(ref.log_likelihood), rtol=1e-12)
+    np.testing.assert_allclose(res.params.means, ref.params.means, rtol=1e-9, atol=1e-12)
 
 
 def test_fit_gem_validates_arguments():
