@@ -52,13 +52,20 @@ def power_class(n: int) -> int:
     return max(256, 1 << (int(n) - 1).bit_length())
 
 
-def draw_class(n_samples: int) -> int:
-    """The draws a sampler makes for ``n_samples``: its :func:`power_class` when JAX's PRNG is
-    partitionable (each row drawn from its index, so the first ``n_samples`` rows are the draws
-    for ``n_samples`` itself), else ``n_samples``."""
+def draws_per_index() -> bool:
+    """Whether JAX's PRNG is partitionable: each row (component, restart) is drawn from its
+    index, so padding adds draws after the real ones and leaves those unchanged. Padding that
+    must not change a fit's draws (components, restarts, samples) needs it."""
     import jax
 
-    return power_class(n_samples) if jax.config.jax_threefry_partitionable else n_samples
+    return bool(jax.config.jax_threefry_partitionable)
+
+
+def draw_class(n_samples: int) -> int:
+    """The draws a sampler makes for ``n_samples``: its :func:`power_class` when
+    :func:`draws_per_index` (the first ``n_samples`` rows are then the draws for ``n_samples``
+    itself), else ``n_samples``."""
+    return power_class(n_samples) if draws_per_index() else n_samples
 
 
 def first_rows(tree, n: int):

@@ -20,7 +20,7 @@ from emjax import _compile_cache, _xla, em, kmeans
 from emjax import _validation as v
 from emjax._batching import rare_cond
 from emjax._chunks import fold_chunks, rows
-from emjax._sizes import history_class, pad_rows, padded_rows, restart_class
+from emjax._sizes import draws_per_index, history_class, pad_rows, padded_rows, restart_class
 from emjax.gmm import GMMParams, kernels, steps, unrolled
 from emjax.gmm import covariance as cov_lib
 from emjax.gmm import plan as plan_lib
@@ -654,7 +654,7 @@ def fit(
         shape = plan_lib.run_shape(
             o.covariance_type, n, d, n_components, Xa.nbytes // n,
             n if w is None else int(np.count_nonzero(w)),
-            pad_components=callback is None and jax.config.jax_threefry_partitionable)
+            pad_components=callback is None and draws_per_index())
         n_rows, k_class = shape.rows, shape.component_class
         if shape.tiny:
             tiny, n_features = shape.features, np.int32(d)
@@ -682,7 +682,7 @@ def fit(
             np.asarray(previous_log_likelihood, dtype))
     n_init, max_iter = o.n_init, o.max_iter
     pad_restarts = (n_rows is not None and callback is None
-                    and jax.config.jax_threefry_partitionable)
+                    and draws_per_index())
     # Restarts up to their size class (the first n_init keys of a longer split are the same):
     # nearby n_init share one program; the extra restarts are dropped.
     n_used = np.int32(n_init) if pad_restarts else None

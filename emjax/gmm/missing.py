@@ -1093,7 +1093,7 @@ _fit_compiled = _xla.JitByOptions(_fit_program,
 def _component_class(X: np.ndarray, w: np.ndarray | None, options, initial, callback):
     """The components a fit runs with (:func:`emjax._sizes.component_class`: 2..8 padded to
     8 on small data, as :func:`emjax.fit`), or None (as asked)."""
-    if initial.given or callback is not None or not jax.config.jax_threefry_partitionable:
+    if initial.given or callback is not None or not _sizes.draws_per_index():
         return None
     n, d = X.shape
     return _sizes.component_class(options.n_components, n, d,

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from emjax._sizes import component_class, padded_rows
+from emjax._sizes import component_class, draws_per_index, padded_rows
 
 #: How the log-densities are formed (see :mod:`emjax.gmm.kernels`).
 FORMS = ("packed", "whitened", "tied", "diag", "spherical")
@@ -634,7 +634,7 @@ def explain_plan(n_samples: int, n_features: int, n_components: int, *,
     dtype = np.dtype(dtype)
     shape = run_shape(covariance_type, n_samples, n_features, n_components,
                       dtype.itemsize * n_features, n_samples,
-                      pad_components=jax.config.jax_threefry_partitionable, backend=backend)
+                      pad_components=draws_per_index(), backend=backend)
     n, d, k = n_samples, n_features, n_components
     if shape is not None:  # planned, as emjax.fit plans it, for the shape its program runs on
         n, d, k = shape.rows, shape.features, shape.component_class or n_components
