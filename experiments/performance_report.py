@@ -67,27 +67,6 @@ def plans_block() -> str:
     return "\n".join(out)
 
 
-def plan_ab_block() -> str:
-    path = RESULTS / "plan_ab.json"
-    if not path.exists():
-        return "(no `experiments/results/plan_ab.json` yet)"
-    res = json.loads(path.read_text())
-    out = [f"Command: `{res['command']}` for each tree, {res['started']}; trees: "
-           + ", ".join(f"`{t}` = {c}" for t, c in res["trees"].items()) + ". " + res["note"],
-           "", "| tree | run | dtype | emjax ms/iter | scikit-learn ms/iter | speed-up |",
-           "|---|---|---|---|---|---|"]
-    for r in res["runs"]:
-        out.append(f"| {r['tree']} | {r['run']} | {r['dtype']} | {r['emjax_ms']:.1f} | "
-                   f"{r['sklearn_ms']:.1f} | {r['sklearn_ms'] / r['emjax_ms']:.1f}x |")
-    for dt, s in res.get("summary", {}).items():
-        out.append(f"\n{dt}: {s}.")
-    if "hlo" in res:
-        h = res["hlo"]
-        out.append(f"\nThe compiled fit's program itself is unchanged: {h['command']}, identical "
-                   f"before and after for " + "; ".join(h["identical"]) + f" ({h['note']}).")
-    return "\n".join(out)
-
-
 def benchmark_block() -> str:
     import benchmark_report as br
 
@@ -129,8 +108,7 @@ def profiles_block() -> str:
     return "\n".join(out).rstrip()
 
 
-BLOCKS = {"plans": plans_block, "plan_ab": plan_ab_block, "benchmark": benchmark_block,
-          "profiles": profiles_block}
+BLOCKS = {"plans": plans_block, "benchmark": benchmark_block, "profiles": profiles_block}
 
 
 def render(text: str) -> str:
