@@ -100,7 +100,8 @@ def _read_csv(path: str, columns, header: bool | None) -> Table:
     delim = _sniff_delimiter(first)
     rows = []  # (line number, fields)
     for lineno, fields in enumerate(csv.reader(lines, delimiter=delim), start=1):
-        if not fields or all(not x.strip() for x in fields):
+        # a blank line is skipped (as pandas does); a line of empty fields is a row, all missing
+        if not fields or (len(fields) == 1 and not fields[0].strip()):
             continue
         rows.append((lineno, [x.strip() for x in fields]))
     if not rows:
@@ -187,11 +188,16 @@ def read_table(path: str, *, columns: Sequence[str] | None = None,
         selected may hold anything.
       header: CSV only; ``None`` detects a header (a first row with a non-numeric field).
       min_rows: fewer rows than this is an error.
-      allow_missing: keep missing entries as NaN (for models that marginalise them).
+      allow_missing: keep missing entries as NaN (for models that marginalise them); a row
+        with no observed value in the selected columns is still an error.
+
+    Blank lines of a CSV are skipped; a line of empty fields (``,,``) is a row of missing
+    values, so rows stay aligned with the file's data lines.
 
     Raises:
       DataError: missing file, ragged or non-numeric table, unknown column, NaN/missing values
-        (naming the rows), or fewer than ``min_rows`` rows.
+        (naming the rows; with ``allow_missing``, infinities and rows with nothing observed),
+        or fewer than ``min_rows`` rows.
     """
     if not os.path.exists(path):
         raise DataError(f"no such file: {path}")
@@ -210,10 +216,19 @@ def read_table(path: str, *, columns: Sequence[str] | None = None,
     X = table.X
     if X.shape[1] == 0:
         raise DataError(f"{path}: no columns selected")
+
+    def named(rows):  # the first rows by their labels (line numbers or row indices)
+        return ", ".join(table.row_labels[i] for i in rows[:8]) + (", ..." if rows.size > 8
+                                                                   else "")
+
     bad = np.flatnonzero(~np.all(np.isfinite(X) | (allow_missing & np.isnan(X)), axis=1))
     if bad.size:
-        shown = ", ".join(table.row_labels[i] for i in bad[:8]) + (", ..." if bad.size > 8 else "")
-        raise DataError(f"{path}: NaN, infinite or missing values in {bad.size} row(s): {shown}")
+        raise DataError(f"{path}: NaN, infinite or missing values in {bad.size} row(s): "
+                        f"{named(bad)}")
+    empty = np.flatnonzero(np.all(np.isnan(X), axis=1) & allow_missing)
+    if empty.size:
+        raise DataError(f"{path}: no observed value in {empty.size} row(s) (every selected "
+                        f"entry missing): {named(empty)}; drop them")
     if X.shape[0] < min_rows:
         raise DataError(f"{path}: too few rows: {X.shape[0]} (need at least {min_rows})")
     return table

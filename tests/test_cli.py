@@ -97,6 +97,25 @@ def test_nan_rows_are_named(tmp_path, capsys):
     assert "in 3 row(s): line 3, line 5, line 6" in err
 
 
+def test_rows_of_empty_fields_are_rows_and_blank_lines_are_skipped(tmp_path):
+    """A line of empty fields is a row of missing values (rows stay aligned with the file's
+    lines); a blank line is skipped; a row with nothing observed is named."""
+    path = tmp_path / "h.csv"
+    path.write_text("a,b,c\n1,2,3\n\n,5,\n,,\n7,,9\n")
+    with pytest.raises(datasets.DataError, match=r"missing values in 3 row\(s\): line 4, "
+                                                  r"line 5, line 6"):
+        datasets.read_table(str(path))
+    with pytest.raises(datasets.DataError, match=r"no observed value in 1 row\(s\) .*: line 5; "
+                                                  r"drop them"):
+        datasets.read_table(str(path), allow_missing=True)
+    path.write_text("a,b,c\n1,2,3\n\n,5,\n7,,9\n")
+    t = datasets.read_table(str(path), allow_missing=True)
+    np.testing.assert_array_equal(np.isnan(t.X), [[0, 0, 0], [1, 0, 1], [0, 1, 0]])
+    assert t.row_labels == ["line 2", "line 4", "line 5"]
+    with pytest.raises(datasets.DataError, match=r"no observed value in 1 row\(s\) .*: line 4"):
+        datasets.read_table(str(path), columns=["a", "c"], allow_missing=True)
+
+
 def test_too_few_rows(tmp_path, capsys):
     err = _bad(tmp_path, capsys, "a,b\n1,2\n3,4\n")
     assert "too few rows: 2 (need at least 3)" in err
