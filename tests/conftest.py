@@ -9,8 +9,9 @@ import tempfile
 
 # Set before JAX starts its CPU backend. The suite's programs run once or twice on tiny arrays,
 # so compiling dominates: XLA's cheapest backend (LLVM level 0, the older IR emitters) compiles
-# them several times faster with the same results to rounding. Programs built with their own
-# compiler options (a fit's PassPlan) keep those.
+# them several times faster with the same results to rounding. The fits that choose their own
+# options (a PassPlan's, emjax._xla's table) take these too (pytest_configure); the tests that
+# check those choices, or run with them, use the ``production_compile_options`` fixture.
 FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", "")]
@@ -50,6 +51,37 @@ def pytest_configure(config):
     # the fitting programs; reading back a program of a few eager ops costs what compiling does
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    _cheapest_compile_options()
+
+
+#: A fit's own XLA options (PassPlan.compiler_options, emjax._xla's CPU table), kept by
+#: _cheapest_compile_options for the production_compile_options fixture.
+_PRODUCTION: dict = {}
+
+
+def _cheapest_compile_options():
+    """Every fit compiled with FAST_COMPILE's options (what the suite's other programs get)."""
+    from emjax import _xla
+    from emjax.gmm import plan as plan_lib
+
+    _PRODUCTION.update(plan=plan_lib.PassPlan.compiler_options, xla=_xla.TUNING["cpu"])
+    options = dict(f.lstrip("-").split("=") for f in FAST_COMPILE)
+    assert options == {"xla_backend_optimization_level": "0",
+                       "xla_cpu_use_fusion_emitters": "false"}
+    plan_lib.PassPlan.compiler_options = lambda self: {"xla_backend_optimization_level": 0,
+                                                       "xla_cpu_use_fusion_emitters": False}
+    _xla.TUNING["cpu"] = _xla.TUNING["cpu"]._replace(
+        opt_level=0, ir_emitters_max_values=dict.fromkeys(_xla.KINDS, 2**62))
+
+
+@pytest.fixture
+def production_compile_options(monkeypatch):
+    """The fits' own XLA options, as a user's process has them, for one test."""
+    from emjax import _xla
+    from emjax.gmm import plan as plan_lib
+
+    monkeypatch.setattr(plan_lib.PassPlan, "compiler_options", _PRODUCTION["plan"])
+    monkeypatch.setitem(_xla.TUNING, "cpu", _PRODUCTION["xla"])
 
 
 def pytest_unconfigure(config):

@@ -11,7 +11,7 @@ LEVEL_1 = ("xla_backend_optimization_level", 1)
 IR = ("xla_cpu_use_fusion_emitters", False)
 
 
-def test_options_follow_the_backend_table_and_the_size():
+def test_options_follow_the_backend_table_and_the_size(production_compile_options):
     for kind in _xla.KINDS:
         limit = _xla.CPU.ir_emitters_max_values[kind]
         assert _xla.compiler_options(kind, limit, backend="cpu") == (LEVEL_1, IR)

@@ -29,7 +29,7 @@ FITTED = ["weights_", "means_", "covariances_", "precisions_", "precisions_chole
 
 
 @pytest.mark.parametrize("cov_type", COV_TYPES)
-def test_fitted_attributes_match_sklearn(blobs, cov_type):
+def test_fitted_attributes_match_sklearn(blobs, cov_type, production_compile_options):
     ours = emjax.GaussianMixture(3, covariance_type=cov_type, n_init=3, random_state=0,
                                  tol=1e-6).fit(blobs)
     ref = SKGaussianMixture(3, covariance_type=cov_type, n_init=3, random_state=0,

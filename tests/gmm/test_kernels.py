@@ -276,10 +276,10 @@ def test_packed_outer_products(dtype, d):
 
 
 @pytest.mark.parametrize("cov_type", ("full", "diag", "spherical"))
-def test_fast_path_fit_equals_sklearn(cov_type, fused_from_2_20):
+def test_fast_path_fit_equals_sklearn(cov_type, fused_from_2_20, production_compile_options):
     """emjax.fit on the fast path (float64: the features built once, gmm.feature_rows; full
     covariances in their packed form) takes the same EM steps as scikit-learn from the same
-    start (5 iterations, tol 0)."""
+    start (5 iterations, tol 0). Compiled with the fits' own XLA options, as a user gets them."""
     import warnings
 
     from sklearn.mixture import GaussianMixture
