@@ -182,8 +182,10 @@ def speed(args):
 
     n, d, k = args.speed_n, 16, 16
     X, Xn, sk_init = speed_case(n, d, k)
-    wi, mi = np.asarray(sk_init.weights), np.asarray(sk_init.means)
-    pi = np.linalg.inv(np.asarray(sk_init.covariance.covariances))
+    dt = np.dtype(args.speed_dtype)
+    X, Xn = X.astype(dt), Xn.astype(dt)
+    wi, mi = np.asarray(sk_init.weights, dt), np.asarray(sk_init.means, dt)
+    pi = np.linalg.inv(np.asarray(sk_init.covariance.covariances)).astype(dt)
 
     def run_missing(it):
         r = emjax.fit(Xn, k, missing="marginalize", tol=0.0, max_iter=it, weights_init=wi,
@@ -207,7 +209,7 @@ def speed(args):
         out[name] = per_iteration(fn)
         print(name, f"{out[name]:.1f} ms per iteration", flush=True)
     counts = np.isnan(Xn).sum(1)
-    return dict(n=n, d=d, k=k, missing=0.2, dtype="float64", ms_per_iter=out,
+    return dict(n=n, d=d, k=k, missing=0.2, dtype=dt.name, ms_per_iter=out,
                 ratio_missing_over_complete=out["missing"] / out["complete"],
                 ratio_missing_over_sklearn=out["missing"] / out["sklearn_complete"],
                 missing_per_row_histogram=np.bincount(counts).tolist())
@@ -247,6 +249,8 @@ def main():
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--n-init", type=int, default=2)
     ap.add_argument("--speed-n", type=int, default=100000)
+    ap.add_argument("--speed-dtype", choices=("float64", "float32"), default="float64",
+                    help="dtype of the speed case (every library gets the same arrays)")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-recovery", action="store_true")
     ap.add_argument("--figure-only", action="store_true", help="redraw from the results JSON")
