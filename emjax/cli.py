@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import functools
 import math
 import os
 import sys
@@ -315,13 +316,28 @@ def run_predict(args) -> int:
     # a model fitted with --missing marginalize labels rows with holes from their observed entries
     marginalize = (getattr(args, "missing", None) == "marginalize"
                    or meta.get("config", {}).get("missing") == "marginalize")
-    table = datasets.read_table(args.data, columns=columns, header=args.header, min_rows=1,
-                                allow_missing=marginalize)
-    if columns is None and table.X.shape[1] != d:
-        fitted = meta.get("config", {}).get("columns")
-        if fitted and set(fitted) <= set(table.columns):
-            table = datasets.read_table(args.data, columns=fitted, header=args.header,
-                                        min_rows=1, allow_missing=marginalize)
+    fitted = meta.get("config", {}).get("columns")
+    read = functools.partial(datasets.read_table, args.data, header=args.header, min_rows=1,
+                             allow_missing=marginalize)
+    try:
+        if columns is None and fitted:
+            # by name, as fitted: columns in another order or beside others are read right
+            try:
+                table = read(columns=fitted)
+            except datasets.DataError as exc:
+                if "no column" not in str(exc):
+                    raise
+                table = read(columns=None)  # a table without a header: by position
+                if table.columns != [str(i) for i in range(len(table.columns))]:
+                    raise CLIError(f"{args.data} has columns {table.columns} but the model was "
+                                   f"fitted on {fitted}; choose them with --columns") from None
+        else:
+            table = read(columns=columns)
+    except datasets.DataError as exc:
+        if marginalize or "missing values in" not in str(exc):
+            raise
+        raise CLIError(f"{exc}; pass --missing marginalize to label rows with missing entries "
+                       "from their observed ones") from None
     if table.X.shape[1] != d:
         raise CLIError(f"{args.data} has {table.X.shape[1]} columns but the model was fitted on "
                        f"{d}; choose them with --columns")

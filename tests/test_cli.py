@@ -61,6 +61,31 @@ def test_fit_and_predict_end_to_end(tmp_path, blobs, capsys):
                                atol=1e-7)
     assert _sha(data) == before  # the input file is never modified
 
+    # Columns by the fitted names: another order and an extra column read right; a table
+    # without a header by position; a header without the fitted names, or NaN, an error.
+    moved = tmp_path / "moved.csv"
+    moved.write_text("id,c,a,b\n" + "\n".join(
+        f"r{i}," + ",".join(f"{v:.17g}" for v in row[[2, 0, 1]]) for i, row in enumerate(blobs))
+        + "\n")
+    for source, name in ((moved, "p_moved.csv"), (_write_csv(tmp_path / "bare.csv", blobs,
+                                                              header=None), "p_bare.csv")):
+        assert cli.main(["predict", str(out / "model.npz"), str(source), "-o",
+                         str(tmp_path / name)]) == 0
+        got = np.loadtxt(tmp_path / name, delimiter=",", skiprows=1)
+        np.testing.assert_array_equal(got[:, 0].astype(int), labels)
+    capsys.readouterr()
+    other = _write_csv(tmp_path / "other.csv", blobs, header="x,y,z")
+    assert cli.main(["predict", str(out / "model.npz"), str(other), "-o",
+                     str(tmp_path / "p_other.csv")]) == 1
+    assert "has columns ['x', 'y', 'z'] but the model was fitted on ['a', 'b', 'c']" in \
+        capsys.readouterr().err
+    holes = blobs.copy()
+    holes[3, 1] = np.nan
+    hole = _write_csv(tmp_path / "hole.csv", holes)
+    assert cli.main(["predict", str(out / "model.npz"), str(hole), "-o",
+                     str(tmp_path / "p_hole.csv")]) == 1
+    assert "line 5; pass --missing marginalize" in capsys.readouterr().err
+
 
 def _bad(tmp_path, capsys, text, argv_extra=()):
     path = tmp_path / "bad.csv"
