@@ -219,6 +219,9 @@ def _score(family: Family, params: MixtureParams, X) -> tuple[np.ndarray, np.nda
     if Xa.shape[1] != family.n_features:
         raise ValueError(f"X has shape {Xa.shape}; the family was fitted to "
                          f"{family.n_features} columns")
+    # in the fitted family's support (signs, integer codes below its categories): its log_prob
+    # would give finite nonsense or treat an unknown category as missing
+    family.bind(Xa)
     n = Xa.shape[0]
     n_rows = _sizes.padded_rows(n, Xa.itemsize * Xa.shape[1]) if n else None
     if n_rows is not None and n_rows > n:

@@ -228,3 +228,20 @@ def test_scores_of_one_size_class_share_one_program(mixed_fit):
     np.testing.assert_allclose(ll, ll_ref, rtol=1e-12)
     np.testing.assert_allclose(proba, np.exp(lr_ref), rtol=1e-12, atol=1e-300)
     np.testing.assert_array_equal(labels, np.argmax(lr_ref, axis=1))
+
+
+@pytest.mark.parametrize("column, value, message", [
+    (1, 0.5, "Bernoulli columns must hold 0, 1 or NaN"),
+    (3, -2.0, "Poisson columns must hold non-negative integers"),
+    (4, 3.0, r"codes up to \[3\] exceed n_categories \(3,\)"),
+    (5, -1.0, "Exponential"),
+])
+def test_scores_reject_values_outside_the_fitted_support(mixed_fit, column, value, message):
+    """A value the fitted family cannot hold (an unknown category, a negative count) is an
+    error naming it, not a finite log-density of nonsense."""
+    X, _, res = mixed_fit
+    bad = X[:5].copy()
+    bad[2, column] = value
+    for fn in (F.score_samples, F.predict_proba, F.predict):
+        with pytest.raises(ValueError, match=message):
+            fn(res.family, res.params, bad)
