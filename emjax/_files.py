@@ -52,6 +52,19 @@ def atomic_write(path: str, mode: str = "wb", **open_kwargs):
         raise
 
 
+def npz_path(path) -> str:
+    """The file a model saved to ``path`` goes to: ``path`` with ``.npz`` appended if missing.
+    Raises ``ValueError`` when ``path`` is a directory (appending would write a sibling file
+    named after it) or names one."""
+    given = os.fspath(path)
+    out = given if given.endswith(".npz") else f"{given}.npz"
+    for p in (given, out):
+        if os.path.isdir(p):
+            raise ValueError(f"cannot save the model to {p}: it is a directory; give a file name "
+                             f"(e.g. {os.path.join(p, 'model.npz')})")
+    return out
+
+
 def same_file(a: str, b: str) -> bool:
     """Whether paths ``a`` and ``b`` name the same existing file (through links, ``..``, case)."""
     try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -18,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emjax._files import atomic_write, read_npz_with_metadata
+from emjax._files import atomic_write, npz_path, read_npz_with_metadata
 from emjax._version import __version__
 from emjax.failure_mode.data import PaddedTable, observed_until
 from emjax.failure_mode.model import (
@@ -326,9 +325,7 @@ class PrognosticModel:
     def save(self, path) -> str:
         """Write the model to ``path`` (``.npz`` appended if missing) atomically: a temporary
         file in the same directory, then ``os.replace``. Returns the path written."""
-        path = str(path)
-        if not path.endswith(".npz"):
-            path = f"{path}.npz"
+        path = npz_path(path)
         meta = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "emjax_version": __version__,
             "basis": dataclasses.asdict(self.basis), "t_scale": float(self.t_scale),
@@ -336,8 +333,6 @@ class PrognosticModel:
         }
         arrays = {f"params_{k}": np.asarray(v) for k, v in self.params._asdict().items()}
         arrays.update(center=np.asarray(self.center), scale=np.asarray(self.scale))
-        if os.path.isdir(path):
-            raise ValueError(f"cannot save the model to {path}: it is a directory")
         with atomic_write(path, "wb") as fh:
             np.savez(fh, metadata=np.asarray(json.dumps(meta)), **arrays)
         return path

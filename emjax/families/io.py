@@ -11,14 +11,13 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import os
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emjax._files import atomic_write, read_npz_with_metadata
+from emjax._files import atomic_write, npz_path, read_npz_with_metadata
 from emjax._version import __version__
 from emjax.families import expfam, gaussian, product
 from emjax.families.base import Family, MixtureParams, init_params
@@ -92,12 +91,8 @@ def save(path: str, family: Family, params: MixtureParams, *, config: dict | Non
         "n_leaves": len(leaves),
         "config": _jsonable(config or {}),
     }
-    path = str(path)
-    if not path.endswith(".npz"):
-        path = f"{path}.npz"
+    path = npz_path(path)
     arrays = {f"leaf_{i:03d}": a for i, a in enumerate(leaves)}
-    if os.path.isdir(path):
-        raise ValueError(f"cannot save the model to {path}: it is a directory")
     with atomic_write(path, "wb") as f:
         np.savez(f, metadata=np.asarray(json.dumps(metadata, indent=1)), **arrays)
     return path

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from emjax._files import atomic_write
+from emjax._files import atomic_write, npz_path
 from emjax._version import __version__
 from emjax.gmm import GMMParams
 from emjax.gmm import covariance as cov_lib
@@ -80,11 +80,7 @@ def save(path: str, params: GMMParams, *, config: dict | None = None) -> str:
         "dtype": str(arrays["means"].dtype),
         "config": _jsonable(config or {}),
     }
-    path = os.fspath(path)
-    if not path.endswith(".npz"):
-        path = f"{path}.npz"
-    if os.path.isdir(path):
-        raise ValueError(f"cannot save the model to {path}: it is a directory")
+    path = npz_path(path)
     with atomic_write(path, "wb") as f:
         np.savez(f, metadata=np.asarray(json.dumps(metadata, indent=1)), **arrays)
     return path

@@ -66,3 +66,15 @@ def test_load_rejects_other_files(tmp_path):
     np.savez(path, **arrays)
     with pytest.raises(ValueError, match="format version 99"):
         emjax.load(path)
+
+
+def test_save_to_a_directory_is_an_error_and_writes_nothing(tmp_path):
+    """A directory given as the path: an error, not a sibling file named after it."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out.npz").mkdir()
+    p = _params("diag", np.float64)
+    for target in ("out", "out.npz"):
+        with pytest.raises(ValueError, match="is a directory; give a file name"):
+            io.save(str(tmp_path / target), p)
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["out", "out.npz"]
+    assert not any((tmp_path / "out").iterdir())
