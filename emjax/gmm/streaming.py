@@ -80,10 +80,18 @@ def chunks(source, chunk_size: int = 65536) -> Iterable[np.ndarray]:
 
     ``source`` may be a path to a ``.npy`` file (read with :class:`NpyChunks`), a 2-D array or
     ``np.memmap`` (sliced), a list/tuple of 2-D arrays, or a zero-argument callable returning a
-    fresh iterable of 2-D arrays for each pass (e.g. a generator function reading a database).
+    fresh iterable of 2-D arrays for each pass (e.g. a generator function reading a database),
+    or what this function returned. A generator or other one-shot iterator is an error: EM
+    reads the data once per iteration.
     """
+    if isinstance(source, (NpyChunks, _ArrayChunks, _CallableChunks)):
+        return source  # chunked already (e.g. by this function)
     if isinstance(source, (str, os.PathLike)):
         return NpyChunks(source, chunk_size)
+    if isinstance(source, Iterator):
+        raise ValueError(f"source is a {type(source).__name__}, which can be read once; EM reads "
+                         "the data once per iteration: pass a zero-argument callable returning "
+                         "a fresh one for each pass (e.g. lambda: read_rows())")
     if callable(source):
         return _CallableChunks(source)
     if isinstance(source, (list, tuple)):

@@ -51,6 +51,21 @@ def test_streaming_convergence_rule_and_history_match_in_memory_fit():
                                ref.params.covariance.covariances, rtol=1e-8, atol=1e-10)
 
 
+def test_sources_chunked_already_and_one_shot_iterators():
+    """What streaming.chunks returns is a source too (the same fit as the array it chunks);
+    a generator, which one pass would exhaust, is an error saying what to pass instead."""
+    X = data(151)
+    p0 = params_init(X, "full")
+    kw = dict(params_init=p0, chunk_size=32, tol=1e-6, max_iter=50)
+    ref = streaming.fit(X, 3, **kw)
+    for source in (streaming.chunks(X, 40), streaming.chunks(_uneven_chunks(X))):
+        res = streaming.fit(source, 3, **kw)
+        assert int(res.n_iter) == int(ref.n_iter)
+        np.testing.assert_allclose(res.log_likelihood, ref.log_likelihood, rtol=1e-12)
+    with pytest.raises(ValueError, match="can be read once.*zero-argument callable"):
+        streaming.fit(_uneven_chunks(X)(), 3, **kw)
+
+
 def test_streaming_reseeds_an_empty_component_like_in_memory_fit():
     X = data(151)
     p0 = params_init(X, "full")
