@@ -383,8 +383,9 @@ def _add_fit_options(p: argparse.ArgumentParser, *, output: str, covariance: str
                    help="initialisation (default kmeans)")
     g.add_argument("--family", default=None, metavar="SPEC",
                    help="fit a mixture of component families instead of Gaussians: column "
-                   "types 'gaussian,bernoulli,categorical,poisson,exponential,gamma' in order "
-                   "(or name:type), or 'auto' to infer and print them; NaN/empty = missing")
+                   "types 'gaussian,bernoulli,categorical,poisson,exponential,gamma' in column "
+                   "order, or name:type for every column by name (a type may be auto), or "
+                   "'auto' to infer and print them all; NaN/empty = missing")
     g.add_argument("--criterion", default="bic", choices=["bic", "aic"],
                    help="chooses the model (default bic)")
     g.add_argument("--missing", default="error", choices=["error", "marginalize"],

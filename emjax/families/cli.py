@@ -38,19 +38,41 @@ def infer_type(x: np.ndarray) -> str:
 
 
 def parse_family(spec: str, X: np.ndarray, names: list) -> tuple[Family, list]:
-    """``(Product family, column types)`` from ``spec``: ``auto``, or one type per column in
-    order (``type`` or ``name:type``, comma separated)."""
-    if spec.strip().lower() == "auto":
-        types = [infer_type(X[:, j]) for j in range(X.shape[1])]
+    """``(Product family, column types)`` from ``spec``: ``auto``; one type per column in order
+    (``type``, comma separated); or ``name:type`` for every column, by the columns' names in
+    any order. A type may be ``auto`` (inferred from the column, :func:`infer_type`)."""
+    d = X.shape[1]
+    items = ["auto"] * d if spec.strip().lower() == "auto" else \
+        [s.strip() for s in spec.split(",") if s.strip()]
+    named = [":" in s for s in items]
+    if any(named) and not all(named):
+        raise ValueError(f"--family {spec!r}: give every column as name:type, or types alone "
+                         "in the table's column order")
+    if all(named) and items:
+        given = {}
+        for s in items:
+            name, t = (x.strip() for x in s.split(":", 1))
+            if name not in names:
+                raise ValueError(f"--family names column {name!r}, which the table does not "
+                                 f"have (columns: {', '.join(names)})")
+            if name in given:
+                raise ValueError(f"--family gives column {name!r} twice")
+            given[name] = t.lower()
+        left = [n for n in names if n not in given]
+        if left:
+            raise ValueError(f"--family gives no type for column(s) {', '.join(left)} (use "
+                             f"name:auto to infer one)")
+        types = [given[n] for n in names]
     else:
-        items = [s.strip() for s in spec.split(",") if s.strip()]
-        types = [s.split(":", 1)[-1].strip().lower() for s in items]
-        if len(types) != X.shape[1]:
-            raise ValueError(f"--family gives {len(types)} column types; the table has "
-                             f"{X.shape[1]} columns ({', '.join(names)})")
-    unknown = sorted({t for t in types if t not in TYPES})
+        types = [t.lower() for t in items]
+        if len(types) != d:
+            raise ValueError(f"--family gives {len(types)} column types; the table has {d} "
+                             f"columns ({', '.join(names)})")
+    unknown = sorted({t for t in types if t not in TYPES and t != "auto"})
     if unknown:
-        raise ValueError(f"unknown column type(s) {unknown}; use {', '.join(sorted(TYPES))}")
+        raise ValueError(f"unknown column type(s) {unknown}; use {', '.join(sorted(TYPES))} "
+                         "or auto")
+    types = [infer_type(X[:, j]) if t == "auto" else t for j, t in enumerate(types)]
     return Product({name: TYPES[t]() for name, t in zip(names, types)}), types
 
 

@@ -46,3 +46,28 @@ def test_cli_fit_family(tmp_path, capsys):
     with pytest.raises(ValueError, match="is a directory"):
         fio.save(tmp_path / "dir.npz", saved.family, saved.params)
     assert list((tmp_path / "dir.npz").iterdir()) == []
+
+
+def test_family_spec_by_name_in_any_order_by_position_or_inferred():
+    """``name:type`` items are matched to the columns by name (not by position); ``auto``
+    infers one column; mistakes are errors naming the column or the type."""
+    from emjax.families.cli import parse_family
+
+    X = np.array([[3.0, 0.0, -1.5], [7.0, 1.0, 0.25], [2.0, 1.0, 2.0]])
+    names = ["count", "flag", "x"]
+    for spec in ("x:gaussian,count:poisson,flag:bernoulli", "poisson,bernoulli,gaussian",
+                 "flag:auto,x:normal,count:count", "auto"):
+        family, types = parse_family(spec, X, names)
+        assert list(family.families) == names, spec
+        assert [type(f).__name__ for f in family.families.values()][1:] == ["Bernoulli",
+                                                                             "Gaussian"], spec
+    assert parse_family("x:gaussian,count:poisson,flag:bernoulli", X, names)[1] == [
+        "poisson", "bernoulli", "gaussian"]
+    for spec, message in (("x:gaussian,count:poisson", "no type for column.*flag"),
+                          ("x:gaussian,count:poisson,zz:bernoulli", "column 'zz'"),
+                          ("x:gaussian,x:poisson,flag:bernoulli", "column 'x' twice"),
+                          ("x:gaussian,poisson,flag:bernoulli", "every column as name:type"),
+                          ("count:poison,flag:bernoulli,x:gaussian", r"\['poison'\]"),
+                          ("gaussian,bernoulli", "gives 2 column types")):
+        with pytest.raises(ValueError, match=message):
+            parse_family(spec, X, names)
