@@ -13,7 +13,6 @@ from emjax._compile_cache import enable_disk_cache
 from emjax._version import __version__
 from emjax.em import EMResult, describe_status
 from emjax.failure_mode import data as failure_data
-from emjax.families.estimator import MixtureModel
 from emjax.gmm import (
     GMMParams,
     aic,
@@ -55,8 +54,8 @@ from emjax.gmm.selection import GridResult, SelectionResult, fit_grid, select_mo
 #: The modules' names before the package was split into model subpackages.
 mixture = fitting
 
-# The estimator imports scikit-learn's base classes when it is installed (about a second): it is
-# loaded on first use, so that `import emjax` and the command line do not pay for it.
+# The estimators import scikit-learn's base classes when it is installed (about a second): they
+# are loaded on first use, so that `import emjax` and the command line do not pay for it.
 _ESTIMATOR_NAMES = ("ConvergenceWarning", "GaussianMixture", "NotFittedError", "estimator")
 
 
@@ -65,9 +64,12 @@ def __getattr__(name):
         from emjax.gmm import estimator
 
         value = estimator if name == "estimator" else getattr(estimator, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    elif name == "MixtureModel":
+        from emjax.families.estimator import MixtureModel as value
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def __dir__():

@@ -1,5 +1,7 @@
-"""``emjax.MixtureModel``: a scikit-learn-style estimator for mixtures of any component family,
-a thin shell over :func:`emjax.families.fit` and its scoring functions."""
+"""``emjax.MixtureModel``: a scikit-learn estimator for mixtures of any component family, a thin
+shell over :func:`emjax.families.fit` and its scoring functions (with scikit-learn importable
+its bases are scikit-learn's, as :class:`emjax.GaussianMixture`'s; without it a plain base gives
+the same API)."""
 
 from __future__ import annotations
 
@@ -14,13 +16,14 @@ from emjax import em
 from emjax.families import fitting
 from emjax.families import io as fio
 from emjax.families.base import Family, MixtureParams
+from emjax.gmm.estimator import _ESTIMATOR_BASES, NotFittedError
 
 
 def _precision_ctx(dtype):
     return jax.enable_x64(True) if np.dtype(dtype) == np.float64 else contextlib.nullcontext()
 
 
-class MixtureModel:
+class MixtureModel(*_ESTIMATOR_BASES):
     """A mixture of ``n_components`` components of ``family``, fitted by EM in JAX.
 
     All ``n_init`` restarts run at once (``jax.vmap`` in one compiled program). float64 data is
@@ -57,16 +60,14 @@ class MixtureModel:
         return (f"MixtureModel({self.family!r}, n_components={self.n_components}, "
                 f"n_init={self.n_init}, tol={self.tol}, max_iter={self.max_iter})")
 
-    def get_params(self, deep=True):
-        return {k: getattr(self, k) for k in ("family", "n_components", "n_init",
-                                              "random_state", "tol", "max_iter")}
+    def __sklearn_is_fitted__(self):
+        return hasattr(self, "params_")
 
-    def set_params(self, **params):
-        for k, val in params.items():
-            if k not in self.get_params():
-                raise ValueError(f"invalid parameter {k!r} for MixtureModel")
-            setattr(self, k, val)
-        return self
+    def __sklearn_tags__(self):
+        # meta-estimators' checks let NaN through where the family marginalises it
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = bool(self.family.allows_missing)
+        return tags
 
     def _check_fitted(self):
         if not hasattr(self, "params_"):
@@ -170,8 +171,6 @@ class MixtureModel:
 
 
 def mixture_not_fitted():
-    from emjax.gmm.estimator import NotFittedError
-
     return NotFittedError("this MixtureModel is not fitted yet: call fit first")
 
 

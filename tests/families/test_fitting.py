@@ -193,6 +193,35 @@ def test_estimator_matches_functional_fit_and_round_trips(mixed_fit, tmp_path):
         fio.load(tmp_path / "junk.npz")
 
 
+def test_estimator_inside_scikit_learn():
+    """MixtureModel is a scikit-learn estimator: clone, a Pipeline and GridSearchCV over
+    n_components (scored by the held-out mean log-likelihood, NaN let through as the family
+    marginalises it) run and choose what the folds' own fits score best."""
+    from sklearn.base import clone
+    from sklearn.model_selection import GridSearchCV, KFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    X, _ = _mixed_data(240, seed=4)
+    fam = F.Product({"g": F.Gaussian("diag"), "c": F.Poisson()})
+    X = X[:, [0, 3]]
+    X = X[~np.isnan(X).all(1)]
+    m = emjax.MixtureModel(fam, 1, n_init=2, random_state=0)
+    c = clone(m)
+    assert c.get_params() == m.get_params() and not hasattr(c, "params_")
+    folds = KFold(2, shuffle=True, random_state=0)
+    pipe = make_pipeline(FunctionTransformer(), m)
+    search = GridSearchCV(pipe, {"mixturemodel__n_components": [1, 2]}, cv=folds).fit(X)
+    mean = {}
+    for k in (1, 2):
+        scores = [emjax.MixtureModel(fam, k, n_init=2, random_state=0).fit(X[tr]).score(X[te])
+                  for tr, te in folds.split(X)]
+        mean[k] = np.mean(scores)
+    assert search.best_params_["mixturemodel__n_components"] == max(mean, key=mean.get)
+    np.testing.assert_allclose(search.cv_results_["mean_test_score"], [mean[1], mean[2]],
+                               rtol=1e-10)
+
+
 def test_row_counts_of_one_size_class_share_one_program_and_equal_the_fit_as_given(mixed_fit):
     """Rows are padded to a size class with zero-weight copies of the first row and ``max_iter``
     is an argument: 590 rows and 260 iterations after the fixture's 600 and 300 compile
