@@ -307,6 +307,11 @@ def test_without_sklearn_fallback():
         "assert any(issubclass(x.category, emjax.ConvergenceWarning) for x in w)\n"
         "back = pickle.loads(pickle.dumps(gm))\n"
         "assert (back.predict(X) == gm.predict(X)).all() and gm.n_features_in_ == 2\n"
+        "from emjax.families import Poisson\n"
+        "mm = emjax.MixtureModel(Poisson(), 2, random_state=0)\n"
+        "assert type(mm)(**mm.get_params()).get_params() == mm.get_params()\n"
+        "C = np.abs(np.round(X))\n"
+        "assert mm.fit(C).predict(C[:2]).shape == (2,)\n"
         "print('ok')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
