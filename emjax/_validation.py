@@ -167,6 +167,18 @@ def check_spd(mats, covariance_type: str, n_components: int, n_features: int, dt
     return a
 
 
+def check_per_unit(value, n_units: int, name: str, dtype=np.float64) -> np.ndarray:
+    """``value``, a scalar or one finite value per unit, as ``(n_units,)`` (a read-only
+    broadcast); a ``ValueError`` quoting the shapes otherwise."""
+    arr = np.asarray(value, dtype)
+    if arr.shape not in ((), (n_units,)):
+        raise ValueError(f"{name} must be a scalar or one value per unit, shape ({n_units},); "
+                         f"got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite; got {arr}")
+    return np.broadcast_to(arr, (n_units,))
+
+
 def check_em_options(covariance_type, init_params, tol, reg_covar, max_iter, n_init, *,
                      min_iter: int = 1) -> tuple:
     """The hyper-parameters every EM fitting entry point shares, checked and normalised:

@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from emjax import _validation as v
 from emjax.failure_mode.model import QUADRATIC, Basis, FMMData, FMMParams, make_data
 
 
@@ -60,7 +61,7 @@ def observed_until(times, values, cut=None) -> np.ndarray:
     if cut is None:
         return mask
     times = np.asarray(times, np.float64)
-    cut = np.broadcast_to(np.asarray(cut, np.float64), times.shape[:1])
+    cut = v.check_per_unit(cut, times.shape[0], "cut")
     with np.errstate(invalid="ignore"):
         keep = np.isfinite(times) & (times <= cut[:, None])
     return mask & keep[:, None, :]

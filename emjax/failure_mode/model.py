@@ -1057,12 +1057,11 @@ def _padded(data: FMMData) -> tuple[int, int, FMMData]:
     return data.n.shape[0], padded.n.shape[0], padded
 
 
-def per_unit(a, data: FMMData, n_units: int) -> np.ndarray:
-    """A ``()`` or ``(L,)`` per-unit value, ``(n_units,)``: the padding units repeat the last
-    unit's (finite, in order)."""
-    L = data.n.shape[0]
-    a = np.broadcast_to(np.asarray(a, data.x.dtype), (L,))
-    return np.pad(a, (0, n_units - L), mode="edge")
+def per_unit(a, data: FMMData, n_units: int, name: str = "t_now") -> np.ndarray:
+    """A ``()`` or ``(L,)`` per-unit value (checked: :func:`emjax._validation.check_per_unit`),
+    ``(n_units,)``: the padding units repeat the last unit's (finite, in order)."""
+    a = v.check_per_unit(a, data.n.shape[0], name, data.x.dtype)
+    return np.pad(a, (0, n_units - a.shape[0]), mode="edge")
 
 
 def _unit_call(name: str, lead: tuple, params, data, t_now, horizon, threshold, **static):
@@ -1073,7 +1072,7 @@ def _unit_call(name: str, lead: tuple, params, data, t_now, horizon, threshold, 
         return _IMPLS[name](*lead, params, data, t_now, horizon, threshold, **static)
     L, Lp, padded = _padded(data)
     return first_rows(_compiled[name](*lead, params, padded, per_unit(t_now, data, Lp),
-                                      per_unit(horizon, data, Lp),
+                                      per_unit(horizon, data, Lp, "horizon"),
                                       np.asarray(threshold, data.x.dtype), **static), L)
 
 

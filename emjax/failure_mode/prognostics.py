@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from emjax import _validation as v
 from emjax._files import atomic_write, npz_path, read_npz_with_metadata
 from emjax._version import __version__
 from emjax.failure_mode.data import PaddedTable, observed_until
@@ -290,10 +291,10 @@ class PrognosticModel:
             seen = np.asarray(data.obs).any(1)
             tau_last = np.where(seen, np.asarray(data.tau), -np.inf).max(1)
             t_now = np.where(np.isfinite(tau_last), tau_last * self.t_scale, 0.0)
-        t_now = np.broadcast_to(np.asarray(t_now, np.float64), (L,))
+        t_now = v.check_per_unit(t_now, L, "t_now")
         if horizon is None:
             horizon = t_now + 2.0 * self.t_scale
-        horizon = np.broadcast_to(np.asarray(horizon, np.float64), (L,))
+        horizon = v.check_per_unit(horizon, L, "horizon")
         if not np.all(horizon > t_now):
             raise ValueError("horizon must be later than t_now for every unit")
         if not (isinstance(n_grid, (int, np.integer)) and n_grid >= 2):
@@ -309,7 +310,7 @@ class PrognosticModel:
         n_units = padded.tau.shape[0]
         grid, cdf, gamma = _forecast_compiled(
             self.params, padded, per_unit(t_now, data, n_units),
-            per_unit(horizon, data, n_units), np.asarray(level, dt),
+            per_unit(horizon, data, n_units, "horizon"), np.asarray(level, dt),
             np.asarray(level_var, dt), np.asarray(f.direction, dt),
             basis=self.basis, channel=int(c), n_grid=int(n_grid),
             include_noise=f.on == "observed")

@@ -143,6 +143,23 @@ def test_fails_by_horizon_renormalises_to_the_grid(fitted):
     np.testing.assert_allclose(b.cdf[:, -1], 1.0)
 
 
+def test_per_unit_times_are_checked(fitted):
+    """t_now, horizon and cut are a scalar or one finite value per unit: anything else is a
+    ValueError quoting the shapes (not NumPy's broadcast error)."""
+    res, (times, values, _) = fitted
+    new = (times[:3], values[:3])
+    for kw, message in ((dict(t_now=[50.0, 60.0]), r"t_now must be .* shape \(3,\); got "
+                                                    r"shape \(2,\)"),
+                        (dict(horizon=np.ones((3, 1)) * 200), r"horizon .* got shape \(3, 1\)"),
+                        (dict(cut=[60.0] * 4), r"cut .* got shape \(4,\)"),
+                        (dict(t_now=[60.0, np.nan, 60.0]), "t_now must be finite")):
+        with pytest.raises(ValueError, match=message):
+            res.model.forecast(new, **kw)
+    with pytest.raises(ValueError, match="horizon must be finite"):
+        fm.rul_point(res.model.params, res.model.prepare(*new), 60.0, basis=res.model.basis,
+                     threshold=1.0, horizon=np.inf)
+
+
 def test_decreasing_failure_channel_mirrors_increasing(fitted):
     res, (times, values, _) = fitted
     model = res.model
