@@ -12,6 +12,9 @@ INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 #: Appended to the NaN error of the Gaussian-mixture entry points (the opt-in that handles it).
 MISSING_HINT = ("; to fit data with missing entries (NaN) by marginalising them, pass "
                 "missing='marginalize'")
+#: The same for a fitted estimator's scores and predictions (no refit needed).
+MISSING_HINT_FITTED = ("; to score rows with missing entries (NaN) from their observed ones, "
+                       "set missing='marginalize' (set_params; no refit needed)")
 
 
 def as_data(X, name: str = "X", dtype=None, nan_hint: str = "") -> np.ndarray:

@@ -422,7 +422,8 @@ class GaussianMixture(*_ESTIMATOR_BASES):
     def _as_array(self, X, dtype=None, for_fit=True):
         if missing_lib.marginalizes(X, self.missing):
             return missing_lib.as_data_with_nan(X, dtype=dtype, for_fit=for_fit)
-        return v.as_data(X, dtype=dtype, nan_hint=v.MISSING_HINT)
+        return v.as_data(X, dtype=dtype,
+                         nan_hint=v.MISSING_HINT if for_fit else v.MISSING_HINT_FITTED)
 
     def _call(self, fn, X, nan_fn=None, validated=False):
         Xa = X if validated else self._validate_data(X, reset=False)

@@ -352,6 +352,12 @@ def test_api_opt_in_error_message_and_estimator():
     gamma = gm.predict_proba(Xn)
     np.testing.assert_allclose(filled[~obs], (gamma @ gm.means_)[~obs], rtol=1e-10)
     assert np.isfinite(gm.impute(Xn, sample=True)).all()
+    # fitted without the option: NaN in new rows names it, and setting it scores them
+    gm.set_params(missing="error")
+    with pytest.raises(ValueError, match="set missing='marginalize' .*no refit needed"):
+        gm.predict(Xn)
+    np.testing.assert_array_equal(gm.set_params(missing="marginalize").predict(Xn),
+                                  np.asarray(ms.predict(params, Xn)))
 
 
 def test_cli_and_selection_with_missing_entries(tmp_path, capsys):
