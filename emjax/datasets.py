@@ -28,11 +28,14 @@ class Table(NamedTuple):
       X: ``(n_rows, n_columns)`` float64 values of the selected columns.
       columns: their names (``"0"``, ``"1"``, ... when the file has none).
       row_labels: how to name each row in messages (e.g. ``"line 7"``), ``(n_rows,)``.
+      levels: the text columns (read with ``text``): name -> their levels in order; a cell
+        holds the index of its level (NaN where missing).
     """
 
     X: np.ndarray
     columns: list
     row_labels: list
+    levels: dict = {}
 
 
 def default_path() -> str:
@@ -92,7 +95,7 @@ def _select(names: list, columns: Sequence[str] | None, path: str) -> list:
     return out
 
 
-def _read_csv(path: str, columns, header: bool | None) -> Table:
+def _read_csv(path: str, columns, header: bool | None, text_columns=False) -> Table:
     with open(path, newline="", encoding="utf-8-sig") as f:
         text = f.read()
     lines = text.splitlines()
@@ -119,19 +122,51 @@ def _read_csv(path: str, columns, header: bool | None) -> Table:
     else:
         names = [str(i) for i in range(width)]
     idx = _select(names, columns, path)
+    levels = _text_levels(path, rows, names, idx, text_columns)
     X = np.empty((len(rows), len(idx)))
-    for i, (lineno, fields) in enumerate(rows):
-        for j, c in enumerate(idx):
+    for j, c in enumerate(idx):
+        code = levels.get(names[c])
+        code = None if code is None else {v: i for i, v in enumerate(code)}
+        for i, (lineno, fields) in enumerate(rows):
             x = fields[c]
-            try:
-                X[i, j] = parse_number(x)
-            except ValueError:
-                if x.lower() not in MISSING:
+            if x.lower() in MISSING:
+                X[i, j] = np.nan
+            elif code is not None:
+                if x not in code:
+                    raise DataError(f"{path}: value {x!r} at line {lineno}, column {names[c]!r} "
+                                    f"is not one of the model's levels {list(code)}")
+                X[i, j] = code[x]
+            else:
+                try:
+                    X[i, j] = parse_number(x)
+                except ValueError:
                     hint = " (digit separators '_' are not accepted)" if "_" in x else ""
+                    if not hint and text_columns is False:
+                        hint = (" (a column of text categories needs a mixture of families: "
+                                "--family auto)")
                     raise DataError(f"{path}: non-numeric value {x!r} at line {lineno}, column "
                                     f"{names[c]!r}{hint}") from None
-                X[i, j] = np.nan
-    return Table(X, [names[c] for c in idx], [f"line {lineno}" for lineno, _ in rows])
+    return Table(X, [names[c] for c in idx], [f"line {lineno}" for lineno, _ in rows], levels)
+
+
+def _text_levels(path: str, rows: list, names: list, idx: list, text) -> dict:
+    """The levels of the selected text columns: ``text`` True finds them (a column with a
+    non-numeric, non-missing cell; its distinct values, sorted); a dict gives them (a model's,
+    by column name); False: none."""
+    if text is False:
+        return {}
+    if text is not True:
+        unknown = sorted(set(text) - {names[c] for c in idx})
+        if unknown:
+            raise DataError(f"{path}: no text column {unknown[0]!r} among the columns read "
+                            f"({', '.join(names[c] for c in idx)})")
+        return {name: list(lv) for name, lv in text.items()}
+    out = {}
+    for c in idx:
+        cells = {f[c] for _, f in rows if f[c].lower() not in MISSING}
+        if any(not _is_number(x) for x in cells):
+            out[names[c]] = sorted(cells)
+    return out
 
 
 def _read_npy(path: str, columns) -> Table:
@@ -179,7 +214,7 @@ def _read_parquet(path: str, columns) -> Table:
 
 def read_table(path: str, *, columns: Sequence[str] | None = None,
                header: bool | None = None, min_rows: int = 2,
-               allow_missing: bool = False) -> Table:
+               allow_missing: bool = False, text=False) -> Table:
     """Read a numeric table: ``.npy``, ``.parquet``/``.pq`` (needs pyarrow), else CSV/TSV.
 
     Args:
@@ -190,6 +225,10 @@ def read_table(path: str, *, columns: Sequence[str] | None = None,
       min_rows: fewer rows than this is an error.
       allow_missing: keep missing entries as NaN (for models that marginalise them); a row
         with no observed value in the selected columns is still an error.
+      text: CSV only; ``True``: a column with a non-numeric cell is a column of text
+        categories, read as the index of each cell's level (``Table.levels``, sorted); a dict
+        ``{name: levels}``: those columns read with these levels (another value is an error);
+        ``False``: numbers only.
 
     Blank lines of a CSV are skipped; a line of empty fields (``,,``) is a row of missing
     values, so rows stay aligned with the file's data lines.
@@ -204,13 +243,16 @@ def read_table(path: str, *, columns: Sequence[str] | None = None,
     if os.path.isdir(path):
         raise DataError(f"{path} is a directory, not a data file")
     ext = os.path.splitext(path)[1].lower()
+    if text not in (False, True) and text and ext in (".npy", ".parquet", ".pq"):
+        raise DataError(f"{path}: the model reads text columns {sorted(text)}, which only a CSV "
+                        f"table holds")
     if ext == ".npy":
         table = _read_npy(path, columns)
     elif ext in (".parquet", ".pq"):
         table = _read_parquet(path, columns)
     else:
         try:
-            table = _read_csv(path, columns, header)
+            table = _read_csv(path, columns, header, text)
         except UnicodeDecodeError:
             raise DataError(f"{path}: not a text table (use .csv, .npy or .parquet)") from None
     X = table.X

@@ -37,10 +37,12 @@ def infer_type(x: np.ndarray) -> str:
     return "gaussian"
 
 
-def parse_family(spec: str, X: np.ndarray, names: list) -> tuple[Family, list]:
+def parse_family(spec: str, X: np.ndarray, names: list,
+                 text: frozenset = frozenset()) -> tuple[Family, list]:
     """``(Product family, column types)`` from ``spec``: ``auto``; one type per column in order
     (``type``, comma separated); or ``name:type`` for every column, by the columns' names in
-    any order. A type may be ``auto`` (inferred from the column, :func:`infer_type`)."""
+    any order. A type may be ``auto`` (inferred from the column, :func:`infer_type`; the
+    ``text`` columns, level indices, are categorical)."""
     d = X.shape[1]
     items = ["auto"] * d if spec.strip().lower() == "auto" else \
         [s.strip() for s in spec.split(",") if s.strip()]
@@ -72,7 +74,12 @@ def parse_family(spec: str, X: np.ndarray, names: list) -> tuple[Family, list]:
     if unknown:
         raise ValueError(f"unknown column type(s) {unknown}; use {', '.join(sorted(TYPES))} "
                          "or auto")
-    types = [infer_type(X[:, j]) if t == "auto" else t for j, t in enumerate(types)]
+    types = [("categorical" if names[j] in text else infer_type(X[:, j])) if t == "auto" else t
+             for j, t in enumerate(types)]
+    wrong = [n for n, t in zip(names, types) if n in text and t != "categorical"]
+    if wrong:
+        raise ValueError(f"column {wrong[0]!r} holds text categories: its type must be "
+                         "categorical (or auto)")
     return Product({name: TYPES[t]() for name, t in zip(names, types)}), types
 
 
@@ -86,12 +93,14 @@ def run_family_fit(args, ks: tuple, *, data_path: str, title: str) -> int:
 
     table = datasets.read_table(data_path, columns=args.columns.split(",") if args.columns
                                 else None, header=args.header, min_rows=max(max(ks), 2),
-                                allow_missing=True)
+                                allow_missing=True, text=True)
     X = table.X.astype(args.dtype)
-    family, types = parse_family(args.family, X, table.columns)
+    family, types = parse_family(args.family, X, table.columns, frozenset(table.levels))
     print(f"{title}: {data_path}: {X.shape[0]} rows x {X.shape[1]} columns, {args.dtype}, "
           f"{int(np.isnan(X).sum())} missing entries; {args.n_init} restarts per K")
-    print("column types: " + ", ".join(f"{n}={t}" for n, t in zip(table.columns, types)))
+    print("column types: " + ", ".join(
+        f"{n}={t}" + (f" (levels {', '.join(table.levels[n])})" if n in table.levels else "")
+        for n, t in zip(table.columns, types)))
     from emjax.cli import check_outputs
 
     check_outputs([os.path.join(args.output, "model.npz")], [data_path], args.force)
@@ -114,7 +123,8 @@ def run_family_fit(args, ks: tuple, *, data_path: str, title: str) -> int:
         print(f"{k:>3} {ll:>10.4f} {crit:>12.2f} {conv!s:>5} {it:>5}{flag}{mark}")
     res = best[2]
     path = fio.save(os.path.join(args.output, "model.npz"), res.family, res.params,
-                    config=dict(column_types=types, columns=table.columns, seed=args.seed,
+                    config=dict(column_types=types, columns=table.columns,
+                                levels=table.levels, seed=args.seed,
                                 n_init=args.n_init, tol=args.tol, max_iter=args.max_iter,
                                 criterion=args.criterion, data=os.path.abspath(data_path)))
     print(f"chosen K={best[1]} by {args.criterion.upper()}; weights "
@@ -146,10 +156,11 @@ def run_family_predict(args) -> int:
     from emjax.families import io as fio
 
     saved = fio.load(args.model)
-    cols = args.columns.split(",") if args.columns else \
-        saved.metadata.get("config", {}).get("columns")
+    config = saved.metadata.get("config", {})
+    cols = args.columns.split(",") if args.columns else config.get("columns")
+    # text columns read with the fitted levels (by name: with --columns, the model's names)
     table = datasets.read_table(args.data, columns=cols, header=args.header, min_rows=1,
-                                allow_missing=True)
+                                allow_missing=True, text=config.get("levels") or False)
     d = saved.family.n_features
     if table.X.shape[1] != d:
         raise CLIError(f"{args.data} has {table.X.shape[1]} columns but the model was fitted on "

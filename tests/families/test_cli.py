@@ -1,6 +1,7 @@
 """``emjax fit DATA --family SPEC``: column types, missing entries, the saved model, predict,
 and never writing over an input."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -71,3 +72,49 @@ def test_family_spec_by_name_in_any_order_by_position_or_inferred():
                           ("gaussian,bernoulli", "gives 2 column types")):
         with pytest.raises(ValueError, match=message):
             parse_family(spec, X, names)
+
+
+def test_text_categories(tmp_path, capsys):
+    """A column of text is a categorical column of its sorted levels: fitted with --family auto
+    (the levels kept in the model), predicted by level, an unknown level an error naming its
+    line; the Gaussian command says where text columns go."""
+    from emjax import cli, datasets
+
+    rng = np.random.default_rng(7)
+    z = rng.random(60) < 0.5
+    names = np.array(["east", "north", "south"])
+    region = [names[rng.integers(0, 3)] for _ in z]
+    lines = ["x,flag,region"] + [
+        f"{rng.normal(4.0 * zi):.6f},{int(rng.random() < 0.2 + 0.6 * zi)},"
+        f"{'' if i == 5 else r}" for i, (zi, r) in enumerate(zip(z, region))]
+    data = tmp_path / "t.csv"
+    data.write_text("\n".join(lines) + "\n")
+    t = datasets.read_table(str(data), allow_missing=True, text=True)
+    assert t.levels == {"region": ["east", "north", "south"]} and np.isnan(t.X[5, 2])
+    codes = {"east": 0, "north": 1, "south": 2}
+    np.testing.assert_array_equal(np.delete(t.X[:, 2], 5), [codes[r] for i, r in
+                                                           enumerate(region) if i != 5])
+    out = tmp_path / "out"
+    args = ["fit", str(data), "-k", "2", "-n", "1", "--max-iter", "20", "--no-plots",
+            "--no-progress", "--no-compile-cache", "-o", str(out)]
+    assert cli.main([*args, "--family", "auto"]) == 0
+    assert "region=categorical (levels east, north, south)" in capsys.readouterr().out
+    saved = fio.load(str(out / "model.npz"))
+    assert saved.metadata["config"]["levels"] == {"region": ["east", "north", "south"]}
+    pred = tmp_path / "pred.csv"
+    assert cli.main(["predict", str(out / "model.npz"), str(data), "-o", str(pred)]) == 0
+    from emjax.families import fitting
+
+    with jax.enable_x64(True):
+        ref = np.asarray(fitting.predict(saved.family, saved.params, t.X))
+    np.testing.assert_array_equal(np.loadtxt(pred, delimiter=",", skiprows=1)[:, 0], ref)
+    bad = tmp_path / "bad.csv"
+    bad.write_text(data.read_text().replace(f",{region[0]}\n", ",west\n", 1))
+    assert cli.main(["predict", str(out / "model.npz"), str(bad), "-o",
+                     str(tmp_path / "p2.csv")]) == 1
+    assert "value 'west' at line 2, column 'region' is not one of the model's levels" in \
+        capsys.readouterr().err
+    assert cli.main([*args, "--family", "x:gaussian,flag:bernoulli,region:poisson"]) == 1
+    assert "'region' holds text categories" in capsys.readouterr().err
+    assert cli.main([*args[:-2], "-o", str(tmp_path / "g")]) == 1
+    assert "--family auto" in capsys.readouterr().err
