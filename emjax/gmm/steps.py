@@ -357,9 +357,39 @@ def m_step(
       covariance_type: static; ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
       reg_covar: static; added to the covariance diagonal.
       sample_weight: optional ``(n_samples,)`` weights multiplying the responsibilities.
+
+    Outside ``jit`` the inputs are checked (``ValueError`` quoting shapes) and the step runs
+    compiled on rows padded to their size class with weight 0 (as :func:`score_samples`), so
+    a new number of rows rarely compiles; inside ``jit``/``vmap``/``grad`` it is traced as is.
     """
+    if v.is_traced(gamma, X, sample_weight):
+        return _m_step(gamma, X, covariance_type=covariance_type, reg_covar=reg_covar,
+                       sample_weight=sample_weight)
+    covariance_type = v.check_covariance_type(covariance_type)
+    reg_covar = v.check_non_negative(reg_covar, "reg_covar")
+    X = v.as_data(X)
+    v.check_x64(X.dtype)
+    n = X.shape[0]
+    g = np.asarray(gamma, X.dtype)
+    if g.ndim != 2 or g.shape[0] != n or g.shape[1] < 1:
+        raise ValueError(f"gamma must have shape (n_samples={n}, n_components) to match X of "
+                         f"shape {X.shape}; got shape {g.shape}")
+    w = v.check_sample_weight(sample_weight, n, X.dtype)
+    n_rows = _sizes.padded_rows(n, X.dtype.itemsize * (X.shape[1] + g.shape[1]))
+    if n_rows is not None and n_rows > n:
+        # zero-weight rows (copies of the first) change no statistic
+        X, w = _sizes.pad_rows(X, w, n_rows)
+        g = np.concatenate([g, np.zeros((n_rows - n, g.shape[1]), g.dtype)])
+    return _m_step_compiled(g, X, covariance_type=covariance_type, reg_covar=reg_covar,
+                            sample_weight=w)
+
+
+def _m_step(gamma, X, *, covariance_type, reg_covar, sample_weight):
     stats = m_step_stats(gamma, X, covariance_type=covariance_type, sample_weight=sample_weight)
     return params_from_stats(stats, covariance_type=covariance_type, reg_covar=reg_covar)
+
+
+_m_step_compiled = jax.jit(_m_step, static_argnames=("covariance_type", "reg_covar"))
 
 
 def m_step_stats(gamma: Array, X: Array, *, covariance_type: str = "full",

@@ -270,3 +270,16 @@ def test_functional_api_on_new_row_counts_shares_programs():
     np.testing.assert_allclose(ll, ll_t, rtol=1e-12)
     np.testing.assert_allclose(emjax.bic(params, X), jax.jit(emjax.bic)(params, X), rtol=1e-12)
     assert [f._cache_size() for f in steps._PER_ROW.values()] == sizes
+    # the M-step too: padded with zero-weight rows, one program, the traced step's values
+    emjax.m_step(np.asarray(gamma[:300]), X[:300], sample_weight=sw[:300])
+    before = steps._m_step_compiled._cache_size()
+    got = emjax.m_step(np.asarray(gamma), X, sample_weight=sw)
+    ref = jax.jit(lambda g, x, w: emjax.m_step(g, x, sample_weight=w))(gamma, X, sw)
+    assert steps._m_step_compiled._cache_size() == before
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13)
+    with pytest.raises(ValueError, match=r"gamma must have shape \(n_samples=301, n_components\) "
+                                         r"to match X of shape \(301, 2\); got shape \(300, 3\)"):
+        emjax.m_step(np.asarray(gamma[:300]), X)
+    with pytest.raises(ValueError, match="covariance_type must be one of"):
+        emjax.m_step(np.asarray(gamma), X, covariance_type="banana")
