@@ -104,8 +104,9 @@ def kmeans_plusplus(
     Returns:
       ``centers`` ``(n_clusters, n_features)`` and their row ``indices`` ``(n_clusters,)``.
     """
+    X = jnp.asarray(X)  # NumPy data is indexed by traced rows below
     n, d = X.shape
-    w = sample_weight if sample_weight is None else sample_weight.astype(X.dtype)
+    w = sample_weight if sample_weight is None else jnp.asarray(sample_weight, X.dtype)
     if n_local_trials is None:
         n_local_trials = 2 + int(math.log(n_clusters))
     if chunk_size is None:

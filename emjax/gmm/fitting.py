@@ -171,10 +171,44 @@ def init_params(
       chunk_size: static rows per block of every pass (default: the k-means passes use
         :func:`emjax.kmeans.default_chunk_size`, the M-step that of :func:`emjax.gmm.suff_stats`).
     """
+    static = dict(n_components=n_components, covariance_type=covariance_type,
+                  reg_covar=reg_covar, init_params=init_params, n_lloyd=n_lloyd,
+                  chunk_size=chunk_size)
+    if v.is_traced(key, X, sample_weight, center):
+        return _init_params(key, X, sample_weight, center, **static)
+    # Concrete data: checked at the boundary, then one compiled program (op by op, every
+    # operation would compile for every shape).
+    X = v.as_data(X)
+    v.check_x64(X.dtype)
+    static.update(n_components=v.check_n_components(n_components, X.shape[0], X.shape),
+                  covariance_type=v.check_covariance_type(covariance_type),
+                  reg_covar=v.check_non_negative(reg_covar, "reg_covar"),
+                  init_params=v.check_init_params(init_params),
+                  n_lloyd=v.check_positive_int(n_lloyd, "n_lloyd", minimum=0))
+    w = v.check_sample_weight(sample_weight, X.shape[0], X.dtype)
+    if center is not None:
+        center = np.asarray(center, X.dtype)
+        if center.shape != X.shape[1:]:
+            raise ValueError(f"center must have shape {X.shape[1:]} to match X of shape "
+                             f"{X.shape}; got {center.shape}")
+    n_rows = padded_rows(X.shape[0], X.nbytes // X.shape[0])
+    if n_rows is not None and draws_per_index():
+        # zero-weight rows up to the size class: never drawn, no statistic (the draws per row
+        # are those of the rows as given), one program for nearby sizes
+        X, w = pad_rows(X, w, n_rows)
+    return _init_params_compiled(v.as_key(key), X, w, center, **static)
+
+
+def _init_params(key, X, sample_weight, center, *, n_components, covariance_type, reg_covar,
+                 init_params, n_lloyd, chunk_size):
     stats = init_stats(key, X, n_components, covariance_type=covariance_type,
                        init_params=init_params, sample_weight=sample_weight, n_lloyd=n_lloyd,
                        center=center, chunk_size=chunk_size)
     return steps.params_from_stats(stats, covariance_type=covariance_type, reg_covar=reg_covar)
+
+
+_init_params_compiled = jax.jit(_init_params, static_argnames=(
+    "n_components", "covariance_type", "reg_covar", "init_params", "n_lloyd", "chunk_size"))
 
 
 def init_stats(

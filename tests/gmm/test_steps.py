@@ -11,7 +11,7 @@ from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
 import emjax
 from emjax import gmm
 from emjax.gmm import covariance as cov_lib
-from emjax.gmm import steps
+from emjax.gmm import fitting, steps
 from tests.conftest import COV_TYPES, DTYPES, rtol_for
 from tests.gmm._random import spd
 from tests.gmm.test_covariance import indefinite as indefinite_covariances
@@ -283,3 +283,25 @@ def test_functional_api_on_new_row_counts_shares_programs():
         emjax.m_step(np.asarray(gamma[:300]), X)
     with pytest.raises(ValueError, match="covariance_type must be one of"):
         emjax.m_step(np.asarray(gamma), X, covariance_type="banana")
+
+
+@pytest.mark.parametrize("method", ["kmeans", "random"])
+def test_init_params_on_concrete_data(method):
+    """emjax.init_params takes NumPy data (it failed with a TracerArrayConversionError inside
+    k-means++), checks it, and runs one program for the sizes of a class: equal to the traced
+    function on the rows as given."""
+    rng = np.random.default_rng(3)
+    X = np.concatenate([rng.normal(size=(60, 2)), rng.normal(size=(61, 2)) + 5.0])
+    key = jax.random.key(4)
+    kw = dict(covariance_type="diag", init_params=method)
+    emjax.init_params(key, X[:120], 2, **kw)
+    before = fitting._init_params_compiled._cache_size()
+    got = emjax.init_params(key, X, 2, **kw)
+    assert fitting._init_params_compiled._cache_size() == before
+    ref = jax.jit(lambda k, x: emjax.init_params(k, x, 2, **kw))(key, X)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="init_params must be one of"):
+        emjax.init_params(key, X, 2, init_params="bogus")
+    with pytest.raises(ValueError, match="n_components=200 must be <= n_samples=121"):
+        emjax.init_params(key, X, 200)
