@@ -86,8 +86,11 @@ def _select(names: list, columns: Sequence[str] | None, path: str) -> list:
         elif c.lstrip("-").isdigit() and -len(names) <= int(c) < len(names):
             i = int(c) % len(names)
         else:
-            raise DataError(f"{path}: no column {c!r} (columns: {', '.join(names)}; "
-                            f"give names or 0-based indices)")
+            comma = any("," in x for x in names)
+            raise DataError(f"{path}: no column {c!r} (columns: "
+                            f"{', '.join(map(repr, names)) if comma else ', '.join(names)}; "
+                            f"give names or 0-based indices"
+                            f"{'; a name with a comma by its index' if comma else ''})")
         if i in out:
             raise DataError(f"{path}: column {names[i]!r} is selected twice (as {c!r}); "
                             f"give each column once")

@@ -141,6 +141,14 @@ def test_rows_of_empty_fields_are_rows_and_blank_lines_are_skipped(tmp_path):
         datasets.read_table(str(path), columns=["a", "c"], allow_missing=True)
 
 
+def test_column_names_with_commas_are_quoted(tmp_path):
+    path = tmp_path / "q.csv"
+    path.write_text('"col a","col, b"\n1,2\n3,4\n')
+    with pytest.raises(datasets.DataError, match=r"columns: 'col a', 'col, b'; .*by its index"):
+        datasets.read_table(str(path), columns=["col"])
+    assert datasets.read_table(str(path), columns=["1"]).columns == ["col, b"]
+
+
 def test_too_few_rows(tmp_path, capsys):
     err = _bad(tmp_path, capsys, "a,b\n1,2\n3,4\n")
     assert "too few rows: 2 (need at least 3)" in err
