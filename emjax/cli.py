@@ -203,8 +203,8 @@ def run_fit(args, *, data_path: str, title: str) -> int:
         table = datasets.read_table(data_path, columns=_columns_arg(args.columns),
                                     header=args.header, min_rows=max(max(ks), 2),
                                     allow_missing=marginalize)
-    except ValueError as exc:
-        if marginalize or "missing values in" not in str(exc):
+    except datasets.MissingValuesError as exc:
+        if marginalize:  # infinities
             raise
         raise CLIError(f"{exc}; pass --missing marginalize to marginalise missing entries "
                        "(missing at random)") from None
@@ -324,17 +324,15 @@ def run_predict(args) -> int:
             # by name, as fitted: columns in another order or beside others are read right
             try:
                 table = read(columns=fitted)
-            except datasets.DataError as exc:
-                if "no column" not in str(exc):
-                    raise
+            except datasets.UnknownColumnError:
                 table = read(columns=None)  # a table without a header: by position
                 if table.columns != [str(i) for i in range(len(table.columns))]:
                     raise CLIError(f"{args.data} has columns {table.columns} but the model was "
                                    f"fitted on {fitted}; choose them with --columns") from None
         else:
             table = read(columns=columns)
-    except datasets.DataError as exc:
-        if marginalize or "missing values in" not in str(exc):
+    except datasets.MissingValuesError as exc:
+        if marginalize:  # infinities
             raise
         raise CLIError(f"{exc}; pass --missing marginalize to label rows with missing entries "
                        "from their observed ones") from None

@@ -21,6 +21,14 @@ class DataError(ValueError):
     """A data file that cannot be used, with a one-line explanation."""
 
 
+class MissingValuesError(DataError):
+    """Rows holding NaN, infinite or missing values where the table must be complete."""
+
+
+class UnknownColumnError(DataError):
+    """A selected column that the table does not have."""
+
+
 class Table(NamedTuple):
     """A numeric table read from a file.
 
@@ -87,7 +95,7 @@ def _select(names: list, columns: Sequence[str] | None, path: str) -> list:
             i = int(c) % len(names)
         else:
             comma = any("," in x for x in names)
-            raise DataError(f"{path}: no column {c!r} (columns: "
+            raise UnknownColumnError(f"{path}: no column {c!r} (columns: "
                             f"{', '.join(map(repr, names)) if comma else ', '.join(names)}; "
                             f"give names or 0-based indices"
                             f"{'; a name with a comma by its index' if comma else ''})")
@@ -158,7 +166,7 @@ def _text_levels(path: str, rows: list, names: list, idx: list, text) -> dict:
     by column name); False: none."""
     if text is False:
         return {}
-    if text is not True:
+    if isinstance(text, dict):
         unknown = sorted(set(text) - {names[c] for c in idx})
         if unknown:
             raise DataError(f"{path}: no text column {unknown[0]!r} among the columns read "
@@ -246,7 +254,7 @@ def read_table(path: str, *, columns: Sequence[str] | None = None,
     if os.path.isdir(path):
         raise DataError(f"{path} is a directory, not a data file")
     ext = os.path.splitext(path)[1].lower()
-    if text not in (False, True) and text and ext in (".npy", ".parquet", ".pq"):
+    if isinstance(text, dict) and text and ext in (".npy", ".parquet", ".pq"):
         raise DataError(f"{path}: the model reads text columns {sorted(text)}, which only a CSV "
                         f"table holds")
     if ext == ".npy":
@@ -268,8 +276,8 @@ def read_table(path: str, *, columns: Sequence[str] | None = None,
 
     bad = np.flatnonzero(~np.all(np.isfinite(X) | (allow_missing & np.isnan(X)), axis=1))
     if bad.size:
-        raise DataError(f"{path}: NaN, infinite or missing values in {bad.size} row(s): "
-                        f"{named(bad)}")
+        raise MissingValuesError(f"{path}: NaN, infinite or missing values in {bad.size} "
+                                 f"row(s): {named(bad)}")
     empty = np.flatnonzero(np.all(np.isnan(X), axis=1) & allow_missing)
     if empty.size:
         raise DataError(f"{path}: no observed value in {empty.size} row(s) (every selected "

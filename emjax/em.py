@@ -402,6 +402,15 @@ class FitResult:
         return self._replace(history=self.history[:max_iter], restarts=self.restarts._replace(
             history=self.restarts.history[:, :max_iter]))
 
+    def with_max_iter(self, max_iter: int) -> FitResult:
+        """:meth:`first_iterations` on the host, back on the device (as is when the history is
+        ``max_iter`` long already)."""
+        import numpy as np
+
+        if self.history.shape[-1] == max_iter:
+            return self
+        return jax.device_put(jax.tree_util.tree_map(np.asarray, self).first_iterations(max_iter))
+
     @classmethod
     def extend(cls, result: FitResult, **changes) -> FitResult:
         """``result``'s fields with ``changes`` (a subclass's own fields among them) as ``cls``."""

@@ -199,10 +199,7 @@ def fit(
         res = _fit_compiled.call(options, args, static, "families")
     else:
         res = _fit_compiled[options](*args, **static)
-    if static["history_size"] == max_iter:
-        return res
-    # Drop the history past max_iter on the host (slicing on the device compiles per shape).
-    return jax.device_put(jax.tree_util.tree_map(np.asarray, res).first_iterations(max_iter))
+    return res.with_max_iter(max_iter)  # the history past max_iter dropped on the host
 
 
 @functools.partial(jax.jit, static_argnames=("family",))

@@ -24,7 +24,7 @@ from emjax._sizes import draws_per_index, history_class, pad_rows, padded_rows, 
 from emjax.gmm import GMMParams, kernels, steps, unrolled
 from emjax.gmm import covariance as cov_lib
 from emjax.gmm import plan as plan_lib
-from emjax.gmm.options import check_fit
+from emjax.gmm.options import check_fit, check_options
 from emjax.gmm.reseed import empty_components, reseed_empty, worst_explained
 
 Array = jax.Array
@@ -180,11 +180,10 @@ def init_params(
     # operation would compile for every shape).
     X = v.as_data(X)
     v.check_x64(X.dtype)
-    static.update(n_components=v.check_n_components(n_components, X.shape[0], X.shape),
-                  covariance_type=v.check_covariance_type(covariance_type),
-                  reg_covar=v.check_non_negative(reg_covar, "reg_covar"),
-                  init_params=v.check_init_params(init_params),
-                  n_lloyd=v.check_positive_int(n_lloyd, "n_lloyd", minimum=0))
+    _, o = check_options(n_components, X.shape, covariance_type=covariance_type,
+                         init_params=init_params, reg_covar=reg_covar, n_lloyd=n_lloyd)
+    static.update(n_components=o.n_components, covariance_type=o.covariance_type,
+                  reg_covar=o.reg_covar, init_params=o.init_params, n_lloyd=o.n_lloyd)
     w = v.check_sample_weight(sample_weight, X.shape[0], X.dtype)
     if center is not None:
         center = np.asarray(center, X.dtype)

@@ -376,7 +376,4 @@ def fit_gem(
     res = _fit_gem_compiled[options](Xa, c.key, w, np.asarray(c.tol, Xa.dtype),
                                      np.int32(max_iter), options=o, optimizer=optimizer,
                                      n_steps=n_steps)
-    if o.max_iter == max_iter:
-        return res
-    # the history past max_iter dropped on the host (slicing on the device compiles per shape)
-    return jax.device_put(jax.tree_util.tree_map(np.asarray, res).first_iterations(max_iter))
+    return res.with_max_iter(max_iter)  # the history past max_iter dropped on the host
