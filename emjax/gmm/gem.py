@@ -226,8 +226,7 @@ def optax_m_step(
     Returns:
       :class:`~emjax.gmm.GMMParams` of ``params0``'s covariance type.
     """
-    if optimizer is None:
-        optimizer = default_optimizer()
+    optimizer = _check_optimizer(optimizer)
     ctype = params0.covariance_type
     n_total = X.shape[0] if sample_weight is None else jnp.sum(sample_weight)
     gamma = jax.lax.stop_gradient(gamma)
@@ -309,6 +308,18 @@ _fit_gem_compiled = _xla.JitByOptions(_fit_gem_program,
                                       static_argnames=("options", "optimizer", "n_steps"))
 
 
+def _check_optimizer(optimizer) -> optax.GradientTransformation:
+    """``optimizer``, or :func:`default_optimizer` for None; anything without optax's ``init``
+    and ``update`` is a ``ValueError`` (it would fail deep inside the trace)."""
+    if optimizer is None:
+        return default_optimizer()
+    if not (callable(getattr(optimizer, "init", None))
+            and callable(getattr(optimizer, "update", None))):
+        raise ValueError("optimizer must be an optax.GradientTransformation (e.g. "
+                         f"optax.lbfgs() or optax.adam(1e-2)); got {optimizer!r}")
+    return optimizer
+
+
 @functools.lru_cache(maxsize=1)
 def default_optimizer() -> optax.GradientTransformation:
     """``optax.lbfgs()``, one shared object so repeated fits hit jit's cache (it is static)."""
@@ -361,8 +372,7 @@ def fit_gem(
                   reg_covar=reg_covar, max_iter=max_iter, n_init=n_init, init_params=init_params,
                   sample_weight=sample_weight)
     n_steps = v.check_positive_int(n_steps, "n_steps")
-    if optimizer is None:
-        optimizer = default_optimizer()
+    optimizer = _check_optimizer(optimizer)
     Xa, w = c.X, c.sample_weight
     n, max_iter = Xa.shape[0], c.options.max_iter
     # Rows up to their size class (zero-weight copies of the first row) and the history up to

@@ -86,6 +86,7 @@ def chunks(source, chunk_size: int = 65536) -> Iterable[np.ndarray]:
     """
     if isinstance(source, (NpyChunks, _ArrayChunks, _CallableChunks)):
         return source  # chunked already (e.g. by this function)
+    chunk_size = v.check_positive_int(chunk_size, "chunk_size")
     if isinstance(source, (str, os.PathLike)):
         return NpyChunks(source, chunk_size)
     if isinstance(source, Iterator):
@@ -199,8 +200,13 @@ def _one_pass(params, source, *, chunk_size, dtype, shift, covariance_type) -> _
 
 def _first_rows(source, n_rows: int) -> np.ndarray:
     got, total = [], 0
-    for a in source:
+    for i, a in enumerate(source):
         a = np.asarray(a)
+        if a.ndim != 2 or (got and a.shape[1] != got[0].shape[1]):
+            # (concatenating them would fail with NumPy's words, not the source's)
+            first = f"; the first has {got[0].shape[1]} features" if got else ""
+            raise ValueError(f"every chunk of source must be 2-D (rows, n_features) with the "
+                             f"same n_features; chunk {i} has shape {a.shape}{first}")
         got.append(a[: n_rows - total])
         total += got[-1].shape[0]
         if total >= n_rows:

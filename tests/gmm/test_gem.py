@@ -140,3 +140,5 @@ def test_fit_gem_validates_arguments():
         gem.fit_gem(X, 2, n_steps=0)
     with pytest.raises(ValueError, match="covariance_type"):
         gem.fit_gem(X, 2, covariance_type="banana")
+    with pytest.raises(ValueError, match=r"optax.GradientTransformation.*got 'adam'"):
+        gem.fit_gem(X, 2, optimizer="adam")

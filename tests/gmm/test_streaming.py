@@ -64,6 +64,11 @@ def test_sources_chunked_already_and_one_shot_iterators():
         np.testing.assert_allclose(res.log_likelihood, ref.log_likelihood, rtol=1e-12)
     with pytest.raises(ValueError, match="can be read once.*zero-argument callable"):
         streaming.fit(_uneven_chunks(X)(), 3, **kw)
+    # chunks of another width are named, not left to NumPy's concatenation error
+    with pytest.raises(ValueError, match=r"chunk 1 has shape \(5, 1\); the first has 3 features"):
+        streaming.fit([X[:5], X[5:10, :1]], 3)
+    with pytest.raises(ValueError, match="chunk_size"):
+        streaming.chunks(X, 0)
 
 
 def test_streaming_reseeds_an_empty_component_like_in_memory_fit():
