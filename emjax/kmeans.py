@@ -13,6 +13,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from emjax import _validation as v
 from emjax._chunks import fold_chunks, rows
 
 Array = jax.Array
@@ -106,6 +107,11 @@ def kmeans_plusplus(
     """
     X = jnp.asarray(X)  # NumPy data is indexed by traced rows below
     n, d = X.shape
+    if n_active is None and not v.is_traced(X):
+        # as scikit-learn's: more centres than rows would repeat rows as centres
+        if v.check_positive_int(n_clusters, "n_clusters") > n:
+            raise ValueError(f"n_clusters={n_clusters} must be <= n_samples={n} (X has shape "
+                             f"{X.shape})")
     w = sample_weight if sample_weight is None else jnp.asarray(sample_weight, X.dtype)
     if n_local_trials is None:
         n_local_trials = 2 + int(math.log(n_clusters))

@@ -117,3 +117,10 @@ def test_single_block_init_is_the_dense_computation_and_vmaps():
         jax.tree_util.tree_map(
             lambda a, b: np.testing.assert_allclose(a[i], b, rtol=1e-12, atol=1e-12),
             batched, one)
+
+
+def test_kmeans_plusplus_on_fewer_rows_than_centres_is_an_error():
+    """As scikit-learn's: it would otherwise return repeated rows as centres, silently."""
+    X, _ = _data(np.float64)
+    with pytest.raises(ValueError, match=r"n_clusters=5 must be <= n_samples=3 .*\(3, 3\)"):
+        kmeans.kmeans_plusplus(jax.random.key(0), X[:3], 5)
