@@ -101,6 +101,9 @@ def plot_clusters(X, params: GMMParams, *, feature_names: list | None = None):
     means = np.asarray(params.means, np.float64)
     k, d = means.shape
     covs = np.asarray(cov_lib.as_full(params.covariance, k, d), np.float64)
+    if feature_names is not None and len(feature_names) != d:
+        raise ValueError(f"feature_names must name the model's {d} features; got "
+                         f"{len(feature_names)}: {list(feature_names)!r}")
     fig = _figure((6.0, 5.0))
     ax = fig.add_subplot()
     if d == 1:
@@ -155,6 +158,9 @@ def save_figures(sel: selection.SelectionResult, X, directory: str, *,
     paths."""
     from emjax._files import atomic_write
 
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(f"{directory} is a file, not a directory: the figures are written "
+                         "into a directory")
     os.makedirs(directory, exist_ok=True)
     figs = dict(zip(FIGURE_NAMES, (
         plot_criteria(sel),

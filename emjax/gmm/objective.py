@@ -23,8 +23,10 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import logsumexp, xlogy
 
+from emjax import _validation as v
 from emjax._linalg import after
 from emjax.gmm import GMMParams
 from emjax.gmm import covariance as cov_lib
@@ -71,9 +73,26 @@ def dense_covariances(params: GMMParams) -> Array:
 
 def log_joint(params: GMMParams, X: Array) -> Array:
     """``log pi_k + log N(x_n | mu_k, Sigma_k)``, shape ``(n_samples, n_components)``, dense."""
+    X, _, _ = _checked(params, X)
     covs = dense_covariances(params)
     comp = jax.vmap(gaussian_log_density, in_axes=(None, 0, 0), out_axes=1)(X, params.means, covs)
     return comp + jnp.log(params.weights)[None, :]
+
+
+def _checked(params: GMMParams, X, q=None, sample_weight=None):
+    """``(X, q, sample_weight)`` checked against ``params`` and each other on concrete values
+    (a ``ValueError`` quoting the shapes; broadcasting would otherwise give a wrong number);
+    inside ``jit``/``grad`` (any tracer) returned as given."""
+    if v.is_traced(params, X, q, sample_weight):
+        return X, q, sample_weight
+    X = v.check_model_data(params, X)
+    n, k = X.shape[0], np.shape(params.means)[0]
+    if q is not None and np.shape(q) != (n, k):
+        raise ValueError(f"the responsibilities must have shape (n_samples, n_components) = "
+                         f"{(n, k)} for X of shape {X.shape}; got {np.shape(q)}")
+    if sample_weight is not None:
+        sample_weight = v.check_sample_weight(sample_weight, n, X.dtype)
+    return X, q, sample_weight
 
 
 def _weights(X: Array, sample_weight: Array | None) -> Array:
@@ -109,6 +128,7 @@ def complete_data_log_likelihood(
     Returns:
       ``()`` the value of Q.
     """
+    X, gamma, sample_weight = _checked(params, X, gamma, sample_weight)
     w = _weights(X, sample_weight)
     wg = gamma * w[:, None]
     q = jnp.sum(wg * log_joint(params, X))
@@ -124,6 +144,7 @@ def observed_log_likelihood(
     params: GMMParams, X: Array, sample_weight: Array | None = None
 ) -> Array:
     """``log p(X | theta) = sum_n w_n log sum_k pi_k N(x_n | mu_k, Sigma_k)`` (a scalar)."""
+    X, _, sample_weight = _checked(params, X, None, sample_weight)
     return jnp.sum(_weights(X, sample_weight) * logsumexp(log_joint(params, X), axis=1))
 
 
@@ -147,6 +168,7 @@ def kl_divergence(
     q: Array, params: GMMParams, X: Array, sample_weight: Array | None = None
 ) -> Array:
     """``KL(q || p(Z | X, theta)) = sum_n w_n sum_k q_nk (log q_nk - log p(z_n=k | x_n))``."""
+    X, q, sample_weight = _checked(params, X, q, sample_weight)
     w = _weights(X, sample_weight)
     lj = log_joint(params, X)
     log_post = lj - logsumexp(lj, axis=1, keepdims=True)

@@ -511,6 +511,7 @@ _PER_ROW = {fn: jax.jit(fn) for fn in (_e_rows, _score_rows, _proba_rows, _predi
 
 def n_parameters(covariance_type: str, n_components: int, n_features: int) -> int:
     """Number of free parameters (scikit-learn's ``_n_parameters``)."""
+    covariance_type = v.check_covariance_type(covariance_type)
     return (
         cov_lib.n_covariance_parameters(covariance_type, n_components, n_features)
         + n_components * n_features

@@ -403,3 +403,17 @@ def test_inverse_differential():
     _, tangent = jax.jvp(jnp.linalg.inv, (jnp.asarray(A),), (jnp.asarray(B),))
     inv = np.linalg.inv(A)
     chex.assert_trees_all_close(tangent, -inv @ B @ inv, **TOL)
+
+
+def test_concrete_arguments_are_checked_against_the_mixture():
+    """On concrete values a mis-shaped argument is a ValueError quoting the shapes, not a number
+    from broadcasting (X of one feature against a 3-feature mixture broadcast silently)."""
+    X, gamma, w, params = random_problem(15, "full")
+    with pytest.raises(ValueError, match=r"X has 1 features \(shape \(24, 1\)\)"):
+        obj.observed_log_likelihood(params, X[:, :1])
+    with pytest.raises(ValueError, match=r"\(24, 3\) for X of shape \(24, 3\); got \(5, 3\)"):
+        obj.complete_data_log_likelihood(params, gamma[:5], X)
+    with pytest.raises(ValueError, match=r"sample_weight must have shape \(24,\)"):
+        obj.kl_divergence(gamma, params, X, w[:5])
+    with pytest.raises(ValueError, match="covariance_type must be one of"):
+        gmm.n_parameters("ful", 2, 3)
