@@ -373,7 +373,8 @@ def select_model(
     Args:
       X: ``(n_samples, n_features)``.
       n_components: ``K_max`` or a sequence of ints.
-      covariance_types: one type or a sequence of them (``"all"`` for the four).
+      covariance_types: one type or a sequence of them (``"all"`` for the four); also taken
+        as ``covariance_type``, the name :func:`emjax.fit` and the estimator use.
       criterion: ``"bic"`` or ``"aic"``; the chosen model minimises it over every grid point's
         best restart (ties: the first, i.e. fewer components / earlier type).
       progress: show a progress bar on stderr (see :mod:`emjax.progress`).
@@ -391,6 +392,12 @@ def select_model(
     """
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}; got {criterion!r}")
+    if "covariance_type" in kwargs:
+        # the singular name of emjax.fit reached fit_grid twice (a TypeError from Python)
+        if covariance_types != ("full",):
+            raise ValueError("pass covariance_types or covariance_type, not both; got "
+                             f"{covariance_types!r} and {kwargs['covariance_type']!r}")
+        covariance_types = kwargs.pop("covariance_type")
     types = check_covariance_types(covariance_types)
     grids = []
     for ctype in types:

@@ -108,6 +108,10 @@ def test_select_model_chooses_the_minimum_criterion(blobs):
     # The same static configuration as a grid above: the compiled program is reused.
     sel = selection.select_model(blobs, (2, 3), covariance_types=("full",), n_init=2,
                                  tol=1e-9, max_iter=60, key=jax.random.key(0), criterion="bic")
+    # emjax.fit's singular name is taken too (it reached fit_grid twice: a TypeError)
+    alias = selection.select_model(blobs, (2, 3), covariance_type="full", n_init=2, tol=1e-9,
+                                   max_iter=60, key=jax.random.key(0), criterion="bic")
+    np.testing.assert_array_equal(alias.params.means, sel.params.means)
     (grid,) = sel.grids
     best = selection.best_scores(grid, "bic")
     assert sel.n_components == grid.n_components[np.argmin(best)] == 3  # three blobs
@@ -144,3 +148,5 @@ def test_grid_validation_messages(blobs):
         selection.select_model(blobs, 2, covariance_types=("full", "banana"))
     with pytest.raises(ValueError, match="criterion"):
         selection.select_model(blobs, 2, criterion="dic")
+    with pytest.raises(ValueError, match="not both"):
+        selection.select_model(blobs, 2, covariance_types="diag", covariance_type="full")
