@@ -15,6 +15,10 @@ MISSING_HINT = ("; to fit data with missing entries (NaN) by marginalising them,
 #: The same for a fitted estimator's scores and predictions (no refit needed).
 MISSING_HINT_FITTED = ("; to score rows with missing entries (NaN) from their observed ones, "
                        "set missing='marginalize' (set_params; no refit needed)")
+#: The same for the functional API (params and rows), whose NaN-aware twins are in emjax.missing.
+MISSING_HINT_FUNCTIONAL = ("; to score rows with missing entries (NaN) from their observed "
+                           "ones, use emjax.missing.score_samples, predict_proba or predict "
+                           "(and emjax.impute to fill them in)")
 
 
 def as_data(X, name: str = "X", dtype=None, nan_hint: str = "") -> np.ndarray:
@@ -311,13 +315,14 @@ def check_params(params) -> tuple:
     return k, d
 
 
-def check_model_data(params, X, name: str = "X"):
+def check_model_data(params, X, name: str = "X", nan_hint: str = MISSING_HINT_FUNCTIONAL):
     """``X`` checked against the mixture ``params`` when both are concrete (the functional API).
 
     Inside ``jit``/``vmap``/``grad`` (any tracer among them) nothing is checked and ``X`` is
     returned as given: traced code cannot raise. Otherwise: ``params`` consistent, a float64
     model only with x64 on, ``X`` a finite real 2-D array with the model's number of features.
-    Returns ``X`` (a NumPy array unless it was a JAX array).
+    Returns ``X`` (a NumPy array unless it was a JAX array). ``nan_hint``: as in
+    :func:`as_data`.
     """
     import jax
 
@@ -325,7 +330,7 @@ def check_model_data(params, X, name: str = "X"):
         return X
     _, d = check_params(params)
     check_model_x64(params)
-    Xa = as_data(X, name)
+    Xa = as_data(X, name, nan_hint=nan_hint)
     if Xa.shape[1] != d:
         raise ValueError(f"{name} has {Xa.shape[1]} features (shape {Xa.shape}) but the model "
                          f"has {d} (means {tuple(np.shape(params.means))})")

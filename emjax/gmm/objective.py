@@ -85,7 +85,7 @@ def _checked(params: GMMParams, X, q=None, sample_weight=None):
     inside ``jit``/``grad`` (any tracer) returned as given."""
     if v.is_traced(params, X, q, sample_weight):
         return X, q, sample_weight
-    X = v.check_model_data(params, X)
+    X = v.check_model_data(params, X, nan_hint="")  # dense references: no missing entries
     n, k = X.shape[0], np.shape(params.means)[0]
     if q is not None and np.shape(q) != (n, k):
         raise ValueError(f"the responsibilities must have shape (n_samples, n_components) = "

@@ -561,9 +561,11 @@ def responsibilities_mass(gamma: Array, sample_weight: Array | None = None) -> A
 # ------------------------------------------------------------------ padded components
 
 def filler_params(covariance_type: str, k: int, d: int, dtype, lead: tuple = ()) -> GMMParams:
-    """Parameters of ``k`` padding components: weight 0, mean 0, identity covariance."""
+    """Parameters of ``k`` padding components: weight 0, mean 0, identity covariance (tied:
+    the identity as the shared matrix, which padding leaves to the real components)."""
     eye_like = {
         "full": jnp.broadcast_to(jnp.eye(d, dtype=dtype), lead + (k, d, d)),
+        "tied": jnp.broadcast_to(jnp.eye(d, dtype=dtype), lead + (d, d)),
         "diag": jnp.ones(lead + (k, d), dtype),
         "spherical": jnp.ones(lead + (k,), dtype),
     }[covariance_type]

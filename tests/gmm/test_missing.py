@@ -392,3 +392,14 @@ def test_cli_and_selection_with_missing_entries(tmp_path, capsys):
     ll = float(np.sum(ms.score_samples(one.params, X)))
     p = gmm.n_parameters("diag", 2, 2)
     np.testing.assert_allclose(grid.bic[1, 0], -2 * ll + p * np.log(100), rtol=1e-10)
+    # the functional API's NaN error names its NaN-aware twins
+    with pytest.raises(ValueError, match=r"NaN.*use emjax.missing.score_samples"):
+        emjax.score_samples(one.params, X)
+    # tied: the grid pads the smaller fits' components (it raised KeyError 'tied')
+    with jax.enable_x64(True):
+        grid = emjax.fit_grid(X, [1, 2], covariance_type="tied", missing="marginalize",
+                              max_iter=20)
+        one = emjax.fit(X, 2, covariance_type="tied", missing="marginalize", max_iter=20)
+    assert grid.params.covariance.covariances.shape == (2, 1, 2, 2)
+    np.testing.assert_allclose(grid.log_likelihood[1, 0], one.log_likelihood, rtol=1e-12)
+    np.testing.assert_array_equal(grid.params.weights[0, 0], [1.0, 0.0])
