@@ -161,7 +161,7 @@ def run_family_predict(args) -> int:
     # text columns read with the fitted levels (by name: with --columns, the model's names)
     table = datasets.read_table(args.data, columns=cols, header=args.header, min_rows=1,
                                 allow_missing=True, text=config.get("levels") or False)
-    d = saved.family.n_features
+    d = saved.family.width()
     if table.X.shape[1] != d:
         raise CLIError(f"{args.data} has {table.X.shape[1]} columns but the model was fitted on "
                        f"{d}; choose them with --columns")

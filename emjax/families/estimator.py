@@ -100,7 +100,7 @@ class MixtureModel(*_ESTIMATOR_BASES):
         self.params_ = jax.tree_util.tree_map(np.asarray, params)
         self.weights_ = self.params_.weights
         self.components_ = self.params_.components
-        self.n_features_in_ = family.n_features
+        self.n_features_in_ = family.width()
         self._dtype = np.dtype(dtype)
 
     def fit_predict(self, X, y=None, sample_weight=None):

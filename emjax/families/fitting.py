@@ -213,9 +213,10 @@ def _score(family: Family, params: MixtureParams, X) -> tuple[np.ndarray, np.nda
     """``(log responsibilities, log p(x_n))`` as NumPy arrays: one compiled program per size
     class of the rows (padded with copies of the first row, cut on the host)."""
     Xa = check_data(X, family)
-    if Xa.shape[1] != family.n_features:
+    # width, not n_features: a one-hot Categorical's n_features counts its blocks
+    if Xa.shape[1] != family.width():
         raise ValueError(f"X has shape {Xa.shape}; the family was fitted to "
-                         f"{family.n_features} columns")
+                         f"{family.width()} columns")
     # in the fitted family's support (signs, integer codes below its categories): its log_prob
     # would give finite nonsense or treat an unknown category as missing
     family.bind(Xa)

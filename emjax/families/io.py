@@ -69,7 +69,7 @@ def family_from_json(spec: dict) -> Family:
 
 def _template(family: Family, n_components: int, dtype) -> MixtureParams:
     """The parameter pytree's structure and shapes for ``family`` (traced, never computed)."""
-    x = jax.ShapeDtypeStruct((max(n_components, 2), family.n_features), dtype)
+    x = jax.ShapeDtypeStruct((max(n_components, 2), family.width()), dtype)
     return jax.eval_shape(lambda X: init_params(family, jax.random.key(0), family.encode(X),
                                                 None, n_components), x)
 

@@ -194,6 +194,26 @@ def test_categorical_one_hot_equals_codes():
     assert codes.n_parameters(2) == hot.n_parameters(2) == 2 * (1 + 2)
 
 
+def test_one_hot_categorical_mixture_scores_and_round_trips(tmp_path):
+    """A mixture of one-hot blocks alone is scored on its columns (5), not its blocks (2), and
+    saved, loaded and scored as an estimator with n_features_in_ = 5."""
+    from emjax.families import io as fio
+
+    X = np.array([[0, 2], [1, 0], [1, 1], [0, 0], [0, 2]], float)
+    oh = np.zeros((5, 5))
+    oh[np.arange(5), X[:, 0].astype(int)] = 1
+    oh[np.arange(5), 2 + X[:, 1].astype(int)] = 1
+    codes = F.Categorical().bind(X)
+    hot = F.Categorical((2, 3), one_hot=True).bind(oh)
+    theta, _, _ = _theta(codes, X)
+    params = F.MixtureParams(jnp.array([0.3, 0.7]), theta)
+    want = F.score_samples(codes, params, X)
+    np.testing.assert_allclose(F.score_samples(hot, params, oh), want, rtol=1e-12)
+    m = emjax.MixtureModel.load(fio.save(tmp_path / "hot", hot, params))
+    assert m.n_features_in_ == 5
+    np.testing.assert_allclose(m.score_samples(oh), want, rtol=1e-12)
+
+
 def test_missing_entries_are_marginalised():
     """A NaN entry drops exactly its own column's term from the row's log-density."""
     fam = F.Product({"g": F.Gaussian("diag", n_features=2), "b": F.Bernoulli(),
