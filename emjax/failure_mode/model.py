@@ -894,6 +894,16 @@ def _check_basis(basis: Basis, data: FMMData) -> None:
                          "carries it)")
 
 
+def _check_channel(channel, data: FMMData) -> None:
+    """``channel`` indexes one of the data's channels: past the end, JAX's indexing would clamp
+    it to the last channel and answer for that one, silently."""
+    C = data.x.shape[1]
+    if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)) \
+            or not -C <= channel < C:
+        raise ValueError(f"channel must be an int in [-{C}, {C}) for data with {C} channels "
+                         f"(x of shape {data.x.shape}); got {channel!r}")
+
+
 def predict_path(params: FMMParams, data: FMMData, times: Array, *, basis: Basis,
                  include_noise: bool = True) -> PathPrediction:
     """Predictive path of every channel at ``times`` (``(T,)`` or ``(L, T)``).
@@ -962,6 +972,7 @@ def failure_time_samples(key: Array, params: FMMParams, data: FMMData, t_now, *,
         ``(horizon - t_now) / n_grid``.
     """
     _check_basis(basis, data)
+    _check_channel(channel, data)
     return _unit_call("samples", (key,), params, data, t_now, horizon, threshold, basis=basis,
                       channel=channel, n_samples=n_samples, n_grid=n_grid)
 
@@ -1007,6 +1018,7 @@ def failure_cdf(params: FMMParams, data: FMMData, t_now, *, basis: Basis, thresh
       ``(grid, cdf)``, both ``(L, n_grid)``; ``grid`` in original time units.
     """
     _check_basis(basis, data)
+    _check_channel(channel, data)
     return _unit_call("cdf", (), params, data, t_now, horizon, threshold, basis=basis,
                       channel=channel, n_grid=n_grid)
 
@@ -1034,6 +1046,7 @@ def rul_point(params: FMMParams, data: FMMData, t_now, *, basis: Basis, threshol
     :class:`~emjax.failure_mode.prognostics.PrognosticModel`.
     """
     _check_basis(basis, data)
+    _check_channel(channel, data)
     return _unit_call("rul", (), params, data, t_now, horizon, threshold, basis=basis,
                       channel=channel, n_grid=n_grid)
 

@@ -418,6 +418,20 @@ def test_fit_validation():
         fm.Basis("fourier")
 
 
+def test_remaining_life_functions_check_their_channel():
+    """A channel past the data's (4 here) is an error naming it, concrete or traced: indexed in
+    JAX it was clamped to the last channel, whose answer came back silently."""
+    data = fd.make_synthetic(0, n_units=10, n_obs=(3, 5)).to_data()
+    params = _random_params(np.random.default_rng(0), 4, 2, 3)
+    kw = dict(basis=fm.QUADRATIC, threshold=2.5, horizon=3.0)
+    for channel in (4, -5, 1.0):
+        for fn in (fm.rul_point, fm.failure_cdf, rul_point):
+            with pytest.raises(ValueError, match=r"channel must be an int in \[-4, 4\)"):
+                fn(params, data, 0.5, channel=channel, **kw)
+        with pytest.raises(ValueError, match="channel must be an int"):
+            fm.failure_time_samples(jax.random.key(0), params, data, 0.5, channel=channel, **kw)
+
+
 
 def test_prognostic_intervals_with_uncertain_modes_are_calibrated(easy):
     """The fitted K = 3 model as a PrognosticModel with the generator's threshold (y = 2.5 on the
