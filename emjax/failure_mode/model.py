@@ -1083,9 +1083,18 @@ def _unit_call(name: str, lead: tuple, params, data, t_now, horizon, threshold, 
     ``L``."""
     if v.is_traced(*lead, params, data, t_now, horizon, threshold):
         return _IMPLS[name](*lead, params, data, t_now, horizon, threshold, **static)
+    for arg in ("n_grid", "n_samples"):
+        if arg in static:
+            v.check_positive_int(static[arg], arg)
     L, Lp, padded = _padded(data)
-    return first_rows(_compiled[name](*lead, params, padded, per_unit(t_now, data, Lp),
-                                      per_unit(horizon, data, Lp, "horizon"),
+    t_now, horizon = per_unit(t_now, data, Lp), per_unit(horizon, data, Lp, "horizon")
+    # a grid running backwards would give negative remaining lives
+    late = np.flatnonzero(~(horizon > t_now))
+    if late.size:
+        i = late[0]
+        raise ValueError(f"horizon must be later than t_now for every unit; unit {i} has "
+                         f"t_now {t_now[i]} and horizon {horizon[i]}")
+    return first_rows(_compiled[name](*lead, params, padded, t_now, horizon,
                                       np.asarray(threshold, data.x.dtype), **static), L)
 
 

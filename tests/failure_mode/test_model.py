@@ -516,3 +516,22 @@ def test_predictions_on_concrete_data_share_programs_and_equal_the_traced_ones(e
     assert {k: f._cache_size() for k, f in fm.model._compiled.items()} == sizes
     rul = fm.rul_point(res.params, d7, t7, **kw)
     np.testing.assert_allclose(rul, rul_point(res.params, d7, t7, **kw), rtol=1e-9)
+
+
+def test_remaining_life_grids_run_forwards():
+    """horizon at or before t_now (a remaining span given as the horizon) and empty grids or
+    sample sets are errors naming them: the grid ran backwards to negative remaining lives."""
+    data = fd.make_synthetic(0, n_units=10, n_obs=(3, 5)).to_data()
+    params = _random_params(np.random.default_rng(0), 4, 2, 3)
+    kw = dict(basis=fm.QUADRATIC, threshold=2.5)
+    t_now = np.full(10, 0.5)
+    t_now[3] = 2.0
+    with pytest.raises(ValueError, match="unit 3 has t_now 2.0 and horizon 1.0"):
+        fm.rul_point(params, data, t_now, horizon=1.0, **kw)
+    with pytest.raises(ValueError, match="horizon must be later than t_now"):
+        fm.failure_cdf(params, data, 0.5, horizon=0.5, **kw)
+    with pytest.raises(ValueError, match="n_grid must be an integer >= 1; got 0"):
+        fm.failure_cdf(params, data, 0.5, horizon=3.0, n_grid=0, **kw)
+    with pytest.raises(ValueError, match="n_samples must be an integer >= 1; got 0"):
+        fm.failure_time_samples(jax.random.key(0), params, data, 0.5, horizon=3.0, n_samples=0,
+                                **kw)
