@@ -406,7 +406,7 @@ def fit_prognostic(times, values=None, *, channels: Sequence[str] | None = None,
       failure_on: ``"observed"`` (the noisy signal reaching the level ends life; the noise
         variance enters the forecast) or ``"latent"``.
       end_of_life: ``(L,)`` failure times of the training units (default: each unit's last
-        observed time: run-to-failure data).
+        observed time in any channel: run-to-failure data).
       n_components: ``K``, or a sequence of candidates selected by BIC.
       basis: a :class:`~emjax.failure_mode.model.Basis`, or a sequence of candidates selected by BIC
         (default :data:`DEFAULT_BASES`).
@@ -464,6 +464,15 @@ def fit_prognostic(times, values=None, *, channels: Sequence[str] | None = None,
     ks = (n_components,) if isinstance(n_components, (int, np.integer)) else tuple(n_components)
     if level is None and L < 2:
         raise ValueError("estimating the failure level needs at least two training units")
+    if level is None and end_of_life is None:
+        # a unit's last observation in any channel: its failure channel may have none
+        seen = mask.any(1)
+        blind = np.flatnonzero(~seen.any(1))
+        if blind.size:
+            raise ValueError(f"training unit {blind[0]} has no observed value, so no end of life "
+                             "to estimate the failure level from: pass end_of_life= or leave "
+                             "the unit out")
+        end_of_life = np.where(seen, times, -np.inf).max(1)
     key = jax.random.key(0) if key is None else key
     selection, best = [], None
     for b in bases:
@@ -480,9 +489,6 @@ def fit_prognostic(times, values=None, *, channels: Sequence[str] | None = None,
     _, b, res, data = best
     eol_levels = None
     if level is None:
-        if end_of_life is None:
-            seen = np.isfinite(values[:, fc])
-            end_of_life = np.where(seen, times, -np.inf).max(1)
         end_of_life = np.broadcast_to(np.asarray(end_of_life, np.float64), (L,))
         post = posterior(res.params, data)
         phi = np.asarray(b(jnp.asarray(end_of_life / t_scale)), np.float64)  # (L, p)

@@ -160,6 +160,25 @@ def test_per_unit_times_are_checked(fitted):
                      threshold=1.0, horizon=np.inf)
 
 
+def test_level_from_units_whose_failure_channel_is_unobserved():
+    """A training unit whose failure channel was never observed ends its life at its last
+    observation in another channel (the estimated level was NaN: 'level must be finite'); a
+    unit with no observation at all is an error naming it, before any fit."""
+    times, values, _ = fleet(3, 20)
+    values = np.concatenate([values, 0.5 * values + 3.0], 1)  # a second channel
+    values[0, 0] = np.nan
+    kw = dict(channels=["s", "u"], failure_channel="s", basis=fm.QUADRATIC, n_components=1,
+              n_init=1, max_iter=20)
+    res = pg.fit_prognostic(times, values, **kw)
+    ref = pg.fit_prognostic(times, values, end_of_life=np.nanmax(times, 1), **kw)
+    assert np.all(np.isfinite(res.end_of_life_levels))
+    np.testing.assert_allclose(res.end_of_life_levels, ref.end_of_life_levels, rtol=1e-12)
+    assert res.model.failure == ref.model.failure
+    values[1] = np.nan
+    with pytest.raises(ValueError, match="training unit 1 has no observed value"):
+        pg.fit_prognostic(times, values, **kw)
+
+
 def test_decreasing_failure_channel_mirrors_increasing(fitted):
     res, (times, values, _) = fitted
     model = res.model
