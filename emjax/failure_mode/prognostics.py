@@ -431,6 +431,9 @@ def fit_prognostic(times, values=None, *, channels: Sequence[str] | None = None,
     if values.ndim != 3:
         raise ValueError(f"values must be (L, C, N), got shape {values.shape}")
     L, C, N = values.shape
+    if times.shape != (L, N):
+        raise ValueError(f"times must be (L, N) = {(L, N)} to match values {values.shape}, "
+                         f"got {times.shape}")
     channels = tuple(channels) if channels is not None else tuple(f"x{c}" for c in range(C))
     if len(channels) != C:
         raise ValueError(f"{len(channels)} channel names for {C} channels")
@@ -462,6 +465,8 @@ def fit_prognostic(times, values=None, *, channels: Sequence[str] | None = None,
     bases = DEFAULT_BASES if basis is None else (
         (basis,) if isinstance(basis, Basis) else tuple(basis))
     ks = (n_components,) if isinstance(n_components, (int, np.integer)) else tuple(n_components)
+    if not bases or not ks:
+        raise ValueError(f"no candidate to fit: basis {basis!r}, n_components {n_components!r}")
     if level is None and L < 2:
         raise ValueError("estimating the failure level needs at least two training units")
     if level is None and end_of_life is None:
@@ -473,6 +478,8 @@ def fit_prognostic(times, values=None, *, channels: Sequence[str] | None = None,
                              "to estimate the failure level from: pass end_of_life= or leave "
                              "the unit out")
         end_of_life = np.where(seen, times, -np.inf).max(1)
+    elif level is None:
+        end_of_life = v.check_per_unit(end_of_life, L, "end_of_life")
     key = jax.random.key(0) if key is None else key
     selection, best = [], None
     for b in bases:
@@ -489,14 +496,14 @@ def fit_prognostic(times, values=None, *, channels: Sequence[str] | None = None,
     _, b, res, data = best
     eol_levels = None
     if level is None:
-        end_of_life = np.broadcast_to(np.asarray(end_of_life, np.float64), (L,))
         post = posterior(res.params, data)
         phi = np.asarray(b(jnp.asarray(end_of_life / t_scale)), np.float64)  # (L, p)
         g = np.exp(np.asarray(post.log_resp, np.float64))
         m = np.einsum("lp,lkp->lk", phi, np.asarray(post.coef_mean[:, fc], np.float64))
-        v = np.einsum("lp,lkpq,lq->lk", phi, np.asarray(post.coef_cov[:, fc], np.float64), phi)
+        var = np.einsum("lp,lkpq,lq->lk", phi, np.asarray(post.coef_cov[:, fc], np.float64),
+                        phi)  # not v: that name is the validation module here
         lev = np.sum(g * m, 1)
-        within = np.sum(g * (v + m * m), 1) - lev**2
+        within = np.sum(g * (var + m * m), 1) - lev**2
         eol_levels = center[fc] + scale[fc] * lev
         level = float(np.mean(eol_levels))
         if level_sd is None:

@@ -174,6 +174,15 @@ def test_level_from_units_whose_failure_channel_is_unobserved():
     assert np.all(np.isfinite(res.end_of_life_levels))
     np.testing.assert_allclose(res.end_of_life_levels, ref.end_of_life_levels, rtol=1e-12)
     assert res.model.failure == ref.model.failure
+    # arguments are checked before any fit (NumPy's broadcast errors, a NaN level, a TypeError)
+    for bad, message in ((dict(end_of_life=np.ones(3)), r"end_of_life .* got shape \(3,\)"),
+                         (dict(end_of_life=np.nan), "end_of_life must be finite"),
+                         (dict(n_components=()), "no candidate to fit"),
+                         (dict(basis=[]), "no candidate to fit")):
+        with pytest.raises(ValueError, match=message):
+            pg.fit_prognostic(times, values, **{**kw, **bad})
+    with pytest.raises(ValueError, match=r"times must be \(L, N\) = \(20, \d+\)"):
+        pg.fit_prognostic(times[:, :5], values, **kw)
     values[1] = np.nan
     with pytest.raises(ValueError, match="training unit 1 has no observed value"):
         pg.fit_prognostic(times, values, **kw)
