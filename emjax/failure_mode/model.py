@@ -915,7 +915,14 @@ def predict_path(params: FMMParams, data: FMMData, times: Array, *, basis: Basis
     probabilities (docs/failure_mode.md, "in-service unit").
     """
     _check_basis(basis, data)
+    L = data.n.shape[0]
+    if len(np.shape(times)) not in (1, 2) or len(np.shape(times)) == 2 \
+            and np.shape(times)[0] != L:
+        raise ValueError(f"times must be (T,) or (L, T) with L = {L} units; got shape "
+                         f"{np.shape(times)}")
     if not v.is_traced(params, data, times):
+        if not np.all(np.isfinite(times)):
+            raise ValueError(f"times must be finite; got {np.asarray(times)}")
         L, Lp, padded = _padded(data)
         times = np.asarray(times, data.x.dtype)
         if times.ndim == 2:

@@ -2,6 +2,7 @@
 in-service prediction."""
 
 import itertools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -535,3 +536,17 @@ def test_remaining_life_grids_run_forwards():
     with pytest.raises(ValueError, match="n_samples must be an integer >= 1; got 0"):
         fm.failure_time_samples(jax.random.key(0), params, data, 0.5, horizon=3.0, n_samples=0,
                                 **kw)
+
+
+def test_predict_path_checks_its_times():
+    """Times other than (T,) or (L, T), or not finite, are errors quoting the shape: they failed
+    deep inside JAX ('Incompatible types for broadcasting', an einsum subscript error)."""
+    data = fd.make_synthetic(0, n_units=10, n_obs=(3, 5)).to_data()
+    params = _random_params(np.random.default_rng(0), 4, 2, 3)
+    for times in (0.5, np.zeros((3, 5)), np.zeros((10, 5, 2))):
+        shape = re.escape(str(np.shape(times)))
+        with pytest.raises(ValueError, match=r"times must be \(T,\) or \(L, T\) with L = 10 "
+                                             f"units; got shape {shape}"):
+            fm.predict_path(params, data, times, basis=fm.QUADRATIC)
+    with pytest.raises(ValueError, match="times must be finite"):
+        fm.predict_path(params, data, np.array([0.1, np.nan]), basis=fm.QUADRATIC)
