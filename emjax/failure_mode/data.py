@@ -61,6 +61,9 @@ def observed_until(times, values, cut=None) -> np.ndarray:
     if cut is None:
         return mask
     times = np.asarray(times, np.float64)
+    if times.shape != values.shape[:1] + values.shape[2:] or values.ndim != 3:
+        raise ValueError(f"times must be (L, N) to match values (L, C, N) {values.shape}, got "
+                         f"{times.shape}")
     cut = v.check_per_unit(cut, times.shape[0], "cut")
     with np.errstate(invalid="ignore"):
         keep = np.isfinite(times) & (times <= cut[:, None])

@@ -138,7 +138,11 @@ class FailureForecast(NamedTuple):
     def cdf_at(self, t) -> np.ndarray:
         """``P(T_f <= t | T_f > t_now)`` at ``t`` (``()`` or ``(L,)``, user's time units):
         the probability integral transform of observed failure times."""
-        t = np.broadcast_to(np.asarray(t, np.float64), self.t_now.shape)
+        t = np.asarray(t, np.float64)
+        if t.shape not in ((), self.t_now.shape):
+            raise ValueError(f"t must be a scalar or one time per unit, shape "
+                             f"{self.t_now.shape}; got shape {t.shape}")
+        t = np.broadcast_to(t, self.t_now.shape)
         return np.array([np.interp(ti, g, F, left=0.0, right=F[-1])
                          for ti, g, F in zip(t, self.times, self.cdf)])
 
@@ -231,7 +235,11 @@ class PrognosticModel:
             raise ValueError(f"values must be (L, C={self.n_channels}, N), got {values.shape}")
         mask = observed_until(times, values, cut)
         if obs is not None:
-            mask &= np.asarray(obs, bool)
+            obs = np.asarray(obs, bool)
+            if obs.shape != values.shape:
+                raise ValueError(f"obs must have the shape of values {values.shape}, got "
+                                 f"{obs.shape}")
+            mask &= obs
         z = (values - self.center[None, :, None]) / self.scale[None, :, None]
         return make_data(np.asarray(times, self.dtype), z.astype(self.dtype), mask,
                          basis=self.basis, t_scale=self.t_scale)

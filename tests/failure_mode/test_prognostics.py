@@ -144,8 +144,9 @@ def test_fails_by_horizon_renormalises_to_the_grid(fitted):
 
 
 def test_per_unit_times_are_checked(fitted):
-    """t_now, horizon and cut are a scalar or one finite value per unit: anything else is a
-    ValueError quoting the shapes (not NumPy's broadcast error)."""
+    """t_now, horizon and cut are a scalar or one finite value per unit, obs and times match
+    values, cdf_at takes one time per unit: anything else is a ValueError quoting the shapes
+    (not NumPy's broadcast error)."""
     res, (times, values, _) = fitted
     new = (times[:3], values[:3])
     for kw, message in ((dict(t_now=[50.0, 60.0]), r"t_now must be .* shape \(3,\); got "
@@ -155,6 +156,14 @@ def test_per_unit_times_are_checked(fitted):
                         (dict(t_now=[60.0, np.nan, 60.0]), "t_now must be finite")):
         with pytest.raises(ValueError, match=message):
             res.model.forecast(new, **kw)
+    with pytest.raises(ValueError, match=r"obs must have the shape of values \(3, 1, \d+\)"):
+        res.model.prepare(*new, obs=np.ones((2, 2)))
+    with pytest.raises(ValueError, match=r"times must be \(L, N\) .* got \(3, 4\)"):
+        res.model.prepare(times[:3, :4], values[:3], cut=60.0)
+    fc = pg.FailureForecast(np.zeros(3), np.tile(np.linspace(0, 1, 5), (3, 1)), np.zeros((3, 5)),
+                            np.ones((3, 1)))
+    with pytest.raises(ValueError, match=r"t must be .* shape \(3,\); got shape \(2,\)"):
+        fc.cdf_at([0.5, 0.5])
     with pytest.raises(ValueError, match="horizon must be finite"):
         fm.rul_point(res.model.params, res.model.prepare(*new), 60.0, basis=res.model.basis,
                      threshold=1.0, horizon=np.inf)
