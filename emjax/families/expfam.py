@@ -174,6 +174,17 @@ class Categorical(Family):
             v = _observed(X)
             if v.size and not np.all((v == 0) | (v == 1)):
                 raise ValueError(f"one-hot columns must hold 0, 1 or NaN; X has shape {X.shape}")
+            # two 1s would score two categories at once, a partly NaN block one of them
+            start = 0
+            for j, c in enumerate(cats):
+                block = X[:, start:start + c]
+                nan = np.isnan(block)
+                bad = np.flatnonzero((nan.any(1) & ~nan.all(1)) | (np.nansum(block, 1) > 1))
+                if bad.size:
+                    raise ValueError(f"one-hot block {j} (columns {start}..{start + c - 1}) of "
+                                     f"row {bad[0]} is {block[bad[0]]}: a block holds one 1, or "
+                                     f"is all 0 or all NaN (missing)")
+                start += c
             return dataclasses.replace(self, n_categories=cats, n_features=len(cats))
         v = _observed(X)
         if v.size and (np.any(v < 0) or np.any(v != np.round(v))):

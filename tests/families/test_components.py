@@ -212,6 +212,14 @@ def test_one_hot_categorical_mixture_scores_and_round_trips(tmp_path):
     m = emjax.MixtureModel.load(fio.save(tmp_path / "hot", hot, params))
     assert m.n_features_in_ == 5
     np.testing.assert_allclose(m.score_samples(oh), want, rtol=1e-12)
+    # a block with two 1s, or partly NaN, is no category: an error naming it, in fit and scores
+    for row, message in (([1, 0, 0, 1, 1], r"block 1 \(columns 2..4\) of row 1 is \[0. 1. 1."),
+                         ([np.nan, 1, 0, 0, 1], r"block 0 \(columns 0..1\) of row 1 is \[nan")):
+        bad = np.array([oh[0], row])
+        with pytest.raises(ValueError, match=message):
+            F.Categorical((2, 3), one_hot=True).bind(bad)
+        with pytest.raises(ValueError, match="a block holds one 1"):
+            m.score_samples(bad)
 
 
 def test_missing_entries_are_marginalised():
