@@ -138,7 +138,8 @@ class MixtureModel(*_ESTIMATOR_BASES):
 
     def n_parameters(self) -> int:
         self._check_fitted()
-        return fitting.n_parameters(self.family_, self.n_components)
+        # from the fitted model, not the hyper-parameters (set_params may have changed them)
+        return fitting.n_parameters(self.family_, self.weights_.shape[0])
 
     def sample(self, n_samples=1, random_state=None):
         """``(X, labels)``: draws from the fitted mixture."""

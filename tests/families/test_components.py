@@ -211,6 +211,8 @@ def test_one_hot_categorical_mixture_scores_and_round_trips(tmp_path):
     np.testing.assert_allclose(F.score_samples(hot, params, oh), want, rtol=1e-12)
     m = emjax.MixtureModel.load(fio.save(tmp_path / "hot", hot, params))
     assert m.n_features_in_ == 5
+    # the fitted model's parameters (1 weight + 2 x (1 + 2)), whatever set_params said since
+    assert m.n_parameters() == m.set_params(n_components=3).n_parameters() == 7
     np.testing.assert_allclose(m.score_samples(oh), want, rtol=1e-12)
     # a block with two 1s, or partly NaN, is no category: an error naming it, in fit and scores
     for row, message in (([1, 0, 0, 1, 1], r"block 1 \(columns 2..4\) of row 1 is \[0. 1. 1."),
