@@ -94,8 +94,9 @@ class FailureForecast(NamedTuple):
     proba: np.ndarray
 
     def failure_time_quantile(self, q) -> np.ndarray:
-        """Failure times at probability ``q`` (scalar -> ``(L,)``, ``(Q,)`` -> ``(L, Q)``),
-        linearly interpolated on the grid; ``inf`` beyond the horizon."""
+        """Failure times at probability ``q`` (scalar -> ``(L,)``, ``(Q,)`` -> ``(L, Q)``, any
+        shape -> ``(L,) + q.shape``), linearly interpolated on the grid; ``inf`` beyond the
+        horizon."""
         q_arr = np.atleast_1d(np.asarray(q, np.float64))
         if np.any((q_arr <= 0) | (q_arr >= 1)):
             raise ValueError(f"quantile levels must lie in (0, 1), got {q}")
@@ -113,7 +114,7 @@ class FailureForecast(NamedTuple):
     def rul_quantile(self, q) -> np.ndarray:
         """Remaining useful life at probability ``q`` (failure-time quantile minus ``t_now``)."""
         t = self.failure_time_quantile(q)
-        return t - (self.t_now if np.ndim(q) == 0 else self.t_now[:, None])
+        return t - self.t_now.reshape((-1,) + (1,) * np.ndim(q))  # one t_now per unit, any q
 
     def rul_median(self) -> np.ndarray:
         """``(L,)`` median remaining useful life."""

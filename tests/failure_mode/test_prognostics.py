@@ -131,6 +131,14 @@ def test_forecast_quantiles_match_a_known_distribution():
     # Probability left beyond the horizon: an infinite quantile, not the last grid point.
     short = pg.FailureForecast(np.array([10.0]), t[None, :1000], cdf[None, :1000], np.ones((1, 1)))
     assert np.isinf(short.rul_quantile(0.9)[0]) and np.isfinite(short.rul_quantile(0.1)[0])
+    # levels of any shape: (L,) + q.shape, each unit's own t_now subtracted
+    two = pg.FailureForecast(np.array([10.0, 20.0]), np.stack([t, t + 10.0]),
+                             np.stack([cdf, cdf]), np.ones((2, 1)))
+    qs = np.array([[0.1, 0.5], [0.5, 0.9]])
+    got = two.rul_quantile(qs)
+    assert got.shape == (2, 2, 2)
+    np.testing.assert_allclose(got, two.failure_time_quantile(qs) - [[[10.0]], [[20.0]]])
+    np.testing.assert_allclose(got[1], got[0], atol=1e-9)  # the same law 10 later
 
 
 def test_fails_by_horizon_renormalises_to_the_grid(fitted):
