@@ -1160,11 +1160,12 @@ def fit(
       ValueError: as :func:`emjax.fit`, and for infinities, rows with no observed value or
         columns never observed.
     """
+    # max_iter=0 initialises only, as emjax.fit (and GaussianMixture) document
     c = check_fit(X, n_components, key=key, covariance_type=covariance_type, tol=tol,
                   reg_covar=reg_covar, max_iter=max_iter, n_init=n_init, init_params=init_params,
                   n_lloyd=n_lloyd, sample_weight=sample_weight, weights_init=weights_init,
                   means_init=means_init, precisions_init=precisions_init,
-                  params_init=params_init, read=as_data_with_nan)
+                  params_init=params_init, min_iter=0, read=as_data_with_nan)
     return _run_fit(c.X, c.sample_weight, c.key, c.initial, c.tol, c.options, callback,
                     chunk_size)
 

@@ -3,6 +3,7 @@ log-likelihood against a per-row NumPy/SciPy reference written from the formulas
 the expected complete-data log-likelihood (jax.grad), monotone EM, and imputation."""
 
 import functools
+import warnings
 
 import chex
 import jax
@@ -403,3 +404,21 @@ def test_cli_and_selection_with_missing_entries(tmp_path, capsys):
     assert grid.params.covariance.covariances.shape == (2, 1, 2, 2)
     np.testing.assert_allclose(grid.log_likelihood[1, 0], one.log_likelihood, rtol=1e-12)
     np.testing.assert_array_equal(grid.params.weights[0, 0], [1.0, 0.0])
+
+
+def test_max_iter_zero_initialises_only():
+    """max_iter=0 with missing entries: the initial parameters, as for complete data (it was
+    refused: 'max_iter must be an integer >= 1')."""
+    rng = np.random.default_rng(8)  # test_api_opt_in_error_message_and_estimator's data
+    X = np.concatenate([rng.normal(size=(40, 3)), rng.normal(size=(40, 3)) + 4.0])
+    Xn = X.copy()
+    Xn[rng.uniform(size=X.shape) < 0.2] = np.nan
+    Xn[np.isnan(Xn).all(1), 0] = 0.0
+    means0 = X[[0, 40]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", emjax.ConvergenceWarning)
+        gm = emjax.GaussianMixture(2, covariance_type="diag", missing="marginalize",
+                                   max_iter=0, means_init=means0).fit(Xn)
+    assert gm.n_iter_ == 0 and not gm.converged_ and len(gm.lower_bounds_) == 0
+    np.testing.assert_allclose(gm.means_, means0, rtol=1e-12)
+    np.testing.assert_allclose(gm.lower_bound_, gm.score(Xn), rtol=1e-12)
