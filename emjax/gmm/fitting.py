@@ -658,7 +658,7 @@ def fit(
                   reg_covar=reg_covar, max_iter=max_iter, n_init=n_init, init_params=init_params,
                   n_lloyd=n_lloyd, sample_weight=sample_weight, weights_init=weights_init,
                   means_init=means_init, precisions_init=precisions_init,
-                  params_init=params_init, min_iter=1 if traced else 0, traced=traced,
+                  params_init=params_init, min_iter=0, traced=traced,
                   read=functools.partial(v.as_data, nan_hint=v.MISSING_HINT))
     o = c.options
     Xa, w, dtype = c.X, c.sample_weight, c.X.dtype

@@ -139,6 +139,19 @@ def test_traced_fit_checks_shapes_and_options():
         jax.jit(lambda X: emjax.fit(X, 2, covariance_type="round"))(jnp.zeros((5, 2)))
 
 
+def test_traced_max_iter_zero_initialises_only():
+    """max_iter=0 under jit: the initial parameters, as outside it (it was refused there:
+    'max_iter must be an integer >= 1')."""
+    X = _data(101)
+    key = jax.random.key(3)
+    kw = dict(n_init=2, max_iter=0)
+    plain = emjax.fit(X, 3, key=key, **kw)
+    traced = jax.jit(lambda X, k: emjax.fit(X, 3, key=k, **kw))(jnp.asarray(X), key)
+    assert int(traced.n_iter) == int(plain.n_iter) == 0 and traced.history.shape == (0,)
+    np.testing.assert_allclose(traced.log_likelihood, plain.log_likelihood, rtol=1e-12)
+    np.testing.assert_allclose(traced.params.means, plain.params.means, rtol=1e-12)
+
+
 def test_failure_mode_fit_under_jit_equals_the_plain_fit():
     from emjax import failure_mode as fm
     from emjax.failure_mode import data as fd
