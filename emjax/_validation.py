@@ -73,6 +73,22 @@ def as_data(X, name: str = "X", dtype=None, nan_hint: str = "") -> np.ndarray:
     return arr
 
 
+def jax_float(X):
+    """The ``dtype`` for :func:`as_data` where ``X`` goes to JAX: None (float32 and float64 kept)
+    for a float32 or float64 array; for anything else (a list, integers, booleans) JAX's
+    default float, as ``jnp.asarray`` would give it: float64 with x64 mode on, float32 off."""
+    import jax.numpy as jnp
+
+    if not isinstance(X, (list, tuple)):
+        try:
+            dtype = X.dtype if hasattr(X, "dtype") else np.asarray(X).dtype
+        except Exception:  # as_data reports what cannot be read
+            return None
+        if dtype in (np.float32, np.float64):
+            return None
+    return jnp.result_type(float)
+
+
 def _is_sparse(X) -> bool:
     """A SciPy sparse matrix or array, recognised without importing SciPy."""
     return type(X).__module__.startswith("scipy.sparse") and hasattr(X, "toarray")

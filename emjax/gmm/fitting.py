@@ -178,7 +178,7 @@ def init_params(
         return _init_params(key, X, sample_weight, center, **static)
     # Concrete data: checked at the boundary, then one compiled program (op by op, every
     # operation would compile for every shape).
-    X = v.as_data(X)
+    X = v.as_data(X, dtype=v.jax_float(X))
     v.check_x64(X.dtype)
     _, o = check_options(n_components, X.shape, covariance_type=covariance_type,
                          init_params=init_params, reg_covar=reg_covar, n_lloyd=n_lloyd)
@@ -593,7 +593,8 @@ def fit(
     """Fit a Gaussian mixture by EM: ``n_init`` restarts in one compiled, vmapped program.
 
     Computes in ``X``'s precision (float32 stays float32; float64 needs JAX's x64 mode, which
-    :class:`emjax.GaussianMixture` switches on for you). The same ``key`` gives the same result,
+    :class:`emjax.GaussianMixture` switches on for you; a list or integers in JAX's default
+    float, as ``jnp.asarray`` reads them). The same ``key`` gives the same result,
     bit for bit, on the same machine.
 
     Args:

@@ -196,7 +196,8 @@ def check_fit(X, n_components, *, key=None, covariance_type="full", tol=1e-3, re
         if not jnp.issubdtype(X.dtype, jnp.floating):
             X = X.astype(jnp.result_type(float))
     else:
-        X = read(X)
+        # a list or integers in JAX's default float: float64 data alone needs x64 mode
+        X = read(X, dtype=v.jax_float(X))
         v.check_x64(X.dtype)
     n, d = X.shape
     dtype = X.dtype

@@ -367,7 +367,7 @@ def m_step(
                        sample_weight=sample_weight)
     covariance_type = v.check_covariance_type(covariance_type)
     reg_covar = v.check_non_negative(reg_covar, "reg_covar")
-    X = v.as_data(X)
+    X = v.as_data(X, dtype=v.jax_float(X))
     v.check_x64(X.dtype)
     n = X.shape[0]
     g = np.asarray(gamma, X.dtype)

@@ -84,3 +84,17 @@ def test_best_restart_keeps_all_and_is_a_pytree():
     leaves = jax.tree_util.tree_leaves(ext)
     assert len(leaves) == len(jax.tree_util.tree_leaves(best)) + 1
     assert float(ext.log_likelihood) == -1.0 and int(ext.best_index) == 2
+
+
+def test_lists_and_integers_are_read_in_jax_default_float():
+    """With x64 off a list or integer data is fitted in float32, as jnp.asarray reads it (it
+    was refused: 'X is float64 but JAX's x64 mode is off'); float64 arrays still need x64."""
+    rows = [[0, 1], [1, 0], [5, 5], [6, 5]]
+    with jax.enable_x64(False):
+        for X in (rows, np.asarray(rows), jnp.asarray(rows), np.asarray(rows, bool)):
+            assert options.check_fit(X, 2).X.dtype == np.float32
+        with pytest.raises(ValueError, match="x64 mode is off"):
+            options.check_fit(np.asarray(rows, np.float64), 2)
+    with jax.enable_x64(True):
+        assert options.check_fit(rows, 2).X.dtype == np.float64
+        assert options.check_fit(np.asarray(rows, np.float32), 2).X.dtype == np.float32
