@@ -1307,6 +1307,9 @@ _rows_compiled = _xla.JitByOptions(_rows_program, static_argnames=("sample",))
 def row_results(params: GMMParams, X, *, key: Array | None = None) -> RowResults:
     """Per-row log-probabilities, conditional-mean imputation and (with ``key``) conditional
     samples of the rows of ``X`` (NaN = missing) under ``params``; one compiled pass."""
+    # the functional API's checks of the model (emjax._validation.check_model_data)
+    v.check_params(params)
+    v.check_model_x64(params)
     Xa = as_data_with_nan(X, dtype=np.dtype(params.means.dtype), for_fit=False)
     n, d = Xa.shape
     if d != params.means.shape[-1]:

@@ -270,6 +270,21 @@ def test_errors_name_the_problem():
         ms.fit(X, 1)
 
 
+def test_row_results_check_the_model():
+    """impute and the rows' scores check the model as the functional API does: a float64 model
+    with x64 off was evaluated in float32 silently, mis-shaped parameters failed in a matmul."""
+    params = random_params(np.random.default_rng(5), "full", K, D)
+    X = holes(np.random.default_rng(6))
+    with jax.enable_x64(False):
+        for fn in (emjax.impute, ms.score_samples, ms.predict):
+            with pytest.raises(ValueError, match="float64 but JAX's x64 mode is off"):
+                fn(params, X)
+    with pytest.raises(ValueError, match=r"params.weights has shape \(1,\)"):
+        emjax.impute(params._replace(weights=params.weights[:1]), X)
+    with pytest.raises(ValueError, match="params must be emjax.GMMParams; got tuple"):
+        emjax.impute((params.weights, params.means), X)
+
+
 def test_conditional_samples_have_the_conditional_moments():
     """Draws for one row with a fixed component: mean and covariance of the missing block."""
     rng = np.random.default_rng(5)
