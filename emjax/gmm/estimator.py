@@ -267,19 +267,11 @@ class GaussianMixture(*_ESTIMATOR_BASES):
                 raise ValueError(f"The {name!r} parameter of {type(self).__name__} must be "
                                  f"{allowed}. Got {value!r} instead.")
 
-    def _validate_data(self, X, *, reset, allow_nan=False):
-        """``X`` as a checked float array; sets (``reset``) or checks ``n_features_in_`` and
-        ``feature_names_in_`` with scikit-learn's messages (plus the shape). NaN is allowed with
-        ``missing="marginalize"`` or ``allow_nan``."""
+    def _validate_data(self, X, *, allow_nan=False):
+        """``X`` as a checked float array for the fitted model: ``n_features_in_`` and
+        ``feature_names_in_`` checked with scikit-learn's messages (plus the shape). NaN is
+        allowed with ``missing="marginalize"`` or ``allow_nan``."""
         names = _feature_names(X)
-        if reset:
-            Xa = self._as_array(X)
-            self.n_features_in_ = Xa.shape[1]
-            if names is not None:
-                self.feature_names_in_ = names
-            elif hasattr(self, "feature_names_in_"):
-                del self.feature_names_in_
-            return Xa
         self._check_fitted()
         self._check_feature_names(names)  # first, as scikit-learn: names explain the most
         if allow_nan:
@@ -341,7 +333,8 @@ class GaussianMixture(*_ESTIMATOR_BASES):
 
     def _fit(self, X, sample_weight):
         self._check_params()
-        Xa = self._validate_data(X, reset=True)
+        names = _feature_names(X)
+        Xa = self._as_array(X)
         dtype = Xa.dtype
         n, d = Xa.shape
         k = self.n_components
@@ -370,6 +363,12 @@ class GaussianMixture(*_ESTIMATOR_BASES):
                 previous_log_likelihood=previous,
             )
             res = jax.device_get(res)
+        # set with the fitted parameters: a fit that fails leaves a fitted model as it was
+        self.n_features_in_ = d
+        if names is not None:
+            self.feature_names_in_ = names
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
         self._dtype = dtype
         self.params_ = res.params
         p = res.params
@@ -426,7 +425,7 @@ class GaussianMixture(*_ESTIMATOR_BASES):
                          nan_hint=v.MISSING_HINT if for_fit else v.MISSING_HINT_FITTED)
 
     def _call(self, fn, X, nan_fn=None, validated=False):
-        Xa = X if validated else self._validate_data(X, reset=False)
+        Xa = X if validated else self._validate_data(X)
         with _precision_ctx(self._dtype):
             params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, self._dtype), self.params_)
             if nan_fn is not None and np.isnan(Xa).any():
@@ -460,7 +459,7 @@ class GaussianMixture(*_ESTIMATOR_BASES):
         """``X`` with each NaN replaced by its conditional mean given the row's observed entries
         under the fitted mixture; ``sample=True``: by a draw from that conditional distribution
         (seeded by ``random_state``, default the estimator's). See :func:`emjax.impute`."""
-        Xa = self._validate_data(X, reset=False, allow_nan=True)
+        Xa = self._validate_data(X, allow_nan=True)
         key = None
         if sample:
             key = v.as_key(self.random_state if random_state is None else random_state,
@@ -486,7 +485,7 @@ class GaussianMixture(*_ESTIMATOR_BASES):
         return steps.n_parameters(self.params_.covariance_type, *self.means_.shape)
 
     def _total_log_likelihood(self, X):
-        Xa = self._validate_data(X, reset=False)
+        Xa = self._validate_data(X)
         ll = self._call(_score_samples, Xa, missing_lib.score_samples, validated=True)
         return float(np.sum(ll)), Xa.shape[0]
 

@@ -219,6 +219,22 @@ def test_clone_and_pickle(blobs):
     assert back.score(blobs) == gm.score(blobs)
 
 
+def test_failed_refit_leaves_the_fitted_model_as_it_was(blobs):
+    """A refit refused on its data kept the new n_features_in_ with the old parameters: predict
+    on the fitted features said 'expecting 2 features', on the new ones it failed inside JAX."""
+    # test_clone_and_pickle's configuration: its compiled program
+    gm = emjax.GaussianMixture(3, covariance_type="diag", random_state=0).fit(blobs)
+    labels = gm.predict(blobs)
+    with pytest.raises(ValueError, match="n_samples >= n_components"):
+        gm.fit(blobs[:2, :2])
+    with pytest.raises(ValueError, match="warm_start"):
+        gm.set_params(warm_start=True).fit(blobs[:, :2])
+    assert gm.n_features_in_ == 3
+    np.testing.assert_array_equal(gm.predict(blobs), labels)
+    with pytest.raises(ValueError, match="expecting 3 features"):
+        gm.predict(blobs[:, :2])
+
+
 def test_max_iter_zero_initialises_only(blobs):
     """scikit-learn's max_iter=0: the initial parameters, n_iter_ = 0, no ConvergenceWarning.
     k-means initialisation on well-separated blobs: the same means as scikit-learn's."""
