@@ -34,12 +34,8 @@ def as_data(X, name: str = "X", dtype=None, nan_hint: str = "") -> np.ndarray:
         arr = np.asarray(X)
     except Exception as exc:  # ragged nested lists etc.
         raise ValueError(f"{name} could not be read as a numeric array: {exc}") from None
-    if arr.dtype == object:  # e.g. a DataFrame of mixed dtypes (TypeError on non-numbers)
-        try:
-            arr = arr.astype(np.float64)
-        except ValueError as exc:
-            raise ValueError(f"{name} must be numeric; got dtype object with shape {arr.shape} "
-                             f"({exc})") from None
+    if arr.dtype == object:  # e.g. a DataFrame of mixed or nullable dtypes
+        arr = object_as_float(arr, name)
     if np.iscomplexobj(arr):
         raise ValueError(f"Complex data not supported: {name} must be real; got dtype "
                          f"{arr.dtype} with shape {arr.shape}")
@@ -87,6 +83,23 @@ def jax_float(X):
         if dtype in (np.float32, np.float64):
             return None
     return jnp.result_type(float)
+
+
+def object_as_float(arr: np.ndarray, name: str = "X") -> np.ndarray:
+    """An object array (a DataFrame of mixed or pandas' nullable dtypes) as float64, with
+    ``pd.NA`` and ``None`` read as NaN, as scikit-learn reads them; a ``ValueError`` for cells
+    that are not numbers."""
+    def is_na(x):
+        return x is None or type(x).__name__ == "NAType"
+
+    na = np.frompyfunc(is_na, 1, 1)(arr).astype(bool)
+    if na.any():
+        arr = np.where(na, np.nan, arr)
+    try:
+        return arr.astype(np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be numeric; got dtype object with shape {arr.shape} "
+                         f"({exc})") from None
 
 
 def _is_sparse(X) -> bool:

@@ -285,6 +285,8 @@ def has_nan(X) -> bool:
     """Whether ``X`` (anything array-like) is a float array with a NaN entry."""
     try:
         arr = np.asarray(X)
+        if arr.dtype == object:  # pandas' nullable dtypes: pd.NA is missing too
+            arr = v.object_as_float(arr)
     except Exception:
         return False
     return bool(np.issubdtype(arr.dtype, np.floating) and np.isnan(arr).any())
@@ -303,7 +305,9 @@ def as_data_with_nan(X, name: str = "X", dtype=None, *, for_fit: bool = True) ->
         arr = np.asarray(X)
     except Exception as exc:
         raise ValueError(f"{name} could not be read as a numeric array: {exc}") from None
-    if arr.dtype == object or not (
+    if arr.dtype == object:  # pandas' nullable dtypes: pd.NA is missing too
+        arr = v.object_as_float(arr, name)
+    if not (
         np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
     ):
         raise ValueError(f"{name} must be numeric; got dtype {arr.dtype} with shape {arr.shape}")

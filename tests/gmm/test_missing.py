@@ -437,3 +437,16 @@ def test_max_iter_zero_initialises_only():
     assert gm.n_iter_ == 0 and not gm.converged_ and len(gm.lower_bounds_) == 0
     np.testing.assert_allclose(gm.means_, means0, rtol=1e-12)
     np.testing.assert_allclose(gm.lower_bound_, gm.score(Xn), rtol=1e-12)
+    # pandas' nullable dtypes hold pd.NA, which float() refuses: read as NaN (scikit-learn does)
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame(Xn, columns=["a", "b", "c"]).astype("Float64")
+    assert df.isna().to_numpy().sum() == np.isnan(Xn).sum() > 0
+    np.testing.assert_allclose(gm.score(df), gm.score(Xn), rtol=1e-12)
+    kw = dict(covariance_type="diag", missing="marginalize", max_iter=0, means_init=means0,
+              random_state=0)
+    gm_df = emjax.GaussianMixture(2, **kw).fit(df)
+    gm_np = emjax.GaussianMixture(2, **kw).fit(Xn)
+    np.testing.assert_allclose(gm_df.lower_bound_, gm_np.lower_bound_, rtol=1e-12)
+    assert list(gm_df.feature_names_in_) == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="missing='marginalize'"):
+        emjax.fit(df, 2)
