@@ -87,8 +87,8 @@ def jax_float(X):
 
 def object_as_float(arr: np.ndarray, name: str = "X") -> np.ndarray:
     """An object array (a DataFrame of mixed or pandas' nullable dtypes) as float64, with
-    ``pd.NA`` and ``None`` read as NaN, as scikit-learn reads them; a ``ValueError`` for cells
-    that are not numbers."""
+    ``pd.NA`` and ``None`` read as NaN, as scikit-learn reads them; a ``ValueError`` for text
+    that is not a number."""
     def is_na(x):
         return x is None or type(x).__name__ == "NAType"
 
@@ -97,7 +97,7 @@ def object_as_float(arr: np.ndarray, name: str = "X") -> np.ndarray:
         arr = np.where(na, np.nan, arr)
     try:
         return arr.astype(np.float64)
-    except (TypeError, ValueError) as exc:
+    except ValueError as exc:  # (a TypeError, e.g. for a dict, is scikit-learn's error too)
         raise ValueError(f"{name} must be numeric; got dtype object with shape {arr.shape} "
                          f"({exc})") from None
 
