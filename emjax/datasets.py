@@ -82,6 +82,12 @@ def _sniff_delimiter(first_line: str) -> str:
 def _select(names: list, columns: Sequence[str] | None, path: str) -> list:
     """Indices of the requested columns (names, or 0-based indices)."""
     if not columns:
+        # all columns: a repeated name could not be told apart when a model reads them by name
+        for i, c in enumerate(names):
+            if c in names[:i]:
+                raise DataError(f"{path}: the header names column {c!r} more than once (columns "
+                                f"{names.index(c)} and {i}); rename it or choose the columns "
+                                f"by 0-based index (--columns)")
         return list(range(len(names)))
     out = []
     for c in columns:

@@ -149,6 +149,18 @@ def test_column_names_with_commas_are_quoted(tmp_path):
     assert datasets.read_table(str(path), columns=["1"]).columns == ["col, b"]
 
 
+def test_duplicate_header_names_are_an_error_when_all_columns_are_read(tmp_path, capsys):
+    """A model reads its columns by name, so a fit on all columns of a header naming one twice
+    is an error (the predict on the same file could not find them); by index they are read."""
+    err = _bad(tmp_path, capsys, "x,x\n1,2\n3,4\n5,6\n7,8\n")
+    assert "names column 'x' more than once (columns 0 and 1)" in err
+    assert cli.main(["fit", str(tmp_path / "bad.csv"), "--family", "auto",
+                     "--no-compile-cache", "-o", str(tmp_path / "f")]) == 1
+    assert "more than once" in capsys.readouterr().err
+    t = datasets.read_table(str(tmp_path / "bad.csv"), columns=["1", "0"])
+    np.testing.assert_array_equal(t.X[0], [2, 1])
+
+
 def test_too_few_rows(tmp_path, capsys):
     err = _bad(tmp_path, capsys, "a,b\n1,2\n3,4\n")
     assert "too few rows: 2 (need at least 3)" in err
