@@ -106,17 +106,33 @@ def _columns_arg(text: str | None, option: str = "--columns"):
     return names
 
 
-def check_outputs(outputs: list, inputs: list, force: bool) -> None:
-    """Refuse to write over an input (ever) or over an existing output (unless ``force``)."""
+def check_outputs(outputs: list, inputs: list, force: bool, out_dir: str | None = None) -> None:
+    """Refuse to write over an input (ever), over an existing output (unless ``force``), or
+    where an output's directory is not a directory, or is missing and not to be created (a
+    command given its output directory ``out_dir`` creates the missing ones)."""
     from emjax._files import same_file
 
+    if out_dir is not None and not out_dir:
+        raise CLIError("bad output directory '': give a directory name (. for this one)")
     for out in outputs:
+        if os.path.isdir(out):
+            raise CLIError(f"cannot write {out}: it is a directory; choose another output (-o)")
+        if not os.path.basename(out):
+            raise CLIError(f"bad output path {out!r}: give a file name")
+        # the directory: checked now, not found wrong after the fit
+        parent = os.path.dirname(out)
+        existing = parent
+        while existing and not os.path.lexists(existing):
+            existing = os.path.dirname(existing)
+        if existing and not os.path.isdir(existing):
+            raise CLIError(f"cannot write {out}: {existing} is not a directory; choose another "
+                           f"output (-o)")
+        if existing != parent and out_dir is None:
+            raise CLIError(f"cannot write {out}: no such directory {parent}")
         for inp in inputs:
             if same_file(out, inp):
                 raise CLIError(f"refusing to write {out}: it is the input {inp}; choose another "
                                f"output (-o)")
-        if os.path.isdir(out):
-            raise CLIError(f"cannot write {out}: it is a directory; choose another output (-o)")
         if os.path.lexists(out) and not force:
             raise CLIError(f"{out} exists; pass --force to overwrite it, or choose another "
                            f"output (-o)")
@@ -208,7 +224,8 @@ def run_fit(args, *, data_path: str, title: str) -> int:
             raise
         raise CLIError(f"{exc}; pass --missing marginalize to marginalise missing entries "
                        "(missing at random)") from None
-    check_outputs(outputs, [data_path], args.force)  # after the data's errors, before fitting
+    # after the data's errors, before fitting
+    check_outputs(outputs, [data_path], args.force, out_dir=out_dir)
     if args.compile_cache:
         enable_compile_cache()
     X = table.X.astype(args.dtype)

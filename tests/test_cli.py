@@ -179,6 +179,34 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys, blobs):
     assert "--tol and --reg-covar must be finite and >= 0" in capsys.readouterr().err
 
 
+def test_output_paths_are_checked_before_fitting(tmp_path, capsys, blobs):
+    """An output directory that is a file (the input, say), an empty one, or a predict output
+    in a missing directory: one clear line before any work, nothing written, no errno text."""
+    data = _write_csv(tmp_path / "d.csv", blobs[:10])
+    (tmp_path / "file").write_text("mine\n")
+    before = _sha(data)
+    for extra, message in (
+            (["-o", str(data)], f"cannot write {data / 'model.npz'}: {data} is not a directory"),
+            (["-o", ""], "bad output directory ''"),
+            (["-o", str(tmp_path / "o"), "--figures", str(tmp_path / "file" / "figs")],
+             f"{tmp_path / 'file'} is not a directory"),
+            (["-o", str(tmp_path / "file"), "--family", "auto"],
+             f"{tmp_path / 'file'} is not a directory")):
+        assert cli.main(["fit", str(data), *FIT_ARGS, *extra]) == 1, extra
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("emjax: error: ") and "\n" not in err and message in err, err
+    model = tmp_path / "model.npz"  # any file: the output is checked before the model is read
+    model.write_bytes(b"")
+    for out, message in ((tmp_path / "nodir" / "p.csv", f"no such directory {tmp_path / 'nodir'}"),
+                         (tmp_path / "file" / "p.csv", f"{tmp_path / 'file'} is not a directory"),
+                         ("", "bad output path ''"),
+                         (f"{tmp_path / 'new'}/", "give a file name")):
+        assert cli.main(["predict", str(model), str(data), "-o", str(out)]) == 1
+        assert message in capsys.readouterr().err
+    assert _sha(data) == before and (tmp_path / "file").read_text() == "mine\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv", "file", "model.npz"]
+
+
 def test_read_table_formats_and_columns(tmp_path, blobs):
     X = blobs[:20]
     # CSV with a non-numeric id column that is not selected; columns by name and by index.

@@ -103,7 +103,8 @@ def run_family_fit(args, ks: tuple, *, data_path: str, title: str) -> int:
         for n, t in zip(table.columns, types)))
     from emjax.cli import check_outputs
 
-    check_outputs([os.path.join(args.output, "model.npz")], [data_path], args.force)
+    check_outputs([os.path.join(args.output, "model.npz")], [data_path], args.force,
+                  out_dir=args.output)
     os.makedirs(args.output, exist_ok=True)
     rows, best = [], None
     with _x64(args.dtype):
