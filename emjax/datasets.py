@@ -79,6 +79,21 @@ def _sniff_delimiter(first_line: str) -> str:
     return ","
 
 
+def _looks_like_header(rows: list) -> bool:
+    """Whether the first of the ``(line number, fields)`` rows is a header: it has a text field
+    (non-numeric, not missing) above a column of numbers, or only text fields. Text in a column
+    of text (an id, a category) beside a number is a row of data."""
+    first = rows[0][1]
+    text = [j for j, x in enumerate(first) if not _is_number(x) and x.lower() not in MISSING]
+    if not text:
+        return False
+    rest = [f for _, f in rows[1:] if len(f) == len(first)]
+    if rest and any(all(_is_number(f[j]) or f[j].lower() in MISSING for f in rest)
+                    for j in text):
+        return True
+    return not any(_is_number(x) for x in first)
+
+
 def _select(names: list, columns: Sequence[str] | None, path: str) -> list:
     """Indices of the requested columns (names, or 0-based indices)."""
     if not columns:
@@ -126,8 +141,8 @@ def _read_csv(path: str, columns, header: bool | None, text_columns=False) -> Ta
         rows.append((lineno, [x.strip() for x in fields]))
     if not rows:
         raise DataError(f"{path} is empty")
-    if header is None:  # a first row with a non-numeric, non-missing field is a header
-        header = any(not _is_number(x) and x.lower() not in MISSING for x in rows[0][1])
+    if header is None:
+        header = _looks_like_header(rows)
     width = len(rows[0][1])
     for lineno, fields in rows:
         if len(fields) != width:
@@ -238,7 +253,8 @@ def read_table(path: str, *, columns: Sequence[str] | None = None,
       path: the file (only read, never written).
       columns: names or 0-based indices of the columns to use (default: all). Columns not
         selected may hold anything.
-      header: CSV only; ``None`` detects a header (a first row with a non-numeric field).
+      header: CSV only; ``None`` detects a header: a first row with a non-numeric field above
+        a column of numbers, or with no number at all.
       min_rows: fewer rows than this is an error.
       allow_missing: keep missing entries as NaN (for models that marginalise them); a row
         with no observed value in the selected columns is still an error.

@@ -161,6 +161,27 @@ def test_duplicate_header_names_are_an_error_when_all_columns_are_read(tmp_path,
     np.testing.assert_array_equal(t.X[0], [2, 1])
 
 
+def test_header_detection_keeps_a_first_row_of_data_with_text(tmp_path):
+    """A headerless first row with text in a column of text (an id) beside numbers is data: it
+    was taken for a header, so the table lost a row and labels sat one line off; a header above
+    numbers, or all text, is still a header."""
+    path = tmp_path / "t.csv"
+    path.write_text("r1,1.5,2\nr2,3,4\nr3,5,6\n")
+    t = datasets.read_table(str(path), columns=["1", "2"])
+    assert t.row_labels == ["line 1", "line 2", "line 3"] and t.columns == ["1", "2"]
+    np.testing.assert_array_equal(t.X[:, 0], [1.5, 3, 5])
+    path.write_text("id,x,y\nr1,1.5,2\nr2,3,4\n")
+    assert datasets.read_table(str(path), columns=["x"]).columns == ["x"]
+    path.write_text("name,region\nr1,east\nr2,west\n")
+    t = datasets.read_table(str(path), text=True)
+    assert t.columns == ["name", "region"] and t.X.shape == (2, 2)
+    path.write_text("x,y\n")
+    with pytest.raises(datasets.DataError, match="too few rows: 0"):
+        datasets.read_table(str(path))
+    path.write_text("r1,0.5\n")
+    assert datasets.read_table(str(path), columns=["1"], min_rows=1).X.tolist() == [[0.5]]
+
+
 def test_too_few_rows(tmp_path, capsys):
     err = _bad(tmp_path, capsys, "a,b\n1,2\n3,4\n")
     assert "too few rows: 2 (need at least 3)" in err
