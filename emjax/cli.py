@@ -220,8 +220,6 @@ def run_fit(args, *, data_path: str, title: str) -> int:
                                     header=args.header, min_rows=max(max(ks), 2),
                                     allow_missing=marginalize)
     except datasets.MissingValuesError as exc:
-        if marginalize:  # infinities
-            raise
         raise CLIError(f"{exc}; pass --missing marginalize to marginalise missing entries "
                        "(missing at random)") from None
     # after the data's errors, before fitting
@@ -349,8 +347,6 @@ def run_predict(args) -> int:
         else:
             table = read(columns=columns)
     except datasets.MissingValuesError as exc:
-        if marginalize:  # infinities
-            raise
         raise CLIError(f"{exc}; pass --missing marginalize to label rows with missing entries "
                        "from their observed ones") from None
     if table.X.shape[1] != d:

@@ -22,7 +22,7 @@ class DataError(ValueError):
 
 
 class MissingValuesError(DataError):
-    """Rows holding NaN, infinite or missing values where the table must be complete."""
+    """Rows holding NaN or missing values where the table must be complete."""
 
 
 class UnknownColumnError(DataError):
@@ -267,9 +267,9 @@ def read_table(path: str, *, columns: Sequence[str] | None = None,
     values, so rows stay aligned with the file's data lines.
 
     Raises:
-      DataError: missing file, ragged or non-numeric table, unknown column, NaN/missing values
-        (naming the rows; with ``allow_missing``, infinities and rows with nothing observed),
-        or fewer than ``min_rows`` rows.
+      DataError: missing file, ragged or non-numeric table, unknown column, infinite values,
+        NaN/missing values (:class:`MissingValuesError`; with ``allow_missing``, rows with
+        nothing observed), naming the rows, or fewer than ``min_rows`` rows.
     """
     if not os.path.exists(path):
         raise DataError(f"no such file: {path}")
@@ -296,10 +296,15 @@ def read_table(path: str, *, columns: Sequence[str] | None = None,
         return ", ".join(table.row_labels[i] for i in rows[:8]) + (", ..." if rows.size > 8
                                                                    else "")
 
-    bad = np.flatnonzero(~np.all(np.isfinite(X) | (allow_missing & np.isnan(X)), axis=1))
+    # infinities first: an error whatever is done with missing values
+    bad = np.flatnonzero(np.isinf(X).any(axis=1))
     if bad.size:
-        raise MissingValuesError(f"{path}: NaN, infinite or missing values in {bad.size} "
-                                 f"row(s): {named(bad)}")
+        raise DataError(f"{path}: infinite values (or numbers too large for float64, like 1e400) "
+                        f"in {bad.size} row(s): {named(bad)}")
+    bad = np.flatnonzero(np.isnan(X).any(axis=1) & (not allow_missing))
+    if bad.size:
+        raise MissingValuesError(f"{path}: NaN or missing values in {bad.size} row(s): "
+                                 f"{named(bad)}")
     empty = np.flatnonzero(np.all(np.isnan(X), axis=1) & allow_missing)
     if empty.size:
         raise DataError(f"{path}: no observed value in {empty.size} row(s) (every selected "

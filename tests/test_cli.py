@@ -118,8 +118,17 @@ def test_non_numeric_table(tmp_path, capsys):
 
 
 def test_nan_rows_are_named(tmp_path, capsys):
-    err = _bad(tmp_path, capsys, "a,b\n1,2\n3,nan\n6,7\n,8\n1,inf\n")
-    assert "in 3 row(s): line 3, line 5, line 6" in err
+    err = _bad(tmp_path, capsys, "a,b\n1,2\n3,nan\n6,7\n,8\n1,NA\n")
+    assert "NaN or missing values in 3 row(s): line 3, line 5, line 6; pass --missing" in err
+
+
+def test_infinite_values_are_not_missing_values(tmp_path, capsys):
+    """An infinity (or a number beyond float64, 1e400) is an error of its own: the advice to
+    pass --missing marginalize was wrong for it, and with that flag it was called missing."""
+    for extra in ((), ("--missing", "marginalize"), ("--family", "auto")):
+        err = _bad(tmp_path, capsys, "a,b\n1,2\n3,nan\n6,7\n1e400,8\n-inf,1\n", extra)
+        assert err.endswith("infinite values (or numbers too large for float64, like 1e400) in "
+                            "2 row(s): line 5, line 6"), err
 
 
 def test_rows_of_empty_fields_are_rows_and_blank_lines_are_skipped(tmp_path):
