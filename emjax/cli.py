@@ -138,6 +138,40 @@ def check_outputs(outputs: list, inputs: list, force: bool, out_dir: str | None 
                            f"output (-o)")
 
 
+def _rows(table, idx) -> str:
+    """The rows ``idx`` of a table by their labels (line numbers or row indices), the first few."""
+    return ", ".join(table.row_labels[i] for i in idx[:8]) + (", ..." if len(idx) > 8 else "")
+
+
+def as_dtype(table, dtype: str, path: str, n_rows: int | None = None):
+    """The table's values in ``dtype``; values whose squares, summed over ``n_rows`` rows (EM's
+    statistics; default the table's), overflow it are an error naming their rows, not an
+    infinity or NaN inside the fit or the probabilities."""
+    import numpy as np
+
+    X = table.X
+    limit = float(np.sqrt(np.finfo(dtype).max / max(n_rows or len(X), 1)))
+    big = np.flatnonzero((np.abs(X) > limit).any(axis=1))  # NaN (missing) compares False
+    if big.size:
+        raise CLIError(f"{path}: values too large for {dtype} (above {limit:.2g} in magnitude) in "
+                       f"{big.size} row(s): {_rows(table, big)}; rescale the columns"
+                       + (" or use --dtype float64" if dtype == "float32" and n_rows is None
+                          else ""))
+    return X.astype(dtype)
+
+
+def check_probabilities(proba, table, path: str) -> None:
+    """Refuse to write labels for rows with no finite probability (too far from every
+    component for the model's precision): argmax would call them component 0."""
+    import numpy as np
+
+    bad = np.flatnonzero(~np.isfinite(proba).all(axis=1))
+    if bad.size:
+        raise CLIError(f"{path}: no finite probability in {bad.size} row(s): "
+                       f"{_rows(table, bad)} (values too far from every component); nothing "
+                       f"written")
+
+
 def _warn(message: str) -> None:
     print(f"emjax: warning: {message}", file=sys.stderr)
 
@@ -226,7 +260,7 @@ def run_fit(args, *, data_path: str, title: str) -> int:
     check_outputs(outputs, [data_path], args.force, out_dir=out_dir)
     if args.compile_cache:
         enable_compile_cache()
-    X = table.X.astype(args.dtype)
+    X = as_dtype(table, args.dtype, data_path)
     n, d = X.shape
     for problem in (_validation.reg_covar_problem(X, args.reg_covar, "--reg-covar"),
                     _few_samples(n, d, ks, types)):
@@ -353,7 +387,7 @@ def run_predict(args) -> int:
         raise CLIError(f"{args.data} has {table.X.shape[1]} columns but the model was fitted on "
                        f"{d}; choose them with --columns")
     dtype = meta["dtype"]
-    X = table.X.astype(dtype)
+    X = as_dtype(table, dtype, args.data, n_rows=1)
     with _x64(dtype):
         if np.isnan(X).any():
             from emjax.gmm import missing as missing_lib
@@ -363,6 +397,7 @@ def run_predict(args) -> int:
         else:
             labels = np.asarray(steps.predict(saved.params, X))
             proba = np.asarray(steps.predict_proba(saved.params, X))
+    check_probabilities(proba, table, args.data)
     k = proba.shape[1]
     with atomic_write(args.output, "w", newline="") as f:
         w = csv.writer(f)

@@ -158,6 +158,32 @@ def test_column_names_with_commas_are_quoted(tmp_path):
     assert datasets.read_table(str(path), columns=["1"]).columns == ["col, b"]
 
 
+def test_values_beyond_the_precision_are_errors_not_nan_labels(tmp_path, capsys):
+    """Values whose squares overflow the fit's dtype are an error naming their lines (the fit
+    failed with 'no grid point produced a finite criterion', or a float32 cast made them inf);
+    a row no component gives a finite probability is an error, not label 0 with NaN."""
+    text = "a,b\n1,2\n1e200,8\n3,4\n5,6\n"
+    for extra in ((), ("--family", "auto")):
+        err = _bad(tmp_path, capsys, text, extra)
+        assert "values too large for float64 (above 6.7e+153 in magnitude) in 1 row(s): " \
+            "line 3; rescale the columns" in err
+    err = _bad(tmp_path, capsys, text.replace("1e200", "1e20"), ("--dtype", "float32"))
+    assert "float32 (above 9.2e+18 in magnitude) in 1 row(s): line 3; rescale the columns or " \
+        "use --dtype float64" in err
+    model = emjax.save(str(tmp_path / "m.npz"), emjax.make_params(
+        np.array([0.5, 0.5], np.float32), np.array([[0, 0], [5, 5]], np.float32),
+        np.array([0.01, 0.01], np.float32), "spherical"), config={"columns": ["a", "b"]})
+    data = tmp_path / "p.csv"
+    for value, message in (("1e20", "values too large for float32 (above 1.8e+19 in magnitude) "
+                                    "in 1 row(s): line 3; rescale the columns"),
+                           ("1e19", "no finite probability in 1 row(s): line 3 (values too far "
+                                    "from every component); nothing written")):
+        data.write_text(f"a,b\n1,2\n{value},8\n")
+        assert cli.main(["predict", model, str(data), "-o", str(tmp_path / "o.csv")]) == 1
+        assert capsys.readouterr().err.strip() == f"emjax: error: {data}: {message}"
+    assert not (tmp_path / "o.csv").exists()
+
+
 def test_duplicate_header_names_are_an_error_when_all_columns_are_read(tmp_path, capsys):
     """A model reads its columns by name, so a fit on all columns of a header naming one twice
     is an error (the predict on the same file could not find them); by index they are read."""

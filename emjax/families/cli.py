@@ -86,7 +86,7 @@ def parse_family(spec: str, X: np.ndarray, names: list,
 def run_family_fit(args, ks: tuple, *, data_path: str, title: str) -> int:
     from emjax import datasets
     from emjax._validation import as_key
-    from emjax.cli import _x64
+    from emjax.cli import _x64, as_dtype
     from emjax.em import describe_status
     from emjax.families import fitting
     from emjax.families import io as fio
@@ -94,7 +94,7 @@ def run_family_fit(args, ks: tuple, *, data_path: str, title: str) -> int:
     table = datasets.read_table(data_path, columns=args.columns.split(",") if args.columns
                                 else None, header=args.header, min_rows=max(max(ks), 2),
                                 allow_missing=True, text=True)
-    X = table.X.astype(args.dtype)
+    X = as_dtype(table, args.dtype, data_path)
     family, types = parse_family(args.family, X, table.columns, frozenset(table.levels))
     print(f"{title}: {data_path}: {X.shape[0]} rows x {X.shape[1]} columns, {args.dtype}, "
           f"{int(np.isnan(X).sum())} missing entries; {args.n_init} restarts per K")
@@ -152,7 +152,7 @@ def run_family_predict(args) -> int:
 
     from emjax import datasets
     from emjax._files import atomic_write
-    from emjax.cli import CLIError, _x64
+    from emjax.cli import CLIError, _x64, as_dtype, check_probabilities
     from emjax.families import fitting
     from emjax.families import io as fio
 
@@ -167,9 +167,10 @@ def run_family_predict(args) -> int:
         raise CLIError(f"{args.data} has {table.X.shape[1]} columns but the model was fitted on "
                        f"{d}; choose them with --columns")
     dtype = saved.metadata["dtype"]
+    X = as_dtype(table, dtype, args.data, n_rows=1)
     with _x64(dtype):
-        proba = np.asarray(fitting.predict_proba(saved.family, saved.params,
-                                                 table.X.astype(dtype)))
+        proba = np.asarray(fitting.predict_proba(saved.family, saved.params, X))
+    check_probabilities(proba, table, args.data)
     labels = proba.argmax(1)
     k = proba.shape[1]
     with atomic_write(args.output, "w", newline="") as f:
