@@ -151,6 +151,10 @@ def _read_csv(path: str, columns, header: bool | None, text_columns=False) -> Ta
     if header:
         names = rows[0][1]
         rows = rows[1:]
+        # a trailing delimiter on every line: a last column with no name and no value is none
+        while len(names) > 1 and not names[-1] and not any(f[len(names) - 1] for _, f in rows):
+            names = names[:-1]
+            rows = [(lineno, f[:-1]) for lineno, f in rows]
     else:
         names = [str(i) for i in range(width)]
     idx = _select(names, columns, path)
@@ -264,7 +268,8 @@ def read_table(path: str, *, columns: Sequence[str] | None = None,
         ``False``: numbers only.
 
     Blank lines of a CSV are skipped; a line of empty fields (``,,``) is a row of missing
-    values, so rows stay aligned with the file's data lines.
+    values, so rows stay aligned with the file's data lines. A last column with an empty name
+    and no value (a delimiter ending every line) is not read.
 
     Raises:
       DataError: missing file, ragged or non-numeric table, unknown column, infinite values,

@@ -150,6 +150,22 @@ def test_rows_of_empty_fields_are_rows_and_blank_lines_are_skipped(tmp_path):
         datasets.read_table(str(path), columns=["a", "c"], allow_missing=True)
 
 
+def test_a_delimiter_ending_every_line_is_not_a_column(tmp_path, capsys):
+    """'x,y,' lines: the last column, without name or value, is not read (it was a column of
+    missing values: an error advising --missing marginalize, or with --family a column fitted
+    as Bernoulli); a named column with no value is an error for --family."""
+    path = tmp_path / "t.csv"
+    path.write_text("x,y,\n1,2,\n3,4,\n")
+    t = datasets.read_table(str(path))
+    assert t.columns == ["x", "y"] and t.X.tolist() == [[1, 2], [3, 4]]
+    path.write_text("x,y,,\n1,2,,\n,4,,\n")
+    assert datasets.read_table(str(path), allow_missing=True).columns == ["x", "y"]
+    path.write_text("x,y,\n1,2,\n3,4,5\n")  # a value: a column
+    assert datasets.read_table(str(path), allow_missing=True).columns == ["x", "y", ""]
+    err = _bad(tmp_path, capsys, "x,y,notes\n1,2,\n3,4,\n5,6,\n", ("--family", "auto"))
+    assert "no observed value in column(s) 'notes'; leave them out with --columns" in err
+
+
 def test_column_names_with_commas_are_quoted(tmp_path):
     path = tmp_path / "q.csv"
     path.write_text('"col a","col, b"\n1,2\n3,4\n')

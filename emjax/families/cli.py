@@ -95,6 +95,11 @@ def run_family_fit(args, ks: tuple, *, data_path: str, title: str) -> int:
                                 else None, header=args.header, min_rows=max(max(ks), 2),
                                 allow_missing=True, text=True)
     X = as_dtype(table, args.dtype, data_path)
+    # a column with no observed value has nothing to fit (its type would be a guess)
+    empty = [n for n, seen in zip(table.columns, (~np.isnan(X)).any(0)) if not seen]
+    if empty:
+        raise ValueError(f"{data_path}: no observed value in column(s) "
+                         f"{', '.join(map(repr, empty))}; leave them out with --columns")
     family, types = parse_family(args.family, X, table.columns, frozenset(table.levels))
     print(f"{title}: {data_path}: {X.shape[0]} rows x {X.shape[1]} columns, {args.dtype}, "
           f"{int(np.isnan(X).sum())} missing entries; {args.n_init} restarts per K")
