@@ -499,6 +499,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Report:
+    """Standard output that, once its reader has gone (``emjax fit DATA | head``), drops the
+    rest of the report instead of failing: the command still writes its files."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _gone(self) -> None:
+        # the rest, and the interpreter's flush at exit, go to the null device
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self._stream.fileno())
+            os.close(null)
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._gone()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._gone()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (0 success, 1 bad input, 2 usage)."""
     parser = build_parser()
@@ -506,6 +537,14 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse has printed its usage message
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    stdout, sys.stdout = sys.stdout, _Report(sys.stdout)
+    try:
+        return _run(args)
+    finally:
+        sys.stdout = stdout
+
+
+def _run(args) -> int:
     try:
         if args.command == "fit":
             return run_fit(args, data_path=args.data, title="emjax fit")

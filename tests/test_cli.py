@@ -1,6 +1,8 @@
 """The command line end to end, in-process through emjax.cli.main, on temporary files."""
 
 import hashlib
+import os
+import sys
 
 import jax
 import numpy as np
@@ -198,6 +200,25 @@ def test_values_beyond_the_precision_are_errors_not_nan_labels(tmp_path, capsys)
         assert cli.main(["predict", model, str(data), "-o", str(tmp_path / "o.csv")]) == 1
         assert capsys.readouterr().err.strip() == f"emjax: error: {data}: {message}"
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_a_reader_gone_from_stdout_does_not_fail_the_command(tmp_path, monkeypatch):
+    """'emjax ... | head -1': a broken pipe on stdout drops the rest of the report; the command
+    still writes its files and succeeds (it failed with '[Errno 32] Broken pipe', and a fit,
+    which reports before it writes, lost its model)."""
+    model = emjax.save(str(tmp_path / "m.npz"), emjax.make_params(
+        np.array([0.5, 0.5], np.float32), np.array([[0, 0], [5, 5]], np.float32),
+        np.array([1.0, 1.0], np.float32), "spherical"), config={"columns": ["a", "b"]})
+    data = tmp_path / "d.csv"
+    data.write_text("a,b\n1,2\n4,5\n")
+    read, write = os.pipe()
+    os.close(read)
+    with open(write, "w", buffering=1) as stdout:
+        monkeypatch.setattr(sys, "stdout", stdout)
+        code = cli.main(["predict", model, str(data), "-o", str(tmp_path / "p.csv")])
+        monkeypatch.undo()
+    assert code == 0
+    assert [r[:2] for r in (tmp_path / "p.csv").read_text().splitlines()[1:]] == ["0,", "1,"]
 
 
 def test_duplicate_header_names_are_an_error_when_all_columns_are_read(tmp_path, capsys):
