@@ -461,9 +461,9 @@ def _add_force_option(p) -> None:
                    help="overwrite existing output files (inputs are never overwritten)")
 
 
-def _add_table_options(p: argparse.ArgumentParser) -> None:
+def _add_table_options(p: argparse.ArgumentParser, columns: str = "all") -> None:
     p.add_argument("--columns", default=None, metavar="COLS",
-                   help="comma list of column names or 0-based indices (default: all)")
+                   help=f"comma list of column names or 0-based indices (default: {columns})")
     h = p.add_mutually_exclusive_group()
     h.add_argument("--header", dest="header", action="store_true", default=None,
                    help="the CSV's first row is a header (default: detected)")
@@ -486,7 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="labels and probabilities from a saved model")
     p.add_argument("model", help="a model.npz written by 'emjax fit'")
     p.add_argument("data", help="the table to label (same columns as the fit)")
-    _add_table_options(p)
+    _add_table_options(p, columns="the model's columns by name; by position in a table "
+                       "without a header")
     p.add_argument("-o", "--output", default="predictions.csv",
                    help="CSV to write: label, p0, p1, ... (default predictions.csv)")
     p.add_argument("--missing", default=None, choices=["error", "marginalize"],

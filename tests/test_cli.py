@@ -346,6 +346,13 @@ def test_read_parquet(tmp_path, blobs):
         datasets.read_table(str(tmp_path / "t.parquet"))
 
 
+def test_predict_help_says_which_columns_it_reads(capsys):
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["predict", "--help"])
+    assert "(default: the model's columns by name; by position in a table without a header)" \
+        in " ".join(capsys.readouterr().out.split())
+
+
 def test_parse_components():
     assert cli.parse_components("4") == (4,)
     assert cli.parse_components("1-6") == (1, 2, 3, 4, 5, 6)

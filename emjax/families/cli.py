@@ -154,6 +154,7 @@ def run_family_predict(args) -> int:
     (written atomically; the caller has checked the output against the inputs), missing
     entries marginalised."""
     import csv
+    import functools
 
     from emjax import datasets
     from emjax._files import atomic_write
@@ -163,10 +164,23 @@ def run_family_predict(args) -> int:
 
     saved = fio.load(args.model)
     config = saved.metadata.get("config", {})
-    cols = args.columns.split(",") if args.columns else config.get("columns")
+    fitted, levels = config.get("columns"), config.get("levels") or {}
+    cols = args.columns.split(",") if args.columns else fitted
     # text columns read with the fitted levels (by name: with --columns, the model's names)
-    table = datasets.read_table(args.data, columns=cols, header=args.header, min_rows=1,
-                                allow_missing=True, text=config.get("levels") or False)
+    read = functools.partial(datasets.read_table, args.data, header=args.header, min_rows=1,
+                             allow_missing=True)
+    try:
+        table = read(columns=cols, text=levels or False)
+    except datasets.UnknownColumnError:
+        if args.columns or not fitted:
+            raise
+        # a table without a header: by position, as for a Gaussian model
+        names = read(columns=None, text=True).columns
+        if names != [str(i) for i in range(len(names))]:
+            raise CLIError(f"{args.data} has columns {names} but the model was fitted on "
+                           f"{fitted}; choose them with --columns") from None
+        table = read(columns=None, text={str(fitted.index(n)): lv for n, lv in levels.items()}
+                     or False)
     d = saved.family.width()
     if table.X.shape[1] != d:
         raise CLIError(f"{args.data} has {table.X.shape[1]} columns but the model was fitted on "

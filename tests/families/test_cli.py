@@ -108,6 +108,14 @@ def test_text_categories(tmp_path, capsys):
     with jax.enable_x64(True):
         ref = np.asarray(fitting.predict(saved.family, saved.params, t.X))
     np.testing.assert_array_equal(np.loadtxt(pred, delimiter=",", skiprows=1)[:, 0], ref)
+    # a table without a header is read by position (text levels too), as for Gaussian models
+    bare = tmp_path / "bare.csv"
+    bare.write_text("\n".join(lines[1:]) + "\n")
+    assert cli.main(["predict", str(out / "model.npz"), str(bare), "-o",
+                     str(tmp_path / "p_bare.csv")]) == 0
+    np.testing.assert_array_equal(
+        np.loadtxt(tmp_path / "p_bare.csv", delimiter=",", skiprows=1)[:, 0], ref)
+    capsys.readouterr()
     bad = tmp_path / "bad.csv"
     bad.write_text(data.read_text().replace(f",{region[0]}\n", ",west\n", 1))
     assert cli.main(["predict", str(out / "model.npz"), str(bad), "-o",
