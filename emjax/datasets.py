@@ -134,11 +134,14 @@ def _read_csv(path: str, columns, header: bool | None, text_columns=False) -> Ta
     first = next((ln for ln in lines if ln.strip()), "")
     delim = _sniff_delimiter(first)
     rows = []  # (line number, fields)
-    for lineno, fields in enumerate(csv.reader(lines, delimiter=delim), start=1):
+    reader = csv.reader(lines, delimiter=delim)
+    lineno = 1  # where the next record starts: a quoted field may hold line breaks
+    for fields in reader:
+        start, lineno = lineno, reader.line_num + 1
         # a blank line is skipped (as pandas does); a line of empty fields is a row, all missing
         if not fields or (len(fields) == 1 and not fields[0].strip()):
             continue
-        rows.append((lineno, [x.strip() for x in fields]))
+        rows.append((start, [x.strip() for x in fields]))
     if not rows:
         raise DataError(f"{path} is empty")
     if header is None:

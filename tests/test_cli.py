@@ -168,6 +168,15 @@ def test_a_delimiter_ending_every_line_is_not_a_column(tmp_path, capsys):
     assert "no observed value in column(s) 'notes'; leave them out with --columns" in err
 
 
+def test_line_numbers_count_line_breaks_in_quoted_fields(tmp_path):
+    path = tmp_path / "q.csv"
+    path.write_text('note,x\n"two\nlines",1\nplain,2\nplain,oops\n')
+    t = datasets.read_table(str(path), columns=["x"], min_rows=1, text=True)
+    assert t.row_labels == ["line 2", "line 4", "line 5"]
+    with pytest.raises(datasets.DataError, match="'oops' at line 5, column 'x'"):
+        datasets.read_table(str(path), columns=["x"])
+
+
 def test_column_names_with_commas_are_quoted(tmp_path):
     path = tmp_path / "q.csv"
     path.write_text('"col a","col, b"\n1,2\n3,4\n')
