@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from collections.abc import Sequence
 from importlib import resources
 from typing import NamedTuple
@@ -15,6 +16,8 @@ from typing import NamedTuple
 import numpy as np
 
 MISSING = {"", "na", "nan", "null", "none", "n/a"}
+
+_DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+([eE][+-]?\d+)?")
 
 
 class DataError(ValueError):
@@ -180,6 +183,8 @@ def _read_csv(path: str, columns, header: bool | None, text_columns=False) -> Ta
                     X[i, j] = parse_number(x)
                 except ValueError:
                     hint = " (digit separators '_' are not accepted)" if "_" in x else ""
+                    if _DECIMAL_COMMA.fullmatch(x):
+                        hint = f" (a decimal comma: write {x.replace(',', '.')!r})"
                     if not hint and text_columns is False:
                         hint = (" (a column of text categories needs a mixture of families: "
                                 "--family auto)")
@@ -203,7 +208,12 @@ def _text_levels(path: str, rows: list, names: list, idx: list, text) -> dict:
     out = {}
     for c in idx:
         cells = {f[c] for _, f in rows if f[c].lower() not in MISSING}
-        if any(not _is_number(x) for x in cells):
+        words = sorted(x for x in cells if not _is_number(x))
+        if words and all(_DECIMAL_COMMA.fullmatch(x) for x in words):
+            # numbers written with a decimal comma, not categories
+            raise DataError(f"{path}: column {names[c]!r} holds numbers with a decimal comma "
+                            f"({words[0]!r}); write them with a decimal point")
+        if words:
             out[names[c]] = sorted(cells)
     return out
 
@@ -294,8 +304,10 @@ def read_table(path: str, *, columns: Sequence[str] | None = None,
     else:
         try:
             table = _read_csv(path, columns, header, text)
-        except UnicodeDecodeError:
-            raise DataError(f"{path}: not a text table (use .csv, .npy or .parquet)") from None
+        except UnicodeDecodeError as exc:
+            line = exc.object[:exc.start].count(b"\n") + 1
+            raise DataError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at line "
+                            f"{line}); save the table as UTF-8, or as .npy or .parquet") from None
     X = table.X
     if X.shape[1] == 0:
         raise DataError(f"{path}: no columns selected")

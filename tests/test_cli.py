@@ -177,6 +177,23 @@ def test_line_numbers_count_line_breaks_in_quoted_fields(tmp_path):
         datasets.read_table(str(path), columns=["x"])
 
 
+def test_decimal_commas_and_other_encodings_are_named(tmp_path):
+    """A decimal comma is said to be one (the hint was '--family auto', which read such a column
+    as text categories '1,5', '3,25'); a table not in UTF-8 is said to be so, with the line of
+    its first bad byte (it was 'not a text table (use .csv, ...)' for a .csv)."""
+    path = tmp_path / "t.csv"
+    path.write_text("a;b\n1,5;2\n3,25;4\n")
+    with pytest.raises(datasets.DataError, match=r"'1,5' at line 2, column 'a' \(a decimal "
+                                                  r"comma: write '1.5'\)"):
+        datasets.read_table(str(path))
+    with pytest.raises(datasets.DataError, match=r"column 'a' holds numbers with a decimal comma "
+                                                  r"\('1,5'\)"):
+        datasets.read_table(str(path), text=True)
+    path.write_bytes("x;région\n1;2\n3;caf\xe9\n".encode("latin-1"))
+    with pytest.raises(datasets.DataError, match=r"not UTF-8 text \(byte 0xe9 at line 1\)"):
+        datasets.read_table(str(path))
+
+
 def test_column_names_with_commas_are_quoted(tmp_path):
     path = tmp_path / "q.csv"
     path.write_text('"col a","col, b"\n1,2\n3,4\n')
