@@ -125,8 +125,8 @@ def test_nan_rows_are_named(tmp_path, capsys):
 
 
 def test_infinite_values_are_not_missing_values(tmp_path, capsys):
-    """An infinity (or a number beyond float64, 1e400) is an error of its own: the advice to
-    pass --missing marginalize was wrong for it, and with that flag it was called missing."""
+    """An infinity (or a number beyond float64, 1e400) is an error of its own, not a missing
+    value: --missing marginalize does not help with it."""
     for extra in ((), ("--missing", "marginalize"), ("--family", "auto")):
         err = _bad(tmp_path, capsys, "a,b\n1,2\n3,nan\n6,7\n1e400,8\n-inf,1\n", extra)
         assert err.endswith("infinite values (or numbers too large for float64, like 1e400) in "
@@ -153,9 +153,8 @@ def test_rows_of_empty_fields_are_rows_and_blank_lines_are_skipped(tmp_path):
 
 
 def test_a_delimiter_ending_every_line_is_not_a_column(tmp_path, capsys):
-    """'x,y,' lines: the last column, without name or value, is not read (it was a column of
-    missing values: an error advising --missing marginalize, or with --family a column fitted
-    as Bernoulli); a named column with no value is an error for --family."""
+    """'x,y,' lines: the last column, without name or value, is not read (not a column of
+    missing values); a named column with no value is an error for --family (nothing to fit)."""
     path = tmp_path / "t.csv"
     path.write_text("x,y,\n1,2,\n3,4,\n")
     t = datasets.read_table(str(path))
@@ -178,9 +177,9 @@ def test_line_numbers_count_line_breaks_in_quoted_fields(tmp_path):
 
 
 def test_decimal_commas_and_other_encodings_are_named(tmp_path):
-    """A decimal comma is said to be one (the hint was '--family auto', which read such a column
-    as text categories '1,5', '3,25'); a table not in UTF-8 is said to be so, with the line of
-    its first bad byte (it was 'not a text table (use .csv, ...)' for a .csv)."""
+    """A decimal comma is said to be one (with --family too: such a column is not text
+    categories '1,5', '3,25'); a table not in UTF-8 is said to be so, with the line of its
+    first bad byte."""
     path = tmp_path / "t.csv"
     path.write_text("a;b\n1,5;2\n3,25;4\n")
     with pytest.raises(datasets.DataError, match=r"'1,5' at line 2, column 'a' \(a decimal "
@@ -203,9 +202,9 @@ def test_column_names_with_commas_are_quoted(tmp_path):
 
 
 def test_values_beyond_the_precision_are_errors_not_nan_labels(tmp_path, capsys):
-    """Values whose squares overflow the fit's dtype are an error naming their lines (the fit
-    failed with 'no grid point produced a finite criterion', or a float32 cast made them inf);
-    a row no component gives a finite probability is an error, not label 0 with NaN."""
+    """Values whose squares overflow the fit's dtype are an error naming their lines, not an
+    infinity inside the fit; a row no component gives a finite probability is an error, not
+    label 0 with NaN."""
     text = "a,b\n1,2\n1e200,8\n3,4\n5,6\n"
     for extra in ((), ("--family", "auto")):
         err = _bad(tmp_path, capsys, text, extra)
@@ -230,8 +229,7 @@ def test_values_beyond_the_precision_are_errors_not_nan_labels(tmp_path, capsys)
 
 def test_a_reader_gone_from_stdout_does_not_fail_the_command(tmp_path, monkeypatch):
     """'emjax ... | head -1': a broken pipe on stdout drops the rest of the report; the command
-    still writes its files and succeeds (it failed with '[Errno 32] Broken pipe', and a fit,
-    which reports before it writes, lost its model)."""
+    still writes its files and succeeds (a fit reports before it writes)."""
     model = emjax.save(str(tmp_path / "m.npz"), emjax.make_params(
         np.array([0.5, 0.5], np.float32), np.array([[0, 0], [5, 5]], np.float32),
         np.array([1.0, 1.0], np.float32), "spherical"), config={"columns": ["a", "b"]})
@@ -260,9 +258,9 @@ def test_duplicate_header_names_are_an_error_when_all_columns_are_read(tmp_path,
 
 
 def test_header_detection_keeps_a_first_row_of_data_with_text(tmp_path):
-    """A headerless first row with text in a column of text (an id) beside numbers is data: it
-    was taken for a header, so the table lost a row and labels sat one line off; a header above
-    numbers, or all text, is still a header."""
+    """A headerless first row with text in a column of text (an id) beside numbers is data,
+    so rows and labels stay aligned with the file's lines; a header above numbers, or all
+    text, is a header."""
     path = tmp_path / "t.csv"
     path.write_text("r1,1.5,2\nr2,3,4\nr3,5,6\n")
     t = datasets.read_table(str(path), columns=["1", "2"])
