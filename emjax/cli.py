@@ -22,6 +22,7 @@ import sys
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 #: The largest number of components a grid may ask for (checked before the grid is built).
@@ -532,7 +533,8 @@ class _Report:
 
 
 def main(argv=None) -> int:
-    """Run the command line; returns the exit status (0 success, 1 bad input, 2 usage)."""
+    """Run the command line; returns the exit status (0 success, 1 bad input, 2 usage, 130
+    interrupted)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -558,6 +560,9 @@ def _run(args) -> int:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"emjax: error: {msg}", file=sys.stderr)
         return EXIT_ERROR
+    except KeyboardInterrupt:  # Ctrl-C: the shell's status for SIGINT, no traceback
+        print("\nemjax: interrupted (outputs are written whole or not at all)", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -370,6 +370,16 @@ def test_read_parquet(tmp_path, blobs):
         datasets.read_table(str(tmp_path / "t.parquet"))
 
 
+def test_ctrl_c_is_one_line_and_status_130(tmp_path, capsys, monkeypatch):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_predict", interrupted)
+    assert cli.main(["predict", "m.npz", "d.csv"]) == 130
+    assert capsys.readouterr().err.strip() == ("emjax: interrupted (outputs are written whole "
+                                               "or not at all)")
+
+
 def test_predict_help_says_which_columns_it_reads(capsys):
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["predict", "--help"])
