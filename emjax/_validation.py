@@ -156,25 +156,26 @@ def check_sample_weight(sample_weight, n_samples: int, dtype) -> np.ndarray | No
     return w
 
 
-def check_weights(weights, n_components: int, dtype) -> np.ndarray:
+def check_weights(weights, n_components: int, dtype, name: str = "weights_init") -> np.ndarray:
     w = np.asarray(weights, dtype=dtype)
     if w.shape != (n_components,):
-        raise ValueError(f"weights_init must have shape ({n_components},); got {w.shape}")
+        raise ValueError(f"{name} must have shape ({n_components},); got {w.shape}")
     if not np.all(np.isfinite(w)) or np.any(w < 0) or np.any(w > 1):
-        raise ValueError(f"weights_init must be in [0, 1]; got range [{w.min()}, {w.max()}]")
+        raise ValueError(f"{name} must be in [0, 1]; got range [{w.min()}, {w.max()}]")
     if not np.allclose(np.sum(w), 1.0, rtol=0, atol=1e-5 if dtype == np.float32 else 1e-8):
-        raise ValueError(f"weights_init must sum to 1; got sum {float(np.sum(w))!r}")
+        raise ValueError(f"{name} must sum to 1; got sum {float(np.sum(w))!r}")
     return w
 
 
-def check_means(means, n_components: int, n_features: int, dtype) -> np.ndarray:
+def check_means(means, n_components: int, n_features: int, dtype,
+                name: str = "means_init") -> np.ndarray:
     m = np.asarray(means, dtype=dtype)
     if m.shape != (n_components, n_features):
         raise ValueError(
-            f"means_init must have shape ({n_components}, {n_features}); got {m.shape}"
+            f"{name} must have shape ({n_components}, {n_features}); got {m.shape}"
         )
     if not np.all(np.isfinite(m)):
-        raise ValueError("means_init contains NaN or infinity")
+        raise ValueError(f"{name} contains NaN or infinity")
     return m
 
 

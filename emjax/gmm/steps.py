@@ -59,7 +59,23 @@ def uncentre(result, shift: Array):
 
 
 def make_params(weights, means, covariances, covariance_type: str) -> GMMParams:
-    """Build :class:`GMMParams` from scikit-learn-shaped weights, means and covariances."""
+    """Build :class:`GMMParams` from scikit-learn-shaped weights, means and covariances.
+
+    On concrete values they are checked (outside ``jit``; a ``ValueError`` quoting the
+    shapes): ``means`` ``(n_components, n_features)`` finite, ``weights`` ``(n_components,)``
+    in ``[0, 1]`` summing to 1, ``covariances`` of the covariance type's shape (as
+    scikit-learn's ``covariances_``), symmetric positive definite (variances positive).
+    """
+    if not v.is_traced(weights, means, covariances):
+        covariance_type = v.check_covariance_type(covariance_type)
+        m = np.asarray(means)
+        if m.ndim != 2:
+            raise ValueError(f"means must be (n_components, n_features); got shape {m.shape}")
+        k, d = m.shape
+        dtype = m.dtype if m.dtype in (np.float32, np.float64) else np.float64
+        v.check_means(m, k, d, dtype, name="means")
+        v.check_weights(weights, k, dtype, name="weights")
+        v.check_spd(covariances, covariance_type, k, d, dtype, name="covariances")
     return GMMParams(
         jnp.asarray(weights),
         jnp.asarray(means),
@@ -474,12 +490,13 @@ def sample(key: Array, params: GMMParams, n_samples: int) -> tuple[Array, Array]
     partitionable PRNG draws each row from its index), so a new ``n_samples`` rarely compiles.
 
     Args:
-      key: a PRNG key.
+      key: a PRNG key (or, outside a trace, an int seed).
       params: the mixture.
       n_samples: static number of samples.
     """
     if v.is_traced(key, params):
         return _draw(key, params, n_samples)
+    key = v.as_key(key)
     v.check_params(params)
     v.check_model_x64(params)
     n_samples = v.check_positive_int(n_samples, "n_samples")

@@ -243,6 +243,10 @@ def test_sample_sizes_share_one_program_and_draw_prefixes():
     assert a.shape == (300, 2) and b.shape == (301, 2) and la.shape == (300,)
     np.testing.assert_array_equal(np.asarray(b)[:300], np.asarray(a))
     np.testing.assert_array_equal(np.asarray(lb)[:300], np.asarray(la))
+    # an int seed outside a trace, as emjax.fit takes (it failed inside jax.random)
+    c_, lc = emjax.sample(3, params, 300)
+    np.testing.assert_array_equal(np.asarray(c_), np.asarray(a))
+    np.testing.assert_array_equal(np.asarray(lc), np.asarray(la))
     traced, lt = jax.jit(emjax.sample, static_argnums=2)(key, params, 300)
     np.testing.assert_allclose(np.asarray(traced), np.asarray(a), rtol=1e-12)
     np.testing.assert_array_equal(np.asarray(lt), np.asarray(la))
@@ -305,3 +309,27 @@ def test_init_params_on_concrete_data(method):
         emjax.init_params(key, X, 2, init_params="bogus")
     with pytest.raises(ValueError, match="n_components=200 must be <= n_samples=121"):
         emjax.init_params(key, X, 200)
+
+
+def test_make_params_checks_concrete_values():
+    """Mis-shaped or invalid parameters are a ValueError quoting them, not a mixture that fails
+    later (3 covariances for 2 components were taken; an indefinite one was jittered)."""
+    eye2 = np.stack([np.eye(2)] * 2)
+    w, m = np.array([0.5, 0.5]), np.zeros((2, 2))
+    with pytest.raises(ValueError, match=r"covariances for covariance_type='full' must have "
+                                         r"shape \(2, 2, 2\); got \(3, 2, 2\)"):
+        emjax.make_params(w, m, np.stack([np.eye(2)] * 3), "full")
+    with pytest.raises(ValueError, match="covariances must be positive definite"):
+        emjax.make_params(w, m, -eye2, "full")
+    with pytest.raises(ValueError, match="weights must sum to 1; got sum 2.0"):
+        emjax.make_params(np.ones(2), m, eye2, "full")
+    with pytest.raises(ValueError, match=r"means must be \(n_components, n_features\)"):
+        emjax.make_params(w, np.zeros(2), eye2, "full")
+    with pytest.raises(ValueError, match="covariances must be positive"):
+        emjax.make_params(w, m, np.array([1.0, 0.0]), "spherical")
+    with pytest.raises(ValueError, match="covariance_type must be one of"):
+        emjax.make_params(w, m, eye2, "ful")
+    p = emjax.make_params(w, m, eye2, "full")
+    np.testing.assert_array_equal(p.covariance.covariances, eye2)
+    # inside a trace nothing is checked (values are not known)
+    jax.jit(emjax.make_params, static_argnums=3)(w, m, eye2, "full")
