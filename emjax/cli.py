@@ -230,6 +230,17 @@ def run_fit(args, *, data_path: str, title: str) -> int:
     from emjax.gmm import io, selection, steps
     from emjax.plotting import FIGURE_NAMES
 
+    gaussian_only = {flag: value for flag, value in (
+        ("--covariance-type", args.covariance_type), ("--reg-covar", args.reg_covar),
+        ("--init", args.init), ("--figures", args.figures)) if value is not None}
+    if getattr(args, "family", None) and gaussian_only:
+        # they would be ignored: a family's Gaussian columns each have their own variance
+        raise CLIError(f"{', '.join(gaussian_only)} apply to Gaussian mixtures, not to "
+                       "--family (whose Gaussian columns are independent given the component, "
+                       "each with its own variance, and which writes no figures)")
+    args.covariance_type = args.covariance_type or args.default_covariance
+    args.reg_covar = 1e-6 if args.reg_covar is None else args.reg_covar
+    args.init = args.init or "kmeans"
     if args.n_init < 1 or args.max_iter < 1:
         raise CLIError("--n-init and --max-iter must be >= 1")
     if not (math.isfinite(args.tol) and args.tol >= 0 and math.isfinite(args.reg_covar)
@@ -415,7 +426,8 @@ def _add_fit_options(p: argparse.ArgumentParser, *, output: str, covariance: str
     g = p.add_argument_group("model")
     g.add_argument("-k", "--n-components", default="1-6", metavar="K",
                    help="K, a range like 1-6, or a list like 2,4,6 (default 1-6)")
-    g.add_argument("-c", "--covariance-type", default=covariance, metavar="TYPES",
+    # options of Gaussian mixtures only default to None: --family refuses them when given
+    g.add_argument("-c", "--covariance-type", default=None, metavar="TYPES",
                    help=f"full, tied, diag, spherical, a comma list, or 'all' "
                    f"(default {covariance})")
     g.add_argument("-n", "--n-init", "--restarts", type=_INT, default=4, dest="n_init",
@@ -424,8 +436,8 @@ def _add_fit_options(p: argparse.ArgumentParser, *, output: str, covariance: str
     g.add_argument("--tol", type=_FLOAT, default=1e-3,
                    help="convergence threshold on the mean log-likelihood (default 1e-3)")
     g.add_argument("--max-iter", type=_INT, default=200, help="EM iterations at most (200)")
-    g.add_argument("--reg-covar", type=_FLOAT, default=1e-6, help="covariance ridge (1e-6)")
-    g.add_argument("--init", default="kmeans",
+    g.add_argument("--reg-covar", type=_FLOAT, default=None, help="covariance ridge (1e-6)")
+    g.add_argument("--init", default=None,
                    choices=["kmeans", "k-means++", "random", "random_from_data"],
                    help="initialisation (default kmeans)")
     g.add_argument("--family", default=None, metavar="SPEC",
@@ -435,14 +447,16 @@ def _add_fit_options(p: argparse.ArgumentParser, *, output: str, covariance: str
                    "'auto' to infer and print them all; NaN/empty = missing")
     g.add_argument("--criterion", default="bic", choices=["bic", "aic"],
                    help="chooses the model (default bic)")
-    g.add_argument("--missing", default="error", choices=["error", "marginalize"],
-                   help="NaN/empty entries: an error (default), or missing at random and "
-                   "marginalised exactly (figures show them imputed)")
+    g.add_argument("--missing", default=None, choices=["error", "marginalize"],
+                   help="NaN/empty entries: an error (default; with --family: marginalised "
+                   "unless this says error), or missing at random and marginalised exactly "
+                   "(figures show them imputed)")
     g.add_argument("--dtype", default="float64", choices=["float64", "float32"],
                    help="precision of the fit (default float64)")
     o = p.add_argument_group("output")
     o.add_argument("-o", "--output", default=output, metavar="DIR",
                    help=f"directory for model.npz, selection.csv and figures (default {output})")
+    p.set_defaults(default_covariance=covariance)
     o.add_argument("--figures", default=None, metavar="DIR",
                    help="directory for the figures (default: the output directory)")
     _add_force_option(o)

@@ -14,7 +14,7 @@ from emjax.gmm import selection
 
 # The static configuration of tests/gmm/test_selection.py's full grid (blobs, K 2-3, 2 restarts,
 # max_iter 60): the CLI run and the library's reference below share one compiled program.
-FIT_ARGS = ["-k", "2-3", "-c", "full", "-n", "2", "--max-iter", "60", "--tol", "1e-9",
+FIT_ARGS = ["-k", "2-3", "-n", "2", "--max-iter", "60", "--tol", "1e-9",
             "--seed", "0", "--no-compile-cache"]
 
 

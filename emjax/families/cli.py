@@ -95,6 +95,11 @@ def run_family_fit(args, ks: tuple, *, data_path: str, title: str) -> int:
                                 else None, header=args.header, min_rows=max(max(ks), 2),
                                 allow_missing=True, text=True)
     X = as_dtype(table, args.dtype, data_path)
+    if getattr(args, "missing", None) == "error" and np.isnan(X).any():
+        rows = np.flatnonzero(np.isnan(X).any(1))
+        raise ValueError(f"{data_path}: missing values in {rows.size} row(s) (--missing error): "
+                         + ", ".join(table.row_labels[i] for i in rows[:5])
+                         + (", ..." if rows.size > 5 else ""))
     # a column with no observed value has nothing to fit (its type would be a guess)
     empty = [n for n, seen in zip(table.columns, (~np.isnan(X)).any(0)) if not seen]
     if empty:
@@ -108,22 +113,23 @@ def run_family_fit(args, ks: tuple, *, data_path: str, title: str) -> int:
         for n, t in zip(table.columns, types)))
     from emjax.cli import check_outputs
 
-    check_outputs([os.path.join(args.output, "model.npz")], [data_path], args.force,
-                  out_dir=args.output)
+    summary_file = os.path.join(args.output, "selection.csv")
+    check_outputs([os.path.join(args.output, "model.npz"), summary_file], [data_path],
+                  args.force, out_dir=args.output)
     os.makedirs(args.output, exist_ok=True)
     rows, best = [], None
     with _x64(args.dtype):
         for k in ks:
             res = fitting.fit(X, family, k, key=as_key(args.seed), n_init=args.n_init,
                               tol=args.tol, max_iter=args.max_iter)
-            crit = (fitting.bic if args.criterion == "bic" else fitting.aic)(
-                res.family, res.params, X)
+            bic, aic = (float(f(res.family, res.params, X)) for f in (fitting.bic, fitting.aic))
+            crit = bic if args.criterion == "bic" else aic
             rows.append((k, float(res.log_likelihood), crit, bool(res.converged),
-                         int(res.n_iter), int(res.status)))
+                         int(res.n_iter), int(res.status), bic, aic))
             if best is None or crit < best[0]:
                 best = (crit, k, res)
     print(f"{'K':>3} {'loglik/n':>10} {args.criterion.upper():>12} {'conv':>5} {'iters':>5}")
-    for k, ll, crit, conv, it, status in rows:
+    for k, ll, crit, conv, it, status, _, _ in rows:
         flag = f"  ! {describe_status(status)}" if status else ""
         mark = "  <- chosen" if k == best[1] else ""
         print(f"{k:>3} {ll:>10.4f} {crit:>12.2f} {conv!s:>5} {it:>5}{flag}{mark}")
@@ -133,9 +139,25 @@ def run_family_fit(args, ks: tuple, *, data_path: str, title: str) -> int:
                                 levels=table.levels, seed=args.seed,
                                 n_init=args.n_init, tol=args.tol, max_iter=args.max_iter,
                                 criterion=args.criterion, data=os.path.abspath(data_path)))
+    _write_summary(summary_file, rows, best[1], args.n_init)
     print(f"chosen K={best[1]} by {args.criterion.upper()}; weights "
-          f"{np.round(np.asarray(res.params.weights, np.float64), 3).tolist()}; wrote {path}")
+          f"{np.round(np.asarray(res.params.weights, np.float64), 3).tolist()}; wrote {path} "
+          f"and {summary_file}")
     return 0
+
+
+def _write_summary(path: str, rows: list, chosen: int, n_init: int) -> None:
+    """selection.csv of a family fit: one line per K (the Gaussian grid's columns that apply)."""
+    import csv
+
+    from emjax._files import atomic_write
+
+    with atomic_write(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["n_components", "bic", "aic", "log_likelihood", "converged", "n_init",
+                    "n_iter", "status", "chosen"])
+        for k, ll, _, conv, it, status, bic, aic in rows:
+            w.writerow([k, bic, aic, ll, int(conv), n_init, it, status, k == chosen])
 
 
 def is_family_model(path: str) -> bool:

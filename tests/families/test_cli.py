@@ -25,6 +25,9 @@ def test_cli_fit_family(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "column types: x=gaussian, flag=bernoulli, region=categorical" in out
     assert "1 missing entries" in out and "chosen K=2" in out
+    summary = (tmp_path / "out" / "selection.csv").read_text().splitlines()
+    assert summary[0].startswith("n_components,bic,aic,log_likelihood") and len(summary) == 2
+    assert summary[1].startswith("2,") and summary[1].endswith(",True")
     saved = fio.load(str(tmp_path / "out" / "model.npz"))
     assert list(saved.family.families) == ["x", "flag", "region"]
     assert saved.metadata["config"]["column_types"] == ["gaussian", "bernoulli", "categorical"]
@@ -36,13 +39,22 @@ def test_cli_fit_family(tmp_path, capsys):
     assert data.read_bytes() == before
     assert cli.main([*args, "--family", "gaussian,bernoulli"]) == 1
     assert "gives 2 column types" in capsys.readouterr().err
+    # options of Gaussian mixtures are refused, not ignored; --missing error is an error
+    assert cli.main([*args, "--family", "auto", "-c", "full", "--reg-covar", "0.1"]) == 1
+    assert "--covariance-type, --reg-covar apply to Gaussian mixtures" in \
+        capsys.readouterr().err
+    assert cli.main([*args, "--family", "auto", "--force", "--missing", "error"]) == 1
+    assert "missing values in 1 row(s) (--missing error): line 5" in capsys.readouterr().err
+    assert cli.main([*args, "--family", "gaussian,bernoulli"]) == 1
+    assert "gives 2 column types" in capsys.readouterr().err
     assert cli.main([*args, "--family", "auto", "--force", "--seed", str(2**32)]) == 1
     assert "[0, 2**32)" in capsys.readouterr().err
     # predict never writes over an input, and a failed write leaves no temporary file behind
     assert cli.main(["predict", str(tmp_path / "out" / "model.npz"), str(data), "-o",
                      str(data)]) == 1
     assert "it is the input" in capsys.readouterr().err and data.read_bytes() == before
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.npz"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.npz",
+                                                                    "selection.csv"]
     (tmp_path / "dir.npz").mkdir()
     with pytest.raises(ValueError, match="is a directory"):
         fio.save(tmp_path / "dir.npz", saved.family, saved.params)
