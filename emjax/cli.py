@@ -375,8 +375,10 @@ def run_predict(args) -> int:
     d = meta["n_features"]
     columns = _columns_arg(args.columns)
     # a model fitted with --missing marginalize labels rows with holes from their observed entries
-    marginalize = (getattr(args, "missing", None) == "marginalize"
-                   or meta.get("config", {}).get("missing") == "marginalize")
+    # an explicit --missing error wins over the model's own setting
+    marginalize = getattr(args, "missing", None) != "error" and (
+        getattr(args, "missing", None) == "marginalize"
+        or meta.get("config", {}).get("missing") == "marginalize")
     fitted = meta.get("config", {}).get("columns")
     read = functools.partial(datasets.read_table, args.data, header=args.header, min_rows=1,
                              allow_missing=marginalize)
@@ -507,7 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CSV to write: label, p0, p1, ... (default predictions.csv)")
     p.add_argument("--missing", default=None, choices=["error", "marginalize"],
                    help="NaN/empty entries: marginalised if the model was fitted with "
-                   "--missing marginalize or this says so, else an error")
+                   "--missing marginalize or this says so, an error if this says so or "
+                   "otherwise (family models: marginalised unless this says error)")
     _add_force_option(p)
     p = sub.add_parser("demo", help="'emjax fit' on the bundled default data set")
     _add_fit_options(p, output="emjax-demo", covariance="all")

@@ -95,11 +95,8 @@ def run_family_fit(args, ks: tuple, *, data_path: str, title: str) -> int:
                                 else None, header=args.header, min_rows=max(max(ks), 2),
                                 allow_missing=True, text=True)
     X = as_dtype(table, args.dtype, data_path)
-    if getattr(args, "missing", None) == "error" and np.isnan(X).any():
-        rows = np.flatnonzero(np.isnan(X).any(1))
-        raise ValueError(f"{data_path}: missing values in {rows.size} row(s) (--missing error): "
-                         + ", ".join(table.row_labels[i] for i in rows[:5])
-                         + (", ..." if rows.size > 5 else ""))
+    if getattr(args, "missing", None) == "error":
+        _refuse_missing(X, table, data_path)
     # a column with no observed value has nothing to fit (its type would be a guess)
     empty = [n for n, seen in zip(table.columns, (~np.isnan(X)).any(0)) if not seen]
     if empty:
@@ -144,6 +141,15 @@ def run_family_fit(args, ks: tuple, *, data_path: str, title: str) -> int:
           f"{np.round(np.asarray(res.params.weights, np.float64), 3).tolist()}; wrote {path} "
           f"and {summary_file}")
     return 0
+
+
+def _refuse_missing(X: np.ndarray, table, path: str) -> None:
+    """``--missing error`` (family mixtures marginalise missing entries otherwise)."""
+    rows = np.flatnonzero(np.isnan(X).any(1))
+    if rows.size:
+        raise ValueError(f"{path}: missing values in {rows.size} row(s) (--missing error): "
+                         + ", ".join(table.row_labels[i] for i in rows[:5])
+                         + (", ..." if rows.size > 5 else ""))
 
 
 def _write_summary(path: str, rows: list, chosen: int, n_init: int) -> None:
@@ -209,6 +215,8 @@ def run_family_predict(args) -> int:
                        f"{d}; choose them with --columns")
     dtype = saved.metadata["dtype"]
     X = as_dtype(table, dtype, args.data, n_rows=1)
+    if getattr(args, "missing", None) == "error":
+        _refuse_missing(X, table, args.data)
     with _x64(dtype):
         proba = np.asarray(fitting.predict_proba(saved.family, saved.params, X))
     check_probabilities(proba, table, args.data)

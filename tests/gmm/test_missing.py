@@ -400,6 +400,10 @@ def test_cli_and_selection_with_missing_entries(tmp_path, capsys):
     assert cli.main(["predict", str(out / "model.npz"), str(path), "-o", str(pred)]) == 0
     labels = np.loadtxt(pred, delimiter=",", skiprows=1)[:, 0]
     assert len(labels) == 100 and len(set(labels[:50]) & set(labels[50:])) == 0
+    # an explicit --missing error wins over the model's marginalisation
+    assert cli.main(["predict", str(out / "model.npz"), str(path), "-o",
+                     str(tmp_path / "p2.csv"), "--missing", "error"]) == 1
+    assert "missing values" in capsys.readouterr().err and not (tmp_path / "p2.csv").exists()
     with jax.enable_x64(True):  # the CLI's max_iter (200): the grid is the CLI run's program
         grid = emjax.fit_grid(X, [1, 2], covariance_type="diag", missing="marginalize",
                               max_iter=200)
