@@ -249,7 +249,8 @@ def make_data(times, values, obs=None, *, basis: Basis = QUADRATIC, t_scale=None
       :class:`FMMData` in the dtype of ``values`` (float32 stays float32).
 
     Raises:
-      ValueError: on mis-shaped inputs, non-finite times at observed slots or ``t_scale <= 0``.
+      ValueError: on mis-shaped inputs, infinite values, non-finite times at observed slots or
+        ``t_scale <= 0``.
     """
     values = np.asarray(values)
     if not np.issubdtype(values.dtype, np.floating):
@@ -268,6 +269,12 @@ def make_data(times, values, obs=None, *, basis: Basis = QUADRATIC, t_scale=None
         if obs.shape != values.shape:
             raise ValueError(f"obs must have the shape of values {values.shape}, got {obs.shape}")
         mask &= obs.astype(bool)
+    # NaN marks a missing entry; an infinity is a bad value, not a hole (as load_long_table)
+    inf = np.isinf(values) & (True if obs is None else obs.astype(bool))
+    if inf.any():
+        unit, channel, slot = (int(i[0]) for i in np.nonzero(inf))
+        raise ValueError(f"values holds {int(inf.sum())} infinite entries (the first: unit "
+                         f"{unit}, channel {channel}, slot {slot}); NaN marks a missing entry")
     bad = mask & ~np.isfinite(times)[:, None, :]
     if bad.any():
         raise ValueError(f"{int(bad.sum())} observed entries have non-finite times")

@@ -137,3 +137,18 @@ def test_run_to_failure_truncation():
     at = lambda t: y[:, 0] + y[:, 1] * t + y[:, 2] * t**2
     assert np.all(at(tf[ok]) >= 2.5)
     assert np.all(at(tf[ok] - 1e-3) < 2.5 + 1e-9)  # the first crossing on the 0.001 grid
+
+
+def test_make_data_refuses_infinite_values():
+    """NaN is a missing entry; an infinity is refused (it was silently taken as missing), as
+    the long-table loader refuses it. Checked before anything compiles."""
+    from emjax import failure_mode as fm
+
+    values = np.zeros((2, 1, 3))
+    values[1, 0, 2] = -np.inf
+    with pytest.raises(ValueError, match=r"1 infinite entries \(the first: unit 1, channel 0, "
+                                         r"slot 2\)"):
+        fm.make_data(np.zeros((2, 3)), values)
+    obs = np.ones((2, 1, 3), bool)
+    obs[1, 0, 2] = False  # a slot marked unobserved may hold anything
+    fm.make_data(np.tile(np.arange(3.0), (2, 1)), values, obs)
