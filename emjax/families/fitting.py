@@ -186,6 +186,18 @@ def fit(
             raise ValueError(f"params_init has weights of shape {p0.weights.shape}; expected "
                              f"({k},) or (n_init, {k})")
         n_init = p0.weights.shape[0]
+        # every leaf as the family's own start would be (a wrong one failed inside the trace)
+        want = jax.eval_shape(lambda: init_params(bound, v.as_key(0), bound.encode(Xa), w, k))
+        got = jax.tree_util.tree_map(lambda a: a[0], p0)
+        if jax.tree_util.tree_structure(got) != jax.tree_util.tree_structure(want):
+            raise ValueError(f"params_init is not a {type(family).__name__} mixture's "
+                             f"parameters: {jax.tree_util.tree_structure(got)}; expected "
+                             f"{jax.tree_util.tree_structure(want)}")
+        for path, a, b in zip(jax.tree_util.tree_flatten_with_path(want)[0],
+                              jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+            if a.shape != b.shape:
+                raise ValueError(f"params_init{jax.tree_util.keystr(path[0])} has shape "
+                                 f"{a.shape} per restart; expected {b.shape}")
     # Rows padded to their size class with zero-weight copies of the first row: data sets of
     # nearby sizes share one program (as emjax.fit).
     n_rows = _sizes.padded_rows(n, Xa.nbytes // n) if _pads_rows(bound) else None

@@ -109,6 +109,14 @@ def test_sample_weight_equals_repeated_rows_float32(mixed_fit):
     np.testing.assert_allclose(ra.log_likelihood, rb.log_likelihood, rtol=2e-5)
     for a, b in zip(jax.tree_util.tree_leaves(ra.params), jax.tree_util.tree_leaves(rb.params)):
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4)
+    # a start of another shape or structure is named before anything compiles
+    leaves, tree = jax.tree_util.tree_flatten(p0)
+    leaves[-1] = np.concatenate([leaves[-1]] * 2, -1)
+    with pytest.raises(ValueError, match=r"params_init\.components.* has shape .* per "
+                                         r"restart; expected"):
+        F.fit(X, fam, 2, params_init=jax.tree_util.tree_unflatten(tree, leaves))
+    with pytest.raises(ValueError, match="params_init is not a Product mixture's parameters"):
+        F.fit(X, fam, 2, params_init=p0._replace(components={}))
 
 
 def test_gaussian_and_student_t_recover_plant():
