@@ -745,16 +745,20 @@ def fit(
     if data.A.shape != (L, C, p, p) or data.obs.shape != (L, C, N):
         raise ValueError(f"inconsistent FMMData shapes: x {data.x.shape}, obs {data.obs.shape}, "
                          f"A {data.A.shape}, design {data.design.shape}")
-    if not (isinstance(n_components, (int, np.integer)) and 1 <= n_components <= L):
+    # (a bool is an int to Python: True would fit one component)
+    if isinstance(n_components, bool) or not (
+            isinstance(n_components, (int, np.integer)) and 1 <= n_components <= L):
         raise ValueError(f"n_components must be an int in [1, L={L}], got {n_components!r}")
     if init not in ("kmeans", "random"):
         raise ValueError(f"init must be 'kmeans' or 'random', got {init!r}")
     for name, val in (("n_init", n_init), ("max_iter", max_iter)):
-        if not (isinstance(val, (int, np.integer)) and val >= 1):
+        if isinstance(val, bool) or not (isinstance(val, (int, np.integer)) and val >= 1):
             raise ValueError(f"{name} must be a positive int, got {val!r}")
     for name, val in (("tol", tol), ("ridge", ridge), ("cov_floor", cov_floor),
                       ("noise_floor", noise_floor), ("min_mass", min_mass)):
-        if not (np.isfinite(val) and val >= 0):
+        # (np.isfinite of a string is a TypeError)
+        if isinstance(val, bool) or not (isinstance(val, (int, float, np.integer, np.floating))
+                                         and np.isfinite(val) and val >= 0):
             raise ValueError(f"{name} must be non-negative and finite, got {val!r}")
     dtype = data.x.dtype
     if params_init is not None:

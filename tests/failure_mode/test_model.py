@@ -407,6 +407,10 @@ def test_fit_validation():
     data = syn.to_data()
     with pytest.raises(ValueError, match="n_components"):
         fm.fit(data, 11)
+    with pytest.raises(ValueError, match="n_components must be an int in .* got True"):
+        fm.fit(data, True)
+    with pytest.raises(ValueError, match="tol must be non-negative and finite, got 'a'"):
+        fm.fit(data, 2, tol="a")
     with pytest.raises(ValueError, match="init"):
         fm.fit(data, 2, init="spectral")
     with pytest.raises(ValueError, match="params_init shapes"):
