@@ -155,7 +155,9 @@ class MixtureModel(*_ESTIMATOR_BASES):
         self._check_fitted()
         return fio.save(path, self.family_, self.params_, config=dict(
             n_components=self.n_components, n_init=self.n_init, tol=self.tol,
-            max_iter=self.max_iter, lower_bound=self.lower_bound_, status=self.status_))
+            max_iter=self.max_iter, lower_bound=self.lower_bound_, status=self.status_,
+            converged=bool(self.converged_), n_iter=int(self.n_iter_),
+            history=[float(x) for x in np.asarray(self.history_)]))
 
     @classmethod
     def load(cls, path: str) -> MixtureModel:
@@ -168,6 +170,10 @@ class MixtureModel(*_ESTIMATOR_BASES):
         m._set(saved.family, MixtureParams(*saved.params), saved.metadata["dtype"])
         m.lower_bound_ = cfg.get("lower_bound")
         m.status_ = cfg.get("status", 0)
+        # the fit's outcome (a file written without it, e.g. by fio.save, has none)
+        if "n_iter" in cfg:
+            m.converged_, m.n_iter_ = bool(cfg["converged"]), int(cfg["n_iter"])
+            m.history_ = np.asarray(cfg["history"], np.float64)
         return m
 
 

@@ -196,6 +196,8 @@ def test_estimator_matches_functional_fit_and_round_trips(mixed_fit, tmp_path):
     m2 = emjax.MixtureModel.load(path)
     assert m2.family_ == m.family_
     np.testing.assert_array_equal(m2.score_samples(X), ll)
+    assert (m2.converged_, m2.n_iter_) == (m.converged_, m.n_iter_)
+    np.testing.assert_array_equal(m2.history_, m.history_)
     with pytest.raises(ValueError, match="not an emjax families model"):
         (tmp_path / "junk.npz").write_bytes(b"junk")
         fio.load(tmp_path / "junk.npz")
