@@ -73,6 +73,16 @@ def same_file(a: str, b: str) -> bool:
         return os.path.abspath(a) == os.path.abspath(b)
 
 
+def not_npz(path: str) -> str | None:
+    """What ``path`` is when it is not an ``.npz`` (zip) or ``.npy`` file, read from its first
+    bytes, else None: ``np.load`` would try to unpickle a text file and speak of pickles."""
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    if head[:2] == b"PK" or head == b"\x93NUMPY":
+        return None
+    return "an empty file" if not head else "not an .npz archive (a text or other file?)"
+
+
 def read_npz_with_metadata(path: str, kind: str, fmt: str, fmt_version: int):
     """The arrays and JSON metadata of an ``.npz`` model file of format ``fmt`` (``kind`` names
     it in errors): ``(arrays, metadata)``.
@@ -84,6 +94,9 @@ def read_npz_with_metadata(path: str, kind: str, fmt: str, fmt_version: int):
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such model file: {path}")
     try:
+        problem = not_npz(path)
+        if problem:
+            raise ValueError(f"it is {problem}")
         with np.load(path, allow_pickle=False) as f:
             arrays = {name: f[name] for name in f.files}
         metadata = json.loads(str(arrays["metadata"][()]))

@@ -357,6 +357,11 @@ def test_6_load_rejects_corrupt_or_tampered_files(fitted, tmp_path):
         emjax.load(str(tmp_path / "model.npy"))
     with pytest.raises(ValueError, match="is a directory"):
         emjax.load(str(tmp_path))
+    # a table given for the model: no word of NumPy's about pickles
+    (tmp_path / "table.npz").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match=r"table.npz: .*not an .npz archive \(a text or other "
+                                         r"file\?\); models are the .npz files"):
+        emjax.load(str(tmp_path / "table.npz"))
     # The command line prints it as one line.
     code, _, err = _run(["predict", str(tmp_path / "nan_weights.npz"), str(fitted[1]), "-o",
                          str(tmp_path / "p.csv")])

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from emjax._files import atomic_write, npz_path
+from emjax._files import atomic_write, not_npz, npz_path
 from emjax._version import __version__
 from emjax.gmm import GMMParams
 from emjax.gmm import covariance as cov_lib
@@ -96,6 +96,12 @@ def _check(cond: bool, problem: str) -> None:
 
 
 def _read_npz(path: str) -> dict:
+    try:
+        problem = not_npz(path)
+    except OSError as exc:
+        raise _Invalid(f"it cannot be read ({type(exc).__name__}: {exc})") from None
+    if problem:
+        raise _Invalid(f"it is {problem}; models are the .npz files that emjax.save writes")
     try:
         f = np.load(path, allow_pickle=False)
     except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:

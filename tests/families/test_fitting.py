@@ -198,7 +198,8 @@ def test_estimator_matches_functional_fit_and_round_trips(mixed_fit, tmp_path):
     np.testing.assert_array_equal(m2.score_samples(X), ll)
     assert (m2.converged_, m2.n_iter_) == (m.converged_, m.n_iter_)
     np.testing.assert_array_equal(m2.history_, m.history_)
-    with pytest.raises(ValueError, match="not an emjax families model"):
+    with pytest.raises(ValueError, match=r"not an emjax families model file \(it is not an "
+                                         r"\.npz archive"):
         (tmp_path / "junk.npz").write_bytes(b"junk")
         fio.load(tmp_path / "junk.npz")
 
