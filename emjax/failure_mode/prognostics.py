@@ -450,8 +450,11 @@ def fit_prognostic(times, values=None, *, channels: Sequence[str] | None = None,
         if failure_channel not in channels:
             raise ValueError(f"failure channel {failure_channel!r} not in {list(channels)}")
         failure_channel = channels.index(failure_channel)
-    if not -C <= int(failure_channel) < C:
-        raise ValueError(f"failure_channel {failure_channel} out of range for {C} channels")
+    # (int() would take 1.5 as channel 1, and True as 1)
+    if (isinstance(failure_channel, bool) or not isinstance(failure_channel, (int, np.integer))
+            or not -C <= failure_channel < C):
+        raise ValueError(f"failure_channel must be a channel's index in [{-C}, {C}) or its "
+                         f"name; got {failure_channel!r}")
     fc = int(failure_channel) % C
     if direction not in ("increasing", "decreasing"):
         raise ValueError(f"direction must be 'increasing' or 'decreasing', got {direction!r}")

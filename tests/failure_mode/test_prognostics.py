@@ -195,7 +195,9 @@ def test_level_from_units_whose_failure_channel_is_unobserved():
     for bad, message in ((dict(end_of_life=np.ones(3)), r"end_of_life .* got shape \(3,\)"),
                          (dict(end_of_life=np.nan), "end_of_life must be finite"),
                          (dict(n_components=()), "no candidate to fit"),
-                         (dict(basis=[]), "no candidate to fit")):
+                         (dict(basis=[]), "no candidate to fit"),
+                         (dict(failure_channel=1.5), r"index in \[-2, 2\) or its name; got 1.5"),
+                         (dict(failure_channel=2), r"index in \[-2, 2\) or its name; got 2")):
         with pytest.raises(ValueError, match=message):
             pg.fit_prognostic(times, values, **{**kw, **bad})
     with pytest.raises(ValueError, match=r"times must be \(L, N\) = \(20, \d+\)"):
