@@ -137,7 +137,7 @@ def shard_data(X, sample_weight=None, *, mesh: Mesh | None = None,
       min_rows_per_device: pad so every device holds at least this many rows.
     """
     mesh = make_mesh(axis_name=axis_name) if mesh is None else mesh
-    Xa = v.as_data(X)
+    Xa = v.as_data(X, dtype=v.jax_float(X))  # lists and integers: JAX's default float
     n_local, d = Xa.shape
     w = v.check_sample_weight(sample_weight, n_local, Xa.dtype)
     w = np.ones((n_local,), Xa.dtype) if w is None else w

@@ -222,11 +222,13 @@ def _initial(source, options, *, params_init, key, init_size, dtype_hint=None):
         dtype = np.dtype(dtype_hint) if dtype_hint is not None else None
         if dtype is None:
             first = np.asarray(next(iter(source)))
-            dtype = np.float32 if first.dtype == np.float32 else np.float64
+            dtype = v.jax_float(first) or first.dtype
         p = check_initial_values(options, np.shape(params_init.means)[-1], dtype,
                                  params_init=params_init).params()
         return p, np.dtype(dtype)
-    sample = v.as_data(_first_rows(source, init_size), "the first rows of source")
+    first = _first_rows(source, init_size)
+    # lists and integers in JAX's default float, as emjax.fit reads them
+    sample = v.as_data(first, "the first rows of source", dtype=v.jax_float(first))
     k = v.check_n_components(options.n_components, sample.shape[0], sample.shape)
     init = jax.jit(fitting.init_params, static_argnames=(
         "n_components", "covariance_type", "reg_covar", "init_params", "n_lloyd"))
@@ -289,8 +291,9 @@ def fit(
     chunk_size = v.check_positive_int(chunk_size, "chunk_size")
     src = chunks(source, chunk_size)
     dtype_hint = getattr(src, "dtype", None)
-    if dtype_hint is not None:
-        dtype_hint = np.float32 if dtype_hint == np.float32 else np.float64
+    if dtype_hint is not None:  # integers: JAX's default float (float32 with x64 off)
+        dtype_hint = dtype_hint if dtype_hint in (np.float32, np.float64) else \
+            jnp.result_type(float)
     params, dtype = _initial(src, options, params_init=params_init, key=key,
                              init_size=init_size, dtype_hint=dtype_hint)
     v.check_x64(dtype)

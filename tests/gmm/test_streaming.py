@@ -95,3 +95,18 @@ def test_online_em_gets_close_to_full_em():
     assert ll_full - 0.01 < ll_online <= ll_full + 1e-9
     np.testing.assert_allclose(online.params.means, full.means_, atol=0.1)
     np.testing.assert_allclose(online.params.weights, full.weights_, atol=0.02)
+
+
+def test_integer_sources_in_jax_default_float_with_x64_off(tmp_path):
+    """As emjax.fit reads them: integer data (an array, a .npy file) is fitted in float32 with
+    x64 off, equal to its float32 copy (it was refused: 'float64 but x64 mode is off')."""
+    import jax
+
+    X = np.rint(data(151) * 4)
+    np.save(tmp_path / "ints.npy", X.astype(np.int64))
+    with jax.enable_x64(False):
+        ref = streaming.fit(X.astype(np.float32), 3, max_iter=5, chunk_size=64)
+        for source in (X.astype(np.int64), str(tmp_path / "ints.npy")):
+            res = streaming.fit(source, 3, max_iter=5, chunk_size=64)
+            assert res.params.means.dtype == np.float32
+            np.testing.assert_array_equal(res.params.means, ref.params.means)
