@@ -67,6 +67,16 @@ def parse_number(text: str) -> float:
     return float(text)
 
 
+#: What a table separated by spaces needs (its lines are read as one column each).
+_SPACED_HINT = "; emjax reads tables separated by commas, semicolons or tabs"
+
+
+def _spaced_numbers(text: str) -> bool:
+    """Whether ``text`` is two or more numbers separated by whitespace."""
+    parts = text.split()
+    return len(parts) > 1 and all(_is_number(x) for x in parts)
+
+
 def _is_number(text: str) -> bool:
     try:
         parse_number(text)
@@ -185,6 +195,8 @@ def _read_csv(path: str, columns, header: bool | None, text_columns=False) -> Ta
                     hint = " (digit separators '_' are not accepted)" if "_" in x else ""
                     if _DECIMAL_COMMA.fullmatch(x):
                         hint = f" (a decimal comma: write {x.replace(',', '.')!r})"
+                    elif _spaced_numbers(x):
+                        hint = f" (numbers separated by spaces{_SPACED_HINT})"
                     if not hint and text_columns is False:
                         hint = (" (a column of text categories needs a mixture of families: "
                                 "--family auto)")
@@ -213,6 +225,10 @@ def _text_levels(path: str, rows: list, names: list, idx: list, text) -> dict:
             # numbers written with a decimal comma, not categories
             raise DataError(f"{path}: column {names[c]!r} holds numbers with a decimal comma "
                             f"({words[0]!r}); write them with a decimal point")
+        if words and all(_spaced_numbers(x) for x in words):
+            # a table separated by spaces, read as one column: not categories either
+            raise DataError(f"{path}: column {names[c]!r} holds numbers separated by spaces "
+                            f"({words[0]!r}){_SPACED_HINT}")
         if words:
             out[names[c]] = sorted(cells)
     return out

@@ -188,6 +188,12 @@ def test_decimal_commas_and_other_encodings_are_named(tmp_path):
     with pytest.raises(datasets.DataError, match=r"column 'a' holds numbers with a decimal comma "
                                                   r"\('1,5'\)"):
         datasets.read_table(str(path), text=True)
+    # a table separated by spaces is one column of text: said to be so, not categories
+    path.write_text("a b\n1.0 2.0\n3 4.5\n")
+    for text in (False, True):
+        with pytest.raises(datasets.DataError, match=r"numbers separated by spaces.*emjax reads "
+                                                      r"tables separated by commas"):
+            datasets.read_table(str(path), text=text)
     path.write_bytes("x;région\n1;2\n3;caf\xe9\n".encode("latin-1"))
     with pytest.raises(datasets.DataError, match=r"not UTF-8 text \(byte 0xe9 at line 1\)"):
         datasets.read_table(str(path))
