@@ -231,15 +231,17 @@ def check_em_options(covariance_type, init_params, tol, reg_covar, max_iter, n_i
     )
 
 
-def check_x64(dtype) -> None:
-    """float64 data needs JAX's x64 mode; say how to get it rather than silently truncating."""
+def check_x64(dtype, name: str = "X", other: str = "pass float32 data, or use "
+              "emjax.GaussianMixture (which does this for you)") -> None:
+    """float64 data needs JAX's x64 mode; say how to get it rather than silently truncating
+    (``other``: the remedies besides turning it on)."""
     import jax
 
     if np.dtype(dtype) == np.float64 and not jax.config.jax_enable_x64:
         raise ValueError(
-            "X is float64 but JAX's x64 mode is off: call jax.config.update('jax_enable_x64', "
-            "True), wrap the call in `with jax.enable_x64(True):`, pass float32 data, or use "
-            "emjax.GaussianMixture (which does this for you)"
+            f"{name} is float64 but JAX's x64 mode is off: call "
+            "jax.config.update('jax_enable_x64', True), wrap the call in "
+            f"`with jax.enable_x64(True):`, or {other}"
         )
 
 

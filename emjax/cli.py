@@ -235,7 +235,8 @@ def run_fit(args, *, data_path: str, title: str) -> int:
         ("--init", args.init), ("--figures", args.figures)) if value is not None}
     if getattr(args, "family", None) and gaussian_only:
         # they would be ignored: a family's Gaussian columns each have their own variance
-        raise CLIError(f"{', '.join(gaussian_only)} apply to Gaussian mixtures, not to "
+        verb = "applies" if len(gaussian_only) == 1 else "apply"
+        raise CLIError(f"{', '.join(gaussian_only)} {verb} to Gaussian mixtures, not to "
                        "--family (whose Gaussian columns are independent given the component, "
                        "each with its own variance, and which writes no figures)")
     args.covariance_type = args.covariance_type or args.default_covariance

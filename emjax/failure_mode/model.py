@@ -254,8 +254,9 @@ def make_data(times, values, obs=None, *, basis: Basis = QUADRATIC, t_scale=None
     """
     values = np.asarray(values)
     if not np.issubdtype(values.dtype, np.floating):
-        values = values.astype(np.float64)
+        values = values.astype(v.jax_float(values))  # JAX's default float, as jnp.asarray
     dtype = values.dtype
+    v.check_x64(dtype, "values", "pass float32 values")  # else float32, silently
     times = np.asarray(times, dtype)
     if values.ndim != 3:
         raise ValueError(f"values must be (L, C, N), got shape {values.shape}")

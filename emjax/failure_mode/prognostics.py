@@ -432,6 +432,10 @@ def fit_prognostic(times, values=None, *, channels: Sequence[str] | None = None,
       ValueError: on mis-shaped inputs, an unknown channel or direction, a failure channel
         without observations, or fewer than two training units when the level is estimated.
     """
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64; got {dtype}")
+    v.check_x64(dtype, "dtype", "pass dtype=np.float32")  # else float32, silently
     if isinstance(times, PaddedTable):
         channels = times.channels if channels is None else channels
         times, values = times.times, times.values

@@ -152,3 +152,20 @@ def test_make_data_refuses_infinite_values():
     obs = np.ones((2, 1, 3), bool)
     obs[1, 0, 2] = False  # a slot marked unobserved may hold anything
     fm.make_data(np.tile(np.arange(3.0), (2, 1)), values, obs)
+
+
+def test_float64_needs_x64_mode():
+    """As emjax.fit: float64 data with JAX's x64 mode off is an error saying what to do (the
+    failure-mode data and fit_prognostic computed in float32 without a word); integers are
+    read in JAX's default float."""
+    import jax
+
+    from emjax import failure_mode as fm
+    from emjax.failure_mode import prognostics as pg
+
+    with jax.enable_x64(False):
+        with pytest.raises(ValueError, match="values is float64 but JAX's x64 mode is off"):
+            fm.make_data(np.zeros((2, 3)), np.zeros((2, 1, 3)))
+        with pytest.raises(ValueError, match=r"dtype is float64 .* or pass dtype=np.float32"):
+            pg.fit_prognostic(np.zeros((2, 3)), np.zeros((2, 1, 3)))
+        assert fm.make_data(np.zeros((2, 3)), np.zeros((2, 1, 3), int)).x.dtype == np.float32

@@ -46,6 +46,8 @@ def test_cli_fit_family(tmp_path, capsys):
     assert cli.main([*args, "--family", "auto", "-c", "full", "--reg-covar", "0.1"]) == 1
     assert "--covariance-type, --reg-covar apply to Gaussian mixtures" in \
         capsys.readouterr().err
+    assert cli.main([*args, "--family", "auto", "--init", "random"]) == 1
+    assert "--init applies to Gaussian mixtures" in capsys.readouterr().err
     assert cli.main([*args, "--family", "auto", "--force", "--missing", "error"]) == 1
     assert "missing values in 1 row(s) (--missing error): line 5" in capsys.readouterr().err
     assert cli.main([*args, "--family", "gaussian,bernoulli"]) == 1
