@@ -651,7 +651,7 @@ def fit(
                 precisions_init=precisions_init, params_init=params_init,
                 sample_weight=sample_weight, n_lloyd=n_lloyd, callback=callback)
     traced = v.is_traced(X, key, sample_weight, weights_init, means_init, precisions_init,
-                         params_init)
+                         params_init, previous_log_likelihood)
     if not traced:
         # An int seed as raw key data: no program of its own builds the key.
         key = v.as_key_data(key)
@@ -664,19 +664,20 @@ def fit(
     o = c.options
     Xa, w, dtype = c.X, c.sample_weight, c.X.dtype
     n, d = Xa.shape
+    if previous_log_likelihood is None:
+        previous_log_likelihood = -np.inf
+    elif params_init is None:
+        raise ValueError("previous_log_likelihood continues a fit: it needs params_init")
     if traced:
         # Inside a caller's trace: no padding, nothing raised on values; the fit is inlined.
         if plan is None:
             plan = plan_lib.make_plan(o.covariance_type, dtype, n, d, o.n_components)
         return _fit_nested(Xa, c.key, w, c.initial, jnp.asarray(c.tol, dtype),
-                           jnp.asarray(-jnp.inf, dtype), options=o, callback=callback, plan=plan)
+                           jnp.asarray(previous_log_likelihood, dtype), options=o,
+                           callback=callback, plan=plan)
     scale_problem = v.reg_covar_problem(Xa, o.reg_covar)
     if scale_problem:
         warnings.warn(scale_problem, stacklevel=2)
-    if previous_log_likelihood is None:
-        previous_log_likelihood = -np.inf
-    elif params_init is None:
-        raise ValueError("previous_log_likelihood continues a fit: it needs params_init")
     n_rows = padded_rows(n, Xa.nbytes // n)
     n_features = tiny = k_class = None
     n_components = o.n_components

@@ -152,6 +152,28 @@ def test_traced_max_iter_zero_initialises_only():
     np.testing.assert_allclose(traced.params.means, plain.params.means, rtol=1e-12)
 
 
+def test_traced_warm_start_continues_from_previous_log_likelihood():
+    """A warm start under jit takes previous_log_likelihood (traced, from a traced fit too) and
+    converges when the plain fit does; without params_init it is refused there as well."""
+    X = _data(101)
+    first = emjax.fit(X, 3, key=3, max_iter=3)
+    prev = first.history[int(first.n_iter) - 1]
+    kw = dict(tol=1e-3, max_iter=5)
+    plain = emjax.fit(X, 3, params_init=first.params, previous_log_likelihood=float(prev), **kw)
+
+    @jax.jit
+    def chained(X):
+        a = emjax.fit(X, 3, key=jax.random.key(3), max_iter=3)
+        return emjax.fit(X, 3, params_init=a.params,
+                         previous_log_likelihood=a.history[a.n_iter - 1], **kw)
+
+    traced = chained(jnp.asarray(X))
+    assert int(traced.n_iter) == int(plain.n_iter) == 1 and bool(traced.converged)
+    np.testing.assert_allclose(traced.log_likelihood, plain.log_likelihood, rtol=1e-12)
+    with pytest.raises(ValueError, match="previous_log_likelihood continues a fit"):
+        jax.jit(lambda X: emjax.fit(X, 3, previous_log_likelihood=-1.0))(jnp.asarray(X))
+
+
 def test_failure_mode_fit_under_jit_equals_the_plain_fit():
     from emjax import failure_mode as fm
     from emjax.failure_mode import data as fd
