@@ -781,8 +781,9 @@ def fit(
     args = (jnp.asarray(tol, dtype), prior, params_init)
     if v.is_traced(data, key, prior, params_init):
         # Inside a caller's trace the fit is inlined (a nested jit carries no compiler options)
-        # and runs on the units as given.
-        return _fit_compiled[()](data, key, *args, None, jnp.int32(max_iter), **static)
+        # and runs on the units as given, its history max_iter long as the plain fit's.
+        return _fit_compiled[()](data, key, *args, None, jnp.int32(max_iter),
+                                 **{**static, "history_size": int(max_iter)})
     # Units padded to their size class with units of weight 0 (they enter no sum): fleets of
     # nearby sizes share one program. Random starts draw per unit, so they run unpadded.
     n_units = size_class(L) if init == "kmeans" or params_init is not None else L

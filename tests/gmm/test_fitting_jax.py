@@ -184,6 +184,11 @@ def test_failure_mode_fit_under_jit_equals_the_plain_fit():
     traced = jax.jit(lambda d, k: fm.fit(d, 2, key=k, **kw))(data, jax.random.key(0))
     np.testing.assert_allclose(plain.log_likelihood, traced.log_likelihood, rtol=1e-12)
     np.testing.assert_allclose(plain.params.means, traced.params.means, rtol=1e-9, atol=1e-12)
+    # the same pytree: histories max_iter long (the traced one was its size class's, 8)
+    assert (jax.tree_util.tree_structure(plain) == jax.tree_util.tree_structure(traced))
+    for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(traced)):
+        assert a.shape == b.shape and a.dtype == b.dtype
+    np.testing.assert_allclose(plain.restarts.history, traced.restarts.history, rtol=1e-12)
 
 
 def test_restart_counts_of_one_class_share_one_program():
