@@ -37,7 +37,9 @@ class GridResult(NamedTuple):
 
     ``G`` grid points, ``R`` restarts, ``K_max = max(n_components)``. Parameters are padded: the
     components ``k >= n_components[g]`` of grid point ``g`` have weight 0 (use
-    :func:`grid_params` to get an unpadded :class:`~emjax.gmm.GMMParams`).
+    :func:`grid_params` to get an unpadded :class:`~emjax.gmm.GMMParams`). A pytree whose
+    ``covariance_type`` is static (:class:`SelectionResult`: ``criterion`` and
+    ``covariance_type`` too).
 
     Attributes:
       covariance_type: the covariance type of every fit.
@@ -73,6 +75,12 @@ class GridResult(NamedTuple):
     run_seconds: float
 
 
+# A pytree whose covariance type is static (a str leaf broke tree_map, device_put and jit).
+jax.tree_util.register_dataclass(
+    GridResult, data_fields=[f for f in GridResult._fields if f != "covariance_type"],
+    meta_fields=["covariance_type"])
+
+
 class SelectionResult(NamedTuple):
     """Grids over one or more covariance types and the model chosen by a criterion.
 
@@ -88,6 +96,10 @@ class SelectionResult(NamedTuple):
     covariance_type: str
     n_components: int
     params: GMMParams
+
+
+jax.tree_util.register_dataclass(SelectionResult, data_fields=["grids", "n_components", "params"],
+                                 meta_fields=["criterion", "covariance_type"])
 
 
 def make_masked_model(covariance_type: str, reg_covar: float, empty_threshold: float = 1e-3,

@@ -121,6 +121,12 @@ def test_select_model_chooses_the_minimum_criterion(blobs):
     assert all(r["bic_min"] <= r["bic"] <= r["bic_max"] for r in rows)
     p = sel.params
     assert p.means.shape == (3, 3) and p.covariance.covariances.shape == (3, 3, 3)
+    # pytrees whose names are static: a str leaf failed in tree_map, device_put and jit
+    on_device = jax.jit(lambda s: s)(jax.device_put(sel))
+    assert on_device.criterion == "bic" and on_device.grids[0].covariance_type == "full"
+    assert all(isinstance(a, jax.Array) for a in jax.tree_util.tree_leaves(on_device))
+    np.testing.assert_array_equal(on_device.grids[0].bic, grid.bic)
+    assert isinstance(jax.tree_util.tree_map(np.asarray, grid), selection.GridResult)
 
 
 def test_grids_of_one_length_and_k_max_share_their_programs(blobs, caplog):
