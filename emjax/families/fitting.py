@@ -285,10 +285,15 @@ def _sample_compiled(key, params, *, family, n_samples):
 
 def sample(key: Array, family: Family, params: MixtureParams, n_samples: int) -> tuple:
     """``(X, labels)``: ``n_samples`` draws from the mixture and their components (one compiled
-    program per class of ``n_samples``, as :func:`emjax.gmm.steps.sample`)."""
+    program per class of ``n_samples``, as :func:`emjax.gmm.steps.sample`; inside
+    ``jit``/``vmap``, exactly ``n_samples``). ``key``: a PRNG key (or, outside a trace, an int
+    seed)."""
     n_samples = v.check_positive_int(n_samples, "n_samples")
+    if v.is_traced(key, params):
+        # the class's draws cut on the host cannot be: the traced draws are the rows asked for
+        return _sample_compiled(key, params, family=family, n_samples=n_samples)
     n_class = _sizes.draw_class(n_samples)
-    out = _sample_compiled(key, params, family=family, n_samples=n_class)
+    out = _sample_compiled(v.as_key(key), params, family=family, n_samples=n_class)
     return out if n_class == n_samples else _sizes.first_rows(out, n_samples)
 
 

@@ -270,6 +270,25 @@ def test_scores_of_one_size_class_share_one_program(mixed_fit):
     np.testing.assert_array_equal(labels, np.argmax(lr_ref, axis=1))
 
 
+def test_sample_under_jit_and_vmap_and_from_an_int_seed(mixed_fit):
+    """F.sample inside jit and vmap draws what it draws outside (it failed cutting the draws of
+    n_samples' class on the host: TracerArrayConversionError), and takes an int seed outside a
+    trace, as emjax.sample does (it failed inside jax.random: 'invalid PRNG key data')."""
+    _, _, res = mixed_fit
+    key = jax.random.key(2)
+    X, labels = F.sample(key, res.family, res.params, 10)
+    Xt, lt = jax.jit(lambda k: F.sample(k, res.family, res.params, 10))(key)
+    assert Xt.shape == X.shape == (10, 7)
+    np.testing.assert_allclose(Xt, X, rtol=1e-12)
+    np.testing.assert_array_equal(lt, labels)
+    Xv, _ = jax.vmap(lambda k: F.sample(k, res.family, res.params, 10))(
+        jnp.stack([key, jax.random.key(3)]))
+    np.testing.assert_allclose(Xv[0], X, rtol=1e-12)
+    Xs, ls = F.sample(2, res.family, res.params, 10)
+    np.testing.assert_array_equal(Xs, X)
+    np.testing.assert_array_equal(ls, labels)
+
+
 @pytest.mark.parametrize("column, value, message", [
     (1, 0.5, "Bernoulli columns must hold 0, 1 or NaN"),
     (3, -2.0, "Poisson columns must hold non-negative integers"),
