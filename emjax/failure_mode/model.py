@@ -526,7 +526,20 @@ def init_params(key: Array, data: FMMData, n_components: int, *, init: str = "km
     with ``m = beta``, ``P = 0`` (channels with fewer than ``p`` values do not enter the means and
     covariances) and ``1e-4 I`` added to each ``Sigma``. ``unit_weight``: optional ``(L,)``, 0 on
     padding units (``init="kmeans"`` only), which then enter no statistic and are never drawn.
+
+    On concrete data it runs one compiled program per shape (and takes an int seed as ``key``);
+    inside ``jit``/``vmap`` it is traced as is.
     """
+    static = dict(n_components=n_components, init=init, ridge=ridge, n_lloyd=n_lloyd,
+                  cov_floor=cov_floor, noise_floor=noise_floor)
+    if v.is_traced(key, data, unit_weight):
+        return _init_params(key, data, unit_weight=unit_weight, **static)
+    # op by op, k-means' loops (closures made per call) compiled again at every call: 0.5 s
+    return _init_params_compiled(v.as_key(key), data, unit_weight=unit_weight, **static)
+
+
+def _init_params(key, data, *, n_components, init, ridge, n_lloyd, cov_floor, noise_floor,
+                 unit_weight):
     L, C = data.n.shape
     p = data.A.shape[-1]
     K = n_components
@@ -558,6 +571,10 @@ def init_params(key: Array, data: FMMData, n_components: int, *, init: str = "km
     params = _m_update(gamma, m, jnp.zeros((L, C, K, p, p), dtype), rss, data.n, ok, prior=None,
                        cov_floor=cov_floor, noise_floor=noise_floor, n_units=n_units)
     return params._replace(covs=params.covs + 1e-4 * jnp.eye(p, dtype=dtype))
+
+
+_init_params_compiled = jax.jit(_init_params, static_argnames=(
+    "n_components", "init", "ridge", "n_lloyd", "cov_floor", "noise_floor"))
 
 
 def make_model(*, prior: Prior | None = None, cov_floor: float = 1e-6,

@@ -523,6 +523,22 @@ def test_predictions_on_concrete_data_share_programs_and_equal_the_traced_ones(e
     np.testing.assert_allclose(rul, rul_point(res.params, d7, t7, **kw), rtol=1e-9)
 
 
+def test_init_params_on_concrete_data_is_compiled_once_and_takes_an_int_seed():
+    """fm.init_params on concrete data: one program for every key (op by op, k-means' loops
+    compiled again at every call, 0.5 s), the traced function's values; an int seed is a key
+    (it failed inside jax.random: 'invalid PRNG key data')."""
+    data = fd.make_synthetic(3, n_units=20).to_data()
+    got = fm.init_params(jax.random.key(1), data, 3)
+    before = fm.model._init_params_compiled._cache_size()
+    again = fm.init_params(jax.random.key(2), data, 3)
+    assert fm.model._init_params_compiled._cache_size() == before
+    ref = jax.jit(fm.init_params, static_argnums=2)(jax.random.key(1), data, 3)
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    for a, b in zip(fm.init_params(2, data, 3), again):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_remaining_life_grids_run_forwards():
     """horizon at or before t_now (a remaining span given as the horizon) and empty grids or
     sample sets are errors naming them: the grid ran backwards to negative remaining lives."""
