@@ -1001,6 +1001,7 @@ def failure_time_samples(key: Array, params: FMMParams, data: FMMData, t_now, *,
     failure level and the observation noise.
 
     Args:
+      key: a PRNG key (or, outside a trace, an int seed).
       t_now: ``()`` or ``(L,)`` current times in original time units (the data should stop
         there).
       threshold: failure level, in the units of the data's channel (as prepared).
@@ -1123,6 +1124,7 @@ def _unit_call(name: str, lead: tuple, params, data, t_now, horizon, threshold, 
     for arg in ("n_grid", "n_samples"):
         if arg in static:
             v.check_positive_int(static[arg], arg)
+    lead = tuple(v.as_key(k) for k in lead)  # an int seed outside a trace, as emjax.sample
     L, Lp, padded = _padded(data)
     t_now, horizon = per_unit(t_now, data, Lp), per_unit(horizon, data, Lp, "horizon")
     # a grid running backwards would give negative remaining lives

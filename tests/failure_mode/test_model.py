@@ -539,6 +539,17 @@ def test_init_params_on_concrete_data_is_compiled_once_and_takes_an_int_seed():
         np.testing.assert_array_equal(a, b)
 
 
+def test_failure_time_samples_take_an_int_seed():
+    """An int seed outside a trace is the key jax.random.key(seed), as emjax.sample takes it
+    (it failed inside jax.random: 'invalid PRNG key data')."""
+    data = fd.make_synthetic(3, n_units=20).to_data()
+    params = fm.init_params(1, data, 3)
+    kw = dict(basis=fm.QUADRATIC, threshold=2.5, horizon=3.0, n_samples=20, n_grid=50)
+    np.testing.assert_array_equal(fm.failure_time_samples(4, params, data, 0.5, **kw),
+                                  fm.failure_time_samples(jax.random.key(4), params, data, 0.5,
+                                                          **kw))
+
+
 def test_remaining_life_grids_run_forwards():
     """horizon at or before t_now (a remaining span given as the horizon) and empty grids or
     sample sets are errors naming them: the grid ran backwards to negative remaining lives."""
