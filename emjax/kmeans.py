@@ -107,11 +107,14 @@ def kmeans_plusplus(
     """
     X = jnp.asarray(X)  # NumPy data is indexed by traced rows below
     n, d = X.shape
-    if n_active is None and not v.is_traced(X):
+    if n_active is None and not v.is_traced(X, key, sample_weight, center):
         # as scikit-learn's: more centres than rows would repeat rows as centres
         if v.check_positive_int(n_clusters, "n_clusters") > n:
             raise ValueError(f"n_clusters={n_clusters} must be <= n_samples={n} (X has shape "
                              f"{X.shape})")
+        # concrete data: one compiled program per shape (op by op, its loops compile per call)
+        return _kmeans_plusplus_compiled(key, X, n_clusters, sample_weight, n_local_trials,
+                                         center=center, chunk_size=chunk_size)
     w = sample_weight if sample_weight is None else jnp.asarray(sample_weight, X.dtype)
     if n_local_trials is None:
         n_local_trials = 2 + int(math.log(n_clusters))
@@ -249,12 +252,22 @@ def lloyd(
     exist (the others are never nearest).
     """
 
+    if not v.is_traced(X, centers, sample_weight, center, active):
+        # concrete data: one compiled program per shape (op by op, its loop compiles per call)
+        return _lloyd_compiled(X, centers, n_iter, sample_weight, center=center,
+                               chunk_size=chunk_size, active=active)
+
     def step(_, c):
         counts, sums = cluster_sums(X, c, sample_weight, center=center, chunk_size=chunk_size,
                                     active=active)
         return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1e-30)[:, None], c)
 
     return jax.lax.fori_loop(0, n_iter, step, centers)
+
+
+_kmeans_plusplus_compiled = jax.jit(kmeans_plusplus, static_argnums=(2, 4),
+                                    static_argnames=("chunk_size",))
+_lloyd_compiled = jax.jit(lloyd, static_argnums=2, static_argnames=("chunk_size",))
 
 
 def assign(X: Array, centers: Array, *, center: Array | None = None,

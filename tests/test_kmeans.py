@@ -124,3 +124,21 @@ def test_kmeans_plusplus_on_fewer_rows_than_centres_is_an_error():
     X, _ = _data(np.float64)
     with pytest.raises(ValueError, match=r"n_clusters=5 must be <= n_samples=3 .*\(3, 3\)"):
         kmeans.kmeans_plusplus(jax.random.key(0), X[:3], 5)
+
+
+def test_concrete_calls_run_one_compiled_program_per_shape():
+    """On NumPy data k-means++ and Lloyd run compiled, once per shape (op by op, their loops
+    compiled again at every call), equal to the jitted functions."""
+    X, w = _data(np.float64)
+    cen, idx = kmeans.kmeans_plusplus(jax.random.key(1), X, K, w)
+    programs = kmeans._kmeans_plusplus_compiled._cache_size()
+    cen2, _ = kmeans.kmeans_plusplus(jax.random.key(2), X, K, w)
+    assert kmeans._kmeans_plusplus_compiled._cache_size() == programs
+    ref, ref_idx = kmeans_plusplus(jax.random.key(1), jnp.asarray(X), K, jnp.asarray(w))
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(cen, ref, rtol=1e-12)
+    out = kmeans.lloyd(X, cen, 3, w)
+    programs = kmeans._lloyd_compiled._cache_size()
+    kmeans.lloyd(X, cen2, 3, w)
+    assert kmeans._lloyd_compiled._cache_size() == programs
+    np.testing.assert_allclose(out, lloyd(jnp.asarray(X), cen, 3, jnp.asarray(w)), rtol=1e-12)
