@@ -1042,7 +1042,8 @@ def _failure_time_samples(key, params, data, t_now, horizon, threshold, *, basis
 def failure_cdf(params: FMMParams, data: FMMData, t_now, *, basis: Basis, threshold: float,
                 horizon, channel: int = -1, n_grid: int = 1000) -> tuple[Array, Array]:
     """Closed-form approximation (monotone paths) ``P(T_f <= t)`` on a grid:
-    ``sum_k gamma_k [1 - Phi((D - phi^T m) / sqrt(phi^T P phi))]``.
+    ``sum_k gamma_k [1 - Phi((D - phi^T m) / sqrt(phi^T P phi))]``, its running maximum over
+    the grid (non-decreasing: a path that crossed and turned back has failed).
 
     A fixed ``threshold`` on the latent path, not conditioned on survival up to ``t_now``: see
     :class:`~emjax.failure_mode.prognostics.PrognosticModel` for calibrated failure-time
@@ -1069,7 +1070,8 @@ def _failure_cdf(params, data, t_now, horizon, threshold, *, basis, channel, n_g
     var = jnp.einsum("lgp,lkpq,lgq->lkg", phi, post.coef_cov[:, channel], phi)
     z = (threshold - mean) / jnp.sqrt(jnp.maximum(var, 1e-30))
     cdf = jnp.sum(jnp.exp(post.log_resp)[..., None] * jax.scipy.stats.norm.sf(z), 1)
-    return grid, cdf
+    # a path that turns back stays failed (first passage, as the samples and rul_point count)
+    return grid, jax.lax.cummax(cdf, axis=1)
 
 
 def rul_point(params: FMMParams, data: FMMData, t_now, *, basis: Basis, threshold: float,

@@ -550,6 +550,23 @@ def test_failure_time_samples_take_an_int_seed():
                                                           **kw))
 
 
+def test_failure_cdf_is_non_decreasing_for_paths_that_turn_back():
+    """A concave path (4t - 4t^2, peak 1 at t = 0.5) crosses 0.8 and falls back below it: the
+    closed-form CDF stays at its peak (first passage, as the Monte Carlo failure times)."""
+    params = fm.FMMParams(
+        jnp.asarray([1.0]), jnp.asarray([[[0.0, 4.0, -4.0]]]),
+        jnp.asarray(np.diag([1e-6, 1e-4, 1e-4])[None, None]), jnp.asarray([[0.01]]))
+    t_obs = np.linspace(0, 0.2, 4)
+    data = fm.make_data(t_obs[None], (4 * t_obs - 4 * t_obs**2)[None, None], t_scale=1.0)
+    kw = dict(basis=fm.Basis(), threshold=0.8, horizon=1.0, n_grid=50)
+    grid, cdf = failure_cdf(params, data, 0.2, **kw)
+    cdf = np.asarray(cdf)[0]
+    assert np.all(np.diff(cdf) >= 0) and cdf[-1] > 0.99
+    samples = failure_time_samples(jax.random.key(0), params, data, 0.2, n_samples=2000, **kw)
+    emp = np.mean(np.asarray(samples)[0][:, None] <= np.asarray(grid)[0][None], 0)
+    assert np.max(np.abs(emp - cdf)) < 0.05
+
+
 def test_remaining_life_grids_run_forwards():
     """horizon at or before t_now (a remaining span given as the horizon) and empty grids or
     sample sets are errors naming them: the grid ran backwards to negative remaining lives."""
