@@ -575,17 +575,18 @@ def _factor_lapack(A: Array, b: Array, floor: float, want: bool) -> _Factor:
     L = jnp.linalg.cholesky(M)
     eye = jnp.broadcast_to(jnp.eye(J, dtype=A.dtype), M.shape)
     Li = solve_triangular(L, after(eye, L), lower=True)  # after: no LAPACK call beside another
-    bb = jnp.moveaxis(b.reshape(J, -1), -1, 0)  # (B, J)
-    z = jnp.einsum("bij,bj->bi", Li, bb)
-    y = jnp.einsum("bij,bi->bj", Li, z)
     logdet = 2.0 * jnp.sum(jnp.log(diagonal(L)), axis=1)
 
     def back(a, lead):  # (B, *lead) -> (*lead, *batch)
         return jnp.moveaxis(a, 0, -1).reshape(lead + batch)
 
+    # b's batch may be wider than A's (tied: A (c, 1), b (c, K)): broadcast as the unrolled form
+    Lib = back(Li, (J, J))
+    z = jnp.einsum("ij...,j...->i...", Lib, b)
+    y = jnp.einsum("ij...,i...->j...", Lib, z)
     V = jnp.einsum("bij,bik->bjk", Li, Li) if want else None
-    return _Factor(back(logdet, ()), back(z, (J,)), back(y, (J,)),
-                   back(Li, (J, J)) if want else None, back(V, (J, J)) if want else None)
+    return _Factor(jnp.broadcast_to(back(logdet, ()), b.shape[1:]), z, y,
+                   Lib if want else None, back(V, (J, J)) if want else None)
 
 
 def _sweep(A: Array, b: Array, floor: Array) -> tuple[Array, Array, Array, Array]:

@@ -320,6 +320,23 @@ def test_block_factorisations_match_numpy(fn, n_slots):
     np.testing.assert_allclose(np.swapaxes(Li, -1, -2) @ Li, np.linalg.inv(A), atol=1e-12)
 
 
+def test_row_results_of_tied_model_with_many_missing_entries_match_reference():
+    """Tied covariances, rows missing more than UNROLL_MAX_SLOTS entries (LAPACK blocks, one per
+    row for all components): score_samples, predict_proba and impute failed in an einsum."""
+    rng = np.random.default_rng(6)
+    d = ms.UNROLL_MAX_SLOTS + 2
+    params = random_params(rng, "tied", K, d)
+    X = rng.normal(size=(6, d))
+    X[:3, 1:] = np.nan  # d - 1 missing entries
+    wlp, xhat, _ = ref_e_step(params, X)
+    gamma = np.exp(wlp - np.logaddexp.reduce(wlp, axis=1, keepdims=True))
+    np.testing.assert_allclose(ms.score_samples(params, X), np.logaddexp.reduce(wlp, axis=1),
+                               rtol=1e-10)
+    np.testing.assert_allclose(ms.predict_proba(params, X), gamma, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(emjax.impute(params, X), np.einsum("nk,nkd->nd", gamma, xhat),
+                               rtol=1e-10, atol=1e-10)
+
+
 def test_sweep_matches_numpy():
     """The fit's sweep of the blocks: log|A|, A^-1 b, b^T A^-1 b and -A^-1."""
     rng = np.random.default_rng(7)
