@@ -338,6 +338,19 @@ def as_data_with_nan(X, name: str = "X", dtype=None, *, for_fit: bool = True) ->
     return v.as_data(arr, name, dtype)  # the usual shape errors
 
 
+def check_weighted_columns(X: np.ndarray, sample_weight: np.ndarray | None,
+                           name: str = "X") -> None:
+    """Rejects the columns of ``X`` observed only in rows of weight 0: as a column never
+    observed, they carry no information (the fit gave them NaN or arbitrary parameters)."""
+    if sample_weight is None:
+        return
+    seen = (~np.isnan(X) & (np.asarray(sample_weight)[:, None] > 0)).any(axis=0)
+    cols = np.flatnonzero(~seen)
+    if cols.size:
+        raise ValueError(f"{name} of shape {X.shape} has column(s) observed only in rows of "
+                         f"sample_weight 0: {', '.join(map(str, cols[:10]))}; drop them")
+
+
 def layout(X: np.ndarray, sample_weight: np.ndarray | None, n_components: int,
            covariance_type: str = "full", chunk_size: int | None = None,
            center: np.ndarray | None = None, features: bool = True,
@@ -1163,7 +1176,7 @@ def fit(
 
     Raises:
       ValueError: as :func:`emjax.fit`, and for infinities, rows with no observed value or
-        columns never observed.
+        columns never observed (or only in rows of sample weight 0).
     """
     # max_iter=0 initialises only, as emjax.fit (and GaussianMixture) document
     c = check_fit(X, n_components, key=key, covariance_type=covariance_type, tol=tol,
@@ -1171,6 +1184,7 @@ def fit(
                   n_lloyd=n_lloyd, sample_weight=sample_weight, weights_init=weights_init,
                   means_init=means_init, precisions_init=precisions_init,
                   params_init=params_init, min_iter=0, read=as_data_with_nan)
+    check_weighted_columns(c.X, c.sample_weight)
     return _run_fit(c.X, c.sample_weight, c.key, c.initial, c.tol, c.options, callback,
                     chunk_size)
 
@@ -1193,6 +1207,7 @@ def fit_grid(X, n_components, *, key=None, covariance_type: str = "full", tol: f
                   reg_covar=reg_covar, max_iter=max_iter, n_init=n_init, init_params=init_params,
                   n_lloyd=n_lloyd, sample_weight=sample_weight, read=as_data_with_nan)
     Xa, w = c.X, c.sample_weight
+    check_weighted_columns(Xa, w)
     n, d = Xa.shape
     n_eff = float(n if w is None else np.sum(w))
     t0 = time.perf_counter()

@@ -264,6 +264,13 @@ def test_errors_name_the_problem():
     X[:, 1] = np.nan
     with pytest.raises(ValueError, match="never observed"):
         ms.fit(X, 1)
+    # observed only in rows of weight 0: float32 fits gave NaN means, float64 arbitrary ones
+    X = np.ones((5, 3), np.float32)
+    X[2:, 1] = np.nan
+    w = np.array([0.0, 0.0, 1.0, 1.0, 1.0])
+    for fn in (ms.fit, ms.fit_grid):
+        with pytest.raises(ValueError, match="observed only in rows of sample_weight 0: 1"):
+            fn(X, 1, sample_weight=w)
     X = np.ones((5, 3))
     X[0, 0] = np.inf
     with pytest.raises(ValueError, match="infinity"):
