@@ -90,10 +90,20 @@ _NOT_IN_PROGRAMS = ("jax_log_compiles", "jax_explain_cache_misses", "jax_compila
                     "jax_persistent_cache", "jax_traceback", "jax_logging", "jax_debug_log")
 
 
-@functools.lru_cache(maxsize=1)
 def _environment() -> str:
     """Everything outside a program's arguments that its compiled form depends on: emjax's own
     source, JAX's version and configuration, the backend and the XLA flags."""
+    import jax
+
+    # read at every call: the configuration changes in a process (jax.enable_x64, config.update)
+    configuration = repr(sorted((k, v) for k, v in jax.config.values.items()
+                                if not k.startswith(_NOT_IN_PROGRAMS)))
+    return repr((_build(), configuration))
+
+
+@functools.lru_cache(maxsize=1)
+def _build() -> tuple:
+    """What stays fixed in a process: emjax's source, JAX's version, the backend, the flags."""
     import jax
     import jaxlib
 
@@ -109,10 +119,8 @@ def _environment() -> str:
     client = jax.devices()[0].client
     parts = (digest.hexdigest(), jax.__version__, jaxlib.__version__, client.platform,
              client.platform_version, repr(jax.devices()),
-             repr(sorted((k, v) for k, v in jax.config.values.items()
-                         if not k.startswith(_NOT_IN_PROGRAMS))),
              os.environ.get("XLA_FLAGS", ""), os.environ.get("LIBTPU_INIT_ARGS", ""))
-    return repr(parts)
+    return parts
 
 
 def _fingerprint(jitted, args: tuple, static: dict, options: tuple = ()) -> str | None:

@@ -48,3 +48,15 @@ def test_the_programs_held_are_bounded():
     for n in range(1, 6):
         np.testing.assert_allclose(f[()](jnp.ones(n)), 2.0)
         assert f._cache_size() <= 2
+
+
+def test_the_disk_store_keys_a_program_by_the_configuration_at_the_call():
+    """x64 switched in a process (jax.enable_x64, jax.config.update) after a program was kept:
+    the same shapes get the program of the current configuration, not the one kept before."""
+    f = _xla.JitByOptions(lambda x: (jnp.sum(x), jnp.arange(2) + x.shape[0]))
+    x = np.ones(3, np.float32)  # the same aval with x64 on and off
+    assert jax.config.jax_compilation_cache_dir  # the suite's disk cache (conftest) is on
+    with jax.enable_x64(False):
+        narrow = f.call((), (x,), {}, "test_x64")
+    wide = f.call((), (x,), {}, "test_x64")  # the suite runs with x64 on
+    assert narrow[1].dtype == np.int32 and wide[1].dtype == np.int64
