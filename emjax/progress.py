@@ -246,12 +246,14 @@ class ProgressBar:
         return self
 
     def __exit__(self, *exc) -> None:
-        jax.effects_barrier()  # let callbacks still in flight arrive
-        _ACTIVE.remove(self)
-        if self.last is not None:
-            self._draw(final=True)
-        self.stream.write("\n")
-        self.stream.flush()
+        try:
+            jax.effects_barrier()  # let callbacks still in flight arrive
+        finally:  # also when Ctrl-C lands in that wait: a later fit must not feed this bar
+            _ACTIVE.remove(self)
+            if self.last is not None:
+                self._draw(final=True)
+            self.stream.write("\n")
+            self.stream.flush()
 
     def update(self, n_iter: np.ndarray, log_likelihood: np.ndarray,
                converged: np.ndarray) -> None:

@@ -219,3 +219,22 @@ def test_selection_and_missing_value_fits_are_loaded_from_disk(tmp_path):
     for program in ("_grid_program", "_initial_responsibilities_program", "_fit_program"):
         assert program in runs[0].stderr
         assert program not in runs[1].stderr
+
+
+def test_an_interrupt_while_the_bar_waits_for_the_fit_leaves_no_bar_behind(monkeypatch):
+    """Ctrl-C while leaving the bar (waiting for a fit dispatched asynchronously) left it among
+    the bars shown: a later fit given the callback, with no bar, fed and redrew it."""
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jax, "effects_barrier", interrupted)
+    stream = io.StringIO()
+    try:
+        with progress.ProgressBar("fit", 1, 10, stream=stream, interval=0.0) as bar:
+            bar.update(np.array([3]), np.array([-1.0]), np.array([False]))
+    except KeyboardInterrupt:
+        pass
+    assert progress._ACTIVE == []
+    assert stream.getvalue().endswith("\n")  # the terminal's line ended
+    progress._host_update(np.array([4]), np.array([-0.5]), np.array([True]))
+    assert bar.n_updates == 1
