@@ -239,6 +239,7 @@ class ProgressBar:
         self.last = None  # (iteration, best log-likelihood, converged, finished)
         self._t_last = -np.inf
         self._t0 = time.perf_counter()
+        self._gone = False  # the stream failed: draw nothing more
 
     def __enter__(self) -> ProgressBar:
         self._t0 = time.perf_counter()
@@ -252,8 +253,7 @@ class ProgressBar:
             _ACTIVE.remove(self)
             if self.last is not None:
                 self._draw(final=True)
-            self.stream.write("\n")
-            self.stream.flush()
+            self._write("\n")
 
     def update(self, n_iter: np.ndarray, log_likelihood: np.ndarray,
                converged: np.ndarray) -> None:
@@ -287,5 +287,13 @@ class ProgressBar:
 
     def _draw(self, final: bool = False) -> None:
         self.n_draws += 1
-        self.stream.write("\r" + self.text())
-        self.stream.flush()
+        self._write("\r" + self.text())
+
+    def _write(self, text: str) -> None:
+        if self._gone:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # reader gone (2>&1 | head), full or closed: the fit goes on
+            self._gone = True

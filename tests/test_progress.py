@@ -238,3 +238,16 @@ def test_an_interrupt_while_the_bar_waits_for_the_fit_leaves_no_bar_behind(monke
     assert stream.getvalue().endswith("\n")  # the terminal's line ended
     progress._host_update(np.array([4]), np.array([-0.5]), np.array([True]))
     assert bar.n_updates == 1
+
+
+def test_a_stream_that_fails_does_not_fail_the_fit():
+    """'emjax fit ... 2>&1 | head': the bar's reader gone (or a full disk) raised from the bar
+    (the command failed with status 1 and wrote nothing); the bar now stops drawing."""
+    class Gone(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    with progress.ProgressBar("fit", 1, 10, stream=Gone(), interval=0.0) as bar:
+        bar.update(np.array([3]), np.array([-1.0]), np.array([False]))
+        bar.finish(np.array([4]), np.array([-0.5]), np.array([True]))
+    assert bar.last[2] == 1 and progress._ACTIVE == []
