@@ -118,9 +118,25 @@ def _build() -> tuple:
                     digest.update(f.read())
     client = jax.devices()[0].client
     parts = (digest.hexdigest(), jax.__version__, jaxlib.__version__, client.platform,
-             client.platform_version, repr(jax.devices()),
+             client.platform_version, repr(jax.devices()), _host_cpu(),
              os.environ.get("XLA_FLAGS", ""), os.environ.get("LIBTPU_INIT_ARGS", ""))
     return parts
+
+
+def _host_cpu() -> str:
+    """The host CPU's model and instruction-set features: XLA:CPU compiles for them, so a cache
+    shared between machines (a home directory on a cluster) must not hand one's code to the
+    other, which might not run it."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [line for line in f if line.startswith(("model name", "flags", "Features"))]
+        info = "".join(sorted(set(lines)))
+    except OSError:  # not Linux
+        info = ""
+    return hashlib.sha256((platform.machine() + platform.processor() + info).encode()
+                          ).hexdigest()[:16]
 
 
 def _fingerprint(jitted, args: tuple, static: dict, options: tuple = ()) -> str | None:

@@ -60,3 +60,20 @@ def test_the_disk_store_keys_a_program_by_the_configuration_at_the_call():
         narrow = f.call((), (x,), {}, "test_x64")
     wide = f.call((), (x,), {}, "test_x64")  # the suite runs with x64 on
     assert narrow[1].dtype == np.int32 and wide[1].dtype == np.int64
+
+
+def test_the_disk_store_keys_a_program_by_the_host_cpu(monkeypatch):
+    """XLA:CPU compiles for the host's instruction set: a cache shared between machines must
+    not hand one's programs to another CPU."""
+    from emjax import _compile_cache
+
+    here = _compile_cache._environment()
+    assert len(_compile_cache._host_cpu()) == 16
+    try:
+        monkeypatch.setattr(_compile_cache, "_host_cpu", lambda: "another cpu")
+        _compile_cache._build.cache_clear()
+        assert _compile_cache._environment() != here
+    finally:
+        monkeypatch.undo()
+        _compile_cache._build.cache_clear()
+    assert _compile_cache._environment() == here
