@@ -74,6 +74,11 @@ def dense_covariances(params: GMMParams) -> Array:
 def log_joint(params: GMMParams, X: Array) -> Array:
     """``log pi_k + log N(x_n | mu_k, Sigma_k)``, shape ``(n_samples, n_components)``, dense."""
     X, _, _ = _checked(params, X)
+    return _log_joint(params, X)
+
+
+def _log_joint(params: GMMParams, X: Array) -> Array:
+    """:func:`log_joint` of arguments already checked (by the public function that calls it)."""
     covs = dense_covariances(params)
     comp = jax.vmap(gaussian_log_density, in_axes=(None, 0, 0), out_axes=1)(X, params.means, covs)
     return comp + jnp.log(params.weights)[None, :]
@@ -131,7 +136,7 @@ def complete_data_log_likelihood(
     X, gamma, sample_weight = _checked(params, X, gamma, sample_weight)
     w = _weights(X, sample_weight)
     wg = gamma * w[:, None]
-    q = jnp.sum(wg * log_joint(params, X))
+    q = jnp.sum(wg * _log_joint(params, X))
     if reg_covar:
         covs = dense_covariances(params)
         eye = jnp.broadcast_to(jnp.eye(covs.shape[-1], dtype=covs.dtype), covs.shape)
@@ -145,7 +150,7 @@ def observed_log_likelihood(
 ) -> Array:
     """``log p(X | theta) = sum_n w_n log sum_k pi_k N(x_n | mu_k, Sigma_k)`` (a scalar)."""
     X, _, sample_weight = _checked(params, X, None, sample_weight)
-    return jnp.sum(_weights(X, sample_weight) * logsumexp(log_joint(params, X), axis=1))
+    return jnp.sum(_weights(X, sample_weight) * logsumexp(_log_joint(params, X), axis=1))
 
 
 def posterior(params: GMMParams, X: Array) -> Array:
@@ -170,6 +175,6 @@ def kl_divergence(
     """``KL(q || p(Z | X, theta)) = sum_n w_n sum_k q_nk (log q_nk - log p(z_n=k | x_n))``."""
     X, q, sample_weight = _checked(params, X, q, sample_weight)
     w = _weights(X, sample_weight)
-    lj = log_joint(params, X)
+    lj = _log_joint(params, X)
     log_post = lj - logsumexp(lj, axis=1, keepdims=True)
     return jnp.sum(w[:, None] * (xlogy(q, q) - q * log_post))
