@@ -139,26 +139,43 @@ def check_outputs(outputs: list, inputs: list, force: bool, out_dir: str | None 
                            f"output (-o)")
 
 
-def _rows(table, idx) -> str:
-    """The rows ``idx`` of a table by their labels (line numbers or row indices), the first few."""
-    return ", ".join(table.row_labels[i] for i in idx[:8]) + (", ..." if len(idx) > 8 else "")
-
-
 def as_dtype(table, dtype: str, path: str, n_rows: int | None = None):
     """The table's values in ``dtype``; values whose squares, summed over ``n_rows`` rows (EM's
     statistics; default the table's), overflow it are an error naming their rows, not an
     infinity or NaN inside the fit or the probabilities."""
     import numpy as np
 
+    from emjax.datasets import row_names
+
     X = table.X
     limit = float(np.sqrt(np.finfo(dtype).max / max(n_rows or len(X), 1)))
     big = np.flatnonzero((np.abs(X) > limit).any(axis=1))  # NaN (missing) compares False
     if big.size:
         raise CLIError(f"{path}: values too large for {dtype} (above {limit:.2g} in magnitude) in "
-                       f"{big.size} row(s): {_rows(table, big)}; rescale the columns"
+                       f"{big.size} row(s): {row_names(table, big)}; rescale the columns"
                        + (" or use --dtype float64" if dtype == "float32" and n_rows is None
                           else ""))
     return X.astype(dtype)
+
+
+def read_model_columns(read, path: str, fitted: list, levels: dict | None = None):
+    """The table's columns a model was fitted on, by name (in another order or beside others,
+    read right); in a table without a header (columns ``"0"``, ``"1"``, ...), by position.
+    ``read``: :func:`emjax.datasets.read_table` with the file and its options bound;
+    ``levels``: the fitted text columns' levels, by name."""
+    from emjax import datasets
+
+    try:
+        return read(columns=fitted, text=levels or False)
+    except datasets.UnknownColumnError:
+        table = read(columns=None, text=bool(levels))
+    if table.columns != [str(i) for i in range(len(table.columns))]:
+        raise CLIError(f"{path} has columns {table.columns} but the model was fitted on "
+                       f"{fitted}; choose them with --columns")
+    if not levels:
+        return table
+    # the text columns by position, with the fitted levels
+    return read(columns=None, text={str(fitted.index(n)): lv for n, lv in levels.items()})
 
 
 def check_probabilities(proba, table, path: str) -> None:
@@ -166,10 +183,12 @@ def check_probabilities(proba, table, path: str) -> None:
     component for the model's precision): argmax would call them component 0."""
     import numpy as np
 
+    from emjax.datasets import row_names
+
     bad = np.flatnonzero(~np.isfinite(proba).all(axis=1))
     if bad.size:
         raise CLIError(f"{path}: no finite probability in {bad.size} row(s): "
-                       f"{_rows(table, bad)} (values too far from every component); nothing "
+                       f"{row_names(table, bad)} (values too far from every component); nothing "
                        f"written")
 
 
@@ -384,17 +403,8 @@ def run_predict(args) -> int:
     read = functools.partial(datasets.read_table, args.data, header=args.header, min_rows=1,
                              allow_missing=marginalize)
     try:
-        if columns is None and fitted:
-            # by name, as fitted: columns in another order or beside others are read right
-            try:
-                table = read(columns=fitted)
-            except datasets.UnknownColumnError:
-                table = read(columns=None)  # a table without a header: by position
-                if table.columns != [str(i) for i in range(len(table.columns))]:
-                    raise CLIError(f"{args.data} has columns {table.columns} but the model was "
-                                   f"fitted on {fitted}; choose them with --columns") from None
-        else:
-            table = read(columns=columns)
+        table = read_model_columns(read, args.data, fitted) if columns is None and fitted \
+            else read(columns=columns)
     except datasets.MissingValuesError as exc:
         raise CLIError(f"{exc}; pass --missing marginalize to label rows with missing entries "
                        "from their observed ones") from None

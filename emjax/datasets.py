@@ -49,6 +49,12 @@ class Table(NamedTuple):
     levels: dict = {}
 
 
+def row_names(table: Table, idx) -> str:
+    """The rows ``idx`` of ``table`` by their labels (line numbers or row indices), the first
+    eight, for messages."""
+    return ", ".join(table.row_labels[i] for i in idx[:8]) + (", ..." if len(idx) > 8 else "")
+
+
 def default_path() -> str:
     """Path of the bundled default data set (CSV with a header, 600 rows, 2 columns)."""
     return str(resources.files("emjax") / "data" / "default.csv")
@@ -328,23 +334,19 @@ def read_table(path: str, *, columns: Sequence[str] | None = None,
     if X.shape[1] == 0:
         raise DataError(f"{path}: no columns selected")
 
-    def named(rows):  # the first rows by their labels (line numbers or row indices)
-        return ", ".join(table.row_labels[i] for i in rows[:8]) + (", ..." if rows.size > 8
-                                                                   else "")
-
     # infinities first: an error whatever is done with missing values
     bad = np.flatnonzero(np.isinf(X).any(axis=1))
     if bad.size:
         raise DataError(f"{path}: infinite values (or numbers too large for float64, like 1e400) "
-                        f"in {bad.size} row(s): {named(bad)}")
+                        f"in {bad.size} row(s): {row_names(table, bad)}")
     bad = np.flatnonzero(np.isnan(X).any(axis=1) & (not allow_missing))
     if bad.size:
         raise MissingValuesError(f"{path}: NaN or missing values in {bad.size} row(s): "
-                                 f"{named(bad)}")
+                                 f"{row_names(table, bad)}")
     empty = np.flatnonzero(np.all(np.isnan(X), axis=1) & allow_missing)
     if empty.size:
         raise DataError(f"{path}: no observed value in {empty.size} row(s) (every selected "
-                        f"entry missing): {named(empty)}; drop them")
+                        f"entry missing): {row_names(table, empty)}; drop them")
     if X.shape[0] < min_rows:
         raise DataError(f"{path}: too few rows: {X.shape[0]} (need at least {min_rows})")
     return table

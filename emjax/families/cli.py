@@ -93,10 +93,8 @@ def run_family_fit(args, ks: tuple, *, data_path: str, title: str) -> int:
 
     table = datasets.read_table(data_path, columns=args.columns.split(",") if args.columns
                                 else None, header=args.header, min_rows=max(max(ks), 2),
-                                allow_missing=True, text=True)
+                                allow_missing=_allow_missing(args), text=True)
     X = as_dtype(table, args.dtype, data_path)
-    if getattr(args, "missing", None) == "error":
-        _refuse_missing(X, table, data_path)
     # a column with no observed value has nothing to fit (its type would be a guess)
     empty = [n for n, seen in zip(table.columns, (~np.isnan(X)).any(0)) if not seen]
     if empty:
@@ -143,13 +141,10 @@ def run_family_fit(args, ks: tuple, *, data_path: str, title: str) -> int:
     return 0
 
 
-def _refuse_missing(X: np.ndarray, table, path: str) -> None:
-    """``--missing error`` (family mixtures marginalise missing entries otherwise)."""
-    rows = np.flatnonzero(np.isnan(X).any(1))
-    if rows.size:
-        raise ValueError(f"{path}: missing values in {rows.size} row(s) (--missing error): "
-                         + ", ".join(table.row_labels[i] for i in rows[:5])
-                         + (", ..." if rows.size > 5 else ""))
+def _allow_missing(args) -> bool:
+    """Family mixtures marginalise missing entries unless ``--missing error`` says otherwise
+    (the table's reader then names the rows)."""
+    return getattr(args, "missing", None) != "error"
 
 
 def _write_summary(path: str, rows: list, chosen: int, n_init: int) -> None:
@@ -186,37 +181,25 @@ def run_family_predict(args) -> int:
 
     from emjax import datasets
     from emjax._files import atomic_write
-    from emjax.cli import CLIError, _x64, as_dtype, check_probabilities
+    from emjax.cli import CLIError, _x64, as_dtype, check_probabilities, read_model_columns
     from emjax.families import fitting
     from emjax.families import io as fio
 
     saved = fio.load(args.model)
     config = saved.metadata.get("config", {})
     fitted, levels = config.get("columns"), config.get("levels") or {}
-    cols = args.columns.split(",") if args.columns else fitted
     # text columns read with the fitted levels (by name: with --columns, the model's names)
     read = functools.partial(datasets.read_table, args.data, header=args.header, min_rows=1,
-                             allow_missing=True)
-    try:
-        table = read(columns=cols, text=levels or False)
-    except datasets.UnknownColumnError:
-        if args.columns or not fitted:
-            raise
-        # a table without a header: by position, as for a Gaussian model
-        names = read(columns=None, text=True).columns
-        if names != [str(i) for i in range(len(names))]:
-            raise CLIError(f"{args.data} has columns {names} but the model was fitted on "
-                           f"{fitted}; choose them with --columns") from None
-        table = read(columns=None, text={str(fitted.index(n)): lv for n, lv in levels.items()}
-                     or False)
+                             allow_missing=_allow_missing(args))
+    table = read_model_columns(read, args.data, fitted, levels) if fitted and not args.columns \
+        else read(columns=args.columns.split(",") if args.columns else None,
+                  text=levels or False)
     d = saved.family.width()
     if table.X.shape[1] != d:
         raise CLIError(f"{args.data} has {table.X.shape[1]} columns but the model was fitted on "
                        f"{d}; choose them with --columns")
     dtype = saved.metadata["dtype"]
     X = as_dtype(table, dtype, args.data, n_rows=1)
-    if getattr(args, "missing", None) == "error":
-        _refuse_missing(X, table, args.data)
     with _x64(dtype):
         proba = np.asarray(fitting.predict_proba(saved.family, saved.params, X))
     check_probabilities(proba, table, args.data)

@@ -38,7 +38,7 @@ def test_cli_fit_family(tmp_path, capsys):
     assert rows[0] == "label,p0,p1" and len(rows) == 61
     assert cli.main(["predict", str(tmp_path / "out" / "model.npz"), str(data), "-o",
                      str(tmp_path / "p2.csv"), "--missing", "error"]) == 1
-    assert "missing values in 1 row(s) (--missing error): line 5" in capsys.readouterr().err
+    assert "NaN or missing values in 1 row(s): line 5" in capsys.readouterr().err
     assert data.read_bytes() == before
     assert cli.main([*args, "--family", "gaussian,bernoulli"]) == 1
     assert "gives 2 column types" in capsys.readouterr().err
@@ -49,7 +49,7 @@ def test_cli_fit_family(tmp_path, capsys):
     assert cli.main([*args, "--family", "auto", "--init", "random"]) == 1
     assert "--init applies to Gaussian mixtures" in capsys.readouterr().err
     assert cli.main([*args, "--family", "auto", "--force", "--missing", "error"]) == 1
-    assert "missing values in 1 row(s) (--missing error): line 5" in capsys.readouterr().err
+    assert "NaN or missing values in 1 row(s): line 5" in capsys.readouterr().err
     assert cli.main([*args, "--family", "gaussian,bernoulli"]) == 1
     assert "gives 2 column types" in capsys.readouterr().err
     assert cli.main([*args, "--family", "auto", "--force", "--seed", str(2**32)]) == 1
