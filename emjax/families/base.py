@@ -218,6 +218,14 @@ def init_params(family: Family, key: Array, data: Any, w: Array | None,
     return MixtureParams(nk / jnp.sum(nk), theta)
 
 
+def params_template(family: Family, n_components: int, dtype) -> MixtureParams:
+    """The parameter pytree's structure and shapes for ``family`` (a bound one: its sizes known)
+    and ``n_components``, as :func:`init_params` makes it (traced, never computed)."""
+    x = jax.ShapeDtypeStruct((max(n_components, 2), family.width()), dtype)
+    return jax.eval_shape(lambda X: init_params(family, jax.random.key(0), family.encode(X),
+                                                None, n_components), x)
+
+
 def n_parameters(family: Family, n_components: int) -> int:
     """Free parameters of the mixture: ``K - 1`` weights plus the family's."""
     return n_components - 1 + int(family.n_parameters(n_components))

@@ -20,6 +20,7 @@ from emjax.families.base import (
     MixtureParams,
     init_params,
     make_model,
+    params_template,
     weighted_log_prob,
 )
 
@@ -187,7 +188,7 @@ def fit(
                              f"({k},) or (n_init, {k})")
         n_init = p0.weights.shape[0]
         # every leaf as the family's own start would be (a wrong one failed inside the trace)
-        want = jax.eval_shape(lambda: init_params(bound, v.as_key(0), bound.encode(Xa), w, k))
+        want = params_template(bound, k, Xa.dtype)
         got = jax.tree_util.tree_map(lambda a: a[0], p0)
         if jax.tree_util.tree_structure(got) != jax.tree_util.tree_structure(want):
             raise ValueError(f"params_init is not a {type(family).__name__} mixture's "

@@ -20,7 +20,7 @@ import numpy as np
 from emjax._files import atomic_write, npz_path, read_npz_with_metadata
 from emjax._version import __version__
 from emjax.families import expfam, gaussian, product
-from emjax.families.base import Family, MixtureParams, init_params
+from emjax.families.base import Family, MixtureParams, params_template
 
 FORMAT = "emjax.families"
 FORMAT_VERSION = 1
@@ -67,13 +67,6 @@ def family_from_json(spec: dict) -> Family:
     return _CLASSES[kind](**fields)
 
 
-def _template(family: Family, n_components: int, dtype) -> MixtureParams:
-    """The parameter pytree's structure and shapes for ``family`` (traced, never computed)."""
-    x = jax.ShapeDtypeStruct((max(n_components, 2), family.width()), dtype)
-    return jax.eval_shape(lambda X: init_params(family, jax.random.key(0), family.encode(X),
-                                                None, n_components), x)
-
-
 def save(path: str, family: Family, params: MixtureParams, *, config: dict | None = None) -> str:
     """Write a fitted mixture (``family`` bound, e.g. ``FitResult.family``) to ``path``
     (``.npz`` appended if missing), atomically. Returns the path written."""
@@ -108,7 +101,7 @@ def load(path: str) -> SavedMixture:
     contents, metadata = read_npz_with_metadata(path, "families model", FORMAT, FORMAT_VERSION)
     family = family_from_json(metadata["family"])
     k = metadata["n_components"]
-    template = _template(family, k, jnp.dtype(metadata["dtype"]))
+    template = params_template(family, k, jnp.dtype(metadata["dtype"]))
     shapes, treedef = jax.tree_util.tree_flatten(template)
     leaves = [contents.get(f"leaf_{i:03d}") for i in range(len(shapes))]
     bad = [i for i, (a, s) in enumerate(zip(leaves, shapes)) if a is None or a.shape != s.shape]
