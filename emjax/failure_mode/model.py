@@ -770,14 +770,10 @@ def fit(
     if init not in ("kmeans", "random"):
         raise ValueError(f"init must be 'kmeans' or 'random', got {init!r}")
     for name, val in (("n_init", n_init), ("max_iter", max_iter)):
-        if isinstance(val, bool) or not (isinstance(val, (int, np.integer)) and val >= 1):
-            raise ValueError(f"{name} must be a positive int, got {val!r}")
+        v.check_positive_int(val, name)
     for name, val in (("tol", tol), ("ridge", ridge), ("cov_floor", cov_floor),
                       ("noise_floor", noise_floor), ("min_mass", min_mass)):
-        # (np.isfinite of a string is a TypeError)
-        if isinstance(val, bool) or not (isinstance(val, (int, float, np.integer, np.floating))
-                                         and np.isfinite(val) and val >= 0):
-            raise ValueError(f"{name} must be non-negative and finite, got {val!r}")
+        v.check_non_negative(val, name)
     dtype = data.x.dtype
     if params_init is not None:
         shapes = tuple(np.shape(a) for a in params_init)

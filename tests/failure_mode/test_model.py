@@ -409,7 +409,7 @@ def test_fit_validation():
         fm.fit(data, 11)
     with pytest.raises(ValueError, match="n_components must be an int in .* got True"):
         fm.fit(data, True)
-    with pytest.raises(ValueError, match="tol must be non-negative and finite, got 'a'"):
+    with pytest.raises(ValueError, match="tol must be a finite number >= 0; got 'a'"):
         fm.fit(data, 2, tol="a")
     with pytest.raises(ValueError, match="init"):
         fm.fit(data, 2, init="spectral")
