@@ -1113,6 +1113,16 @@ def per_unit(a, data: FMMData, n_units: int, name: str = "t_now") -> np.ndarray:
     return np.pad(a, (0, n_units - a.shape[0]), mode="edge")
 
 
+def check_horizon(t_now: np.ndarray, horizon: np.ndarray) -> None:
+    """Every unit's ``horizon`` later than its ``t_now`` (``(L,)`` each): a grid running
+    backwards would give negative remaining lives."""
+    late = np.flatnonzero(~(horizon > t_now))
+    if late.size:
+        i = late[0]
+        raise ValueError(f"horizon must be later than t_now for every unit; unit {i} has "
+                         f"t_now {t_now[i]} and horizon {horizon[i]}")
+
+
 def _unit_call(name: str, lead: tuple, params, data, t_now, horizon, threshold, **static):
     """``impl(*lead, params, data, t_now, horizon, threshold, **static)`` of the function
     ``name``: in a trace as it is; on concrete data compiled on the padded units, cut to
@@ -1125,12 +1135,7 @@ def _unit_call(name: str, lead: tuple, params, data, t_now, horizon, threshold, 
     lead = tuple(v.as_key(k) for k in lead)  # an int seed outside a trace, as emjax.sample
     L, Lp, padded = _padded(data)
     t_now, horizon = per_unit(t_now, data, Lp), per_unit(horizon, data, Lp, "horizon")
-    # a grid running backwards would give negative remaining lives
-    late = np.flatnonzero(~(horizon > t_now))
-    if late.size:
-        i = late[0]
-        raise ValueError(f"horizon must be later than t_now for every unit; unit {i} has "
-                         f"t_now {t_now[i]} and horizon {horizon[i]}")
+    check_horizon(t_now, horizon)
     return first_rows(_compiled[name](*lead, params, padded, t_now, horizon,
                                       np.asarray(threshold, data.x.dtype), **static), L)
 

@@ -26,6 +26,7 @@ from emjax.failure_mode.model import (
     FMMData,
     FMMFitResult,
     FMMParams,
+    check_horizon,
     fit,
     log_responsibilities,
     make_data,
@@ -304,8 +305,7 @@ class PrognosticModel:
         if horizon is None:
             horizon = t_now + 2.0 * self.t_scale
         horizon = v.check_per_unit(horizon, L, "horizon")
-        if not np.all(horizon > t_now):
-            raise ValueError("horizon must be later than t_now for every unit")
+        check_horizon(t_now, horizon)
         if not (isinstance(n_grid, (int, np.integer)) and n_grid >= 2):
             raise ValueError(f"n_grid must be an int >= 2, got {n_grid!r}")
         f = self.failure
