@@ -255,14 +255,15 @@ def init_stats(
 def m_step_from_stats(stats: steps.SuffStats, *, covariance_type: str,
                       reg_covar: float, blocked_inverse: bool | None = None,
                       lapack: bool = True, unrolled: bool = False,
-                      pool: Array | None = None, n_features: Array | None = None) -> em.Flagged:
+                      pool: Array | None = None, n_features: Array | None = None,
+                      pool_branches: bool = False) -> em.Flagged:
     """The GMM M-step as the driver takes it: :func:`emjax.gmm.params_from_stats`, flagged with
     ``em.STATUS_REGULARISED`` when a covariance needed a jitter to be factorised (``pool``,
-    ``n_features``: see :func:`emjax.gmm.steps.params_from_stats_checked`)."""
+    ``n_features``, ``pool_branches``: see :func:`emjax.gmm.steps.params_from_stats_checked`)."""
     params, regularised = steps.params_from_stats_checked(
         stats, covariance_type=covariance_type, reg_covar=reg_covar,
         blocked_inverse=blocked_inverse, lapack=lapack, unrolled=unrolled, pool=pool,
-        n_features=n_features)
+        n_features=n_features, pool_branches=pool_branches)
     return em.Flagged(params, jnp.where(regularised, em.STATUS_REGULARISED, 0))
 
 
@@ -310,9 +311,12 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
     blocked = None if plan is None else plan.blocked_inverse
     cond = True if plan is None else plan.reseed_cond
     small = plan is not None and plan.unrolled
+    # With plan.pool_branches each pooled type's distances, moments and factors are its own.
+    branches = plan is not None and plan.pool_branches and pool is not None
     m_kw = dict(covariance_type=covariance_type, reg_covar=reg_covar, blocked_inverse=blocked,
                 lapack=True if plan is None else plan.lapack, unrolled=small, pool=pool,
-                n_features=n_features)
+                n_features=n_features, pool_branches=branches)
+    step_pool = pool if branches else None
     r_kw = dict(covariance_type=covariance_type, empty_threshold=empty_threshold, cond=cond,
                 active=active, pool=pool)
 
@@ -354,13 +358,14 @@ def make_model(covariance_type: str, reg_covar: float, empty_threshold: float = 
         loop_active = n_active if plan is not None and plan.active_loop else None
 
         def dense_e_step(params, data):
-            log_resp, ll = steps.e_step_full(params, data[0], n_features, loop_active)
+            log_resp, ll = steps.e_step_full(params, data[0], n_features, loop_active,
+                                             step_pool)
             return (log_resp, ll), steps._mean(ll, data[1])
 
         def dense_m_step(estats, data):
             X, w = data
             stats = steps.m_step_stats(jnp.exp(estats[0]), X, covariance_type=covariance_type,
-                                       sample_weight=w, n_active=loop_active)
+                                       sample_weight=w, n_active=loop_active, pool=step_pool)
             return masked(m_step_from_stats(stats, **m_kw))
 
         def dense_repair(params, estats, data):

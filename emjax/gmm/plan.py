@@ -79,6 +79,11 @@ class PassPlan:
         each active component's whitened distances and scatter in a loop over the active ones
         (a traced count), so the padding costs nothing; ``False``: one batched product over
         every component, padding included.
+      pool_branches: dense full steps run with a traced pooling code (small tied, diagonal and
+        spherical fits sharing the full program, :func:`pooled_type`): each pooled type's
+        distances, moments and factorisation are a branch of the program (``lax.switch``), as
+        cheap as that type's own steps; ``False``: every type computes the full ones and the
+        M-step pools them (a smaller program, which compiles faster).
       sequential_restarts: the restarts run one after the other in the program (``lax.map``),
         each to its own convergence, rather than vmapped (every lane stepped until the
         slowest stops): for steps whose GEMMs are large enough that batching gains little.
@@ -101,6 +106,7 @@ class PassPlan:
     unrolled: bool = False
     compact: int = 0
     active_loop: bool = False
+    pool_branches: bool = False
     sequential_restarts: bool = False
     backend: str = "any"
 
@@ -183,6 +189,8 @@ class Tuning(NamedTuple):
     compact_chunk: int  # unrolled: fits stepped at a time under vmap (0: all until the slowest)
     active_loop_min_features: int  # dense full/tied steps loop over the active components
     # from this D (PassPlan.active_loop)
+    pool_branches_min_features: int  # dense full steps branch per pooled type from this D
+    # (PassPlan.pool_branches)
     sequential_restarts_min_work: int  # restarts one after the other from this E-step size
     diagonal_as_full_max_features: int  # small diagonal and spherical fits up to this D run
     # the full fit's program (pooled_plan): one program per data set instead of two
@@ -231,8 +239,9 @@ CPU = Tuning(
     unrolled_max_components=8,
     compact_chunk=128,
     active_loop_min_features=12,
+    pool_branches_min_features=24,
     sequential_restarts_min_work=2**20,
-    diagonal_as_full_max_features=16,
+    diagonal_as_full_max_features=64,
     tiny_features=16,
     tiny_max_rows=512,
     tiny_opt_level=1,
@@ -278,6 +287,7 @@ PLAIN = Tuning(
     unrolled_max_components=0,
     compact_chunk=0,
     active_loop_min_features=2**31,
+    pool_branches_min_features=0,
     sequential_restarts_min_work=2**62,
     diagonal_as_full_max_features=0,
     tiny_features=0,
@@ -441,6 +451,8 @@ def make_plan(covariance_type: str, dtype, n_samples: int, n_features: int, n_co
         compact=t.compact_chunk if unrolled else 0,
         active_loop=(not fused and not unrolled and covariance_type in ("full", "tied")
                      and d >= t.active_loop_min_features),
+        pool_branches=(not fused and not unrolled and covariance_type == "full"
+                       and d >= t.pool_branches_min_features),
         sequential_restarts=(not unrolled and n * k * (n_quadratic(covariance_type, d) + d)
                              >= t.sequential_restarts_min_work),
         backend=backend,
@@ -466,8 +478,10 @@ def pooled_plan(plan: PassPlan, dtype, n_samples: int, n_features: int,
     full, spherical as diagonal; with few features diagonal and spherical as full), its M-step
     pooling the covariances to the same values, so that fits of these types share one program;
     the plan itself when it runs as planned; None when either plan is fused (the fused forms
-    differ), where each type runs its own program."""
-    if plan.fused:
+    differ), where each type runs its own program; a tied fit runs the full program when that
+    one is not fused, even where its own pass would be (pooled, its steps whiten once and form
+    one scatter, as fast as that pass at these sizes)."""
+    if plan.fused and plan.covariance_type != "tied":
         return None
     base = pooled_type(plan.covariance_type, n_features, plan.backend)
     if base == plan.covariance_type:
@@ -600,6 +614,9 @@ def describe(plan: PassPlan, n_samples: int | None = None, n_features: int | Non
     if plan.active_loop:
         lines.append("  padded components: the dense steps compute the active ones only (a "
                      "loop over them)")
+    if plan.pool_branches:
+        lines.append("  tied, diagonal and spherical fits pooled in this program: their "
+                     "distances, moments and factors as their own, a branch each")
     if plan.compact:
         lines.append(f"  under jax.vmap over many fits: the unfinished ones stepped "
                      f"{plan.compact} at a time")

@@ -98,7 +98,7 @@ def over_active(fn, n_active: Array, k: int, shape: tuple, dtype) -> Array:
 
 
 def component_log_prob(params: GMMParams, X: Array, n_features: Array | None = None,
-                       n_active: Array | None = None) -> Array:
+                       n_active: Array | None = None, pool: Array | None = None) -> Array:
     """``log N(x_n | mu_k, Sigma_k)``, shape ``(n_samples, n_components)``.
 
     .. math:: \\log N = -\\tfrac{D}{2}\\log 2\\pi + \\log|U_k| - \\tfrac12 \\|U_k^T(x-\\mu_k)\\|^2
@@ -108,20 +108,43 @@ def component_log_prob(params: GMMParams, X: Array, n_features: Array | None = N
     else; see :func:`params_from_stats_checked`). ``n_active``: optional traced int, full
     covariances: only the first ``n_active`` components are computed, one GEMM each in a loop
     (the others are padding of weight 0, their distances 0; not reverse-differentiable).
+    ``pool``: optional traced :data:`POOL` code, full covariances pooled by the M-step
+    (:func:`params_from_stats_checked`): the distances of a tied (diagonal, spherical) pool are
+    computed as that type's own, one whitening (the diagonals) instead of ``K`` full ones.
     """
     c = _shift(params)
     d = X.shape[-1]
-    if n_active is not None and isinstance(params.covariance, cov_lib.FullCovariance):
-        pc, xc, mc = params.covariance.precisions_cholesky, X - c, params.means - c
+    cov, xc, mc = params.covariance, X - c, params.means - c
+
+    def full_maha():
+        if n_active is None:
+            return cov_lib.mahalanobis_squared(cov, xc, mc)
+        pc = cov.precisions_cholesky
 
         def one(j):
             u = jax.lax.dynamic_index_in_dim(pc, j, keepdims=False)
             y = xc @ u - jax.lax.dynamic_index_in_dim(mc, j, keepdims=False) @ u
             return jnp.sum(y * y, axis=-1)
 
-        maha = over_active(one, n_active, pc.shape[0], X.shape[:1], X.dtype).T
+        return over_active(one, n_active, pc.shape[0], X.shape[:1], X.dtype).T
+
+    if not isinstance(cov, cov_lib.FullCovariance):
+        maha = cov_lib.mahalanobis_squared(cov, xc, mc)
+    elif pool is None:
+        maha = full_maha()
     else:
-        maha = cov_lib.mahalanobis_squared(params.covariance, X - c, params.means - c)
+        # Component 0 is always active, so its factor is the tied one.
+        def tied_maha():
+            return cov_lib.mahalanobis_squared(
+                cov_lib.TiedCovariance(cov.covariances[0], cov.precisions_cholesky[0]), xc, mc)
+
+        def diag_maha():
+            return cov_lib.mahalanobis_squared(
+                cov_lib.DiagCovariance(diagonal(cov.covariances),
+                                       diagonal(cov.precisions_cholesky)), xc, mc)
+
+        maha = jax.lax.switch(jnp.minimum(pool, POOL["diag"]).astype(jnp.int32),
+                              (full_maha, tied_maha, diag_maha))
     log_det = cov_lib.log_det_precision_cholesky(params.covariance, d)
     const = d * math.log(2 * math.pi)
     if n_features is not None:
@@ -131,9 +154,9 @@ def component_log_prob(params: GMMParams, X: Array, n_features: Array | None = N
 
 
 def weighted_log_prob(params: GMMParams, X: Array, n_features: Array | None = None,
-                      n_active: Array | None = None) -> Array:
+                      n_active: Array | None = None, pool: Array | None = None) -> Array:
     """``log pi_k + log N(x_n | mu_k, Sigma_k)``, shape ``(n_samples, n_components)``."""
-    return (component_log_prob(params, X, n_features, n_active)
+    return (component_log_prob(params, X, n_features, n_active, pool)
             + jnp.log(params.weights)[None, :])
 
 
@@ -144,10 +167,10 @@ def _mean(values: Array, sample_weight: Array | None) -> Array:
 
 
 def e_step_full(params: GMMParams, X: Array, n_features: Array | None = None,
-                n_active: Array | None = None) -> tuple[Array, Array]:
+                n_active: Array | None = None, pool: Array | None = None) -> tuple[Array, Array]:
     """Log-responsibilities ``(n_samples, n_components)`` and per-sample log-likelihood
-    (``n_features``, ``n_active``: see :func:`component_log_prob`)."""
-    wlp = weighted_log_prob(params, X, n_features, n_active)
+    (``n_features``, ``n_active``, ``pool``: see :func:`component_log_prob`)."""
+    wlp = weighted_log_prob(params, X, n_features, n_active, pool)
     ll = logsumexp(wlp, axis=1)
     return wlp - ll[:, None], ll
 
@@ -210,26 +233,51 @@ class SuffStats(NamedTuple):
     ref: Array
 
 
-def _suff_stats_dense(gamma, X, ref, covariance_type, sample_weight, n_active=None):
+def _suff_stats_dense(gamma, X, ref, covariance_type, sample_weight, n_active=None, pool=None):
     if sample_weight is not None:
         gamma = gamma * sample_weight[:, None]
     nk = jnp.sum(gamma, axis=0)
     sx = gamma.T @ X - nk[:, None] * ref
-    if covariance_type in ("full", "tied"):
 
+    def diagonal_moments():
+        return jnp.einsum("nk,knd->kd", gamma, jax.vmap(lambda r: jnp.square(X - r))(ref))
+
+    if covariance_type not in ("full", "tied"):
+        return nk, sx, diagonal_moments()
+
+    def scatters():
         def scatter(g, r):
             diff = X - r
             return (g[:, None] * diff).T @ diff
 
         if n_active is None:
-            sxx = jax.vmap(scatter, in_axes=(1, 0))(gamma, ref)
-        else:
-            d = X.shape[1]
-            sxx = over_active(lambda j: scatter(jax.lax.dynamic_index_in_dim(gamma, j, 1, False),
-                                                jax.lax.dynamic_index_in_dim(ref, j, 0, False)),
-                              n_active, ref.shape[0], (d, d), X.dtype)
-    else:
-        sxx = jnp.einsum("nk,knd->kd", gamma, jax.vmap(lambda r: jnp.square(X - r))(ref))
+            return jax.vmap(scatter, in_axes=(1, 0))(gamma, ref)
+        d = X.shape[1]
+        return over_active(lambda j: scatter(jax.lax.dynamic_index_in_dim(gamma, j, 1, False),
+                                             jax.lax.dynamic_index_in_dim(ref, j, 0, False)),
+                           n_active, ref.shape[0], (d, d), X.dtype)
+
+    if pool is None or covariance_type != "full":
+        return nk, sx, scatters()
+    k, d = ref.shape
+
+    def pooled_scatter():
+        # A tied pool reads only the sum over components (params_from_stats_checked): one GEMM,
+        # about a point c near the data (exact for any c: sum_k S_k = A - B - B^T + C).
+        total = jnp.sum(nk)
+        c = (nk @ ref) / jnp.where(total > 0, total, 1.0)
+        xc, rc = X - c, ref - c
+        b = gamma.T @ xc
+        s = ((jnp.sum(gamma, axis=1)[:, None] * xc).T @ xc - b.T @ rc - rc.T @ b
+             + (nk[:, None] * rc).T @ rc)
+        return jnp.zeros((k, d, d), X.dtype).at[0].set(s)
+
+    def diagonal_only():
+        # A diagonal (spherical) pool reads only the diagonals of the moments.
+        return diagonal_moments()[:, :, None] * jnp.eye(d, dtype=X.dtype)
+
+    sxx = jax.lax.switch(jnp.minimum(pool, POOL["diag"]).astype(jnp.int32),
+                         (scatters, pooled_scatter, diagonal_only))
     return nk, sx, sxx
 
 
@@ -242,6 +290,7 @@ def suff_stats(
     sample_weight: Array | None = None,
     chunk_size: int | None = None,
     n_active: Array | None = None,
+    pool: Array | None = None,
 ) -> SuffStats:
     """Sufficient statistics of ``(gamma, X)`` about ``ref`` (see :class:`SuffStats`).
 
@@ -249,7 +298,8 @@ def suff_stats(
     (static; default: chunks of about 2^20 elements of ``(K, chunk, D)``) and the statistics summed
     over chunks, so memory stays O(chunk K D) whatever ``n_samples``. ``n_active``: optional
     traced int, full and tied: the scatter of only the first ``n_active`` components, one GEMM
-    each in a loop (the others' is 0).
+    each in a loop (the others' is 0). ``pool``: optional traced :data:`POOL` code, full
+    covariances: a diagonal or spherical pool computes only the moments' diagonals (the rest 0).
     """
     n, d = X.shape
     k = ref.shape[0]
@@ -258,7 +308,7 @@ def suff_stats(
 
     def part(acc, start, size):
         st = _suff_stats_dense(rows(gamma, start, size), rows(X, start, size), ref,
-                               covariance_type, rows(sample_weight, start, size), n_active)
+                               covariance_type, rows(sample_weight, start, size), n_active, pool)
         return jax.tree_util.tree_map(jnp.add, acc, st)
 
     shapes = jax.eval_shape(lambda: _suff_stats_dense(gamma, X, ref, covariance_type,
@@ -299,7 +349,8 @@ def params_from_stats_checked(stats: SuffStats, *, covariance_type: str = "full"
                               lapack: bool = True,
                               unrolled: bool = False,
                               pool: Array | None = None,
-                              n_features: Array | None = None) -> tuple[GMMParams, Array]:
+                              n_features: Array | None = None,
+                              pool_branches: bool = False) -> tuple[GMMParams, Array]:
     """:func:`params_from_stats`, and whether a covariance was not positive definite in the
     working precision and got a jitter on its diagonal (a bool scalar; see
     :func:`emjax.gmm.covariance.from_covariances_checked`, which also takes
@@ -310,7 +361,9 @@ def params_from_stats_checked(stats: SuffStats, *, covariance_type: str = "full"
     (``POOL["tied"]``, full), each component its diagonal (``"diag"``, full) or its spherical
     variance in each feature (``"spherical"``, full or diagonal), the same values as that
     type's own M-step, so one compiled fit serves several types (see
-    :func:`emjax.gmm.plan.pooled_type`).
+    :func:`emjax.gmm.plan.pooled_type`). ``pool_branches`` (static): the pooled types factorise
+    as their own M-steps do (one matrix, or the variances), a ``lax.switch`` branch each; else
+    every component's matrix is factorised (a smaller program).
 
     ``n_features``: optional traced int, full covariances only: the features after the first
     ``n_features`` are padding (zero columns): their block is the identity, so they add
@@ -321,32 +374,66 @@ def params_from_stats_checked(stats: SuffStats, *, covariance_type: str = "full"
     delta = stats.sx / nk[:, None]
     means = stats.ref + delta
     d = stats.sx.shape[-1]
+    kw = dict(blocked_inverse=blocked_inverse, lapack=lapack, unrolled=unrolled)
     if covariance_type in ("full", "tied"):
         eye = jnp.eye(d, dtype=dtype)
         scatter = stats.sxx - nk[:, None, None] * delta[:, :, None] * delta[:, None, :]
         if covariance_type == "full":
-            covs = scatter / nk[:, None, None] + reg_covar * eye
             real = None if n_features is None else jnp.arange(d) < n_features
-            if pool is not None:
-                tied = jnp.sum(scatter, 0) / jnp.sum(nk) + reg_covar * eye
+
+            def factor(covs):
+                if real is not None:
+                    covs = jnp.where(real[:, None] & real[None, :], covs, eye)
+                return cov_lib.from_covariances_checked("full", covs, **kw)
+
+            def own():
+                return factor(scatter / nk[:, None, None] + reg_covar * eye)
+
+            def pooled_tied():
+                return jnp.sum(scatter, 0) / jnp.sum(nk) + reg_covar * eye
+
+            def pooled_variances():
                 # The diagonal M-step's own expression, from the diagonal of the moments.
-                var = (diagonal(stats.sxx) / nk[:, None] - delta * delta
-                       + reg_covar)
-                var = _spherical_if_pooled(var, pool, real, n_features)
-                covs = jnp.where(pool == POOL["tied"], jnp.broadcast_to(tied, covs.shape),
-                                 jnp.where(pool >= POOL["diag"], var[:, :, None] * eye, covs))
-            if real is not None:
-                covs = jnp.where(real[:, None] & real[None, :], covs, eye)
-        else:
-            covs = jnp.sum(scatter, 0) / jnp.sum(nk) + reg_covar * eye
+                var = diagonal(stats.sxx) / nk[:, None] - delta * delta + reg_covar
+                return _spherical_if_pooled(var, pool, real, n_features)
+
+            if pool is None:
+                cov, regularised = own()
+            elif not pool_branches:
+                covs = scatter / nk[:, None, None] + reg_covar * eye
+                covs = jnp.where(pool == POOL["tied"],
+                                 jnp.broadcast_to(pooled_tied(), covs.shape),
+                                 jnp.where(pool >= POOL["diag"],
+                                           pooled_variances()[:, :, None] * eye, covs))
+                cov, regularised = factor(covs)
+            else:
+                # Each pooled type factorises as its own M-step does (one matrix, or the
+                # variances); every component then takes the result in the full form.
+                def tied():
+                    t = pooled_tied()
+                    if real is not None:
+                        t = jnp.where(real[:, None] & real[None, :], t, eye)
+                    c, flag = cov_lib.from_covariances_checked("tied", t, **kw)
+                    return cov_lib.FullCovariance(*(jnp.broadcast_to(a, scatter.shape)
+                                                    for a in c)), flag
+
+                def diag():
+                    var = pooled_variances()
+                    if real is not None:
+                        var = jnp.where(real, var, 1.0)
+                    c, flag = cov_lib.from_covariances_checked("diag", var)
+                    return cov_lib.FullCovariance(*(a[:, :, None] * eye for a in c)), flag
+
+                cov, regularised = jax.lax.switch(
+                    jnp.minimum(pool, POOL["diag"]).astype(jnp.int32), (own, tied, diag))
+            return GMMParams(nk / jnp.sum(nk), means, cov), regularised
+        covs = jnp.sum(scatter, 0) / jnp.sum(nk) + reg_covar * eye
     else:
         var = stats.sxx / nk[:, None] - delta * delta + reg_covar
         covs = var if covariance_type == "diag" else jnp.mean(var, axis=1)
         if covariance_type == "diag" and pool is not None:
             covs = _spherical_if_pooled(var, pool)
-    cov, regularised = cov_lib.from_covariances_checked(covariance_type, covs,
-                                                        blocked_inverse=blocked_inverse,
-                                                        lapack=lapack, unrolled=unrolled)
+    cov, regularised = cov_lib.from_covariances_checked(covariance_type, covs, **kw)
     return GMMParams(nk / jnp.sum(nk), means, cov), regularised
 
 
@@ -410,15 +497,15 @@ _m_step_compiled = jax.jit(_m_step, static_argnames=("covariance_type", "reg_cov
 
 def m_step_stats(gamma: Array, X: Array, *, covariance_type: str = "full",
                  sample_weight: Array | None = None,
-                 n_active: Array | None = None) -> SuffStats:
+                 n_active: Array | None = None, pool: Array | None = None) -> SuffStats:
     """The statistics :func:`m_step` completes: moments about the new means themselves (a first
-    pass over ``X`` for the means, a second for the scatter about them; ``n_active``: see
-    :func:`suff_stats`)."""
+    pass over ``X`` for the means, a second for the scatter about them; ``n_active``, ``pool``:
+    see :func:`suff_stats`)."""
     g = gamma if sample_weight is None else gamma * sample_weight[:, None]
     nk = jnp.sum(g, axis=0) + 10 * jnp.finfo(X.dtype).eps
     ref = (g.T @ X) / nk[:, None]
     return suff_stats(gamma, X, ref, covariance_type=covariance_type,
-                      sample_weight=sample_weight, n_active=n_active)
+                      sample_weight=sample_weight, n_active=n_active, pool=pool)
 
 
 def _per_row(fn, params: GMMParams, X: Array):

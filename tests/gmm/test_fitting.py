@@ -109,13 +109,14 @@ def test_driver_compiles_once_per_configuration(blobs):
     emjax.fit(blobs[:100], 2, covariance_type="spherical", n_init=2, max_iter=20)
     emjax.fit(blobs[:100], 2, covariance_type="diag", n_init=2, max_iter=20)
     assert fitting.compiled_programs() - before == 4
-    # With more features a diagonal fit runs its own EM program, and shares the
-    # initialisation's.
+    # Past the tiny data, a small diagonal (or tied) fit runs the full fit's program too (up
+    # to Tuning.diagonal_as_full_max_features), as a branch of it.
     wide = np.hstack([blobs[:100], np.random.default_rng(0).normal(size=(100, 16))])
     emjax.fit(wide, 2, covariance_type="full", n_init=2, max_iter=20)
     assert fitting.compiled_programs() - before == 6
     emjax.fit(wide, 2, covariance_type="diag", n_init=2, max_iter=20)
-    assert fitting.compiled_programs() - before == 7
+    emjax.fit(wide, 2, covariance_type="tied", n_init=2, max_iter=20)
+    assert fitting.compiled_programs() - before == 6
     assert [_sizes.history_class(m) for m in (0, 1, 2, 3, 20, 100, 128, 129)] == [
         1, 1, 2, 4, 32, 128, 128, 256]
 

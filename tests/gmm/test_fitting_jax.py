@@ -328,12 +328,17 @@ def test_active_loop_steps_equal_the_batched_steps(dtype, rtol):
     # tiny data on 16 features; the traced fits run the unrolled (2) and dense (6) steps
     ("tied", "full", 2), ("tied", "full", 6),
     ("diag", "full", 2), ("spherical", "full", 6),  # few features: as full covariances
-    ("spherical", "diag", 20)])
-def test_small_fits_share_the_programs_of_full_and_diag(pooled, base, n_features):
+    # past the tiny data, from Tuning.pool_branches_min_features: the full program's branches
+    ("diag", "full", 24), ("tied", "full", 24),
+    ("spherical", "diag", 20)])  # (with the diagonal-as-full limit at 16)
+def test_small_fits_share_the_programs_of_full_and_diag(pooled, base, n_features, monkeypatch):
     """A small tied fit runs the full fit's program, its M-step pooling the covariances;
     diagonal and spherical ones too with few features, else a spherical fit runs the diagonal
     fit's. It equals the fit by the type's own steps (the traced fit, which runs exactly the
     type asked for) and comes back in its own form."""
+    if base == "diag":
+        monkeypatch.setitem(plan_lib.TUNING, "cpu",
+                            plan_lib.CPU._replace(diagonal_as_full_max_features=16))
     assert plan_lib.pooled_type(pooled, n_features) == base
     X = _data(101)
     X = np.hstack([X, np.random.default_rng(1).normal(size=(101, n_features - 2))])

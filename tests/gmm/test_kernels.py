@@ -184,11 +184,16 @@ def test_make_plan(backend):
     assert "pooled by" not in emjax.explain_plan(100_000, 16, 16, covariance_type="tied",
                                               backend=backend)
     # planned for the shape emjax.fit runs: rows and components padded to their classes
-    # (here 2048 x 64 x 8 = 2^20: the fused tied pass, not the full program's)
+    # (here 2048 x 64 x 8 = 2^20: tied alone would take the fused pass; it runs pooled in the
+    # dense full program, which is not fused at that size)
     text = emjax.explain_plan(1797, 64, 2, covariance_type="tied", dtype="float64",
                               backend=backend)
     assert "2048 rows (251 of weight 0) and 8 components (6 of weight 0)" in text
-    assert "fused chunked pass" in text and "pooled by" not in text
+    assert emjax.make_plan("tied", "float64", 2048, 64, 8, backend=backend).fused
+    if backend == "cpu":
+        assert "dense reference steps" in text and "pooled by" in text
+    else:  # unmeasured backends fuse the full program there too: each type its own
+        assert "fused chunked pass" in text and "pooled by" not in text
     # a pooled fit is described by the program it runs (the full one), at the tiny level
     text = emjax.explain_plan(150, 4, 3, covariance_type="diag", backend=backend)
     if backend == "cpu":
