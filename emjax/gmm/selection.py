@@ -103,26 +103,29 @@ jax.tree_util.register_dataclass(SelectionResult, data_fields=["grids", "n_compo
 
 
 def make_masked_model(covariance_type: str, reg_covar: float, empty_threshold: float = 1e-3,
-                      pool: Array | None = None):
+                      pool: Array | None = None, pool_branches: bool = False):
     """The padded, masked GMM as the driver sees it, over ``data = (X, w, active)``.
 
     The same steps as :func:`fitting.make_model`, except that inactive components get
     log-weight ``-inf`` in the E-step (so responsibility exactly 0 and no part in any statistic),
     are reset to the padding values after the M-step, and are never re-seeded. ``pool``: as in
-    :func:`fitting.make_model` (a full or diagonal grid computing another covariance type).
+    :func:`fitting.make_model` (a full or diagonal grid computing another covariance type);
+    ``pool_branches`` (static): as :attr:`emjax.gmm.plan.PassPlan.pool_branches`.
     """
+    step_pool = pool if pool_branches else None
 
     def e_step(params, data):
         X, w, active = data
         log_w = jnp.log(jnp.where(active, params.weights, 1.0))
-        wlp = jnp.where(active[None, :], steps.component_log_prob(params, X) + log_w[None, :],
+        wlp = jnp.where(active[None, :],
+                        steps.component_log_prob(params, X, pool=step_pool) + log_w[None, :],
                         -jnp.inf)
         ll = logsumexp(wlp, axis=1)
         return (wlp - ll[:, None], ll), steps._mean(ll, w)
 
     def m_step(estats, data):
         return masked_m_step(jnp.exp(estats[0]), data, covariance_type=covariance_type,
-                             reg_covar=reg_covar, pool=pool)
+                             reg_covar=reg_covar, pool=pool, pool_branches=pool_branches)
 
     def repair(params, estats, data):
         X, w, active = data
@@ -134,14 +137,16 @@ def make_masked_model(covariance_type: str, reg_covar: float, empty_threshold: f
 
 
 def masked_m_step(gamma: Array, data, *, covariance_type: str, reg_covar: float,
-                  pool: Array | None = None) -> GMMParams:
+                  pool: Array | None = None, pool_branches: bool = False) -> GMMParams:
     """The M-step of the padded model from responsibilities ``gamma`` ``(n_samples, K_max)``
-    (zero in inactive columns) over ``data = (X, w, active)`` (``pool``: see
+    (zero in inactive columns) over ``data = (X, w, active)`` (``pool``, ``pool_branches``: see
     :func:`emjax.gmm.steps.params_from_stats_checked`)."""
     X, w, active = data
-    stats = steps.m_step_stats(gamma, X, covariance_type=covariance_type, sample_weight=w)
+    stats = steps.m_step_stats(gamma, X, covariance_type=covariance_type, sample_weight=w,
+                               pool=pool if pool_branches else None)
     p = steps.params_from_stats_checked(stats, covariance_type=covariance_type,
-                                        reg_covar=reg_covar, pool=pool)[0]
+                                        reg_covar=reg_covar, pool=pool,
+                                        pool_branches=pool_branches)[0]
     return mask_params(p, active)
 
 
@@ -187,7 +192,7 @@ _initial_responsibilities = _xla.JitByOptions(
 
 
 def _grid_program(X, resp0, sample_weight, tol, ks, n_parameters, pool=None, *,
-                  covariance_type, reg_covar, max_iter, callback):
+                  covariance_type, reg_covar, max_iter, callback, pool_branches=False):
     # ks (G,) and n_parameters (G,) are traced: grids of one length and K_max share a program.
     # A traced pool: the steps.POOL code of the covariance type this full or diagonal grid
     # computes (plan.pooled_type: a sweep over covariance types shares the program).
@@ -196,12 +201,13 @@ def _grid_program(X, resp0, sample_weight, tol, ks, n_parameters, pool=None, *,
     Xc, shift = _centre(X, w)
     k_max = resp0.shape[-1]
     active = jnp.arange(k_max)[None, :] < ks[:, None]
-    e_step, m_step, repair = make_masked_model(covariance_type, reg_covar, pool=pool)
+    e_step, m_step, repair = make_masked_model(covariance_type, reg_covar, pool=pool,
+                                               pool_branches=pool_branches)
 
     # fitting.init_params = responsibilities + one M-step; here one vmapped masked M-step.
     def init_m_step(g, act):
         return masked_m_step(g, (Xc, w, act), covariance_type=covariance_type,
-                             reg_covar=reg_covar, pool=pool)
+                             reg_covar=reg_covar, pool=pool, pool_branches=pool_branches)
 
     params0 = jax.vmap(jax.vmap(init_m_step, in_axes=(0, None)))(resp0, active)
 
@@ -222,7 +228,8 @@ def _grid_program(X, resp0, sample_weight, tol, ks, n_parameters, pool=None, *,
 
 #: The compiled grid, one per set of XLA options (:func:`emjax._xla.compiler_options`).
 _grid_compiled = _xla.JitByOptions(
-    _grid_program, static_argnames=("covariance_type", "reg_covar", "max_iter", "callback"))
+    _grid_program, static_argnames=("covariance_type", "reg_covar", "max_iter", "callback",
+                                    "pool_branches"))
 
 
 def _check_grid(n_components) -> tuple:
@@ -315,17 +322,20 @@ def fit_grid(
     init_args = (Xj, key, wj, ks_arr)
     options = _xla.compiler_options("grid", n * Xa.shape[1] * max(ks) * len(ks))
     init_fn = _initial_responsibilities.compile(options, init_args, init_static, "grid_init")
-    run_as, pool = covariance_type, None
+    run_as, pool, branches = covariance_type, None, False
     if n_rows is not None:
         # As emjax.fit: a small grid runs the program of the type its M-step pools from (tied
         # as full, spherical as diagonal; with few features every type as full), the same
         # values, so a sweep over covariance types compiles one or two programs.
         run_as = plan_lib.pooled_type(covariance_type, Xa.shape[1])
         pool = np.int32(steps.POOL[covariance_type])
+        # from this many features each pooled type's steps are a branch of the full program
+        branches = (run_as == "full"
+                    and Xa.shape[1] >= plan_lib.tuning().pool_branches_min_features)
     args = (Xj, jax.ShapeDtypeStruct((len(ks), n_init, n, max(ks)), dtype), wj,
             jnp.asarray(tol, dtype), ks_arr, n_par, pool)
     static = dict(covariance_type=run_as, reg_covar=reg_covar, max_iter=max_iter,
-                  callback=callback)
+                  callback=callback, pool_branches=branches)
     grid_fn = _grid_compiled.compile(options, args, static, "grid")
     t1 = time.perf_counter()
     resp0 = init_fn(*init_args)

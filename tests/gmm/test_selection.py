@@ -156,3 +156,11 @@ def test_grid_validation_messages(blobs):
         selection.select_model(blobs, 2, criterion="dic")
     with pytest.raises(ValueError, match="not both"):
         selection.select_model(blobs, 2, covariance_types="diag", covariance_type="full")
+
+
+def test_wide_small_grid_runs_a_pooled_type_as_a_branch_of_the_full_program(blobs):
+    """From Tuning.pool_branches_min_features, a small diagonal grid runs in the full program
+    with its own steps as a branch (plan.pooled_type): the same fits as separate diagonal ones."""
+    X = np.hstack([blobs, np.random.default_rng(2).normal(size=(blobs.shape[0], 22))])
+    assert emjax.make_plan("full", X.dtype, 256, X.shape[1], 3).pool_branches
+    _compare_grid_to_separate_fits(X, (2, 3), "diag", jax.random.key(3))
