@@ -74,6 +74,28 @@ def _cheapest_compile_options():
         opt_level=0, ir_emitters_max_values=dict.fromkeys(_xla.KINDS, 2**62))
 
 
+#: Code a test's fresh interpreter runs first (after whatever must precede JAX's import): the
+#: suite's compile options and the run's cache of compiled programs, as in this process.
+FRESH_PROCESS_PRELUDE = (
+    "import sys as _sys\n"
+    f"_sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})\n"
+    "from tests import conftest as _conftest\n"
+    "_conftest.configure_fresh_process()\n"
+)
+
+
+def configure_fresh_process():
+    """What :data:`FRESH_PROCESS_PRELUDE` runs: the run's cache of compiled programs (when the
+    run has one) and the cheapest compile options, x64 left as the process has it."""
+    import jax
+
+    if os.environ.get(_CACHE_ENV):
+        jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    _cheapest_compile_options()
+
+
 @pytest.fixture
 def production_compile_options(monkeypatch):
     """The fits' own XLA options, as a user's process has them, for one test."""

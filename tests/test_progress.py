@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from emjax import em, progress
+from tests.conftest import FRESH_PROCESS_PRELUDE
 
 
 def _toy_model():
@@ -113,7 +114,7 @@ def test_progress_bar_text_and_throttle():
     assert "converged 3/4" in text and "[##########]" in text  # 3 converged + 1 at max_iter
 
 
-_CACHED_RUN = """
+_CACHED_RUN = FRESH_PROCESS_PRELUDE + """
 import io, os, sys
 import jax, numpy as np
 import emjax
@@ -143,37 +144,48 @@ def test_programs_with_the_progress_callback_are_kept_on_disk(tmp_path):
         assert updates >= 3 and last == 12
 
 
-_WARM_RUN = """
+_WARM_RUN = FRESH_PROCESS_PRELUDE + """
 import sys
 import jax, numpy as np
 jax.config.update("jax_enable_x64", True)
 import emjax
-from emjax.gmm import fitting
+from emjax.gmm import fitting, selection
 emjax.enable_disk_cache(sys.argv[1])
 # 17 features: the program calls LAPACK, whose kernels a loaded program must find initialised
 X = np.random.default_rng(0).normal(size=(50, 17))
 res = emjax.fit(X, 2, n_init=2, max_iter=20)
 print(repr(float(res.log_likelihood)), int(res.n_iter), fitting.compiled_programs())
+if sys.argv[2:] == ["all"]:  # a selection grid and a missing-value fit too
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(size=(30, 2)), rng.normal(size=(30, 2)) + 4])
+    g = selection.fit_grid(X, [1, 2], covariance_type="diag", n_init=2, max_iter=30)
+    Xm = X.copy()
+    Xm[::7, 0] = np.nan
+    m = emjax.fit(Xm, 2, covariance_type="diag", missing="marginalize", max_iter=30)
+    print(np.asarray(g.bic).tolist(), repr(float(m.log_likelihood)))
 """
 
 
-def test_small_fits_are_loaded_from_disk_without_tracing(tmp_path):
+def test_small_selection_and_missing_value_fits_are_loaded_from_disk_without_tracing(tmp_path):
     """With the disk cache on, a new process loads a small fit's program from
     ``emjax-executables`` (found by shapes and options, not traced) and fits the same (a program
-    with LAPACK calls crashed there before jaxlib's LAPACK kernels were initialised on loading)."""
+    with LAPACK calls crashed there before jaxlib's LAPACK kernels were initialised on loading);
+    the selection grid and the missing-value fit are kept whole there too."""
     import os
     import subprocess
     import sys
 
     cache = str(tmp_path / "xla")
     env = dict(os.environ, PYTHONPATH=os.getcwd(), JAX_LOG_COMPILES="1")
-    runs = [subprocess.run([sys.executable, "-c", _WARM_RUN, cache], capture_output=True,
+    runs = [subprocess.run([sys.executable, "-c", _WARM_RUN, cache, "all"], capture_output=True,
                            text=True, env=env, check=True) for _ in range(2)]
     store = os.path.join(cache, "emjax-executables")
-    assert any(f.startswith("fit-") for f in os.listdir(store))
+    names = {f.split("-")[0] for f in os.listdir(store)}
+    assert {"fit", "grid", "grid_init", "missing"} <= names
     assert runs[0].stdout == runs[1].stdout
-    assert "_fit_program" in runs[0].stderr  # compiled by the first process
-    assert "_fit_program" not in runs[1].stderr  # neither traced nor compiled by the second
+    for program in ("_fit_program", "_grid_program", "_initial_responsibilities_program"):
+        assert program in runs[0].stderr  # compiled by the first process
+        assert program not in runs[1].stderr  # neither traced nor compiled by the second
     # The store lost (e.g. emjax upgraded, same programs): JAX's cache has the program, whose
     # re-serialised copy would lack kernels; it is not written, and the next process still fits.
     shutil.rmtree(store)
@@ -183,42 +195,6 @@ def test_small_fits_are_loaded_from_disk_without_tracing(tmp_path):
         assert r.returncode == 0, r.stderr[-2000:]
         assert r.stdout.split()[:2] == runs[0].stdout.split()[:2]
     assert not os.path.exists(store) or not os.listdir(store)
-
-
-_OTHER_RUN = """
-import sys
-import jax, numpy as np
-jax.config.update("jax_enable_x64", True)
-import emjax
-from emjax.gmm import selection
-emjax.enable_disk_cache(sys.argv[1])
-rng = np.random.default_rng(0)
-X = np.concatenate([rng.normal(size=(30, 2)), rng.normal(size=(30, 2)) + 4])
-g = selection.fit_grid(X, [1, 2], covariance_type="diag", n_init=2, max_iter=30)
-Xm = X.copy()
-Xm[::7, 0] = np.nan
-m = emjax.fit(Xm, 2, covariance_type="diag", missing="marginalize", max_iter=30)
-print(np.asarray(g.bic).tolist(), repr(float(m.log_likelihood)))
-"""
-
-
-def test_selection_and_missing_value_fits_are_loaded_from_disk(tmp_path):
-    """The selection grid and the missing-value fit are kept whole on disk too: a new process
-    loads them (no trace, no compilation) and gets the same results."""
-    import os
-    import subprocess
-    import sys
-
-    cache = str(tmp_path / "xla")
-    env = dict(os.environ, PYTHONPATH=os.getcwd(), JAX_LOG_COMPILES="1")
-    runs = [subprocess.run([sys.executable, "-c", _OTHER_RUN, cache], capture_output=True,
-                           text=True, env=env, check=True) for _ in range(2)]
-    names = {f.split("-")[0] for f in os.listdir(os.path.join(cache, "emjax-executables"))}
-    assert {"grid", "grid_init", "missing"} <= names
-    assert runs[0].stdout == runs[1].stdout
-    for program in ("_grid_program", "_initial_responsibilities_program", "_fit_program"):
-        assert program in runs[0].stderr
-        assert program not in runs[1].stderr
 
 
 def test_an_interrupt_while_the_bar_waits_for_the_fit_leaves_no_bar_behind(monkeypatch):

@@ -871,7 +871,15 @@ def _alongside(foreground: Callable, background: Callable | None):
     ``(foreground(), None)`` without one."""
     if background is None:
         return foreground(), None
-    pending = _second_thread().submit(background)
+    # jax.enable_x64 (the estimator's float64 context) holds in its own thread only: the second
+    # thread compiles under the caller's setting, or float64 data would get a float32 program.
+    x64 = bool(jax.config.jax_enable_x64)
+
+    def under_callers_x64():
+        with jax.enable_x64(x64):
+            return background()
+
+    pending = _second_thread().submit(under_callers_x64)
     return foreground(), pending.result()
 
 

@@ -22,7 +22,7 @@ from sklearn.utils.estimator_checks import (
 
 import emjax
 from emjax.gmm import estimator
-from tests.conftest import COV_TYPES
+from tests.conftest import COV_TYPES, FRESH_PROCESS_PRELUDE
 
 FITTED = ["weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_",
           "converged_", "n_iter_", "lower_bound_", "n_features_in_"]
@@ -62,10 +62,13 @@ def test_fitted_attributes_match_sklearn(blobs, cov_type, production_compile_opt
 
 
 def test_float32_is_fitted_in_float32_even_with_x64_off(blobs):
-    code = (
+    code = FRESH_PROCESS_PRELUDE + (
         "import sys, numpy as np, jax, emjax\n"
         "assert 'sklearn' not in sys.modules  # imported by the estimator, on first use\n"
         "assert not jax.config.jax_enable_x64\n"
+        # the disk cache on: the float64 fit's initialisation, loaded on the second thread,
+        # must be the float64 one (the estimator's x64 context reaches that thread)
+        "import tempfile; emjax.enable_disk_cache(tempfile.mkdtemp())\n"
         f"X = np.asarray({blobs[::2].tolist()!r})\n"
         "a = emjax.GaussianMixture(3, random_state=0).fit(X.astype(np.float32))\n"
         "b = emjax.GaussianMixture(3, random_state=0).fit(X)\n"
@@ -297,7 +300,7 @@ def test_without_sklearn_fallback():
     """scikit-learn absent (blocked in a fresh interpreter): the same API from the fallback base,
     a clone through get_params, errors and warnings of the standard classes."""
     code = (
-        "import sys; sys.modules['sklearn'] = None\n"
+        "import sys; sys.modules['sklearn'] = None\n" + FRESH_PROCESS_PRELUDE +
         "import pickle, warnings, numpy as np, emjax\n"
         "from emjax.gmm import estimator as est\n"
         "assert not est.HAVE_SKLEARN\n"
