@@ -222,7 +222,8 @@ class SuffStats(NamedTuple):
       nk: ``(n_components,)`` ``sum_n w_n gamma_nk``.
       sx: ``(n_components, n_features)`` ``sum_n w_n gamma_nk (x_n - ref_k)``.
       sxx: ``sum_n w_n gamma_nk (x_n - ref_k)(x_n - ref_k)^T`` reduced to what the covariance
-        type needs: full ``(K, D, D)``; tied ``(K, D, D)``; diag and spherical ``(K, D)`` (the
+        type needs: full ``(K, D, D)``; tied ``(K, D, D)`` of which only the sum over components
+        is defined (the dense steps put it in the first); diag and spherical ``(K, D)`` (the
         diagonal).
       ref: ``(n_components, n_features)`` the reference points (not summed).
     """
@@ -244,6 +245,21 @@ def _suff_stats_dense(gamma, X, ref, covariance_type, sample_weight, n_active=No
 
     if covariance_type not in ("full", "tied"):
         return nk, sx, diagonal_moments()
+    k, d = ref.shape
+
+    def pooled_scatter():
+        # Tied covariances read only the sum over components (params_from_stats_checked): one
+        # GEMM about a point c near the data (exact for any c: sum_k S_k = A - B - B^T + C).
+        total = jnp.sum(nk)
+        c = (nk @ ref) / jnp.where(total > 0, total, 1.0)
+        xc, rc = X - c, ref - c
+        b = gamma.T @ xc
+        s = ((jnp.sum(gamma, axis=1)[:, None] * xc).T @ xc - b.T @ rc - rc.T @ b
+             + (nk[:, None] * rc).T @ rc)
+        return jnp.zeros((k, d, d), X.dtype).at[0].set(s)
+
+    if covariance_type == "tied":
+        return nk, sx, pooled_scatter()
 
     def scatters():
         def scatter(g, r):
@@ -257,20 +273,8 @@ def _suff_stats_dense(gamma, X, ref, covariance_type, sample_weight, n_active=No
                                              jax.lax.dynamic_index_in_dim(ref, j, 0, False)),
                            n_active, ref.shape[0], (d, d), X.dtype)
 
-    if pool is None or covariance_type != "full":
+    if pool is None:
         return nk, sx, scatters()
-    k, d = ref.shape
-
-    def pooled_scatter():
-        # A tied pool reads only the sum over components (params_from_stats_checked): one GEMM,
-        # about a point c near the data (exact for any c: sum_k S_k = A - B - B^T + C).
-        total = jnp.sum(nk)
-        c = (nk @ ref) / jnp.where(total > 0, total, 1.0)
-        xc, rc = X - c, ref - c
-        b = gamma.T @ xc
-        s = ((jnp.sum(gamma, axis=1)[:, None] * xc).T @ xc - b.T @ rc - rc.T @ b
-             + (nk[:, None] * rc).T @ rc)
-        return jnp.zeros((k, d, d), X.dtype).at[0].set(s)
 
     def diagonal_only():
         # A diagonal (spherical) pool reads only the diagonals of the moments.
