@@ -23,7 +23,12 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tests._em_reference import COV_TYPES, MAX_ITER, N_ITER_FIXED, data, params_init  # noqa: E402, I001
+from tests import conftest  # noqa: E402
 
+conftest.configure_fresh_process()  # the suite's compile options, as in the test process
+from emjax.gmm import fitting  # noqa: E402
+
+fitting.FIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}  # before distributed's jit
 from emjax.gmm import distributed  # noqa: E402
 
 

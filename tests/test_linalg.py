@@ -18,6 +18,7 @@ import pytest
 from emjax import em, gmm
 from emjax import failure_mode as fm
 from emjax.gmm import fitting, gem, make_plan
+from tests.conftest import FRESH_PROCESS_PRELUDE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,7 +123,7 @@ def test_failure_mode_posterior_orders_its_solves():
     assert "lapack_" in hlo and independent_lapack_calls(hlo) == []
 
 
-SCRIPT = textwrap.dedent("""
+SCRIPT = FRESH_PROCESS_PRELUDE + textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     import emjax
     from emjax.gmm import covariance as cov_lib
