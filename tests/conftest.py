@@ -47,11 +47,7 @@ def pytest_configure(config):
     # by a later module (or another worker). The CLI's own disk cache (``--compile-cache``, on
     # by default) goes to the same directory, never to the user's home.
     os.environ["EMJAX_CACHE_DIR"] = os.environ[_CACHE_ENV]
-    jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
-    # the fitting programs; reading back a program of a few eager ops costs what compiling does
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    _cheapest_compile_options()
+    configure_fresh_process()
 
 
 #: A fit's own XLA options (PassPlan.compiler_options, emjax._xla's CPU table), kept by
@@ -85,12 +81,15 @@ FRESH_PROCESS_PRELUDE = (
 
 
 def configure_fresh_process():
-    """What :data:`FRESH_PROCESS_PRELUDE` runs: the run's cache of compiled programs (when the
-    run has one) and the cheapest compile options, x64 left as the process has it."""
+    """The run's cache of compiled programs (when the run has one) and the cheapest compile
+    options, x64 left as the process has it: what every process running tests or started by
+    one (:data:`FRESH_PROCESS_PRELUDE`) takes."""
     import jax
 
     if os.environ.get(_CACHE_ENV):
         jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
+        # the fitting programs; reading back a program of a few eager ops costs what compiling
+        # does
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     _cheapest_compile_options()

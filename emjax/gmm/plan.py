@@ -452,7 +452,7 @@ def make_plan(covariance_type: str, dtype, n_samples: int, n_features: int, n_co
         active_loop=(not fused and not unrolled and covariance_type in ("full", "tied")
                      and d >= t.active_loop_min_features),
         pool_branches=(not fused and not unrolled and covariance_type == "full"
-                       and d >= t.pool_branches_min_features),
+                       and pool_branches(d, backend)),
         sequential_restarts=(not unrolled and n * k * (n_quadratic(covariance_type, d) + d)
                              >= t.sequential_restarts_min_work),
         backend=backend,
@@ -470,6 +470,13 @@ def pooled_type(covariance_type: str, n_features: int, backend: str | None = Non
             and n_features <= tuning(backend).diagonal_as_full_max_features):
         return "full"
     return POOLED_AS[covariance_type]
+
+
+def pool_branches(n_features: int, backend: str | None = None) -> bool:
+    """Whether dense full steps of ``n_features`` that pool other types compute each pooled
+    type's steps as a branch of their own (:attr:`PassPlan.pool_branches`; the selection grid
+    asks too)."""
+    return n_features >= tuning(backend).pool_branches_min_features
 
 
 def pooled_plan(plan: PassPlan, dtype, n_samples: int, n_features: int,

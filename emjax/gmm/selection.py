@@ -330,8 +330,7 @@ def fit_grid(
         run_as = plan_lib.pooled_type(covariance_type, Xa.shape[1])
         pool = np.int32(steps.POOL[covariance_type])
         # from this many features each pooled type's steps are a branch of the full program
-        branches = (run_as == "full"
-                    and Xa.shape[1] >= plan_lib.tuning().pool_branches_min_features)
+        branches = run_as == "full" and plan_lib.pool_branches(Xa.shape[1])
     args = (Xj, jax.ShapeDtypeStruct((len(ks), n_init, n, max(ks)), dtype), wj,
             jnp.asarray(tol, dtype), ks_arr, n_par, pool)
     static = dict(covariance_type=run_as, reg_covar=reg_covar, max_iter=max_iter,

@@ -143,8 +143,7 @@ def component_log_prob(params: GMMParams, X: Array, n_features: Array | None = N
                 cov_lib.DiagCovariance(diagonal(cov.covariances),
                                        diagonal(cov.precisions_cholesky)), xc, mc)
 
-        maha = jax.lax.switch(jnp.minimum(pool, POOL["diag"]).astype(jnp.int32),
-                              (full_maha, tied_maha, diag_maha))
+        maha = jax.lax.switch(_pool_branch(pool), (full_maha, tied_maha, diag_maha))
     log_det = cov_lib.log_det_precision_cholesky(params.covariance, d)
     const = d * math.log(2 * math.pi)
     if n_features is not None:
@@ -280,8 +279,7 @@ def _suff_stats_dense(gamma, X, ref, covariance_type, sample_weight, n_active=No
         # A diagonal (spherical) pool reads only the diagonals of the moments.
         return diagonal_moments()[:, :, None] * jnp.eye(d, dtype=X.dtype)
 
-    sxx = jax.lax.switch(jnp.minimum(pool, POOL["diag"]).astype(jnp.int32),
-                         (scatters, pooled_scatter, diagonal_only))
+    sxx = jax.lax.switch(_pool_branch(pool), (scatters, pooled_scatter, diagonal_only))
     return nk, sx, sxx
 
 
@@ -324,6 +322,12 @@ def suff_stats(
 #: The codes of the traced ``pool`` argument (:func:`params_from_stats_checked`): the covariance
 #: type asked for, whose values a full (diagonal) fit's M-step computes.
 POOL = {"full": 0, "tied": 1, "diag": 2, "spherical": 3}
+
+
+def _pool_branch(pool: Array) -> Array:
+    """The ``lax.switch`` index of a traced :data:`POOL` code: 0 full, 1 tied, 2 diagonal or
+    spherical (the branches of the steps that pool)."""
+    return jnp.minimum(pool, POOL["diag"]).astype(jnp.int32)
 
 
 def _spherical_if_pooled(var: Array, pool: Array, real: Array | None = None,
@@ -385,10 +389,11 @@ def params_from_stats_checked(stats: SuffStats, *, covariance_type: str = "full"
         if covariance_type == "full":
             real = None if n_features is None else jnp.arange(d) < n_features
 
+            def real_block(m):  # the padded features' block is the identity
+                return m if real is None else jnp.where(real[:, None] & real[None, :], m, eye)
+
             def factor(covs):
-                if real is not None:
-                    covs = jnp.where(real[:, None] & real[None, :], covs, eye)
-                return cov_lib.from_covariances_checked("full", covs, **kw)
+                return cov_lib.from_covariances_checked("full", real_block(covs), **kw)
 
             def own():
                 return factor(scatter / nk[:, None, None] + reg_covar * eye)
@@ -414,10 +419,8 @@ def params_from_stats_checked(stats: SuffStats, *, covariance_type: str = "full"
                 # Each pooled type factorises as its own M-step does (one matrix, or the
                 # variances); every component then takes the result in the full form.
                 def tied():
-                    t = pooled_tied()
-                    if real is not None:
-                        t = jnp.where(real[:, None] & real[None, :], t, eye)
-                    c, flag = cov_lib.from_covariances_checked("tied", t, **kw)
+                    c, flag = cov_lib.from_covariances_checked("tied", real_block(pooled_tied()),
+                                                               **kw)
                     return cov_lib.FullCovariance(*(jnp.broadcast_to(a, scatter.shape)
                                                     for a in c)), flag
 
@@ -428,8 +431,7 @@ def params_from_stats_checked(stats: SuffStats, *, covariance_type: str = "full"
                     c, flag = cov_lib.from_covariances_checked("diag", var)
                     return cov_lib.FullCovariance(*(a[:, :, None] * eye for a in c)), flag
 
-                cov, regularised = jax.lax.switch(
-                    jnp.minimum(pool, POOL["diag"]).astype(jnp.int32), (own, tied, diag))
+                cov, regularised = jax.lax.switch(_pool_branch(pool), (own, tied, diag))
             return GMMParams(nk / jnp.sum(nk), means, cov), regularised
         covs = jnp.sum(scatter, 0) / jnp.sum(nk) + reg_covar * eye
     else:
