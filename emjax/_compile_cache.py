@@ -194,23 +194,68 @@ def _listen_for_jax_cache_hits() -> None:
     jax.monitoring.register_event_listener(_count_jax_cache_hits)
 
 
-def _compile_fresh(jitted, args: tuple, static: dict):
-    """``jitted`` compiled for ``args``, and whether XLA compiled it here (False: JAX's own disk
-    cache had it). jaxlib re-serialises a program it loaded from disk without all of its
-    kernels: a new process that loaded such a copy would fail with ``Function ... not found``."""
+def compile_lowered(lowered):
+    """``lowered`` compiled, and whether XLA compiled it here (False: JAX's own disk cache had
+    it; counted in the thread that compiles). jaxlib re-serialises a program it loaded from disk
+    without all of its kernels: a new process that loaded such a copy would fail with
+    ``Function ... not found``."""
     _listen_for_jax_cache_hits()
     before = getattr(_JAX_CACHE_HITS, "count", 0)
-    with gc_paused():
-        compiled = jitted.lower(*args, **static).compile()
+    with _no_jax_copy():
+        compiled = lowered.compile()
     return compiled, getattr(_JAX_CACHE_HITS, "count", 0) == before
 
 
-def load_or_compile(jitted, args: tuple, static: dict, memo: dict, name: str,
-                    options: tuple = ()):
-    """The compiled ``jitted(*args, **static)`` (call it with ``*args``): from ``memo``, else
-    from :func:`executable_directory`, else compiled there and written to it; None when the
-    disk cache is off or the program cannot be kept (the caller then calls ``jitted``).
-    ``options``: the XLA compiler options ``jitted`` carries (part of the key).
+def _no_jax_copy():
+    """JAX's disk cache not written in this thread: a program kept whole here needs no second
+    copy, which cost a first fit 0.1-0.2 s to serialise and write (docs/performance.md). It is
+    still read (an older copy is used, and then not written here)."""
+    try:
+        from jax._src import config  # the setting is public; its per-thread form is not
+    except ImportError:
+        return contextlib.nullcontext()
+    setting = getattr(config, "persistent_cache_min_compile_time_secs", None)
+    return setting(float("inf")) if callable(setting) else contextlib.nullcontext()
+
+
+class Slot:
+    """A program's place in the store of :func:`executable_directory`: :attr:`compiled` when it
+    was held or could be loaded, else None until :meth:`keep` is given it."""
+
+    def __init__(self, compiled, path: str, fingerprint: str, memo: dict):
+        self.compiled, self.path, self.fingerprint, self.memo = compiled, path, fingerprint, memo
+
+    def keep(self, compiled, fresh: bool, submit=None):
+        """Hold ``compiled`` and, when XLA compiled it here, write it atomically (by
+        ``submit(fn)``, e.g. an executor's, when given: off this thread); returns it."""
+        self.compiled = self.memo[self.fingerprint] = compiled
+        if fresh:
+            (submit or (lambda fn: fn()))(functools.partial(self._write, compiled))
+        return compiled
+
+    def _write(self, compiled) -> None:
+        import pickle
+
+        from jax.experimental import serialize_executable
+
+        tmp = None
+        try:
+            blob = pickle.dumps(serialize_executable.serialize(compiled))
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=".tmp-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+            os.replace(tmp, self.path)
+        except Exception:  # not serialisable here, or a read-only directory: kept in memory
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def lookup(jitted, args: tuple, static: dict, memo: dict, name: str,
+           options: tuple = ()) -> Slot | None:
+    """The :class:`Slot` of ``jitted(*args, **static)``: from ``memo``, else loaded from
+    :func:`executable_directory`, else empty; None when the disk cache is off or the program
+    cannot be kept. ``options``: the XLA compiler options ``jitted`` carries (part of the key).
 
     JAX's own disk cache keys a program by its lowered text, so a new process still traces and
     lowers the program before finding it; this one keys it by the inputs' shapes, the static
@@ -226,13 +271,13 @@ def load_or_compile(jitted, args: tuple, static: dict, memo: dict, name: str,
         return None
     if fingerprint is None:
         return None
+    path = os.path.join(directory, f"{name}-{fingerprint[:40]}.pkl")
     if fingerprint in memo:
-        return memo[fingerprint]
+        return Slot(memo[fingerprint], path, fingerprint, memo)
     import pickle
 
     from jax.experimental import serialize_executable
 
-    path = os.path.join(directory, f"{name}-{fingerprint[:40]}.pkl")
     compiled = None
     try:
         with open(path, "rb") as f:
@@ -240,22 +285,19 @@ def load_or_compile(jitted, args: tuple, static: dict, memo: dict, name: str,
         _register_targets()
         compiled = serialize_executable.deserialize_and_load(*blob)
         _initialize_lapack()
+        memo[fingerprint] = compiled
     except Exception:  # absent, unreadable or from an incompatible build: compile it again
         compiled = None
-    fresh = False
-    if compiled is None:
-        compiled, fresh = _compile_fresh(jitted, args, static)
-    if fresh:
-        tmp = None
-        try:
-            blob = pickle.dumps(serialize_executable.serialize(compiled))
-            os.makedirs(directory, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(blob)
-            os.replace(tmp, path)
-        except Exception:  # not serialisable here, or a read-only directory: kept in memory
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
-    memo[fingerprint] = compiled
-    return compiled
+    return Slot(compiled, path, fingerprint, memo)
+
+
+def load_or_compile(jitted, args: tuple, static: dict, memo: dict, name: str,
+                    options: tuple = ()):
+    """The compiled ``jitted(*args, **static)`` (call it with ``*args``) from its
+    :func:`lookup` slot, compiled and kept there when it is empty; None when the disk cache is
+    off or the program cannot be kept (the caller then calls ``jitted``)."""
+    slot = lookup(jitted, args, static, memo, name, options)
+    if slot is None or slot.compiled is not None:
+        return None if slot is None else slot.compiled
+    with gc_paused():
+        return slot.keep(*compile_lowered(jitted.lower(*args, **static)))

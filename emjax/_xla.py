@@ -129,6 +129,12 @@ class JitByOptions:
         return _compile_cache.load_or_compile(self[options], args, static, self._executables,
                                               name, options)
 
+    def lookup(self, options: tuple, args: tuple, static: dict, name: str):
+        """The program's :class:`emjax._compile_cache.Slot` in the disk cache's store (None
+        when it is off or cannot keep it), for a caller that compiles it itself."""
+        return _compile_cache.lookup(self[options], args, static, self._executables, name,
+                                     options)
+
     def clear(self) -> None:
         """Drop every compiled program held (in memory; the disk cache keeps its files)."""
         for f in self._jitted.values():

@@ -77,3 +77,33 @@ def test_the_disk_store_keys_a_program_by_the_host_cpu(monkeypatch):
         monkeypatch.undo()
         _compile_cache._build.cache_clear()
     assert _compile_cache._environment() == here
+
+
+def test_a_program_kept_whole_on_disk_gets_no_second_copy_in_jaxs_cache():
+    """The store keeps a small fit's program whole; JAX's cache writing its own copy too cost a
+    first fit 0.1-0.2 s. Other programs still go to JAX's cache."""
+    import os
+
+    from emjax import _compile_cache
+
+    cache = jax.config.jax_compilation_cache_dir  # the suite's disk cache (conftest)
+    store = _compile_cache.executable_directory()
+
+    def kept_whole(x):
+        return jnp.cumsum(x) * 3.0
+
+    def not_kept(x):
+        return jnp.cumsum(x) * 5.0
+
+    before = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    try:
+        f = _xla.JitByOptions(kept_whole)
+        f.compile((), (jax.ShapeDtypeStruct((7,), np.float32),), {}, "test_no_copy")
+        jax.jit(not_kept).lower(jax.ShapeDtypeStruct((7,), np.float32)).compile()
+    finally:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", before)
+    names = os.listdir(cache)
+    assert any(n.startswith("jit_not_kept") for n in names)
+    assert not any(n.startswith("jit_kept_whole") for n in names)
+    assert any(n.startswith("test_no_copy-") for n in os.listdir(store))

@@ -745,21 +745,23 @@ def fit(
     jitted = _fit_jitted(plan)
     _bound_programs(Xa.shape, dtype, args, static)
     compiled = init_compiled = None
+    slot = None
     if n_rows is not None:
-        # With the disk cache on, a new process loads a small fit's program without tracing it
-        # (and the initialisation's meanwhile, on the second thread).
-        load_init = None
-        if init is not None and _compile_cache.executable_directory() is not None:
+        # With the disk cache on, a new process loads a small fit's programs without tracing.
+        slot = _compile_cache.lookup(jitted, (Xa, *args), static, _EXECUTABLES, "fit")
+    if slot is not None:
+        init_job = None
+        if init is not None:
             options, init_args, init_static = init
-            load_init = functools.partial(
-                _centers_compiled.compile, options,
-                (jax.ShapeDtypeStruct(Xa.shape, dtype), *init_args), init_static, "fit_init")
-        compiled, init_compiled = _alongside(functools.partial(
-            _compile_cache.load_or_compile, jitted, (Xa, *args), static, _EXECUTABLES, "fit"),
-            load_init)
-    if compiled is None:
-        # Before the data goes to the device (large data), and the initialisation on another
-        # thread while this one traces and compiles EM (a first fit's two programs at once).
+            init_in = (jax.ShapeDtypeStruct(Xa.shape, dtype), *init_args)
+            init_job = (functools.partial(_centers_compiled[options].lower, *init_in,
+                                          **init_static),
+                        _centers_compiled.lookup(options, init_in, init_static, "fit_init"))
+        compiled, init_compiled = _compile_overlapped(
+            (functools.partial(jitted.lower, Xa, *args, **static), slot), init_job)
+    else:
+        # Before the data goes to the device (large data), and the initialisation's compile
+        # meanwhile (a first fit's two programs at once).
         _compile_first(Xa, args, static, init)
     # On CPU, device_put uses a 64-byte-aligned NumPy buffer in place (no copy; JAX never writes
     # to it) and copies any other one, so aligned data near the memory limit is held once.
@@ -865,33 +867,44 @@ def _second_thread() -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="emjax-compile")
 
 
-def _alongside(foreground: Callable, background: Callable | None):
-    """``(foreground(), background())``, ``background`` run on :func:`_second_thread` meanwhile
-    (XLA compiles without Python's lock, and a small program's LLVM passes use one core);
-    ``(foreground(), None)`` without one."""
-    if background is None:
-        return foreground(), None
-    # jax.enable_x64 (the estimator's float64 context) holds in its own thread only: the second
-    # thread compiles under the caller's setting, or float64 data would get a float32 program.
-    x64 = bool(jax.config.jax_enable_x64)
+def _compile_overlapped(*jobs):
+    """The compiled program of each ``job = (lower, slot)`` (None for a None job):
+    ``slot.compiled`` when the disk cache's :class:`emjax._compile_cache.Slot` holds it, else
+    ``lower()`` compiled (and kept in ``slot`` when there is one).
 
-    def under_callers_x64():
-        with jax.enable_x64(x64):
-            return background()
-
-    pending = _second_thread().submit(under_callers_x64)
-    return foreground(), pending.result()
+    Tracing and lowering are Python, under its lock: two threads doing them at once only wait
+    for each other. So this thread lowers the programs one after the other, and each but the
+    last compiles on :func:`_second_thread` while this one lowers the next (XLA compiles
+    without the lock, and a small program's LLVM passes use one core); the caller's JAX
+    settings (``jax.enable_x64``, the estimator's float64 context) apply to every lowering.
+    """
+    results = [None if job is None else job[1] and job[1].compiled for job in jobs]
+    todo = [i for i, job in enumerate(jobs) if job is not None and results[i] is None]
+    done = {}
+    with _compile_cache.gc_paused():
+        for n, i in enumerate(todo):
+            lowered = jobs[i][0]()
+            if n < len(todo) - 1:
+                done[i] = _second_thread().submit(_compile_cache.compile_lowered, lowered)
+            else:
+                done[i] = _compile_cache.compile_lowered(lowered)
+        for i, out in done.items():
+            compiled, fresh = out if isinstance(out, tuple) else out.result()
+            slot = jobs[i][1]
+            # the file written on the second thread: the fit needs only the program
+            results[i] = (compiled if slot is None
+                          else slot.keep(compiled, fresh, _second_thread().submit))
+    return results
 
 
 def _compile_first(Xa: np.ndarray, args: tuple, static: dict, init=None) -> None:
     """Compile the fitting program for ``Xa``'s shape (and ``init``, its initialisation's
     ``(options, args, static)``) before ``Xa`` is put on the device.
 
-    The initialisation's program compiles on a second thread while this one traces, lowers and
-    compiles the EM program: XLA compiles without Python's lock, and a small program's LLVM
-    passes use one core. Compiling takes a few hundred MiB of heap for a moment; done while
-    only the host copy of large data exists, and with the freed heap handed back to the OS
-    (glibc's ``malloc_trim``), that memory is not stacked on the device copy. The calls that
+    The two programs compile at once (:func:`_compile_overlapped`). Compiling takes a few
+    hundred MiB of heap for a moment; done while only the host copy of large data exists, and
+    with the freed heap handed back to the OS (glibc's ``malloc_trim``), that memory is not
+    stacked on the device copy. The calls that
     follow find both programs in JAX's caches (no second trace or compile).
     """
     sig = (Xa.shape, Xa.dtype.str, jax.tree_util.tree_structure(args),
@@ -905,14 +918,14 @@ def _compile_first(Xa: np.ndarray, args: tuple, static: dict, init=None) -> None
     if sig in _PRECOMPILED:
         return
     X_spec = jax.ShapeDtypeStruct(Xa.shape, Xa.dtype)
-    with _compile_cache.gc_paused():
-        compile_init = None
-        if init is not None:
-            options, init_args, init_static = init
-            compile_init = _centers_compiled[options].lower(X_spec, *init_args,
-                                                            **init_static).compile
-        _alongside(lambda: _fit_jitted(static["plan"]).lower(X_spec, *args, **static).compile(),
-                   compile_init)
+    init_job = None
+    if init is not None:
+        options, init_args, init_static = init
+        init_job = (functools.partial(_centers_compiled[options].lower, X_spec, *init_args,
+                                      **init_static), None)
+    _compile_overlapped(
+        (functools.partial(_fit_jitted(static["plan"]).lower, X_spec, *args, **static), None),
+        init_job)
     _PRECOMPILED.add(sig)
     if Xa.nbytes < LARGE_DATA_BYTES:
         return
