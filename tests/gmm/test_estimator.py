@@ -61,30 +61,6 @@ def test_fitted_attributes_match_sklearn(blobs, cov_type, production_compile_opt
     assert len(ours.lower_bounds_) == ours.n_iter_ == len(ref.lower_bounds_)
 
 
-def test_float32_is_fitted_in_float32_even_with_x64_off(blobs):
-    code = FRESH_PROCESS_PRELUDE + (
-        "import sys, numpy as np, jax, emjax\n"
-        "assert 'sklearn' not in sys.modules  # imported by the estimator, on first use\n"
-        "assert not jax.config.jax_enable_x64\n"
-        # the disk cache on: the float64 fit's initialisation, loaded on the second thread,
-        # must be the float64 one (the estimator's x64 context reaches that thread)
-        "import tempfile; emjax.enable_disk_cache(tempfile.mkdtemp())\n"
-        f"X = np.asarray({blobs[::2].tolist()!r})\n"
-        "a = emjax.GaussianMixture(3, random_state=0).fit(X.astype(np.float32))\n"
-        "b = emjax.GaussianMixture(3, random_state=0).fit(X)\n"
-        "assert a.means_.dtype == np.float32, a.means_.dtype\n"
-        "assert b.means_.dtype == np.float64, b.means_.dtype\n"
-        "assert not jax.config.jax_enable_x64\n"
-        "assert a.predict(X.astype(np.float32)).shape == (75,)\n"
-        "assert abs(a.lower_bound_ - b.lower_bound_) < 1e-4 * abs(b.lower_bound_)\n"
-        "print('ok')\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().endswith("ok")
-
-
 def test_estimator_protocol(blobs):
     gm = emjax.GaussianMixture(2, covariance_type="diag", random_state=3)
     params = gm.get_params()
@@ -296,12 +272,28 @@ def test_hyper_parameters_validated_at_fit_with_sklearns_words(blobs):
         emjax.GaussianMixture(3).fit(blobs[:2])
 
 
-def test_without_sklearn_fallback():
-    """scikit-learn absent (blocked in a fresh interpreter): the same API from the fallback base,
-    a clone through get_params, errors and warnings of the standard classes."""
-    code = (
-        "import sys; sys.modules['sklearn'] = None\n" + FRESH_PROCESS_PRELUDE +
-        "import pickle, warnings, numpy as np, emjax\n"
+def test_fresh_process_with_x64_off_and_without_sklearn(blobs):
+    """One fresh interpreter, x64 off: float32 data is fitted in float32 and float64 data in
+    float64 (the estimator's own x64 context). Then scikit-learn absent (blocked): the same API
+    from the fallback base, a clone through get_params, errors and warnings of the standard
+    classes."""
+    code = FRESH_PROCESS_PRELUDE + (
+        "import sys, numpy as np, jax, emjax\n"
+        "assert 'sklearn' not in sys.modules  # imported by the estimator, on first use\n"
+        "sys.modules['sklearn'] = None  # from here on scikit-learn is absent\n"
+        "assert not jax.config.jax_enable_x64\n"
+        # the disk cache on: the float64 fit's programs, lowered under the estimator's x64
+        # context and one compiled on the second thread, must be the float64 ones
+        "import tempfile; emjax.enable_disk_cache(tempfile.mkdtemp())\n"
+        f"X = np.asarray({blobs[::2].tolist()!r})\n"
+        "a = emjax.GaussianMixture(3, random_state=0).fit(X.astype(np.float32))\n"
+        "b = emjax.GaussianMixture(3, random_state=0).fit(X)\n"
+        "assert a.means_.dtype == np.float32, a.means_.dtype\n"
+        "assert b.means_.dtype == np.float64, b.means_.dtype\n"
+        "assert not jax.config.jax_enable_x64\n"
+        "assert a.predict(X.astype(np.float32)).shape == (75,)\n"
+        "assert abs(a.lower_bound_ - b.lower_bound_) < 1e-4 * abs(b.lower_bound_)\n"
+        "import pickle, warnings\n"
         "from emjax.gmm import estimator as est\n"
         "assert not est.HAVE_SKLEARN\n"
         "assert [c.__name__ for c in emjax.GaussianMixture.__mro__] == "
