@@ -107,3 +107,32 @@ def test_a_program_kept_whole_on_disk_gets_no_second_copy_in_jaxs_cache():
     assert any(n.startswith("jit_not_kept") for n in names)
     assert not any(n.startswith("jit_kept_whole") for n in names)
     assert any(n.startswith("test_no_copy-") for n in os.listdir(store))
+
+
+def test_a_program_that_jaxs_cache_supplies_is_not_written_to_the_store():
+    """A program JAX's cache already had (written there by an earlier emjax, which let JAX keep
+    a copy) is used but not written to the store: jaxlib re-serialises a loaded program without
+    all of its kernels, and a later process loading that copy would fail."""
+    import os
+
+    from emjax import _compile_cache
+
+    def from_jaxs_cache(x):
+        return jnp.cumsum(x) * 7.0
+
+    spec = jax.ShapeDtypeStruct((5,), np.float32)
+    before = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    try:
+        jax.jit(from_jaxs_cache).lower(spec).compile()  # JAX's cache keeps it
+        jax.clear_caches()  # as a new process: only the disk has it
+        jitted = jax.jit(from_jaxs_cache)
+        slot = _compile_cache.lookup(jitted, (spec,), {}, {}, "test_from_jax")
+        assert slot is not None and slot.compiled is None
+        compiled, fresh = _compile_cache.compile_lowered(jitted.lower(spec))
+    finally:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", before)
+    assert not fresh
+    np.testing.assert_allclose(compiled(np.ones(5, np.float32)), 7.0 * np.arange(1, 6))
+    slot.keep(compiled, fresh)
+    assert not os.path.exists(slot.path)
