@@ -194,14 +194,15 @@ def _listen_for_jax_cache_hits() -> None:
     jax.monitoring.register_event_listener(_count_jax_cache_hits)
 
 
-def compile_lowered(lowered):
+def compile_lowered(lowered, kept: bool = False):
     """``lowered`` compiled, and whether XLA compiled it here (False: JAX's own disk cache had
-    it; counted in the thread that compiles). jaxlib re-serialises a program it loaded from disk
-    without all of its kernels: a new process that loaded such a copy would fail with
-    ``Function ... not found``."""
+    it; counted in the thread that compiles). ``kept``: the program goes to a :class:`Slot`,
+    so JAX's disk cache gets no copy of it (:func:`_no_jax_copy`). jaxlib re-serialises a
+    program it loaded from disk without all of its kernels: a new process that loaded such a
+    copy would fail with ``Function ... not found``."""
     _listen_for_jax_cache_hits()
     before = getattr(_JAX_CACHE_HITS, "count", 0)
-    with _no_jax_copy():
+    with _no_jax_copy() if kept else contextlib.nullcontext():
         compiled = lowered.compile()
     return compiled, getattr(_JAX_CACHE_HITS, "count", 0) == before
 
@@ -301,4 +302,4 @@ def load_or_compile(jitted, args: tuple, static: dict, memo: dict, name: str,
     if slot is None or slot.compiled is not None:
         return None if slot is None else slot.compiled
     with gc_paused():
-        return slot.keep(*compile_lowered(jitted.lower(*args, **static)))
+        return slot.keep(*compile_lowered(jitted.lower(*args, **static), kept=True))

@@ -129,10 +129,31 @@ def test_a_program_that_jaxs_cache_supplies_is_not_written_to_the_store():
         jitted = jax.jit(from_jaxs_cache)
         slot = _compile_cache.lookup(jitted, (spec,), {}, {}, "test_from_jax")
         assert slot is not None and slot.compiled is None
-        compiled, fresh = _compile_cache.compile_lowered(jitted.lower(spec))
+        compiled, fresh = _compile_cache.compile_lowered(jitted.lower(spec), kept=True)
     finally:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", before)
     assert not fresh
     np.testing.assert_allclose(compiled(np.ones(5, np.float32)), 7.0 * np.arange(1, 6))
     slot.keep(compiled, fresh)
     assert not os.path.exists(slot.path)
+
+
+def test_a_fit_not_kept_whole_still_goes_to_jaxs_cache(monkeypatch):
+    """Large data (here: the row bound of padding lowered to 0) runs unpadded, a program emjax's
+    store does not keep: JAX's disk cache keeps it, so a new process skips its compilation."""
+    import os
+
+    import emjax
+    from emjax import _sizes
+
+    cache = jax.config.jax_compilation_cache_dir  # the suite's disk cache (conftest)
+    monkeypatch.setattr(_sizes, "PAD_MAX_ROWS", 0)
+    X = np.random.default_rng(0).normal(size=(53, 3))  # a shape no other test fits
+    before = set(os.listdir(cache))
+    min_seconds = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    try:
+        emjax.fit(X, 2, max_iter=5)
+    finally:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", min_seconds)
+    assert any(n.startswith("jit__fit_program") for n in set(os.listdir(cache)) - before)

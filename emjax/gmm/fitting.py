@@ -750,15 +750,9 @@ def fit(
         # With the disk cache on, a new process loads a small fit's programs without tracing.
         slot = _compile_cache.lookup(jitted, (Xa, *args), static, _EXECUTABLES, "fit")
     if slot is not None:
-        init_job = None
-        if init is not None:
-            options, init_args, init_static = init
-            init_in = (jax.ShapeDtypeStruct(Xa.shape, dtype), *init_args)
-            init_job = (functools.partial(_centers_compiled[options].lower, *init_in,
-                                          **init_static),
-                        _centers_compiled.lookup(options, init_in, init_static, "fit_init"))
         compiled, init_compiled = _compile_overlapped(
-            (functools.partial(jitted.lower, Xa, *args, **static), slot), init_job)
+            (functools.partial(jitted.lower, Xa, *args, **static), slot),
+            _init_job(init, jax.ShapeDtypeStruct(Xa.shape, dtype), stored=True))
     else:
         # Before the data goes to the device (large data), and the initialisation's compile
         # meanwhile (a first fit's two programs at once).
@@ -884,10 +878,11 @@ def _compile_overlapped(*jobs):
     with _compile_cache.gc_paused():
         for n, i in enumerate(todo):
             lowered = jobs[i][0]()
+            kept = jobs[i][1] is not None
             if n < len(todo) - 1:
-                done[i] = _second_thread().submit(_compile_cache.compile_lowered, lowered)
+                done[i] = _second_thread().submit(_compile_cache.compile_lowered, lowered, kept)
             else:
-                done[i] = _compile_cache.compile_lowered(lowered)
+                done[i] = _compile_cache.compile_lowered(lowered, kept)
         for i, out in done.items():
             compiled, fresh = out if isinstance(out, tuple) else out.result()
             slot = jobs[i][1]
@@ -897,6 +892,19 @@ def _compile_overlapped(*jobs):
     return results
 
 
+def _init_job(init, X_spec, stored: bool):
+    """The :func:`_compile_overlapped` job of the initialisation ``init`` (its ``(options,
+    args, static)``, or None: no job) for data ``X_spec``, with its disk-cache slot when
+    ``stored``."""
+    if init is None:
+        return None
+    options, init_args, init_static = init
+    init_in = (X_spec, *init_args)
+    slot = (_centers_compiled.lookup(options, init_in, init_static, "fit_init") if stored
+            else None)
+    return functools.partial(_centers_compiled[options].lower, *init_in, **init_static), slot
+
+
 def _compile_first(Xa: np.ndarray, args: tuple, static: dict, init=None) -> None:
     """Compile the fitting program for ``Xa``'s shape (and ``init``, its initialisation's
     ``(options, args, static)``) before ``Xa`` is put on the device.
@@ -904,8 +912,8 @@ def _compile_first(Xa: np.ndarray, args: tuple, static: dict, init=None) -> None
     The two programs compile at once (:func:`_compile_overlapped`). Compiling takes a few
     hundred MiB of heap for a moment; done while only the host copy of large data exists, and
     with the freed heap handed back to the OS (glibc's ``malloc_trim``), that memory is not
-    stacked on the device copy. The calls that
-    follow find both programs in JAX's caches (no second trace or compile).
+    stacked on the device copy. The calls that follow find both programs in JAX's caches (no
+    second trace or compile; with the disk cache on, JAX's keeps them for a new process).
     """
     sig = (Xa.shape, Xa.dtype.str, jax.tree_util.tree_structure(args),
            tuple(getattr(a, "shape", None) for a in jax.tree_util.tree_leaves(args)),
@@ -918,14 +926,9 @@ def _compile_first(Xa: np.ndarray, args: tuple, static: dict, init=None) -> None
     if sig in _PRECOMPILED:
         return
     X_spec = jax.ShapeDtypeStruct(Xa.shape, Xa.dtype)
-    init_job = None
-    if init is not None:
-        options, init_args, init_static = init
-        init_job = (functools.partial(_centers_compiled[options].lower, X_spec, *init_args,
-                                      **init_static), None)
     _compile_overlapped(
         (functools.partial(_fit_jitted(static["plan"]).lower, X_spec, *args, **static), None),
-        init_job)
+        _init_job(init, X_spec, stored=False))
     _PRECOMPILED.add(sig)
     if Xa.nbytes < LARGE_DATA_BYTES:
         return
