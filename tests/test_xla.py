@@ -79,14 +79,24 @@ def test_the_disk_store_keys_a_program_by_the_host_cpu(monkeypatch):
     assert _compile_cache._environment() == here
 
 
-def test_a_program_kept_whole_on_disk_gets_no_second_copy_in_jaxs_cache():
+@pytest.fixture
+def jax_cache_keeps_all():
+    """JAX's disk cache (the suite's, conftest) written for programs of any compile time (the
+    suite's keeps those over 0.2 s), so a test sees what it would keep; its directory."""
+    before = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    yield jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", before)
+
+
+def test_a_program_kept_whole_on_disk_gets_no_second_copy_in_jaxs_cache(jax_cache_keeps_all):
     """The store keeps a small fit's program whole; JAX's cache writing its own copy too cost a
     first fit 0.1-0.2 s. Other programs still go to JAX's cache."""
     import os
 
     from emjax import _compile_cache
 
-    cache = jax.config.jax_compilation_cache_dir  # the suite's disk cache (conftest)
+    cache = jax_cache_keeps_all
     store = _compile_cache.executable_directory()
 
     def kept_whole(x):
@@ -95,21 +105,16 @@ def test_a_program_kept_whole_on_disk_gets_no_second_copy_in_jaxs_cache():
     def not_kept(x):
         return jnp.cumsum(x) * 5.0
 
-    before = jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    try:
-        f = _xla.JitByOptions(kept_whole)
-        f.compile((), (jax.ShapeDtypeStruct((7,), np.float32),), {}, "test_no_copy")
-        jax.jit(not_kept).lower(jax.ShapeDtypeStruct((7,), np.float32)).compile()
-    finally:
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", before)
+    f = _xla.JitByOptions(kept_whole)
+    f.compile((), (jax.ShapeDtypeStruct((7,), np.float32),), {}, "test_no_copy")
+    jax.jit(not_kept).lower(jax.ShapeDtypeStruct((7,), np.float32)).compile()
     names = os.listdir(cache)
     assert any(n.startswith("jit_not_kept") for n in names)
     assert not any(n.startswith("jit_kept_whole") for n in names)
     assert any(n.startswith("test_no_copy-") for n in os.listdir(store))
 
 
-def test_a_program_that_jaxs_cache_supplies_is_not_written_to_the_store():
+def test_a_program_that_jaxs_cache_supplies_is_not_written_to_the_store(jax_cache_keeps_all):
     """A program JAX's cache already had (written there by an earlier emjax, which let JAX keep
     a copy) is used but not written to the store: jaxlib re-serialises a loaded program without
     all of its kernels, and a later process loading that copy would fail."""
@@ -121,24 +126,19 @@ def test_a_program_that_jaxs_cache_supplies_is_not_written_to_the_store():
         return jnp.cumsum(x) * 7.0
 
     spec = jax.ShapeDtypeStruct((5,), np.float32)
-    before = jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    try:
-        jax.jit(from_jaxs_cache).lower(spec).compile()  # JAX's cache keeps it
-        jax.clear_caches()  # as a new process: only the disk has it
-        jitted = jax.jit(from_jaxs_cache)
-        slot = _compile_cache.lookup(jitted, (spec,), {}, {}, "test_from_jax")
-        assert slot is not None and slot.compiled is None
-        compiled, fresh = _compile_cache.compile_lowered(jitted.lower(spec), kept=True)
-    finally:
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", before)
+    jax.jit(from_jaxs_cache).lower(spec).compile()  # JAX's cache keeps it
+    jax.clear_caches()  # as a new process: only the disk has it
+    jitted = jax.jit(from_jaxs_cache)
+    slot = _compile_cache.lookup(jitted, (spec,), {}, {}, "test_from_jax")
+    assert slot is not None and slot.compiled is None
+    compiled, fresh = _compile_cache.compile_lowered(jitted.lower(spec), kept=True)
     assert not fresh
     np.testing.assert_allclose(compiled(np.ones(5, np.float32)), 7.0 * np.arange(1, 6))
     slot.keep(compiled, fresh)
     assert not os.path.exists(slot.path)
 
 
-def test_a_fit_not_kept_whole_still_goes_to_jaxs_cache(monkeypatch):
+def test_a_fit_not_kept_whole_still_goes_to_jaxs_cache(monkeypatch, jax_cache_keeps_all):
     """Large data (here: the row bound of padding lowered to 0) runs unpadded, a program emjax's
     store does not keep: JAX's disk cache keeps it, so a new process skips its compilation."""
     import os
@@ -146,14 +146,9 @@ def test_a_fit_not_kept_whole_still_goes_to_jaxs_cache(monkeypatch):
     import emjax
     from emjax import _sizes
 
-    cache = jax.config.jax_compilation_cache_dir  # the suite's disk cache (conftest)
     monkeypatch.setattr(_sizes, "PAD_MAX_ROWS", 0)
     X = np.random.default_rng(0).normal(size=(53, 3))  # a shape no other test fits
-    before = set(os.listdir(cache))
-    min_seconds = jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    try:
-        emjax.fit(X, 2, max_iter=5)
-    finally:
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", min_seconds)
-    assert any(n.startswith("jit__fit_program") for n in set(os.listdir(cache)) - before)
+    before = set(os.listdir(jax_cache_keeps_all))
+    emjax.fit(X, 2, max_iter=5)
+    new = set(os.listdir(jax_cache_keeps_all)) - before
+    assert any(n.startswith("jit__fit_program") for n in new)
