@@ -124,23 +124,23 @@ emjax.enable_disk_cache(sys.argv[1])
 X = np.random.default_rng(0).normal(size=(50, 17))
 res = emjax.fit(X, 2, n_init=2, max_iter=20)
 print(repr(float(res.log_likelihood)), int(res.n_iter), fitting.compiled_programs())
-if "all" in sys.argv:  # a selection grid and a missing-value fit too
-    rng = np.random.default_rng(0)
-    X = np.concatenate([rng.normal(size=(30, 2)), rng.normal(size=(30, 2)) + 4])
-    g = selection.fit_grid(X, [1, 2], covariance_type="diag", n_init=2, max_iter=30)
-    Xm = X.copy()
-    Xm[::7, 0] = np.nan
-    m = emjax.fit(Xm, 2, covariance_type="diag", missing="marginalize", max_iter=30)
-    print(np.asarray(g.bic).tolist(), repr(float(m.log_likelihood)))
-    # and a fit with the progress report: its program is kept too, and the bar is fed from
-    # the fresh program and from the one read from disk
-    from emjax import progress
-    X = X.astype(np.float32)
-    bar = progress.ProgressBar("fit", n_lanes=2, max_iter=12, stream=io.StringIO())
-    with bar:
-        res = emjax.fit(X, 2, n_init=2, max_iter=12, tol=0.0, callback=progress.make_callback(4))
-        jax.block_until_ready(res)
-    print(bar.n_updates, bar.last[0])
+# a selection grid and a missing-value fit too
+rng = np.random.default_rng(0)
+X = np.concatenate([rng.normal(size=(30, 2)), rng.normal(size=(30, 2)) + 4])
+g = selection.fit_grid(X, [1, 2], covariance_type="diag", n_init=2, max_iter=30)
+Xm = X.copy()
+Xm[::7, 0] = np.nan
+m = emjax.fit(Xm, 2, covariance_type="diag", missing="marginalize", max_iter=30)
+print(np.asarray(g.bic).tolist(), repr(float(m.log_likelihood)))
+# and a fit with the progress report: its program is kept too, and the bar is fed from
+# the fresh program and from the one read from disk
+from emjax import progress
+X = X.astype(np.float32)
+bar = progress.ProgressBar("fit", n_lanes=2, max_iter=12, stream=io.StringIO())
+with bar:
+    res = emjax.fit(X, 2, n_init=2, max_iter=12, tol=0.0, callback=progress.make_callback(4))
+    jax.block_until_ready(res)
+print(bar.n_updates, bar.last[0])
 """
 
 
@@ -156,7 +156,7 @@ def test_small_selection_and_missing_value_fits_are_loaded_from_disk_without_tra
 
     cache = str(tmp_path / "xla")
     env = dict(os.environ, PYTHONPATH=os.getcwd(), JAX_LOG_COMPILES="1")
-    runs = [subprocess.run([sys.executable, "-c", _WARM_RUN, cache, "all"], capture_output=True,
+    runs = [subprocess.run([sys.executable, "-c", _WARM_RUN, cache], capture_output=True,
                            text=True, env=env, check=True) for _ in range(2)]
     store = os.path.join(cache, "emjax-executables")
     names = {f.split("-")[0] for f in os.listdir(store)}
