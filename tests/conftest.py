@@ -8,11 +8,13 @@ import os
 import tempfile
 
 # Set before JAX starts its CPU backend. The suite's programs run once or twice on tiny arrays,
-# so compiling dominates: XLA's cheapest backend (LLVM level 0, the older IR emitters) compiles
-# them several times faster with the same results to rounding. The fits that choose their own
+# so compiling dominates: XLA's cheapest backend (LLVM level 0, the older IR emitters, without
+# the loop passes a small fit's plan leaves out) compiles them several times faster with the
+# same results to rounding. The fits that choose their own
 # options (a PassPlan's, emjax._xla's table) take these too (pytest_configure); the tests that
 # check those choices, or run with them, use the ``production_compile_options`` fixture.
-FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false",
+                "--xla_disable_hlo_passes=while-loop-invariant-code-motion,simplify-while-loops")
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", "")]
     + [f for f in FAST_COMPILE if f.split("=")[0] not in os.environ.get("XLA_FLAGS", "")]
@@ -62,10 +64,13 @@ def _cheapest_compile_options():
 
     _PRODUCTION.update(plan=plan_lib.PassPlan.compiler_options, xla=_xla.TUNING["cpu"])
     options = dict(f.lstrip("-").split("=") for f in FAST_COMPILE)
+    small = plan_lib.CPU.small_skipped_passes
     assert options == {"xla_backend_optimization_level": "0",
-                       "xla_cpu_use_fusion_emitters": "false"}
-    plan_lib.PassPlan.compiler_options = lambda self: {"xla_backend_optimization_level": 0,
-                                                       "xla_cpu_use_fusion_emitters": False}
+                       "xla_cpu_use_fusion_emitters": "false",
+                       "xla_disable_hlo_passes": ",".join(small)}
+    plan_lib.PassPlan.compiler_options = lambda self: {
+        "xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
+        "xla_disable_hlo_passes": ",".join(small)}
     _xla.TUNING["cpu"] = _xla.TUNING["cpu"]._replace(
         opt_level=0, ir_emitters_max_values=dict.fromkeys(_xla.KINDS, 2**62))
 

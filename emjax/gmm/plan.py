@@ -68,6 +68,9 @@ class PassPlan:
         runs slower: for problems that run for a few milliseconds).
       fusion_emitters: XLA:CPU's MLIR fusion emitters (``False``: its older LLVM IR emitters,
         which compile the dense reference steps' many small fusions faster).
+      skipped_passes: XLA HLO passes left out of the compilation (``xla_disable_hlo_passes``):
+        loop passes whose fixed-point iterations are a fifth of a small program's
+        compilation and whose gain is tiny where an iteration takes a millisecond.
       unrolled: few features and components: the M-step factorises and inverts by closed
         forms unrolled over the features (no LAPACK call), and a non-fused fit runs the
         unrolled steps of :mod:`emjax.gmm.unrolled` (elementwise on ``(K, N)`` arrays, one per
@@ -103,6 +106,7 @@ class PassPlan:
     lapack: bool = True
     opt_level: int = 1
     fusion_emitters: bool = True
+    skipped_passes: tuple[str, ...] = ()
     unrolled: bool = False
     compact: int = 0
     active_loop: bool = False
@@ -141,6 +145,8 @@ class PassPlan:
         options = {"xla_backend_optimization_level": self.opt_level}
         if not self.fusion_emitters:
             options["xla_cpu_use_fusion_emitters"] = False
+        if self.skipped_passes:
+            options["xla_disable_hlo_passes"] = ",".join(self.skipped_passes)
         return options
 
     def replace(self, **changes) -> PassPlan:
@@ -180,6 +186,7 @@ class Tuning(NamedTuple):
     small_max_size: int  # up to this n_samples * n_features * n_components: the small plan
     small_max_features: int  # the small plan factorises without LAPACK up to this D
     small_opt_level: int  # the small plan's XLA backend optimisation level
+    small_skipped_passes: tuple[str, ...]  # ... and the HLO passes it leaves out
     opt_level: int  # XLA backend optimisation level of every other plan
     dense_fusion_emitters: bool  # the dense (unfused) plans keep XLA:CPU's fusion emitters
     fused_fusion_emitters_min_size: int  # fused plans from this n * d * k keep them (below it
@@ -232,6 +239,7 @@ CPU = Tuning(
     small_max_size=2**16,
     small_max_features=16,
     small_opt_level=0,
+    small_skipped_passes=("while-loop-invariant-code-motion", "simplify-while-loops"),
     opt_level=1,
     dense_fusion_emitters=False,
     fused_fusion_emitters_min_size=2**22,
@@ -280,6 +288,7 @@ PLAIN = Tuning(
     small_max_size=0,
     small_max_features=0,
     small_opt_level=1,
+    small_skipped_passes=(),
     opt_level=1,
     dense_fusion_emitters=True,
     fused_fusion_emitters_min_size=0,
@@ -445,6 +454,7 @@ def make_plan(covariance_type: str, dtype, n_samples: int, n_features: int, n_co
         blocked_inverse=no_lapack or d >= t.blocked_inverse_min_features,
         lapack=not no_lapack,
         opt_level=t.small_opt_level if small else t.opt_level,
+        skipped_passes=t.small_skipped_passes if small else (),
         fusion_emitters=(n * d * k >= t.fused_fusion_emitters_min_size if fused
                          else t.dense_fusion_emitters),
         unrolled=unrolled,
@@ -551,7 +561,7 @@ def run_plan(covariance_type: str, dtype, n_samples: int, n_features: int, n_com
     if pooled is not None:
         plan = pooled
     if tiny:
-        plan = plan.replace(opt_level=tuning(backend).tiny_opt_level)
+        plan = plan.replace(opt_level=tuning(backend).tiny_opt_level, skipped_passes=())
     return plan, pooled is not None
 
 
@@ -617,7 +627,9 @@ def describe(plan: PassPlan, n_samples: int | None = None, n_features: int | Non
         lines.append("  M-step Cholesky factors and their inverses: a loop over columns (no "
                      "LAPACK call)")
     lines.append(f"  XLA backend optimisation level: {plan.opt_level}" + (
-        "" if plan.fusion_emitters else ", LLVM IR fusion emitters"))
+        "" if plan.fusion_emitters else ", LLVM IR fusion emitters") + (
+        f"; HLO passes left out: {', '.join(plan.skipped_passes)}" if plan.skipped_passes
+        else ""))
     if plan.active_loop:
         lines.append("  padded components: the dense steps compute the active ones only (a "
                      "loop over them)")

@@ -9,6 +9,7 @@ from sklearn.mixture import GaussianMixture as SKGaussianMixture
 import emjax
 from emjax import _sizes, em
 from emjax.gmm import fitting
+from tests import conftest
 from tests.conftest import COV_TYPES, DTYPES
 
 
@@ -264,7 +265,10 @@ def test_small_plan_fit_equals_lapack_plan_fit(blobs):
     n, d = blobs.shape
     small = emjax.make_plan("full", blobs.dtype, _sizes.size_class(n), d, 3)
     assert not small.lapack and small.opt_level == 0 and not small.fusion_emitters
-    lapack = small.replace(lapack=True, blocked_inverse=False, opt_level=1, fusion_emitters=True)
+    assert conftest._PRODUCTION["plan"](small)["xla_disable_hlo_passes"] == (
+        "while-loop-invariant-code-motion,simplify-while-loops")
+    lapack = small.replace(lapack=True, blocked_inverse=False, opt_level=1, fusion_emitters=True,
+                           skipped_passes=())
     a = emjax.fit(blobs, 3, key=7, n_init=2, plan=small)
     b = emjax.fit(blobs, 3, key=jax.random.key(7), n_init=2, plan=lapack)
     assert int(a.n_iter) == int(b.n_iter) and int(a.best_index) == int(b.best_index)
