@@ -80,9 +80,9 @@ def reseed_empty(params: GMMParams, log_resp: Array | None, ll: Array | None, X:
 
     def fix(params):
         cand = worst_explained(ll, w, params.means.shape[0]) if candidates is None else candidates
-        # The candidates are ranked already, worst first.
-        return reseed(params, empty, X[cand], jnp.arange(cand.shape[0], dtype=jnp.float32),
-                      covariance_type=covariance_type, active=active, pool=pool)
+        # The candidates are ranked already, worst first (no score: no second ranking).
+        return reseed(params, empty, X[cand], None, covariance_type=covariance_type,
+                      active=active, pool=pool)
 
     if not cond:
         return fix(params)
@@ -91,7 +91,8 @@ def reseed_empty(params: GMMParams, log_resp: Array | None, ll: Array | None, X:
     return jax.lax.cond(jnp.any(live), fix, lambda p: (p, jnp.int32(0)), params)
 
 
-def reseed(params: GMMParams, empty: Array, X: Array, score: Array, *, covariance_type: str,
+def reseed(params: GMMParams, empty: Array, X: Array, score: Array | None, *,
+           covariance_type: str,
            active: Array | None = None, pool: Array | None = None):
     """Re-seed the ``empty`` (and ``active``) components of ``params``.
 
@@ -106,7 +107,8 @@ def reseed(params: GMMParams, empty: Array, X: Array, score: Array, *, covarianc
       params: parameters after the M-step.
       empty: ``(n_components,)`` bool, the components to re-seed.
       X: ``(n_rows, n_features)`` candidate rows, ``n_rows >= n_components``.
-      score: ``(n_rows,)`` how well each row is explained (log-likelihood; ``+inf`` excludes).
+      score: ``(n_rows,)`` how well each row is explained (log-likelihood; ``+inf`` excludes);
+        None: the rows are ranked already, worst first.
       covariance_type: static.
       active: optional ``(n_components,)`` bool mask, as in :func:`reseed_empty`.
       pool: optional traced :data:`emjax.gmm.steps.POOL` code of a full fit run for diagonal
@@ -122,9 +124,10 @@ def reseed(params: GMMParams, empty: Array, X: Array, score: Array, *, covarianc
         empty = empty & active
         healthy = healthy & active
         n_active = jnp.sum(active)
-    worst = worst_explained(score, None, k)  # the k worst-explained rows
     rank = jnp.clip(jnp.cumsum(empty) - 1, 0, k - 1)
-    means = jnp.where(empty[:, None], X[worst[rank]], params.means)
+    if score is not None:
+        rank = worst_explained(score, None, k)[rank]  # the k worst-explained rows
+    means = jnp.where(empty[:, None], X[rank], params.means)
     cov = params.covariance
     if isinstance(cov, cov_lib.FullCovariance):
         # The heaviest healthy component's matrix and its factor, copied: no factorisation here
