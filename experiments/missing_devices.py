@@ -9,6 +9,8 @@ iteration is a few ``(K, D, D)`` operations):
 * ``whole``: all rows, on device 0;
 * ``halves_one_device``: two layouts of 50 000 rows each, one after the other on device 0;
 * ``halves_two_devices``: the same two, dispatched together, one per device;
+* ``halves_two_threads``: the same two on device 0, each called from a Python thread of its own
+  (XLA:CPU runs the programs of two calling threads at once, one device, no process setting);
 
 and, in the same run, the complete-data and missing-data EM iterations (``emjax.fit`` on device
 0, as in ``missing_data.py``): the missing-data iteration with its pass replaced by the two
@@ -22,6 +24,7 @@ devices would approach. Writes
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -85,9 +88,17 @@ def main() -> None:
             ts.append(time.perf_counter() - t)
         return 1e3 * float(np.median(ts))
 
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+
+    def two_threads():
+        calls = [pool.submit(lambda a=a: jax.block_until_ready(fn(*a)))
+                 for a in (first, second_0)]
+        return [c.result() for c in calls]
+
     ms = dict(whole=timed(lambda: fn(*whole)),
               halves_one_device=timed(lambda: (fn(*first), fn(*second_0))),
-              halves_two_devices=timed(lambda: (fn(*first), fn(*second_1))))
+              halves_two_devices=timed(lambda: (fn(*first), fn(*second_1))),
+              halves_two_threads=timed(two_threads))
     wi, mi = np.asarray(start.weights), np.asarray(start.means)
     pi = np.linalg.inv(np.asarray(start.covariance.covariances))
 
@@ -106,10 +117,15 @@ def main() -> None:
     # the iteration with its pass replaced by the two devices' (the rest unchanged)
     ms["missing_iteration_two_devices"] = (ms["missing_iteration"] - ms["whole"]
                                            + ms["halves_two_devices"])
+    ms["missing_iteration_two_threads"] = (ms["missing_iteration"] - ms["whole"]
+                                           + ms["halves_two_threads"])
     out["ms"] = ms
     out["speedup_two_devices"] = ms["whole"] / ms["halves_two_devices"]
+    out["speedup_two_threads"] = ms["whole"] / ms["halves_two_threads"]
     out["ratio_missing_over_complete"] = ms["missing_iteration"] / ms["complete_iteration"]
     out["ratio_two_devices_over_complete"] = (ms["missing_iteration_two_devices"]
+                                              / ms["complete_iteration"])
+    out["ratio_two_threads_over_complete"] = (ms["missing_iteration_two_threads"]
                                               / ms["complete_iteration"])
     out["load_average_after"] = os.getloadavg()
     print(json.dumps(out, indent=1))
