@@ -295,13 +295,20 @@ def as_key_data(key, name: str = "key", default: int | None = 0):
     """:func:`as_key`, except that a seed of the default threefry generator gives its raw key
     data as a NumPy array, ``[0, seed]`` (what ``jax.random.key_data(jax.random.key(seed))``
     holds): a compiled fit draws the same numbers from it, and no key is built by a program of
-    its own (compiled, or loaded, in a new process)."""
+    its own (compiled, or loaded, in a new process). A concrete typed key of that generator
+    gives its raw data too, so that a key and an int seed run the same compiled program."""
     import jax
+    import jax.numpy as jnp
 
     seed = as_seed(key, name, default)
-    if isinstance(seed, int) and jax.config.jax_default_prng_impl == "threefry2x32":
-        return np.array([0, seed], np.uint32)
-    return jax.random.key(seed) if isinstance(seed, int) else seed
+    threefry = jax.config.jax_default_prng_impl == "threefry2x32"
+    if isinstance(seed, int):
+        return np.array([0, seed], np.uint32) if threefry else jax.random.key(seed)
+    if (threefry and not isinstance(seed, jax.core.Tracer)
+            and jnp.issubdtype(seed.dtype, jax.dtypes.prng_key)
+            and str(jax.random.key_impl(seed)) == "threefry2x32"):
+        return np.asarray(jax.random.key_data(seed))
+    return seed
 
 
 def is_traced(*trees) -> bool:

@@ -261,7 +261,8 @@ def test_sequential_restarts_fit_equals_vmapped_restarts(blobs):
 
 def test_small_plan_fit_equals_lapack_plan_fit(blobs):
     """The small-problem plan (no LAPACK, XLA level 0, LLVM IR emitters) fits what the default
-    path fits, and an int seed is the key ``jax.random.key(seed)``."""
+    path fits, and an int seed is the key ``jax.random.key(seed)``: the same fit, by the same
+    compiled program."""
     n, d = blobs.shape
     small = emjax.make_plan("full", blobs.dtype, _sizes.size_class(n), d, 3)
     assert not small.lapack and small.opt_level == 0 and not small.fusion_emitters
@@ -270,6 +271,11 @@ def test_small_plan_fit_equals_lapack_plan_fit(blobs):
     lapack = small.replace(lapack=True, blocked_inverse=False, opt_level=1, fusion_emitters=True,
                            skipped_passes=())
     a = emjax.fit(blobs, 3, key=7, n_init=2, plan=small)
+    programs = fitting.compiled_programs()
+    same = emjax.fit(blobs, 3, key=jax.random.key(7), n_init=2, plan=small)
+    assert fitting.compiled_programs() == programs
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(same)):
+        np.testing.assert_array_equal(x, y)
     b = emjax.fit(blobs, 3, key=jax.random.key(7), n_init=2, plan=lapack)
     assert int(a.n_iter) == int(b.n_iter) and int(a.best_index) == int(b.best_index)
     np.testing.assert_allclose(a.log_likelihood, b.log_likelihood, rtol=1e-12)

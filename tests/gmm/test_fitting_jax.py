@@ -75,7 +75,10 @@ def test_row_counts_of_one_size_class_share_one_program():
     for n in range(90, 97):
         res = emjax.fit(_data(n, seed=n), 3, covariance_type="diag", **KW)
         assert np.isfinite(float(res.log_likelihood))
-    assert fitting.compiled_programs() - before == 2  # the initialisation and EM
+        if n == 90:  # the initialisation and EM, unless an earlier test compiled them
+            first = fitting.compiled_programs()
+            assert first - before <= 2
+    assert fitting.compiled_programs() == first
 
 
 def test_size_classes_cover_every_count_with_bounded_padding():
