@@ -874,17 +874,18 @@ def _compile_overlapped(*jobs):
     """
     results = [None if job is None else job[1] and job[1].compiled for job in jobs]
     todo = [i for i, job in enumerate(jobs) if job is not None and results[i] is None]
-    done = {}
+    done = {}  # i -> a call giving (compiled, fresh)
     with _compile_cache.gc_paused():
         for n, i in enumerate(todo):
-            lowered = jobs[i][0]()
-            kept = jobs[i][1] is not None
+            compile_ = functools.partial(_compile_cache.compile_lowered, jobs[i][0](),
+                                         jobs[i][1] is not None)
             if n < len(todo) - 1:
-                done[i] = _second_thread().submit(_compile_cache.compile_lowered, lowered, kept)
+                done[i] = _second_thread().submit(compile_).result
             else:
-                done[i] = _compile_cache.compile_lowered(lowered, kept)
-        for i, out in done.items():
-            compiled, fresh = out if isinstance(out, tuple) else out.result()
+                out = compile_()
+                done[i] = lambda out=out: out
+        for i, result in done.items():
+            compiled, fresh = result()
             slot = jobs[i][1]
             # the file written on the second thread: the fit needs only the program
             results[i] = (compiled if slot is None

@@ -92,8 +92,7 @@ def reseed_empty(params: GMMParams, log_resp: Array | None, ll: Array | None, X:
 
 
 def reseed(params: GMMParams, empty: Array, X: Array, score: Array | None, *,
-           covariance_type: str,
-           active: Array | None = None, pool: Array | None = None):
+           covariance_type: str, active: Array | None = None, pool: Array | None = None):
     """Re-seed the ``empty`` (and ``active``) components of ``params``.
 
     Each one's mean moves to one of the rows of ``X`` with the lowest ``score`` (a different
