@@ -1,4 +1,6 @@
-"""Ordering of LAPACK calls on CPU (a workaround for a jaxlib 0.10 thread-pool deadlock).
+"""Small linear algebra shared by the model families: factorisations of batches of small
+matrices unrolled into elementwise operations (no LAPACK call), and the ordering of LAPACK
+calls on CPU (a workaround for a jaxlib 0.10 thread-pool deadlock).
 
 jaxlib 0.10's CPU LAPACK kernels (Cholesky, triangular solve, LU, ``eigh``, ...) split a batch
 of about 256 KiB or more into pieces on XLA's intra-op thread pool and block the calling pool
@@ -21,6 +23,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+Array = jax.Array
+
 
 def after(x, *deps):
     """``x`` (a pytree of floating arrays), computed only once every array in ``deps`` is.
@@ -41,3 +45,39 @@ def diagonal(a):
     operations to trace and compile each time, and a scalar loop on XLA:CPU)."""
     d = a.shape[-1]
     return a.reshape(a.shape[:-2] + (d * d,))[..., :: d + 1]
+
+
+def unrolled_cholesky(a: Array) -> Array:
+    """Lower Cholesky factors of a batch ``(..., d, d)`` of symmetric matrices, the loops
+    unrolled over ``d`` (elementwise over the batch). A non-positive pivot gives NaN from there
+    on, as LAPACK's failure does in :func:`jax.numpy.linalg.cholesky`."""
+    d = a.shape[-1]
+    nan = jnp.asarray(jnp.nan, a.dtype)
+    L = [[None] * d for _ in range(d)]
+    for j in range(d):
+        piv = a[..., j, j] - sum((L[j][k] * L[j][k] for k in range(j)), jnp.zeros((), a.dtype))
+        L[j][j] = jnp.where(piv > 0, jnp.sqrt(jnp.where(piv > 0, piv, 1.0)), nan)
+        inv = 1.0 / L[j][j]
+        for i in range(j + 1, d):
+            s = a[..., i, j] - sum((L[i][k] * L[j][k] for k in range(j)),
+                                   jnp.zeros((), a.dtype))
+            L[i][j] = s * inv
+    zero = jnp.zeros(a.shape[:-2], a.dtype)
+    return jnp.stack([jnp.stack([L[i][j] if j <= i else zero for j in range(d)], -1)
+                      for i in range(d)], -2)
+
+
+def unrolled_lower_inverse(L: Array) -> Array:
+    """``inv(L)`` of a batch ``(..., d, d)`` of lower-triangular matrices by forward
+    substitution, unrolled over ``d``."""
+    d = L.shape[-1]
+    inv = [[None] * d for _ in range(d)]
+    for i in range(d):
+        r = 1.0 / L[..., i, i]
+        inv[i][i] = r
+        for j in range(i):
+            s = sum(L[..., i, k] * inv[k][j] for k in range(j, i))
+            inv[i][j] = -s * r
+    zero = jnp.zeros(L.shape[:-2], L.dtype)
+    return jnp.stack([jnp.stack([inv[i][j] if j <= i else zero for j in range(d)], -1)
+                      for i in range(d)], -2)

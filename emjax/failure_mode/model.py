@@ -34,7 +34,7 @@ from jax.scipy.special import logsumexp
 
 from emjax import _validation as v
 from emjax import _xla, em, kmeans
-from emjax._linalg import after, diagonal
+from emjax._linalg import after, diagonal, unrolled_cholesky, unrolled_lower_inverse
 from emjax._sizes import first_rows, history_class, size_class
 
 Array = jax.Array
@@ -326,11 +326,33 @@ _data_compiled = jax.jit(
 # --------------------------------------------------------------------------------------------
 
 
+#: Bases of up to this many functions are factorised by unrolled elementwise operations in the
+#: E-step (a property of the method, not of a backend: a batch of tiny matrices is elementwise
+#: work everywhere, one library call per matrix nowhere fast); larger ones by LAPACK.
+UNROLLED_MAX_BASIS = 8
+
+
 def _swap(a: Array) -> Array:
     return jnp.swapaxes(a, -1, -2)
 
 
-def posterior(params: FMMParams, data: FMMData) -> FMMPosterior:
+def _matvec(a: Array, x: Array) -> Array:
+    """``a @ x`` for batches of small matrices, one multiply-add per column of ``a`` (fused
+    elementwise; XLA:CPU reduces a short axis slowly)."""
+    return sum(a[..., :, k] * x[..., k, None] for k in range(a.shape[-1]))
+
+
+def _einsum_matvec(a: Array, x: Array) -> Array:
+    return jnp.einsum("...ij,...j->...i", a, x)
+
+
+def _matmul(a: Array, b: Array) -> Array:
+    """``a @ b`` for batches of small matrices, one multiply-add per column of ``a``."""
+    return sum(a[..., :, k, None] * b[..., None, k, :] for k in range(a.shape[-1]))
+
+
+def posterior(params: FMMParams, data: FMMData, *,
+              unrolled: bool | None = None) -> FMMPosterior:
     """The exact E-step through Cholesky factors (never the ``n x n`` matrix ``V``).
 
     With ``G = chol(Sigma)``, ``B = I + G^T A G / s2`` (eigenvalues >= 1, so well conditioned even
@@ -341,25 +363,44 @@ def posterior(params: FMMParams, data: FMMData) -> FMMPosterior:
        \\log|V| = n \\log s^2 + \\log|B|,\\quad
        r^T V^{-1} r = \\mathrm{RSS}/s^2 + \\|v\\|^2/s^4.
 
-    A channel with ``n_lc = 0`` gives ``log N = 0``, ``m = mu``, ``P = Sigma``.
+    A channel with ``n_lc = 0`` gives ``log N = 0``, ``m = mu``, ``P = Sigma``. ``unrolled``
+    (static): factorise each ``B`` by unrolled elementwise operations rather than LAPACK;
+    default: for bases of up to :data:`UNROLLED_MAX_BASIS` functions.
     """
     w_, mu, Sig, s2 = params
     p = mu.shape[-1]
     dtype = data.x.dtype
     G = jnp.linalg.cholesky(Sig)  # (C, K, p, p) lower
+    Gt = _swap(G)[None]
     inv_s2 = 1.0 / s2  # (C, K)
-    GtAG = jnp.einsum("ckqp,lcqr,ckrs->lckps", G, data.A, G)
-    B = jnp.eye(p, dtype=dtype) + GtAG * inv_s2[None, :, :, None, None]
-    CB = jnp.linalg.cholesky(B)  # (L, C, K, p, p)
-    resid0 = data.b[:, :, None] - jnp.einsum("lcpq,ckq->lckp", data.A, mu)  # b - A mu
-    w = jnp.einsum("ckqp,lckq->lckp", G, resid0)  # G^T (b - A mu)
-    u = solve_triangular(CB, w[..., None], lower=True)
-    v = solve_triangular(CB, u, lower=True, trans="T")[..., 0]  # B^{-1} w
-    m = mu[None] + jnp.einsum("ckpq,lckq->lckp", G, v) * inv_s2[None, ..., None]
-    # after v's solves, not beside them (emjax._linalg)
-    H = solve_triangular(CB, after(jnp.broadcast_to(_swap(G)[None], CB.shape), v), lower=True)
-    P = _swap(H) @ H
-    fitted = jnp.einsum("lnp,lckp->lckn", data.design, m)
+    if unrolled is None:
+        unrolled = p <= UNROLLED_MAX_BASIS
+    if unrolled:
+        # Small bases: every product and the factorisation of each (unit, channel, mode)'s B
+        # elementwise over that batch (LAPACK would take a call per matrix; B is well
+        # conditioned, so its inverse factor is safe).
+        mv, mm = _matvec, _matmul
+        B = jnp.eye(p, dtype=dtype) + mm(Gt, mm(data.A[:, :, None], G[None])) * inv_s2[
+            None, :, :, None, None]
+        resid0 = data.b[:, :, None] - mv(data.A[:, :, None], mu[None])  # b - A mu
+        CB = unrolled_cholesky(B)
+        Ci = unrolled_lower_inverse(CB)
+        v = mv(_swap(Ci), mv(Ci, mv(Gt, resid0)))  # B^{-1} G^T (b - A mu)
+        H = mm(Ci, Gt)  # CB^{-1} G^T
+    else:
+        mv, mm = _einsum_matvec, jnp.matmul
+        GtAG = jnp.einsum("ckqp,lcqr,ckrs->lckps", G, data.A, G)
+        B = jnp.eye(p, dtype=dtype) + GtAG * inv_s2[None, :, :, None, None]
+        CB = jnp.linalg.cholesky(B)  # (L, C, K, p, p)
+        resid0 = data.b[:, :, None] - jnp.einsum("lcpq,ckq->lckp", data.A, mu)  # b - A mu
+        w = jnp.einsum("ckqp,lckq->lckp", G, resid0)  # G^T (b - A mu)
+        u = solve_triangular(CB, w[..., None], lower=True)
+        v = solve_triangular(CB, u, lower=True, trans="T")[..., 0]  # B^{-1} w
+        # after v's solves, not beside them (emjax._linalg)
+        H = solve_triangular(CB, after(jnp.broadcast_to(Gt, CB.shape), v), lower=True)
+    m = mu[None] + mv(G[None], v) * inv_s2[None, ..., None]
+    P = mm(_swap(H), H)
+    fitted = mv(data.design[:, None, None], m)  # (L, C, K, n)
     res = (data.x[:, :, None] - fitted) * data.obs[:, :, None]
     rss = jnp.sum(res * res, -1)  # (L, C, K)
     n = data.n[..., None]

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
-from emjax._linalg import diagonal
+from emjax._linalg import diagonal, unrolled_cholesky, unrolled_lower_inverse
 from emjax.gmm import plan as plan_lib
 
 Array = jax.Array
@@ -167,43 +167,6 @@ def loop_cholesky(a: Array) -> tuple[Array, Array]:
 
     zeros = jnp.zeros_like(a)
     return jax.lax.fori_loop(0, d, step, (zeros, zeros))
-
-def unrolled_cholesky(a: Array) -> Array:
-    """Lower Cholesky factors of a batch ``(..., d, d)`` of symmetric matrices, the loops
-    unrolled over ``d`` (elementwise over the batch). A non-positive pivot gives NaN from there
-    on, as LAPACK's failure does in :func:`jax.numpy.linalg.cholesky`."""
-    d = a.shape[-1]
-    nan = jnp.asarray(jnp.nan, a.dtype)
-    L = [[None] * d for _ in range(d)]
-    for j in range(d):
-        piv = a[..., j, j] - sum((L[j][k] * L[j][k] for k in range(j)), jnp.zeros((), a.dtype))
-        L[j][j] = jnp.where(piv > 0, jnp.sqrt(jnp.where(piv > 0, piv, 1.0)), nan)
-        inv = 1.0 / L[j][j]
-        for i in range(j + 1, d):
-            s = a[..., i, j] - sum((L[i][k] * L[j][k] for k in range(j)),
-                                   jnp.zeros((), a.dtype))
-            L[i][j] = s * inv
-    zero = jnp.zeros(a.shape[:-2], a.dtype)
-    return jnp.stack([jnp.stack([L[i][j] if j <= i else zero for j in range(d)], -1)
-                      for i in range(d)], -2)
-
-
-def unrolled_lower_inverse(L: Array) -> Array:
-    """``inv(L)`` of a batch ``(..., d, d)`` of lower-triangular matrices by forward
-    substitution, unrolled over ``d``."""
-    d = L.shape[-1]
-    inv = [[None] * d for _ in range(d)]
-    for i in range(d):
-        r = 1.0 / L[..., i, i]
-        inv[i][i] = r
-        for j in range(i):
-            s = sum(L[..., i, k] * inv[k][j] for k in range(j, i))
-            inv[i][j] = -s * r
-    zero = jnp.zeros(L.shape[:-2], L.dtype)
-    return jnp.stack([jnp.stack([inv[i][j] if j <= i else zero for j in range(d)], -1)
-                      for i in range(d)], -2)
-
-
 
 def lower_triangular_inverse(L: Array) -> Array:
     """``inv(L)`` of a batch of lower-triangular matrices ``(..., d, d)`` by 2 x 2 block

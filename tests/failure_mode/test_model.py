@@ -20,6 +20,7 @@ FIT_KW = dict(n_init=4, max_iter=400)
 
 # Jitted once per shape: eager dispatch of the many small ops is slower than compiling.
 posterior = jax.jit(fm.posterior)
+_posterior_by = jax.jit(fm.posterior, static_argnames="unrolled")
 predict = jax.jit(fm.predict)
 e_step = jax.jit(fm.e_step)
 m_step = jax.jit(fm.m_step)
@@ -95,9 +96,12 @@ def _dense_reference(params, times, values, basis):
     return logN, m, P, ll
 
 
+@pytest.mark.parametrize("unrolled", [True, False], ids=["unrolled", "lapack"])
 @pytest.mark.parametrize("basis", [fm.Basis("polynomial", 2), fm.Basis("bspline", 3, 1)],
                          ids=["poly2", "bspline5"])
-def test_stable_formulas_equal_dense(basis):
+def test_stable_formulas_equal_dense(basis, unrolled):
+    """Both ways of factorising B (elementwise, the default up to model.UNROLLED_MAX_BASIS basis
+    functions; LAPACK) give the dense multivariate normal's densities and posteriors."""
     rng = np.random.default_rng(0)
     p = basis.size
     # n = 0 (channel missing), n < p and n > p, channel-specific counts.
@@ -106,7 +110,7 @@ def test_stable_formulas_equal_dense(basis):
     times, values = _ragged(rng, counts, C, N)
     params = _random_params(rng, C, K, p)
     data = fm.make_data(times, values, basis=basis, t_scale=1.0)
-    post = posterior(params, data)
+    post = _posterior_by(params, data, unrolled=unrolled)
     logN, m, P, ll = _dense_reference(params, times, values, basis)
     np.testing.assert_allclose(post.log_density, logN, rtol=1e-10, atol=1e-9)
     np.testing.assert_allclose(post.coef_mean, m, rtol=1e-9, atol=1e-9)
