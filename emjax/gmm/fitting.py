@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emjax import _compile_cache, _xla, em, kmeans
+from emjax import _compile_cache, _threefry, _xla, em, kmeans
 from emjax import _validation as v
 from emjax._batching import rare_cond
 from emjax._chunks import fold_chunks, rows
@@ -411,11 +411,13 @@ def _centers_program(X, key, sample_weight, n_active=None, *, n_components, n_in
     own). A program of its own, so the fits of every covariance type on the same data (a
     model-selection sweep) share it: it does not depend on the covariance type.
 
+    ``key``: the fit's key, or its ``n_init`` keys split on the host (``(n_init, 2)`` raw key
+    data, :func:`emjax._threefry.split`: the same values, and no threefry in the program).
     ``unrolled_steps``: computed as the unrolled steps do (on ``X^T``); ``shifted``: on ``X``
     with the mean subtracted inside the passes (the fused pass), else on a centred copy."""
     w = sample_weight
     shift = weighted_mean(X, w)
-    keys = jax.random.split(key, n_init)
+    keys = key if key.ndim == 2 else jax.random.split(key, n_init)
     kw = dict(sample_weight=w, n_lloyd=n_lloyd, n_active=n_active)
     if unrolled_steps:
         Xc = X - shift
@@ -735,7 +737,9 @@ def fit(
     if not c.initial.given and hard_init(o.init_params):
         # The initialisation's centres come from a program of their own, which the fits of
         # every covariance type on these data share (a model-selection sweep compiles it once).
-        init = (tuple(sorted(plan.compiler_options().items())), (c.key, w, n_active),
+        keys = _threefry.split(c.key, o.n_init)
+        init = (tuple(sorted(plan.compiler_options().items())),
+                (c.key if keys is None else keys, w, n_active),
                 dict(n_components=k_class, n_init=o.n_init, init_method=o.init_params,
                      n_lloyd=o.n_lloyd, unrolled_steps=plan.unrolled and not plan.fused,
                      # a centred copy of small data: the fused fits share the program too
