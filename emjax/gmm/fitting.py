@@ -432,6 +432,7 @@ def _centers_program(X, key, sample_weight, n_active=None, *, n_components, n_in
 def _fit_program(X, key, sample_weight, initial, tol, ll_prev, n_used=None, max_iter=None,
                  n_active=None, centers0=None, pool=None, n_features=None, *, options, callback,
                  plan):
+    # key: the fit's key, or the restarts' keys split on the host ((n_init, 2) raw key data).
     # options.max_iter is the history length; a traced max_iter (<= it) stops the loop.
     # A traced n_active: the first n_active of options.n_components components exist, the
     # others are padding (see make_model). centers0: _centers_program's result for these
@@ -444,7 +445,7 @@ def _fit_program(X, key, sample_weight, initial, tol, ll_prev, n_used=None, max_
     weights_init, means_init, precisions_init = initial
     w = sample_weight
     shift = weighted_mean(X, w)
-    keys = jax.random.split(key, n_init)
+    keys = key if key.ndim == 2 else jax.random.split(key, n_init)  # as _centers_program's
     # Fast path: initialisation and EM both run on X itself, each chunk centred at `shift` inside
     # the passes, so a large X is held once (no centred copy). Small problems centre a copy.
     fast = plan.fused
@@ -732,14 +733,15 @@ def fit(
     args = (*args, n_used, np.int32(max_iter), n_active)
     o = o._replace(n_init=restart_class(n_init) if pad_restarts else n_init,
                    max_iter=history_class(max_iter), n_components=k_class)
+    keys = _threefry.split(c.key, o.n_init)
+    if keys is not None:  # the restarts' keys, as the programs would split them: neither does
+        args = (keys, *args[1:])
     static = dict(options=o, callback=callback, plan=plan)
     init = None
     if not c.initial.given and hard_init(o.init_params):
         # The initialisation's centres come from a program of their own, which the fits of
         # every covariance type on these data share (a model-selection sweep compiles it once).
-        keys = _threefry.split(c.key, o.n_init)
-        init = (tuple(sorted(plan.compiler_options().items())),
-                (c.key if keys is None else keys, w, n_active),
+        init = (tuple(sorted(plan.compiler_options().items())), (args[0], w, n_active),
                 dict(n_components=k_class, n_init=o.n_init, init_method=o.init_params,
                      n_lloyd=o.n_lloyd, unrolled_steps=plan.unrolled and not plan.fused,
                      # a centred copy of small data: the fused fits share the program too
