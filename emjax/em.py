@@ -210,8 +210,9 @@ def _loop(e_step, m_step, params0, data, *, tol, max_iter, repair=None, callback
             converged=converged,
             status=s.status | flags,
             # history[i] = ll_i, the log-likelihood before iteration i's M-step
-            history=(jnp.where(counted & finite, s.history.at[s.n_iter].set(s.ll), s.history)
-                     if size > 0 else s.history),
+            # (a select, not a scatter: XLA:CPU makes a batched scatter a loop of its own)
+            history=(jnp.where((jnp.arange(size) == s.n_iter) & counted & finite, s.ll,
+                               s.history) if size > 0 else s.history),
             pending=small & finite & ~converged,
             done=converged | ~finite | (n_iter >= max_iter),
             first=jnp.array(False),

@@ -39,6 +39,13 @@ def squared_distances(X: Array, centers: Array) -> Array:
     return jnp.maximum(d2, 0.0)
 
 
+def set_row(a: Array, i, row) -> Array:
+    """``a.at[i].set(row)`` for an index ``i`` in range, as a dynamic update slice: under
+    ``vmap`` with a batched ``row`` a scatter would stay a scatter, which XLA:CPU compiles into
+    a loop of its own."""
+    return jax.lax.dynamic_update_index_in_dim(a, jnp.asarray(row, a.dtype), i, 0)
+
+
 def _draw(u: Array, p: Array) -> Array:
     """Indices drawn with probability proportional to ``p >= 0`` (not all zero), one for each
     uniform ``u`` in [0, 1): the inverse of the cumulative sum, by counting (no sort, no search
@@ -63,7 +70,7 @@ def sample_rows(key: Array, n_samples: int, n_draws: int, sample_weight: Array |
     def body(j, carry):
         idx, avail = carry
         i = _draw(jax.lax.dynamic_slice_in_dim(u, j, 1), avail)[0]
-        return idx.at[j].set(i), avail.at[i].set(0)
+        return set_row(idx, j, i), jnp.where(jnp.arange(n_samples) == i, 0, avail)
 
     idx, _ = jax.lax.fori_loop(0, n_draws, body, (jnp.zeros((n_draws,), jnp.int32), avail))
     return idx
@@ -130,8 +137,8 @@ def kmeans_plusplus(
     else:
         first = _draw(u0[:1], w)[0]
     x_first = _centred(X[first], center)
-    centers = jnp.zeros((n_clusters, d), X.dtype).at[0].set(x_first)
-    indices = jnp.zeros((n_clusters,), jnp.int32).at[0].set(first)
+    centers = set_row(jnp.zeros((n_clusters, d), X.dtype), 0, x_first)
+    indices = set_row(jnp.zeros((n_clusters,), jnp.int32), 0, first)
 
     def first_pass(closest, start, size):
         x = _centred(rows(X, start, size), center)
@@ -151,8 +158,8 @@ def kmeans_plusplus(
             # One block: the (n, trials) distances are small; judge and keep them in one go.
             nc = jnp.minimum(closest[:, None], squared_distances(_centred(X, center), x_cand))
             best = jnp.argmin(trial_live(jnp.sum(nc if w is None else w[:, None] * nc, axis=0)))
-            return (centers.at[c].set(x_cand[best]),
-                    indices.at[c].set(cand[best].astype(jnp.int32)), nc[:, best])
+            return (set_row(centers, c, x_cand[best]),
+                    set_row(indices, c, cand[best].astype(jnp.int32)), nc[:, best])
 
         def potential(acc, start, size):
             x = _centred(rows(X, start, size), center)
@@ -172,8 +179,8 @@ def kmeans_plusplus(
 
         closest = fold_chunks(update, closest, n, chunk_size)
         return (
-            centers.at[c].set(x_cand[best]),
-            indices.at[c].set(cand[best].astype(jnp.int32)),
+            set_row(centers, c, x_cand[best]),
+            set_row(indices, c, cand[best].astype(jnp.int32)),
             closest,
         )
 

@@ -138,7 +138,7 @@ def lowest(score: Array, k: int) -> Array:
     def body(j, carry):
         idx, s = carry
         i = jnp.argmin(s).astype(jnp.int32)
-        return idx.at[j].set(i), s.at[i].set(jnp.inf)
+        return kmeans.set_row(idx, j, i), jnp.where(jnp.arange(s.shape[0]) == i, jnp.inf, s)
 
     return jax.lax.fori_loop(0, k, body, (jnp.zeros((k,), jnp.int32), score))[0]
 
@@ -169,7 +169,7 @@ def _kmeans_plusplus(key: Array, X: Array, xt: Array, k: int,
         first = jnp.minimum((u0[0] * n).astype(jnp.int32), n - 1)
     else:
         first = kmeans._draw(u0[:1], w)[0]
-    centers = jnp.zeros((k, X.shape[1]), X.dtype).at[0].set(X[first])
+    centers = kmeans.set_row(jnp.zeros((k, X.shape[1]), X.dtype), 0, X[first])
     closest = _sq_dist(xt, X[first][None])[0]
 
     def body(c, carry):
@@ -180,7 +180,7 @@ def _kmeans_plusplus(key: Array, X: Array, xt: Array, k: int,
         x_cand = X[cand]
         nc = jnp.minimum(closest[None, :], _sq_dist(xt, x_cand))  # (trials, N)
         best = jnp.argmin(trial_live(jnp.sum(nc if w is None else w[None, :] * nc, axis=1)))
-        return centers.at[c].set(x_cand[best]), nc[best]
+        return kmeans.set_row(centers, c, x_cand[best]), nc[best]
 
     return jax.lax.fori_loop(1, n_seeded, body, (centers, closest))[0]
 
