@@ -432,7 +432,9 @@ def main() -> None:
     threads = os.environ.get("OMP_NUM_THREADS")
     command = (f"OMP_NUM_THREADS={threads} " if threads else "") + (
         "PYTHONPATH=. python experiments/latency.py --parts " + args.parts) + (
-        " --merge" if args.merge else "") + (f" --tuning '{args.tuning}'" if args.tuning else "")
+        " --merge" if args.merge else "") + (
+        f" --tuning '{args.tuning}'" if args.tuning else "") + (
+        f" --repeats {args.repeats}" if args.repeats != 3 else "")
     results = {}
     if args.merge and os.path.exists(args.out):
         with open(args.out) as f:
