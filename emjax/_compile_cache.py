@@ -15,6 +15,15 @@ import threading
 #: small fits once they compile quickly).
 MIN_COMPILE_SECONDS = 0.1
 
+#: Default bound of the store of whole programs (:func:`executable_directory`): past it, the
+#: programs used least recently are deleted (each emjax version writes programs of its own).
+MAX_STORE_BYTES = 2**30
+_store_limit = {"bytes": MAX_STORE_BYTES}
+
+#: A temporary file of the store older than this is a write that never finished (a killed
+#: process): it is deleted.
+STALE_TMP_SECONDS = 3600.0
+
 
 @contextlib.contextmanager
 def gc_paused():
@@ -37,7 +46,8 @@ def default_directory() -> str:
         "emjax", "xla")
 
 
-def enable_disk_cache(directory: str | None = None) -> str | None:
+def enable_disk_cache(directory: str | None = None, *,
+                      max_bytes: int = MAX_STORE_BYTES) -> str | None:
     """Keep compiled programs on disk, so a new process skips XLA compilation of programs an
     earlier run (of any emjax entry point) compiled: ``emjax.fit``, the estimator, selection.
 
@@ -50,6 +60,9 @@ def enable_disk_cache(directory: str | None = None) -> str | None:
 
     Args:
       directory: where to keep programs (default :func:`default_directory`).
+      max_bytes: the bound of emjax's store of whole programs: once it is passed, the programs
+        used least recently are deleted (only files the store wrote itself). JAX's own cache
+        in ``directory`` is JAX's (``jax_compilation_cache_max_size``).
 
     Returns:
       The directory used, or None when it cannot be created (e.g. a read-only home): then
@@ -63,10 +76,13 @@ def enable_disk_cache(directory: str | None = None) -> str | None:
     import jax
 
     directory = default_directory() if directory is None else os.fspath(directory)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+        raise ValueError(f"max_bytes must be an int >= 0, got {max_bytes!r}")
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError:
         return None
+    _store_limit["bytes"] = max_bytes
     jax.config.update("jax_compilation_cache_dir", directory)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
     return directory
@@ -250,6 +266,58 @@ class Slot:
         except Exception:  # not serialisable here, or a read-only directory: kept in memory
             if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
+            return
+        trim_store(os.path.dirname(self.path), _store_limit["bytes"], keep=self.path)
+
+
+def _is_program(name: str) -> bool:
+    """Whether ``name`` is a program file of the store (``{name}-{fingerprint}.pkl``)."""
+    stem, _, digest = name[:-4].rpartition("-")
+    return name.endswith(".pkl") and bool(stem) and len(digest) == 40 and all(
+        c in "0123456789abcdef" for c in digest)
+
+
+def trim_store(directory: str, max_bytes: int, keep: str | None = None,
+               now: float | None = None) -> list[str]:
+    """Delete the store's unfinished temporary files older than :data:`STALE_TMP_SECONDS`, and
+    then its programs used least recently (oldest modification time: a load touches it) until
+    the programs total at most ``max_bytes``; ``keep`` (the file just written) is never deleted.
+    Only the store's own files are looked at. Returns the paths deleted. Failures (a file
+    another process deleted first, a read-only directory) are skipped."""
+    import time
+
+    now = time.time() if now is None else now
+    deleted, programs = [], []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return deleted
+    for entry in entries:
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            st = entry.stat(follow_symlinks=False)
+            if entry.name.startswith(".tmp-"):
+                if now - st.st_mtime > STALE_TMP_SECONDS:
+                    os.unlink(entry.path)
+                    deleted.append(entry.path)
+            elif _is_program(entry.name):
+                programs.append((st.st_mtime, st.st_size, entry.path))
+        except OSError:
+            continue
+    total = sum(size for _, size, _ in programs)
+    for _, size, path in sorted(programs):
+        if total <= max_bytes:
+            break
+        if keep is not None and os.path.abspath(path) == os.path.abspath(keep):
+            continue
+        try:
+            os.unlink(path)
+        except OSError:
+            continue
+        deleted.append(path)
+        total -= size
+    return deleted
 
 
 def lookup(jitted, args: tuple, static: dict, memo: dict, name: str,
@@ -288,6 +356,10 @@ def lookup(jitted, args: tuple, static: dict, memo: dict, name: str,
         if b"lapack" in raw:  # calls jaxlib's LAPACK kernels, by name (initialising: 0.13 s)
             _initialize_lapack()
         memo[fingerprint] = compiled
+        try:
+            os.utime(path)  # used now: the store deletes the least recently used first
+        except OSError:
+            pass
     except Exception:  # absent, unreadable or from an incompatible build: compile it again
         compiled = None
     return Slot(compiled, path, fingerprint, memo)

@@ -152,3 +152,55 @@ def test_a_fit_not_kept_whole_still_goes_to_jaxs_cache(monkeypatch, jax_cache_ke
     emjax.fit(X, 2, max_iter=5)
     new = set(os.listdir(jax_cache_keeps_all)) - before
     assert any(n.startswith("jit__fit_program") for n in new)
+
+
+def test_the_store_deletes_its_least_recently_used_programs_past_its_bound(tmp_path):
+    """Past the bound, the programs used least recently go first (a load touches a program);
+    an unfinished write older than an hour goes; nothing else in the directory is touched."""
+    import os
+
+    from emjax import _compile_cache
+
+    def program(name, size, age):
+        path = tmp_path / f"{name}-{'ab' * 20}.pkl"
+        path.write_bytes(b"x" * size)
+        os.utime(path, (1e9 - age, 1e9 - age))
+        return path
+
+    oldest, older, newest = program("fit", 400, 30), program("fit_init", 300, 20), \
+        program("grid", 300, 10)
+    mine = tmp_path / "notes.pkl"
+    mine.write_bytes(b"y" * 5000)
+    stale, fresh = tmp_path / ".tmp-old", tmp_path / ".tmp-new"
+    for path, age in ((stale, 7200), (fresh, 60)):
+        path.write_bytes(b"z")
+        os.utime(path, (1e9 - age, 1e9 - age))
+    deleted = _compile_cache.trim_store(str(tmp_path), 700, keep=str(newest), now=1e9)
+    assert sorted(deleted) == sorted([str(stale), str(oldest)])
+    assert older.exists() and newest.exists() and mine.exists() and fresh.exists()
+    # the file just written is kept even when it alone passes the bound
+    assert _compile_cache.trim_store(str(tmp_path), 0, keep=str(newest), now=1e9) == [
+        str(older)]
+    assert newest.exists() and mine.exists()
+    with pytest.raises(ValueError, match="max_bytes"):
+        _compile_cache.enable_disk_cache(str(tmp_path), max_bytes=-1)
+
+
+def test_a_program_loaded_from_the_store_counts_as_used(jax_cache_keeps_all):
+    """Loading a program from the store refreshes its modification time, which orders the
+    store's deletions."""
+    import os
+
+    from emjax import _compile_cache
+
+    def touched(x):
+        return jnp.cumsum(x) * 11.0
+
+    spec = (jax.ShapeDtypeStruct((3,), np.float32),)
+    slot = _compile_cache.lookup(jax.jit(touched), spec, {}, {}, "test_touch")
+    slot.keep(*_compile_cache.compile_lowered(jax.jit(touched).lower(*spec), kept=True))
+    os.utime(slot.path, (1e9, 1e9))
+    again = _compile_cache.lookup(jax.jit(touched), spec, {}, {}, "test_touch")  # a new memo
+    assert again.compiled is not None
+    np.testing.assert_allclose(again.compiled(np.ones(3, np.float32)), [11.0, 22.0, 33.0])
+    assert os.path.getmtime(slot.path) > 1e9 + 1
