@@ -45,7 +45,7 @@ import numpy as np
 from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import logsumexp
 
-from emjax import _sizes, _xla, em, kmeans
+from emjax import _sizes, _threefry, _xla, em, kmeans
 from emjax import _validation as v
 from emjax._linalg import after, diagonal
 from emjax.gmm import covariance as cov_lib
@@ -1062,7 +1062,8 @@ def _fit_program(data, key, initial, tol, n_active=None, *, options, callback,
     k, covariance_type, init_method, reg_covar, max_iter, n_init, n_lloyd = options
     d = data.x.shape[1]
     dtype = data.x.dtype
-    keys = jax.random.split(key, n_init)
+    # key: the fit's key, or the restarts' keys split on the host ((n_init, 2) raw key data)
+    keys = key if key.ndim == 2 else jax.random.split(key, n_init)
     e_step, m_step, repair = make_model(covariance_type, reg_covar,
                                         active=kmeans.active_centers(k, n_active))
     run = functools.partial(em.run_restarts, e_step, m_step, data=data, tol=tol,
@@ -1135,6 +1136,8 @@ def _run_fit(X: np.ndarray, w: np.ndarray | None, key, initial, tol, options, ca
     static = dict(options=options, callback=callback,
                   sequential=_xla.sequential_restarts("missing"))
     n_active = None if k_class is None else np.int32(n_components)
+    keys = _threefry.split(key, options.n_init)  # the same keys, split on the host
+    key = key if keys is None else keys
     res = _fit_compiled.call(xla, (data, key, initial, jnp.asarray(tol, X.dtype), n_active),
                              static, "missing")
     if k_class is None:
@@ -1178,8 +1181,9 @@ def fit(
       ValueError: as :func:`emjax.fit`, and for infinities, rows with no observed value or
         columns never observed (or only in rows of sample weight 0).
     """
-    # max_iter=0 initialises only, as emjax.fit (and GaussianMixture) document
-    c = check_fit(X, n_components, key=key, covariance_type=covariance_type, tol=tol,
+    # max_iter=0 initialises only, as emjax.fit (and GaussianMixture) document; an int seed as
+    # raw key data (no program of its own builds the key)
+    c = check_fit(X, n_components, key=v.as_key_data(key), covariance_type=covariance_type, tol=tol,
                   reg_covar=reg_covar, max_iter=max_iter, n_init=n_init, init_params=init_params,
                   n_lloyd=n_lloyd, sample_weight=sample_weight, weights_init=weights_init,
                   means_init=means_init, precisions_init=precisions_init,
@@ -1203,7 +1207,7 @@ def fit_grid(X, n_components, *, key=None, covariance_type: str = "full", tol: f
 
     ks = selection._check_grid(n_components)
     k_max = max(ks)
-    c = check_fit(X, k_max, key=key, covariance_type=covariance_type, tol=tol,
+    c = check_fit(X, k_max, key=v.as_key_data(key), covariance_type=covariance_type, tol=tol,
                   reg_covar=reg_covar, max_iter=max_iter, n_init=n_init, init_params=init_params,
                   n_lloyd=n_lloyd, sample_weight=sample_weight, read=as_data_with_nan)
     Xa, w = c.X, c.sample_weight
