@@ -24,6 +24,9 @@ _store_limit = {"bytes": MAX_STORE_BYTES}
 #: process): it is deleted.
 STALE_TMP_SECONDS = 3600.0
 
+#: Hex digits of a program's fingerprint in its file name (``{name}-{digest}.pkl``).
+_NAME_DIGEST = 40
+
 
 @contextlib.contextmanager
 def gc_paused():
@@ -273,7 +276,7 @@ class Slot:
 def _is_program(name: str) -> bool:
     """Whether ``name`` is a program file of the store (``{name}-{fingerprint}.pkl``)."""
     stem, _, digest = name[:-4].rpartition("-")
-    return name.endswith(".pkl") and bool(stem) and len(digest) == 40 and all(
+    return name.endswith(".pkl") and bool(stem) and len(digest) == _NAME_DIGEST and all(
         c in "0123456789abcdef" for c in digest)
 
 
@@ -340,7 +343,7 @@ def lookup(jitted, args: tuple, static: dict, memo: dict, name: str,
         return None
     if fingerprint is None:
         return None
-    path = os.path.join(directory, f"{name}-{fingerprint[:40]}.pkl")
+    path = os.path.join(directory, f"{name}-{fingerprint[:_NAME_DIGEST]}.pkl")
     if fingerprint in memo:
         return Slot(memo[fingerprint], path, fingerprint, memo)
     import pickle

@@ -49,3 +49,20 @@ def split(key, num: int) -> np.ndarray | None:
     with np.errstate(over="ignore"):
         a, b = threefry2x32(k[:1], k[1:], np.zeros_like(lo), lo)
     return np.stack([a, b], axis=1)
+
+
+def restart_keys(key, num: int):
+    """The ``num`` restart keys of ``key`` split here (:func:`split`, ``(num, 2)`` raw key
+    data) when it can, else ``key`` itself: what a fit program takes, to split it with
+    :func:`program_keys`."""
+    keys = split(key, num)
+    return key if keys is None else keys
+
+
+def program_keys(key, num: int):
+    """Inside a fit program: ``key`` as its ``num`` restart keys, whether :func:`restart_keys`
+    split them already (``(num, 2)`` key data) or not (split here by ``jax.random``: the same
+    values)."""
+    import jax
+
+    return key if key.ndim == 2 else jax.random.split(key, num)

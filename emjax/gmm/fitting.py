@@ -417,7 +417,7 @@ def _centers_program(X, key, sample_weight, n_active=None, *, n_components, n_in
     with the mean subtracted inside the passes (the fused pass), else on a centred copy."""
     w = sample_weight
     shift = weighted_mean(X, w)
-    keys = key if key.ndim == 2 else jax.random.split(key, n_init)
+    keys = _threefry.program_keys(key, n_init)
     kw = dict(sample_weight=w, n_lloyd=n_lloyd, n_active=n_active)
     if unrolled_steps:
         Xc = X - shift
@@ -445,7 +445,7 @@ def _fit_program(X, key, sample_weight, initial, tol, ll_prev, n_used=None, max_
     weights_init, means_init, precisions_init = initial
     w = sample_weight
     shift = weighted_mean(X, w)
-    keys = key if key.ndim == 2 else jax.random.split(key, n_init)  # as _centers_program's
+    keys = _threefry.program_keys(key, n_init)
     # Fast path: initialisation and EM both run on X itself, each chunk centred at `shift` inside
     # the passes, so a large X is held once (no centred copy). Small problems centre a copy.
     fast = plan.fused
@@ -733,9 +733,8 @@ def fit(
     args = (*args, n_used, np.int32(max_iter), n_active)
     o = o._replace(n_init=restart_class(n_init) if pad_restarts else n_init,
                    max_iter=history_class(max_iter), n_components=k_class)
-    keys = _threefry.split(c.key, o.n_init)
-    if keys is not None:  # the restarts' keys, as the programs would split them: neither does
-        args = (keys, *args[1:])
+    # the restarts' keys split here when they can be, so that neither program splits them
+    args = (_threefry.restart_keys(c.key, o.n_init), *args[1:])
     static = dict(options=o, callback=callback, plan=plan)
     init = None
     if not c.initial.given and hard_init(o.init_params):

@@ -1063,7 +1063,7 @@ def _fit_program(data, key, initial, tol, n_active=None, *, options, callback,
     d = data.x.shape[1]
     dtype = data.x.dtype
     # key: the fit's key, or the restarts' keys split on the host ((n_init, 2) raw key data)
-    keys = key if key.ndim == 2 else jax.random.split(key, n_init)
+    keys = _threefry.program_keys(key, n_init)
     e_step, m_step, repair = make_model(covariance_type, reg_covar,
                                         active=kmeans.active_centers(k, n_active))
     run = functools.partial(em.run_restarts, e_step, m_step, data=data, tol=tol,
@@ -1136,8 +1136,7 @@ def _run_fit(X: np.ndarray, w: np.ndarray | None, key, initial, tol, options, ca
     static = dict(options=options, callback=callback,
                   sequential=_xla.sequential_restarts("missing"))
     n_active = None if k_class is None else np.int32(n_components)
-    keys = _threefry.split(key, options.n_init)  # the same keys, split on the host
-    key = key if keys is None else keys
+    key = _threefry.restart_keys(key, options.n_init)  # the same keys, split on the host
     res = _fit_compiled.call(xla, (data, key, initial, jnp.asarray(tol, X.dtype), n_active),
                              static, "missing")
     if k_class is None:
